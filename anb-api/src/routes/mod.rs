@@ -1,0 +1,3 @@
+//! One module per resource of the API.
+
+pub mod health;

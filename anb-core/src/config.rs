@@ -1,0 +1,316 @@
+//! Typed configuration read from the environment (SPEC §7).
+//!
+//! Every setting is parsed at start-up; a missing or malformed one stops the
+//! process with an error that names the variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration error, always naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is not set: {hint}")]
+    Missing { var: &'static str, hint: &'static str },
+    /// A variable is set to a value that cannot be used.
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// Where the relational data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    /// Parses `postgres://…`, `postgresql://…` or `sqlite://path`.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(Self::Postgres(raw.to_owned()))
+        } else if raw.starts_with("sqlite:") {
+            Ok(Self::Sqlite(raw.to_owned()))
+        } else {
+            Err(ConfigError::Invalid {
+                var,
+                reason: "expected postgres://… or sqlite://path".into(),
+            })
+        }
+    }
+
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Postgres(url) | Self::Sqlite(url) => url,
+        }
+    }
+}
+
+/// Where the original uploads and processed outputs are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// `s3://bucket[/prefix]`
+    S3 { bucket: String, prefix: String },
+    /// A local directory.
+    Local(PathBuf),
+}
+
+impl StorageUrl {
+    /// Parses `s3://bucket[/prefix]` or a local directory path.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        if let Some(rest) = raw.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: "s3:// URL has no bucket name".into(),
+                });
+            }
+            Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            })
+        } else if raw.contains("://") {
+            Err(ConfigError::Invalid {
+                var,
+                reason: "expected s3://bucket[/prefix] or a local directory path".into(),
+            })
+        } else if raw.is_empty() {
+            Err(ConfigError::Invalid {
+                var,
+                reason: "empty path".into(),
+            })
+        } else {
+            Ok(Self::Local(PathBuf::from(raw)))
+        }
+    }
+}
+
+/// The HS256 signing secret for access tokens. Never printed.
+#[derive(Clone)]
+pub struct JwtSecret(Vec<u8>);
+
+impl JwtSecret {
+    /// The minimum length SPEC §4 requires.
+    pub const MIN_BYTES: usize = 32;
+
+    /// Accepts a secret of at least [`Self::MIN_BYTES`] bytes.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        if raw.len() < Self::MIN_BYTES {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: format!(
+                    "the secret must be at least {} bytes long (got {})",
+                    Self::MIN_BYTES,
+                    raw.len()
+                ),
+            });
+        }
+        Ok(Self(raw.as_bytes().to_vec()))
+    }
+
+    /// A random secret for the embedded default, kept in `path` so tokens
+    /// survive a restart.
+    pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
+        if let Ok(existing) = std::fs::read(path)
+            && existing.len() >= Self::MIN_BYTES
+        {
+            return Ok(Self(existing));
+        }
+        let secret: [u8; 48] = rand::random();
+        std::fs::write(path, secret)?;
+        Ok(Self(secret.to_vec()))
+    }
+
+    /// The raw secret bytes, for the token signer.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(<redacted>)")
+    }
+}
+
+/// Parses a listen address such as `0.0.0.0:8080`.
+pub fn parse_addr(var: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|e| ConfigError::Invalid {
+        var,
+        reason: format!("{raw:?} is not a socket address ({e})"),
+    })
+}
+
+/// The settings `anb-api` and `anb-worker` share (SPEC §7).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    /// Defaults to the database URL: the SQL queue lives beside the data.
+    pub queue_url: String,
+    pub storage_url: StorageUrl,
+    /// Path-style addressing for S3-compatible servers.
+    pub s3_path_style: bool,
+    pub jwt_secret: JwtSecret,
+    pub http_addr: SocketAddr,
+}
+
+impl Settings {
+    /// Default listen address of `anb-api`.
+    pub const DEFAULT_HTTP_ADDR: &'static str = "0.0.0.0:8080";
+
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads the settings through `lookup` (the environment, or a map in tests).
+    /// An empty value counts as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        let required = |var: &'static str, hint: &'static str| {
+            get(var).ok_or(ConfigError::Missing { var, hint })
+        };
+
+        let database_url = DatabaseUrl::parse(
+            "ANB_DATABASE_URL",
+            &required("ANB_DATABASE_URL", "set it to postgres://… or sqlite://path")?,
+        )?;
+        let queue_url = get("ANB_QUEUE_URL").unwrap_or_else(|| database_url.as_str().to_owned());
+        let storage_url = StorageUrl::parse(
+            "ANB_STORAGE_URL",
+            &required("ANB_STORAGE_URL", "set it to s3://bucket[/prefix] or a directory")?,
+        )?;
+        let s3_path_style = match get("ANB_S3_PATH_STYLE").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "ANB_S3_PATH_STYLE",
+                    reason: format!("expected true or false, got {other:?}"),
+                });
+            }
+        };
+        let jwt_secret = JwtSecret::parse(
+            "ANB_JWT_SECRET",
+            &required("ANB_JWT_SECRET", "set it to a random string of at least 32 bytes")?,
+        )?;
+        let http_addr = parse_addr(
+            "ANB_HTTP_ADDR",
+            &get("ANB_HTTP_ADDR").unwrap_or_else(|| Self::DEFAULT_HTTP_ADDR.to_owned()),
+        )?;
+        Ok(Self {
+            database_url,
+            queue_url,
+            storage_url,
+            s3_path_style,
+            jwt_secret,
+            http_addr,
+        })
+    }
+
+    /// The embedded default: SQLite, its SQL queue and local storage, all under
+    /// `data_dir`, with a generated secret kept there too.
+    pub fn embedded(data_dir: &Path, http_addr: SocketAddr) -> std::io::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = format!("sqlite://{}", data_dir.join("anb.db").display());
+        Ok(Self {
+            database_url: DatabaseUrl::Sqlite(db.clone()),
+            queue_url: db,
+            storage_url: StorageUrl::Local(data_dir.join("media")),
+            s3_path_style: false,
+            jwt_secret: JwtSecret::load_or_create(&data_dir.join("jwt-secret"))?,
+            http_addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_accepts_both_engines_and_rejects_others() {
+        assert!(matches!(
+            DatabaseUrl::parse("ANB_DATABASE_URL", "postgres://u@h/db"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("ANB_DATABASE_URL", "sqlite://anb.db"),
+            Ok(DatabaseUrl::Sqlite(_))
+        ));
+        let err = DatabaseUrl::parse("ANB_DATABASE_URL", "mysql://h/db").unwrap_err();
+        assert!(err.to_string().contains("ANB_DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn storage_url_splits_bucket_and_prefix() {
+        assert_eq!(
+            StorageUrl::parse("ANB_STORAGE_URL", "s3://media/anb/videos/").unwrap(),
+            StorageUrl::S3 {
+                bucket: "media".into(),
+                prefix: "anb/videos".into()
+            }
+        );
+        assert_eq!(
+            StorageUrl::parse("ANB_STORAGE_URL", "./data").unwrap(),
+            StorageUrl::Local("./data".into())
+        );
+        assert!(StorageUrl::parse("ANB_STORAGE_URL", "s3://").is_err());
+        assert!(StorageUrl::parse("ANB_STORAGE_URL", "gs://bucket").is_err());
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused_and_secret_never_prints() {
+        let err = JwtSecret::parse("ANB_JWT_SECRET", "short").unwrap_err();
+        assert!(err.to_string().contains("ANB_JWT_SECRET"));
+        let secret = JwtSecret::parse("ANB_JWT_SECRET", &"s".repeat(40)).unwrap();
+        assert!(!format!("{secret:?}").contains("sss"));
+    }
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|var| map.get(var).cloned())
+    }
+
+    #[test]
+    fn settings_name_the_missing_or_invalid_variable() {
+        let err = settings(&[]).unwrap_err();
+        assert!(err.to_string().starts_with("ANB_DATABASE_URL is not set"), "{err}");
+
+        let base = [
+            ("ANB_DATABASE_URL", "postgres://postgres@127.0.0.1/anb"),
+            ("ANB_STORAGE_URL", "s3://media"),
+            ("ANB_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        let ok = settings(&base).unwrap();
+        assert_eq!(ok.queue_url, "postgres://postgres@127.0.0.1/anb");
+        assert_eq!(ok.http_addr.port(), 8080);
+
+        let mut bad = base.to_vec();
+        bad.push(("ANB_HTTP_ADDR", "localhost"));
+        let err = settings(&bad).unwrap_err();
+        assert!(err.to_string().starts_with("ANB_HTTP_ADDR is invalid"), "{err}");
+
+        let mut bad = base.to_vec();
+        bad.push(("ANB_S3_PATH_STYLE", "maybe"));
+        assert!(settings(&bad).unwrap_err().to_string().contains("ANB_S3_PATH_STYLE"));
+    }
+
+    #[test]
+    fn generated_secret_is_persisted() {
+        let dir = std::env::temp_dir().join(format!("anb-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwt-secret");
+        let first = JwtSecret::load_or_create(&path).unwrap();
+        let second = JwtSecret::load_or_create(&path).unwrap();
+        assert_eq!(first.expose(), second.expose());
+        assert!(first.expose().len() >= JwtSecret::MIN_BYTES);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
