@@ -47,12 +47,14 @@ ensure_rust() {
 
 # The S3- and SQS-compatible test server, in a virtual environment inside the
 # repository (git-ignored).
-ensure_moto() {
+ensure_python_tools() {
   local venv="$ANB_ROOT/.venv"
-  if [ ! -x "$venv/bin/moto_server" ]; then
-    say "installing the S3/SQS test server (moto) into .venv"
+  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
+    say "installing the S3/SQS test server (moto) and cfn-lint into .venv"
     python3 -m venv "$venv" || die "python3 -m venv failed (is python3-venv installed?)"
-    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' || die "pip install moto[server] failed"
+    # Pinned: a newer cfn-lint may start rejecting what this one accepts.
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'cfn-lint==1.58.0' \
+      || die "pip install into .venv failed"
   fi
 }
 
