@@ -4,3 +4,4 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod jobs;
+pub mod storage;
