@@ -180,6 +180,7 @@ struct GeneratedBody {
     state: u64,
     consumed: Arc<AtomicU64>,
     fail_after: Option<u64>,
+    stall_after: Option<(u64, Arc<tokio::sync::Notify>)>,
 }
 
 impl GeneratedBody {
@@ -190,11 +191,19 @@ impl GeneratedBody {
             state: seed | 1,
             consumed: Arc::new(AtomicU64::new(0)),
             fail_after: None,
+            stall_after: None,
         }
     }
 
     fn failing_after(mut self, bytes: u64) -> Self {
         self.fail_after = Some(bytes);
+        self
+    }
+
+    /// After `bytes`, the body signals `stalled` and then never yields again,
+    /// like a client that stops sending.
+    fn stalling_after(mut self, bytes: u64, stalled: Arc<tokio::sync::Notify>) -> Self {
+        self.stall_after = Some((bytes, stalled));
         self
     }
 
@@ -223,6 +232,13 @@ impl AsyncRead for GeneratedBody {
                 io::ErrorKind::ConnectionReset,
                 "client went away",
             )));
+        }
+        if let Some((limit, stalled)) = &self.stall_after
+            && consumed >= *limit
+        {
+            // Never woken again: the upload waits here until it is dropped.
+            stalled.notify_one();
+            return Poll::Pending;
         }
         let n = (self.remaining.min(self.chunk as u64) as usize).min(buf.remaining());
         let chunk: Vec<u8> = (0..n).map(|_| self.next_byte()).collect();
@@ -323,8 +339,11 @@ storage_suite!(
     an_oversized_body_is_cut_off_and_nothing_is_kept,
     an_oversized_small_body_is_refused_and_nothing_is_kept,
     a_body_that_breaks_off_leaves_nothing,
+    an_upload_dropped_half_way_leaves_nothing,
+    a_body_of_exactly_two_parts_round_trips,
     deleting_is_idempotent_and_missing_keys_are_not_found,
     deleting_a_video_folder_removes_only_that_video,
+    a_key_below_an_object_is_simply_missing,
     the_readiness_check_passes_on_a_working_store,
 );
 
@@ -446,6 +465,49 @@ async fn a_body_that_breaks_off_leaves_nothing(store: TestStore) {
     assert_eq!(store.contents().await, Vec::<String>::new());
 }
 
+async fn an_upload_dropped_half_way_leaves_nothing(store: TestStore) {
+    let key = key("videos/abandoned/original.mp4");
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let body = GeneratedBody::new(30 * MIB, 5).stalling_after(10 * MIB, stalled.clone());
+    let storage = store.storage.clone();
+    let upload = tokio::spawn(async move { storage.upload(&key, body, 100 * MIB).await });
+    tokio::time::timeout(Duration::from_secs(120), stalled.notified())
+        .await
+        .expect("the upload never read 10 MiB of its body");
+    // What happens to a request handler when its connection or task goes away.
+    upload.abort();
+    assert!(upload.await.unwrap_err().is_cancelled());
+
+    // A local store cleans up at once; S3 sends its abort from a spawned task,
+    // so give it (boundedly) time to land.
+    for _ in 0..150 {
+        if store.contents().await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "left behind after the upload was dropped: {:?}",
+        store.contents().await
+    );
+}
+
+async fn a_body_of_exactly_two_parts_round_trips(store: TestStore) {
+    // The end of the body falls exactly on a part boundary.
+    let len = 2 * S3Storage::DEFAULT_PART_SIZE as u64;
+    let key = key("videos/boundary/original.mp4");
+    let stored = store
+        .storage
+        .upload(&key, GeneratedBody::new(len, 11), len)
+        .await
+        .unwrap();
+    assert_eq!(stored, len);
+    assert_eq!(
+        stored_digest(&store.storage, &key).await,
+        digest_of(len, 11)
+    );
+}
+
 async fn deleting_is_idempotent_and_missing_keys_are_not_found(store: TestStore) {
     let storage = &store.storage;
     let key = key("videos/doomed/processed.mp4");
@@ -498,6 +560,24 @@ async fn deleting_a_video_folder_removes_only_that_video(store: TestStore) {
 
     // Nothing left to delete is not an error.
     storage.delete_prefix(doomed.folder()).await.unwrap();
+}
+
+async fn a_key_below_an_object_is_simply_missing(store: TestStore) {
+    // On S3 keys are flat; on disk "a/b.mp4/c" would go through a file.
+    let storage = &store.storage;
+    let object = key("videos/flat/original.mp4");
+    let below = key("videos/flat/original.mp4/thumbnail.jpg");
+    storage.upload(&object, &b"bytes"[..], 1024).await.unwrap();
+
+    assert!(!storage.exists(&below).await.unwrap());
+    assert!(matches!(
+        storage.open(&below).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    storage.delete(&below).await.unwrap();
+    // Deleting "under" an object's key removes what is under it, not the object.
+    storage.delete_prefix(&object).await.unwrap();
+    assert!(storage.exists(&object).await.unwrap());
 }
 
 async fn the_readiness_check_passes_on_a_working_store(store: TestStore) {

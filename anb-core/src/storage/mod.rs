@@ -79,8 +79,11 @@ impl Storage {
         max_bytes: u64,
     ) -> Result<u64, StorageError>
     where
-        R: AsyncRead + Unpin + Send,
+        R: AsyncRead + Send,
     {
+        // Pinned here so callers can pass readers that are not `Unpin` (such
+        // as a multipart field's reader) without boxing them.
+        let body = std::pin::pin!(body);
         match self {
             Self::S3(s3) => s3.upload(key, body, max_bytes).await,
             Self::Local(local) => local.upload(key, body, max_bytes).await,
