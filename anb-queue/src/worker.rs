@@ -428,9 +428,20 @@ async fn run_job(
     completed: mpsc::UnboundedSender<JobId>,
 ) {
     let Some((&name, handler)) = shared.handlers.get_key_value(job.name.as_str()) else {
-        // Claims only ask for registered names; a stranger means a backend bug. Let its lease
-        // run out rather than lose it.
-        tracing::error!(job.name = %job.name, "claimed a job with no handler");
+        // SQL backends only hand out registered names; a broker queue shared by several job
+        // types cannot filter, so give the job back for a worker that handles it.
+        tracing::warn!(job.name = %job.name, job.id = %job.id, "no handler for this job; releasing it");
+        drop(permit);
+        if let Err(error) = shared
+            .backend
+            .release(&shared.owner, std::slice::from_ref(&job.id))
+            .await
+        {
+            tracing::warn!(%error, "releasing a job without handler failed; its lease will expire");
+        }
+        shared.settle(&job.id);
+        metrics::counter!("anb_queue_jobs_total", "job" => "unknown", "outcome" => "released")
+            .increment(1);
         return;
     };
     let span =
