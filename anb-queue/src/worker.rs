@@ -325,10 +325,7 @@ impl Runtime {
                 },
                 () = &mut shutdown => break,
             };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
+            let permits = gather_slots(&slots, first, self.concurrency).await;
             // Mark the signal seen before claiming: a wake-up during the claim is not lost.
             signal.borrow_and_update();
             let request = ClaimRequest {
@@ -418,6 +415,34 @@ impl Runtime {
         let _ = maintenance.await;
         tracing::info!(owner = %shared.owner, released = unfinished.len(), "worker stopped");
         outcome
+    }
+}
+
+/// How long the claim loop waits for more free slots before claiming a small batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Collects free slots for one claim. With short jobs, slots free one by one; claiming for
+/// each would cost a round trip per job, so wait briefly until half the slots are free.
+/// With long jobs the wait is at most `BATCH_WINDOW`, nothing next to the job itself.
+async fn gather_slots(
+    slots: &Arc<Semaphore>,
+    first: OwnedSemaphorePermit,
+    concurrency: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let target = concurrency.div_ceil(2);
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    let mut permits = vec![first];
+    loop {
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        if permits.len() >= target {
+            return permits;
+        }
+        match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permits.push(permit),
+            _ => return permits,
+        }
     }
 }
 
