@@ -343,6 +343,7 @@ storage_suite!(
     a_body_of_exactly_two_parts_round_trips,
     deleting_is_idempotent_and_missing_keys_are_not_found,
     deleting_a_video_folder_removes_only_that_video,
+    a_key_below_an_object_is_simply_missing,
     the_readiness_check_passes_on_a_working_store,
 );
 
@@ -559,6 +560,24 @@ async fn deleting_a_video_folder_removes_only_that_video(store: TestStore) {
 
     // Nothing left to delete is not an error.
     storage.delete_prefix(doomed.folder()).await.unwrap();
+}
+
+async fn a_key_below_an_object_is_simply_missing(store: TestStore) {
+    // On S3 keys are flat; on disk "a/b.mp4/c" would go through a file.
+    let storage = &store.storage;
+    let object = key("videos/flat/original.mp4");
+    let below = key("videos/flat/original.mp4/thumbnail.jpg");
+    storage.upload(&object, &b"bytes"[..], 1024).await.unwrap();
+
+    assert!(!storage.exists(&below).await.unwrap());
+    assert!(matches!(
+        storage.open(&below).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    storage.delete(&below).await.unwrap();
+    // Deleting "under" an object's key removes what is under it, not the object.
+    storage.delete_prefix(&object).await.unwrap();
+    assert!(storage.exists(&object).await.unwrap());
 }
 
 async fn the_readiness_check_passes_on_a_working_store(store: TestStore) {

@@ -57,7 +57,7 @@ impl StorageError {
 
     /// Maps a filesystem error, turning "no such file" into [`Self::NotFound`].
     pub(crate) fn from_io(operation: &'static str, key: &str, err: io::Error) -> Self {
-        if err.kind() == io::ErrorKind::NotFound {
+        if is_missing(&err) {
             Self::NotFound {
                 key: key.to_owned(),
             }
@@ -65,4 +65,14 @@ impl StorageError {
             Self::backend(operation, err)
         }
     }
+}
+
+/// Whether a filesystem error means "nothing there": the file is absent, or
+/// a path component is a file (a key below an existing object, which S3
+/// would simply not have either).
+pub(crate) fn is_missing(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::body::{LimitedBody, TempFile};
+use super::error::is_missing;
 use super::{ObjectKey, ObjectReader, StorageError, UrlSigner};
 
 /// Name of the directory under the root that holds uploads in progress. Keys
@@ -153,7 +154,7 @@ impl LocalStorage {
         let path = self.path_of(key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(StorageError::backend("delete", e)),
         }
         self.prune_empty_parents(&path).await;
@@ -166,12 +167,12 @@ impl LocalStorage {
             Ok(metadata) if metadata.is_dir() => {}
             // Only keys *under* the prefix go; a file named like it is another key.
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => return Err(StorageError::backend("delete prefix", e)),
         }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if is_missing(&e) => {}
             Err(e) => return Err(StorageError::backend("delete prefix", e)),
         }
         self.prune_empty_parents(&dir).await;
