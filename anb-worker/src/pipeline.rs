@@ -227,12 +227,14 @@ fn decode(
     stop: &AtomicBool,
     cancel: &AtomicBool,
 ) -> Result<(), TranscodeError> {
-    let mut packet = Packet::empty();
     let mut bad_packets_in_a_row = 0;
     loop {
         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // A fresh packet each time: reading into a used one would overwrite
+        // (and leak) its buffer, as `Packet::read` does not release it first.
+        let mut packet = Packet::empty();
         match packet.read(&mut demuxer) {
             Ok(()) => bad_packets_in_a_row = 0,
             Err(ffmpeg::Error::Eof) => break,
