@@ -10,7 +10,8 @@
 #
 # Usage: anb-worker/benches/transcode-vs-ffmpeg.sh [RUNS]   (default 5)
 # Environment: PRESET (veryfast), CRF (23), WORK_DIR (a fresh temporary
-# directory), CARGO_TARGET_DIR (where cargo builds, as usual).
+# directory; an input already there is reused), ANB_WORKER_BIN (a release
+# build to use instead of building one), CARGO_TARGET_DIR (as usual).
 set -euo pipefail
 
 RUNS="${1:-5}"
@@ -27,11 +28,15 @@ for tool in ffmpeg ffprobe /usr/bin/time; do
     }
 done
 
-echo "building anb-worker (release)..." >&2
-(cd "$ROOT" && cargo build --release --quiet -p anb-worker)
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-[[ "$TARGET" = /* ]] || TARGET="$ROOT/$TARGET"
-WORKER="$TARGET/release/anb-worker"
+if [[ -n "${ANB_WORKER_BIN:-}" ]]; then
+    WORKER="$ANB_WORKER_BIN"
+else
+    echo "building anb-worker (release)..." >&2
+    (cd "$ROOT" && cargo build --release --quiet -p anb-worker)
+    TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+    [[ "$TARGET" = /* ]] || TARGET="$ROOT/$TARGET"
+    WORKER="$TARGET/release/anb-worker"
+fi
 
 INPUT="$WORK/input-1080p30-60s.mp4"
 if [[ ! -s "$INPUT" ]]; then
