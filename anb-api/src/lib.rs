@@ -14,7 +14,11 @@ pub const API_TITLE: &str = "ANB Rising Stars Showcase API";
 
 /// The OpenAPI service: every documented operation of the API.
 pub fn api_service() -> OpenApiService<routes::health::HealthApi, ()> {
-    OpenApiService::new(routes::health::HealthApi, API_TITLE, env!("CARGO_PKG_VERSION"))
+    OpenApiService::new(
+        routes::health::HealthApi,
+        API_TITLE,
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 /// The OpenAPI document as pretty JSON, as checked in under `openapi/`.
