@@ -1155,7 +1155,7 @@ impl Backend for SqsBackend {
                 break;
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(dead_at, _)| std::cmp::Reverse(*dead_at));
         Ok(found.into_iter().take(limit).map(|(_, job)| job).collect())
     }
 
