@@ -3,6 +3,7 @@
 pub mod backend;
 mod error;
 mod job;
+mod outbox;
 mod postgres;
 mod queue;
 mod redis;
@@ -14,6 +15,7 @@ mod worker;
 pub use backend::{BackendKind, DeadJob, JobId};
 pub use error::{JobError, QueueError};
 pub use job::{Job, JobContext};
+pub use outbox::{Outbox, Relay};
 pub use queue::{Queue, TransactionalConnection};
 pub use stats::QueueStats;
 pub use worker::{RetryBackoff, Worker, shutdown_signal};
