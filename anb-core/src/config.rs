@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 pub enum ConfigError {
     /// A required variable is not set.
     #[error("{var} is not set: {hint}")]
-    Missing { var: &'static str, hint: &'static str },
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
     /// A variable is set to a value that cannot be used.
     #[error("{var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
@@ -176,12 +179,18 @@ impl Settings {
 
         let database_url = DatabaseUrl::parse(
             "ANB_DATABASE_URL",
-            &required("ANB_DATABASE_URL", "set it to postgres://… or sqlite://path")?,
+            &required(
+                "ANB_DATABASE_URL",
+                "set it to postgres://… or sqlite://path",
+            )?,
         )?;
         let queue_url = get("ANB_QUEUE_URL").unwrap_or_else(|| database_url.as_str().to_owned());
         let storage_url = StorageUrl::parse(
             "ANB_STORAGE_URL",
-            &required("ANB_STORAGE_URL", "set it to s3://bucket[/prefix] or a directory")?,
+            &required(
+                "ANB_STORAGE_URL",
+                "set it to s3://bucket[/prefix] or a directory",
+            )?,
         )?;
         let s3_path_style = match get("ANB_S3_PATH_STYLE").as_deref() {
             None | Some("false" | "0") => false,
@@ -195,7 +204,10 @@ impl Settings {
         };
         let jwt_secret = JwtSecret::parse(
             "ANB_JWT_SECRET",
-            &required("ANB_JWT_SECRET", "set it to a random string of at least 32 bytes")?,
+            &required(
+                "ANB_JWT_SECRET",
+                "set it to a random string of at least 32 bytes",
+            )?,
         )?;
         let http_addr = parse_addr(
             "ANB_HTTP_ADDR",
@@ -281,7 +293,10 @@ mod tests {
     #[test]
     fn settings_name_the_missing_or_invalid_variable() {
         let err = settings(&[]).unwrap_err();
-        assert!(err.to_string().starts_with("ANB_DATABASE_URL is not set"), "{err}");
+        assert!(
+            err.to_string().starts_with("ANB_DATABASE_URL is not set"),
+            "{err}"
+        );
 
         let base = [
             ("ANB_DATABASE_URL", "postgres://postgres@127.0.0.1/anb"),
@@ -295,11 +310,19 @@ mod tests {
         let mut bad = base.to_vec();
         bad.push(("ANB_HTTP_ADDR", "localhost"));
         let err = settings(&bad).unwrap_err();
-        assert!(err.to_string().starts_with("ANB_HTTP_ADDR is invalid"), "{err}");
+        assert!(
+            err.to_string().starts_with("ANB_HTTP_ADDR is invalid"),
+            "{err}"
+        );
 
         let mut bad = base.to_vec();
         bad.push(("ANB_S3_PATH_STYLE", "maybe"));
-        assert!(settings(&bad).unwrap_err().to_string().contains("ANB_S3_PATH_STYLE"));
+        assert!(
+            settings(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("ANB_S3_PATH_STYLE")
+        );
     }
 
     #[test]

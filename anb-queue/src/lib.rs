@@ -1,9 +1,17 @@
 #![doc = include_str!("../README.md")]
 
-/// Errors raised by the queue library.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The queue URL names no backend this build supports.
-    #[error("unsupported queue URL scheme in {0:?}")]
-    UnsupportedUrl(String),
-}
+pub mod backend;
+mod error;
+mod job;
+mod postgres;
+mod queue;
+mod sqlite;
+mod stats;
+mod worker;
+
+pub use backend::{BackendKind, DeadJob, JobId};
+pub use error::{JobError, QueueError};
+pub use job::{Job, JobContext};
+pub use queue::{Queue, TransactionalConnection};
+pub use stats::QueueStats;
+pub use worker::{RetryBackoff, Worker, shutdown_signal};

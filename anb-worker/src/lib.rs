@@ -1,1 +1,14 @@
 #![doc = include_str!("../README.md")]
+
+pub mod art;
+mod error;
+mod media;
+mod options;
+mod pipeline;
+mod source;
+
+pub use error::{Rejection, TranscodeError};
+pub use media::png;
+pub use options::{MAX_BUMPERS_TOTAL, TranscodeOptions, X264_PRESETS};
+pub use pipeline::{OUTPUT_HEIGHT, OUTPUT_WIDTH, TranscodeReport, transcode};
+pub use source::{DURATION_TOLERANCE, SourceInfo, inspect};

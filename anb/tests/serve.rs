@@ -28,7 +28,9 @@ async fn serve_answers_health_on_the_embedded_default() {
     let status = loop {
         match reqwest::get(format!("http://{addr}/health")).await {
             Ok(response) => break response.status(),
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Err(e) => panic!("anb serve did not answer within 30 s: {e}"),
         }
     };
@@ -36,7 +38,10 @@ async fn serve_answers_health_on_the_embedded_default() {
     assert!(data_dir.path().join("jwt-secret").exists());
 
     // SIGTERM stops it cleanly.
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "anb serve exited with {exit}");
 }

@@ -1,0 +1,569 @@
+//! Pushes no-op jobs through one backend with `anb-queue` and, in the same run, with plain
+//! apalis (`apalis-postgres` / `apalis-sqlite` as published, with their defaults and tuned as
+//! in their examples), and prints throughput, enqueue→start latency and the ratios.
+//!
+//! ```sh
+//! cargo run --release -p anb-queue --example bench -- --backend postgres --jobs 20000
+//! cargo run --release -p anb-queue --example bench -- --backend sqlite --jobs 20000
+//! ```
+//!
+//! Every system gets a fresh database. Phases: enqueue one by one; bulk enqueue (chunks of
+//! 1,000); process the whole backlog with `--concurrency` handlers (stopped at
+//! `--time-limit` for slow systems, the rate counts what was done by then); then
+//! enqueue→start latency with an idle worker, jobs sent one at a time 2 ms apart.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Which backend to measure.
+    #[arg(long, value_enum, default_value = "postgres")]
+    backend: BackendArg,
+    /// Jobs in the backlog (bulk-enqueued, then processed).
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u64,
+    /// Jobs enqueued one by one.
+    #[arg(long, default_value_t = 2_000)]
+    one_by_one: u64,
+    /// Jobs in the latency phase.
+    #[arg(long, default_value_t = 500)]
+    latency_jobs: u64,
+    /// Jobs in the latency phase of apalis with its defaults (each may wait ~30 s).
+    #[arg(long, default_value_t = 20)]
+    apalis_default_latency_jobs: u64,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Longest a processing or latency phase may run.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Server for the PostgreSQL runs (a fresh database is created on it per system).
+    #[arg(
+        long,
+        env = "ANB_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Measure only anb-queue.
+    #[arg(long)]
+    skip_apalis: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Noop {
+    /// Microseconds since the Unix epoch when the job was enqueued.
+    sent_at_us: u64,
+}
+
+impl anb_queue::Job for Noop {
+    const NAME: &'static str = "noop";
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What the handlers share: how many ran, and their enqueue→start latencies.
+#[derive(Debug)]
+struct Tally {
+    handled: AtomicU64,
+    latencies_us: Mutex<Histogram<u64>>,
+}
+
+impl Tally {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            handled: AtomicU64::new(0),
+            latencies_us: Mutex::new(Histogram::new(3).expect("histogram")),
+        })
+    }
+
+    fn record(&self, job: &Noop) {
+        let latency = now_us().saturating_sub(job.sent_at_us).max(1);
+        let _ = self.latencies_us.lock().unwrap().record(latency);
+        self.handled.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn reset(&self) {
+        self.handled.store(0, Ordering::SeqCst);
+        self.latencies_us.lock().unwrap().reset();
+    }
+
+    async fn wait_for(&self, count: u64, limit: Duration) -> (u64, Duration) {
+        let started = Instant::now();
+        while self.handled.load(Ordering::SeqCst) < count && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (self.handled.load(Ordering::SeqCst), started.elapsed())
+    }
+
+    fn percentiles(&self) -> Option<(Duration, Duration)> {
+        let histogram = self.latencies_us.lock().unwrap();
+        (!histogram.is_empty()).then(|| {
+            (
+                Duration::from_micros(histogram.value_at_quantile(0.5)),
+                Duration::from_micros(histogram.value_at_quantile(0.99)),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    enqueue_one_per_s: f64,
+    enqueue_bulk_per_s: f64,
+    processed_per_s: f64,
+    processed_note: String,
+    latency: Option<(Duration, Duration)>,
+    latency_note: String,
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn chunks(count: u64) -> Vec<Vec<Noop>> {
+    let jobs: Vec<Noop> = (0..count)
+        .map(|_| Noop {
+            sent_at_us: now_us(),
+        })
+        .collect();
+    jobs.chunks(1000).map(<[Noop]>::to_vec).collect()
+}
+
+/// A fresh database for one system: a PostgreSQL database or a SQLite file.
+struct Scratch {
+    url: String,
+    admin: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    async fn new(args: &Args) -> anyhow::Result<Self> {
+        match args.backend {
+            BackendArg::Postgres => {
+                let name = format!("anb_queue_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = PgConnection::connect(&args.postgres_url)
+                    .await
+                    .with_context(|| {
+                        format!("PostgreSQL not reachable at {}", args.postgres_url)
+                    })?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await?;
+                let mut url = url::Url::parse(&args.postgres_url)?;
+                url.set_path(&name);
+                Ok(Self {
+                    url: url.to_string(),
+                    admin: Some((args.postgres_url.clone(), name)),
+                    _dir: None,
+                })
+            }
+            BackendArg::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("bench.db").display()
+                );
+                Ok(Self {
+                    url,
+                    admin: None,
+                    _dir: Some(dir),
+                })
+            }
+        }
+    }
+
+    async fn drop_database(self) {
+        if let Some((admin_url, name)) = &self.admin
+            && let Ok(mut admin) = PgConnection::connect(admin_url).await
+        {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+async fn bench_anb_queue(args: &Args) -> anyhow::Result<Figures> {
+    use anb_queue::{JobContext, Queue, Worker};
+
+    let scratch = Scratch::new(args).await?;
+    let queue = Queue::connect(&scratch.url).await?;
+    let mut figures = Figures::default();
+
+    let started = Instant::now();
+    for _ in 0..args.one_by_one {
+        queue
+            .enqueue(&Noop {
+                sent_at_us: now_us(),
+            })
+            .await?;
+    }
+    figures.enqueue_one_per_s = rate(args.one_by_one, started.elapsed());
+
+    let batches = chunks(args.jobs);
+    let started = Instant::now();
+    for batch in &batches {
+        queue.enqueue_bulk(batch).await?;
+    }
+    figures.enqueue_bulk_per_s = rate(args.jobs, started.elapsed());
+
+    let tally = Tally::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = Worker::new(queue.clone())
+        .concurrency(args.concurrency)
+        .handle({
+            let tally = tally.clone();
+            move |job: Noop, _ctx: JobContext| {
+                let tally = tally.clone();
+                async move {
+                    tally.record(&job);
+                    Ok(())
+                }
+            }
+        });
+    let running = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    let backlog = args.jobs + args.one_by_one;
+    let (done, elapsed) = tally
+        .wait_for(backlog, Duration::from_secs(args.time_limit))
+        .await;
+    figures.processed_per_s = rate(done, elapsed);
+    figures.processed_note = format!("{done}/{backlog} in {:.1} s", elapsed.as_secs_f64());
+
+    figures.latency = measure_latency(args.latency_jobs, args.time_limit, &tally, |job| {
+        let queue = queue.clone();
+        async move {
+            queue.enqueue(&job).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    figures.latency_note = format!("{} jobs", args.latency_jobs);
+    stop.cancel();
+    running.await??;
+    let stats = queue.stats().await?;
+    anyhow::ensure!(
+        stats.ready + stats.in_flight + stats.dead == 0,
+        "jobs left over: {stats:?}"
+    );
+    drop(queue);
+    scratch.drop_database().await;
+    Ok(figures)
+}
+
+/// Sends `count` jobs one at a time, 2 ms apart, to an idle worker and returns the p50/p99 of
+/// enqueue→start.
+async fn measure_latency<F, Fut>(
+    count: u64,
+    time_limit: u64,
+    tally: &Tally,
+    mut send: F,
+) -> anyhow::Result<Option<(Duration, Duration)>>
+where
+    F: FnMut(Noop) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    // Let the worker go idle first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tally.reset();
+    for _ in 0..count {
+        send(Noop {
+            sent_at_us: now_us(),
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tally.wait_for(count, Duration::from_secs(time_limit)).await;
+    Ok(tally.percentiles())
+}
+
+/// The apalis runs, one macro for both backends: their storage types differ, not the steps.
+macro_rules! bench_apalis {
+    ($args:expr, $tally:expr, $make_storage:expr, $build_worker:expr, $latency_jobs:expr) => {{
+        use apalis::prelude::*;
+        let args: &Args = $args;
+        let tally: Arc<Tally> = $tally;
+        let mut figures = Figures::default();
+        let mut storage = $make_storage;
+
+        let started = Instant::now();
+        for _ in 0..args.one_by_one {
+            storage
+                .push(Noop {
+                    sent_at_us: now_us(),
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("apalis push: {error}"))?;
+        }
+        figures.enqueue_one_per_s = rate(args.one_by_one, started.elapsed());
+
+        let batches = chunks(args.jobs);
+        let started = Instant::now();
+        for batch in batches {
+            storage
+                .push_bulk(batch)
+                .await
+                .map_err(|error| anyhow::anyhow!("apalis push_bulk: {error}"))?;
+        }
+        figures.enqueue_bulk_per_s = rate(args.jobs, started.elapsed());
+
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let worker = $build_worker(storage.clone(), tally.clone());
+        let running = tokio::spawn({
+            let stop = stop.clone();
+            worker.run_until(async move {
+                stop.notified().await;
+                Ok::<(), WorkerError>(())
+            })
+        });
+        let backlog = args.jobs + args.one_by_one;
+        let (done, elapsed) = tally
+            .wait_for(backlog, Duration::from_secs(args.time_limit))
+            .await;
+        figures.processed_per_s = rate(done, elapsed);
+        figures.processed_note = format!("{done}/{backlog} in {:.1} s", elapsed.as_secs_f64());
+
+        if done == backlog {
+            let latency_jobs: u64 = $latency_jobs;
+            figures.latency = measure_latency(latency_jobs, args.time_limit, &tally, |job| {
+                let mut storage = storage.clone();
+                async move {
+                    storage
+                        .push(job)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("apalis push: {error}"))
+                }
+            })
+            .await?;
+            let handled = tally.handled.load(Ordering::SeqCst);
+            figures.latency_note = format!("{handled}/{latency_jobs} jobs started");
+        } else {
+            figures.latency_note = "skipped: backlog not drained in time".to_owned();
+        }
+        stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(10), running).await;
+        Ok::<Figures, anyhow::Error>(figures)
+    }};
+}
+
+async fn apalis_handler(
+    job: Noop,
+    tally: apalis::prelude::Data<Arc<Tally>>,
+) -> Result<(), apalis::prelude::BoxDynError> {
+    tally.record(&job);
+    Ok(())
+}
+
+async fn bench_apalis_postgres(args: &Args, tuned: bool) -> anyhow::Result<Figures> {
+    use apalis_postgres::{Config, PostgresStorage};
+
+    let scratch = Scratch::new(args).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&scratch.url)
+        .await?;
+    PostgresStorage::setup(&pool).await?;
+    let tally = Tally::new();
+    let concurrency = args.concurrency;
+    let figures = if tuned {
+        // As in apalis-postgres's `basic` example: bigger batches, 1 s heartbeat, LISTEN/NOTIFY.
+        let config = Config::default()
+            .queue("bench")
+            .batch_size(100)
+            .lock_tasks(false)
+            .heartbeat_interval(Duration::from_secs(1))
+            .missed_heartbeats(10);
+        bench_apalis!(
+            args,
+            tally,
+            PostgresStorage::<Noop>::new(&pool).with_config(config.clone()),
+            |_storage: PostgresStorage<Noop>, tally: Arc<Tally>| {
+                WorkerBuilder::new("apalis-tuned")
+                    .backend(
+                        PostgresStorage::<Noop>::new(&pool)
+                            .with_config(config.clone())
+                            .with_pubsub(),
+                    )
+                    .data(tally)
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(apalis_handler)
+            },
+            args.latency_jobs
+        )?
+    } else {
+        bench_apalis!(
+            args,
+            tally,
+            PostgresStorage::<Noop>::new(&pool),
+            |storage: PostgresStorage<Noop>, tally: Arc<Tally>| {
+                WorkerBuilder::new("apalis-defaults")
+                    .backend(storage)
+                    .data(tally)
+                    .concurrency(concurrency)
+                    .build(apalis_handler)
+            },
+            args.apalis_default_latency_jobs
+        )?
+    };
+    pool.close().await;
+    scratch.drop_database().await;
+    Ok(figures)
+}
+
+async fn bench_apalis_sqlite(args: &Args, tuned: bool) -> anyhow::Result<Figures> {
+    use apalis_sqlite::{Config, SqliteStorage};
+
+    let scratch = Scratch::new(args).await?;
+    let tally = Tally::new();
+    let concurrency = args.concurrency;
+    let figures = if tuned {
+        // As in apalis-sqlite's `realtime` example: an update hook wakes the worker.
+        let (pool, listener) = SqliteStorage::connect_with_callback(&scratch.url)?;
+        SqliteStorage::setup(&pool).await?;
+        let config = Config::default()
+            .queue("bench")
+            .batch_size(100)
+            .lock_tasks(false);
+        let listener = Mutex::new(Some(listener));
+        bench_apalis!(
+            args,
+            tally,
+            SqliteStorage::<Noop>::new(&pool).with_config(config.clone()),
+            |storage: SqliteStorage<Noop>, tally: Arc<Tally>| {
+                let listener = listener.lock().unwrap().take().expect("one worker");
+                WorkerBuilder::new("apalis-tuned")
+                    .backend(storage.with_callback(listener))
+                    .data(tally)
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(apalis_handler)
+            },
+            args.latency_jobs
+        )?
+    } else {
+        let pool = sqlx::SqlitePool::connect(&scratch.url).await?;
+        SqliteStorage::setup(&pool).await?;
+        bench_apalis!(
+            args,
+            tally,
+            SqliteStorage::<Noop>::new(&pool),
+            |storage: SqliteStorage<Noop>, tally: Arc<Tally>| {
+                WorkerBuilder::new("apalis-defaults")
+                    .backend(storage)
+                    .data(tally)
+                    .concurrency(concurrency)
+                    .build(apalis_handler)
+            },
+            args.apalis_default_latency_jobs
+        )?
+    };
+    Ok(figures)
+}
+
+fn print_row(name: &str, figures: &Figures) {
+    let latency = figures
+        .latency
+        .map(|(p50, p99)| format!("{:>9.1} / {:>9.1} ms", ms(p50), ms(p99)))
+        .unwrap_or_else(|| format!("{:>24}", "—"));
+    println!(
+        "{name:<28} {:>11.0} {:>11.0} {:>11.0} {latency}   ({}; latency: {})",
+        figures.enqueue_one_per_s,
+        figures.enqueue_bulk_per_s,
+        figures.processed_per_s,
+        figures.processed_note,
+        figures.latency_note
+    );
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn print_ratios(name: &str, ours: &Figures, theirs: &Figures) {
+    let latency = match (ours.latency, theirs.latency) {
+        (Some((our_p50, our_p99)), Some((their_p50, their_p99))) => format!(
+            "p50 {:.1}× lower, p99 {:.1}× lower",
+            ms(their_p50) / ms(our_p50).max(1e-3),
+            ms(their_p99) / ms(our_p99).max(1e-3)
+        ),
+        _ => "latency not comparable".to_owned(),
+    };
+    println!(
+        "anb-queue vs {name:<18} enqueue one {:.2}×, bulk {:.2}×, processed {:.2}×, {latency}",
+        ours.enqueue_one_per_s / theirs.enqueue_one_per_s.max(1e-9),
+        ours.enqueue_bulk_per_s / theirs.enqueue_bulk_per_s.max(1e-9),
+        ours.processed_per_s / theirs.processed_per_s.max(1e-9),
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .init();
+    let args = Args::parse();
+    let backend = match args.backend {
+        BackendArg::Postgres => "postgres",
+        BackendArg::Sqlite => "sqlite",
+    };
+    println!(
+        "backend {backend}: {} one-by-one, {} bulk backlog, {} concurrent, no-op jobs",
+        args.one_by_one, args.jobs, args.concurrency
+    );
+
+    let ours = bench_anb_queue(&args).await?;
+    let mut others = Vec::new();
+    if !args.skip_apalis {
+        for tuned in [false, true] {
+            let figures = match args.backend {
+                BackendArg::Postgres => bench_apalis_postgres(&args, tuned).await?,
+                BackendArg::Sqlite => bench_apalis_sqlite(&args, tuned).await?,
+            };
+            let name = format!(
+                "apalis-{backend} {}",
+                if tuned { "tuned" } else { "defaults" }
+            );
+            others.push((name, figures));
+        }
+    }
+
+    println!();
+    println!(
+        "{:<28} {:>11} {:>11} {:>11} {:>24}",
+        "system", "enqueue/s", "bulk/s", "processed/s", "enqueue→start p50 / p99"
+    );
+    print_row(&format!("anb-queue {backend}"), &ours);
+    for (name, figures) in &others {
+        print_row(name, figures);
+    }
+    println!();
+    for (name, figures) in &others {
+        print_ratios(name, &ours, figures);
+    }
+    Ok(())
+}

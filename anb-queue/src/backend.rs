@@ -1,0 +1,189 @@
+//! The seam between the queue front-end ([`Queue`](crate::Queue), [`Worker`](crate::Worker)) and a
+//! storage engine.
+//!
+//! A backend stores jobs and leases them to workers; everything else (typed payloads,
+//! handlers, retry policy, metrics, tracing, shutdown) lives above this trait and is shared
+//! by every backend. To add a backend:
+//!
+//! 1. implement [`Backend`] in a module of this crate (see `postgres.rs` and `sqlite.rs`);
+//! 2. accept its URL scheme in [`Queue::connect`](crate::Queue::connect);
+//! 3. add it to the conformance suite (`tests/conformance.rs`): one macro line.
+//!
+//! Contract, for every backend:
+//! - a claimed job is leased to one `owner` until `now + lease`; a lease that runs out makes
+//!   the job claimable again ([`Backend::recover_expired`]), so delivery is at-least-once;
+//! - every lease operation (`complete`, `retry`, `dead_letter`, `release`, `extend`) names the
+//!   owner, and is a no-op for a job whose lease that owner no longer holds;
+//! - a claim counts an attempt; `release` gives the attempt back;
+//! - a job whose lease expires on its last attempt is dead-lettered rather than retried, so a
+//!   job that kills its worker cannot loop forever.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{error::QueueError, stats::QueueStats};
+
+/// A job's id in its backend (a row id for SQL backends, a message id for brokers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub(crate) String);
+
+impl JobId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which storage engine a backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// PostgreSQL (`postgres://`).
+    Postgres,
+    /// SQLite (`sqlite://`).
+    Sqlite,
+}
+
+impl BackendKind {
+    /// The engine's name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A job ready to be stored: the serialized payload and its scheduling.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The job's stable name ([`Job::NAME`](crate::Job::NAME)).
+    pub name: &'static str,
+    /// The payload, serialized as JSON.
+    pub payload: String,
+    /// Attempts allowed before dead-lettering.
+    pub max_attempts: u32,
+    /// How long to wait before the job may run.
+    pub delay: Duration,
+}
+
+/// A job leased to a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job's id.
+    pub id: JobId,
+    /// The job's stable name.
+    pub name: String,
+    /// The JSON payload.
+    pub payload: String,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// Attempts allowed before dead-lettering.
+    pub max_attempts: u32,
+    /// When the job was enqueued, in milliseconds since the Unix epoch.
+    pub enqueued_at_ms: i64,
+}
+
+/// What a worker asks for when it claims.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The job names this worker has handlers for.
+    pub names: &'a [&'static str],
+    /// The most jobs to lease at once.
+    pub max: usize,
+    /// Who will hold the leases.
+    pub owner: &'a str,
+    /// How long the leases last unless extended.
+    pub lease: Duration,
+}
+
+/// A signal that new work may be available: a counter bumped on every wake-up.
+pub type WorkSignal = watch::Receiver<u64>;
+
+/// A backend shared by the queue handle and its workers.
+pub(crate) type SharedBackend = Arc<dyn Backend>;
+
+/// A storage engine for jobs. See the module documentation for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Which engine this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Stores jobs, all or none, and returns their ids in order.
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError>;
+
+    /// Leases up to `request.max` due jobs, oldest first. Returns an empty list when none is due.
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError>;
+
+    /// Deletes finished jobs.
+    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError>;
+
+    /// Makes a failed job claimable again after `delay`, keeping `error` as its last error.
+    async fn retry(
+        &self,
+        owner: &str,
+        id: &JobId,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), QueueError>;
+
+    /// Moves a job to the dead letters, keeping `error`.
+    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError>;
+
+    /// Gives leased, unfinished jobs back at once, without counting the attempt.
+    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError>;
+
+    /// Extends leases to `lease` from now.
+    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError>;
+
+    /// Stores a running job's progress (0–100) and extends its lease.
+    async fn progress(
+        &self,
+        owner: &str,
+        id: &JobId,
+        percent: u8,
+        lease: Duration,
+    ) -> Result<(), QueueError>;
+
+    /// Returns jobs whose lease ran out to the queue (or to the dead letters on their last
+    /// attempt). Returns how many were recovered.
+    async fn recover_expired(&self) -> Result<u64, QueueError>;
+
+    /// How long until the next delayed job of these names becomes due, if any is waiting.
+    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError>;
+
+    /// A signal bumped when new jobs may be claimable (a push notification from the engine).
+    async fn subscribe(&self) -> Result<WorkSignal, QueueError>;
+
+    /// How long a worker idles between claims when no signal arrives.
+    fn idle_poll_interval(&self) -> Duration;
+
+    /// Counts jobs by state.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Lists dead-lettered jobs with their last error, newest first.
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
+}
+
+/// A job in the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadJob {
+    /// The job's id.
+    pub id: JobId,
+    /// The job's stable name.
+    pub name: String,
+    /// The JSON payload.
+    pub payload: String,
+    /// How many attempts it had.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub last_error: Option<String>,
+}

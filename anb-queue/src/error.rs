@@ -1,0 +1,116 @@
+//! The library's error type.
+
+/// Errors raised by the queue library itself (connecting, enqueueing, claiming).
+///
+/// Errors raised by job handlers are [`JobError`](crate::JobError)s instead: they decide
+/// whether a job is retried, not whether the queue works.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue URL could not be parsed.
+    #[error("invalid queue URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given (credentials removed).
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The queue URL names no backend this build supports.
+    #[error("unsupported queue URL scheme {scheme:?} (expected postgres:// or sqlite://)")]
+    UnsupportedUrl {
+        /// The scheme found in the URL.
+        scheme: String,
+    },
+    /// A database operation failed.
+    #[error("queue database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A job payload could not be serialized.
+    #[error("could not serialize the payload of job {job}: {source}")]
+    Serialize {
+        /// The job's stable name.
+        job: &'static str,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+    /// `enqueue_tx` was given a connection of another engine than the queue's backend, so the
+    /// job would land in a database no worker of this queue reads.
+    #[error(
+        "transactional enqueue on a {connection} connection is not possible for a {backend} queue"
+    )]
+    TransactionMismatch {
+        /// The engine of the connection given.
+        connection: &'static str,
+        /// The queue's backend.
+        backend: &'static str,
+    },
+    /// The worker was started without any handler.
+    #[error("a worker needs at least one registered handler")]
+    NoHandlers,
+}
+
+/// What a job handler returns when it fails: the error and whether a retry could help.
+///
+/// Any `std::error::Error` converts into a *retryable* `JobError` with `?`; use
+/// [`JobError::permanent`] when retrying cannot succeed (invalid input, a rule the job breaks),
+/// so the job goes straight to the dead letters.
+#[derive(Debug)]
+pub struct JobError {
+    message: String,
+    retryable: bool,
+}
+
+impl JobError {
+    /// A failure that may pass on a later attempt (a service down, a timeout).
+    pub fn retryable(error: impl std::fmt::Display) -> Self {
+        Self {
+            message: error.to_string(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that no retry can fix: the job is dead-lettered at once.
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        Self {
+            message: error.to_string(),
+            retryable: false,
+        }
+    }
+
+    /// Whether the job should be attempted again (while attempts remain).
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The error message kept with the job.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.retryable {
+            "retryable"
+        } else {
+            "permanent"
+        };
+        write!(f, "{kind} job error: {}", self.message)
+    }
+}
+
+// `JobError` deliberately does not implement `std::error::Error`, so that this blanket
+// conversion (what makes `?` work in handlers) does not overlap with `From<T> for T`.
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self {
+            message,
+            retryable: true,
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The PostgreSQL backend: one table, `FOR UPDATE SKIP LOCKED` claims in batches,
+//! `LISTEN/NOTIFY` wake-ups, millisecond scheduling and leases renewed by heartbeat.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool, Row, postgres::PgListener};
+use tokio::sync::{OnceCell, watch};
+
+use crate::{
+    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    error::QueueError,
+    stats::QueueStats,
+};
+
+/// The channel the insert trigger notifies.
+const CHANNEL: &str = "anb_queue";
+
+/// The schema version this build writes; `setup` upgrades older ones step by step.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
+const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
+
+/// Version 1 of the schema. Idempotent, so a half-applied run can simply run again.
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL,
+        payload JSONB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'running', 'dead')),
+        attempts INT NOT NULL DEFAULT 0,
+        max_attempts INT NOT NULL,
+        run_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        enqueued_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        locked_by TEXT,
+        locked_until TIMESTAMPTZ,
+        progress SMALLINT,
+        last_error TEXT,
+        dead_at TIMESTAMPTZ
+    )",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready ON anb_queue_jobs (run_at, id) WHERE state = 'ready'",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_running ON anb_queue_jobs (locked_until) WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_dead ON anb_queue_jobs (dead_at) WHERE state = 'dead'",
+    "CREATE OR REPLACE FUNCTION anb_queue_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN PERFORM pg_notify('anb_queue', ''); RETURN NULL; END $$",
+    // Statement level: a bulk insert notifies once, and a transactional enqueue notifies
+    // at commit (PostgreSQL delivers notifications only then).
+    "DROP TRIGGER IF EXISTS anb_queue_jobs_notify ON anb_queue_jobs",
+    "CREATE TRIGGER anb_queue_jobs_notify AFTER INSERT ON anb_queue_jobs
+     FOR EACH STATEMENT EXECUTE FUNCTION anb_queue_notify()",
+];
+
+const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
+     SELECT n, p::jsonb, m, now() + d * interval '1 millisecond'
+     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
+     ORDER BY o
+     RETURNING id";
+
+/// Creates or upgrades the queue's tables. Versioned in `anb_queue_schema`, not in sqlx's
+/// `_sqlx_migrations`, so the queue coexists with an application's own migrations.
+pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SETUP_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS anb_queue_schema (version INT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let version: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+        .fetch_one(&mut *tx)
+        .await?;
+    if version.unwrap_or(0) < SCHEMA_VERSION {
+        for statement in SCHEMA_V1 {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM anb_queue_schema")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO anb_queue_schema (version) VALUES ($1)")
+            .bind(SCHEMA_VERSION)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts jobs on any connection, typically the caller's open transaction.
+pub(crate) async fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<JobId>, QueueError> {
+    let names: Vec<&str> = jobs.iter().map(|job| job.name).collect();
+    let payloads: Vec<&str> = jobs.iter().map(|job| job.payload.as_str()).collect();
+    let max_attempts: Vec<i32> = jobs
+        .iter()
+        .map(|job| i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+        .collect();
+    let delays: Vec<i64> = jobs.iter().map(|job| millis(job.delay)).collect();
+    let ids: Vec<i64> = sqlx::query_scalar(INSERT_JOBS)
+        .bind(&names)
+        .bind(&payloads)
+        .bind(&max_attempts)
+        .bind(&delays)
+        .fetch_all(conn)
+        .await?;
+    Ok(ids.into_iter().map(|id| JobId(id.to_string())).collect())
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn row_ids(ids: &[JobId]) -> Vec<i64> {
+    // Ids that do not parse cannot be ours; skipping them makes the operation a no-op for them.
+    ids.iter().filter_map(|id| id.0.parse().ok()).collect()
+}
+
+/// The PostgreSQL backend.
+#[derive(Debug)]
+pub(crate) struct PostgresBackend {
+    pool: PgPool,
+    /// Started by the first worker; the listening task stops once the backend is dropped.
+    wake: OnceCell<Arc<watch::Sender<u64>>>,
+}
+
+impl PostgresBackend {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            wake: OnceCell::new(),
+        }
+    }
+
+    /// Starts the LISTEN connection the first time a worker asks for wake-ups.
+    async fn listener(&self) -> Result<WorkSignal, QueueError> {
+        let sender = self
+            .wake
+            .get_or_try_init(|| async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                let sender = Arc::new(watch::channel(0u64).0);
+                let signal: Weak<watch::Sender<u64>> = Arc::downgrade(&sender);
+                tokio::spawn(async move {
+                    loop {
+                        // `recv` reconnects by itself after a lost connection; wake workers
+                        // either way, since notifications may have been missed meanwhile.
+                        let received = listener.recv().await;
+                        let Some(signal) = signal.upgrade() else {
+                            break;
+                        };
+                        signal.send_modify(|count| *count = count.wrapping_add(1));
+                        if let Err(error) = received {
+                            tracing::warn!(%error, "queue notification listener failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                });
+                Ok::<_, QueueError>(sender)
+            })
+            .await?;
+        Ok(sender.subscribe())
+    }
+
+    async fn notify(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_jobs(&mut conn, jobs).await
+    }
+
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+        let rows = sqlx::query(
+            "WITH picked AS (
+                SELECT id FROM anb_queue_jobs
+                WHERE state = 'ready' AND run_at <= now() AND name = ANY($1)
+                ORDER BY run_at, id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE anb_queue_jobs AS j
+             SET state = 'running', attempts = j.attempts + 1, locked_by = $3,
+                 locked_until = clock_timestamp() + $4 * interval '1 millisecond'
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.name, j.payload::text AS payload, j.attempts, j.max_attempts,
+                 (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms",
+        )
+        .bind(request.names)
+        .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+        .bind(request.owner)
+        .bind(millis(request.lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows
+            .into_iter()
+            .map(|row| {
+                Ok(ClaimedJob {
+                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempt: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?)
+                        .unwrap_or(0),
+                    enqueued_at_ms: row.try_get("enqueued_at_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // UPDATE ... RETURNING does not keep the CTE's order.
+        jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
+        Ok(jobs)
+    }
+
+    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        sqlx::query("DELETE FROM anb_queue_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
+            .bind(row_ids(ids))
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        owner: &str,
+        id: &JobId,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = clock_timestamp() + $3 * interval '1 millisecond',
+                 locked_by = NULL, locked_until = NULL, last_error = $4
+             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+        )
+        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(millis(delay))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'dead', dead_at = now(), locked_by = NULL, locked_until = NULL,
+                 last_error = $3
+             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+        )
+        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        let released = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = now(), attempts = greatest(attempts - 1, 0),
+                 locked_by = NULL, locked_until = NULL
+             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+        )
+        .bind(row_ids(ids))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        if released.rows_affected() > 0 {
+            self.notify().await?;
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET locked_until = clock_timestamp() + $3 * interval '1 millisecond'
+             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+        )
+        .bind(row_ids(ids))
+        .bind(owner)
+        .bind(millis(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        owner: &str,
+        id: &JobId,
+        percent: u8,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET progress = $3, locked_until = clock_timestamp() + $4 * interval '1 millisecond'
+             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+        )
+        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(i16::from(percent))
+        .bind(millis(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn recover_expired(&self) -> Result<u64, QueueError> {
+        let recovered = sqlx::query(
+            "WITH expired AS (
+                SELECT id FROM anb_queue_jobs
+                WHERE state = 'running' AND locked_until < now()
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE anb_queue_jobs AS j
+             SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'ready' END,
+                 dead_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                 run_at = now(), locked_by = NULL, locked_until = NULL,
+                 last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
+             FROM expired WHERE j.id = expired.id",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if recovered > 0 {
+            self.notify().await?;
+        }
+        Ok(recovered)
+    }
+
+    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
+        let wait_ms: Option<i64> = sqlx::query_scalar(
+            "SELECT greatest(0, ceil(extract(epoch FROM min(run_at) - now()) * 1000))::int8
+             FROM anb_queue_jobs WHERE state = 'ready' AND name = ANY($1)",
+        )
+        .bind(names)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+
+    async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
+        self.listener().await
+    }
+
+    fn idle_poll_interval(&self) -> Duration {
+        // LISTEN/NOTIFY wakes workers; polling only covers a lost notification.
+        Duration::from_secs(1)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let row = sqlx::query(
+            "SELECT
+                count(*) FILTER (WHERE state = 'ready' AND run_at <= now()) AS ready,
+                count(*) FILTER (WHERE state = 'running') AS in_flight,
+                count(*) FILTER (WHERE state = 'ready' AND run_at > now()) AS delayed,
+                count(*) FILTER (WHERE state = 'dead') AS dead,
+                coalesce(extract(epoch FROM now() - min(run_at)
+                    FILTER (WHERE state = 'ready' AND run_at <= now())) * 1000, 0)::int8 AS oldest_ms
+             FROM anb_queue_jobs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |column: &str| -> Result<u64, sqlx::Error> {
+            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
+        };
+        Ok(QueueStats {
+            ready: count("ready")?,
+            in_flight: count("in_flight")?,
+            delayed: count("delayed")?,
+            dead: count("dead")?,
+            oldest_ready_age: Duration::from_millis(count("oldest_ms")?),
+        })
+    }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT id, name, payload::text AS payload, attempts, last_error FROM anb_queue_jobs
+             WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(DeadJob {
+                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(QueueError::from)
+    }
+}

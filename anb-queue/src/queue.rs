@@ -1,0 +1,265 @@
+//! The handle applications hold: connect from a URL, enqueue, inspect.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, postgres::PgPoolOptions};
+
+use crate::{
+    backend::{Backend, BackendKind, DeadJob, JobId, NewJob, SharedBackend},
+    error::QueueError,
+    job::Job,
+    postgres::{self, PostgresBackend},
+    sqlite::{self, SqliteBackend},
+    stats::QueueStats,
+};
+
+/// A job queue over the backend named by a URL.
+///
+/// Cheap to clone: clones share the backend's connection pool. `Queue` never exposes which
+/// backend it runs on in its types, so code holding one works with all of them.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    backend: SharedBackend,
+}
+
+impl Queue {
+    /// Connects to the backend named by `url` and creates or upgrades the queue's tables.
+    ///
+    /// - `postgres://user@host/db` (or `postgresql://`): jobs in table `anb_queue_jobs`;
+    /// - `sqlite://path/to/file.db`: the file is created if missing and switched to WAL.
+    ///
+    /// The tables can share a database with an application's own: their schema is versioned
+    /// in `anb_queue_schema`, apart from sqlx's migration history.
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        let scheme = url
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .ok_or_else(|| QueueError::InvalidUrl {
+                url: redact(url),
+                reason: "no scheme (expected postgres:// or sqlite://)".to_owned(),
+            })?;
+        match scheme.as_str() {
+            "postgres" | "postgresql" => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(10)
+                    .connect(url)
+                    .await?;
+                Self::from_postgres_pool(pool).await
+            }
+            "sqlite" => Self::from_sqlite_pool(sqlite::connect(url).await?).await,
+            _ => Err(QueueError::UnsupportedUrl { scheme }),
+        }
+    }
+
+    /// Uses an existing PostgreSQL pool (e.g. the application's own) and sets up the tables.
+    pub async fn from_postgres_pool(pool: PgPool) -> Result<Self, QueueError> {
+        postgres::setup(&pool).await?;
+        Ok(Self::from_backend(PostgresBackend::new(pool)))
+    }
+
+    /// Uses an existing SQLite pool and sets up the tables. Prefer [`Queue::connect`], which
+    /// opens the file with the settings the queue is tuned for (WAL, one writer).
+    pub async fn from_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
+        sqlite::setup(&pool).await?;
+        Ok(Self::from_backend(SqliteBackend::new(pool)))
+    }
+
+    fn from_backend(backend: impl Backend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
+    /// Which engine the queue runs on.
+    pub fn kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Enqueues a job to run as soon as a worker is free.
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<JobId, QueueError> {
+        self.enqueue_in(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a job to run once `delay` has passed (millisecond precision).
+    pub async fn enqueue_in<J: Job>(&self, job: &J, delay: Duration) -> Result<JobId, QueueError> {
+        let new_job = new_job(job, delay)?;
+        let mut ids = self.backend.enqueue(std::slice::from_ref(&new_job)).await?;
+        Ok(ids.remove(0))
+    }
+
+    /// Enqueues many jobs in one round trip, all or none. Returns their ids in order.
+    pub async fn enqueue_bulk<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, QueueError> {
+        let new_jobs = jobs
+            .iter()
+            .map(|job| new_job(job, Duration::ZERO))
+            .collect::<Result<Vec<_>, _>>()?;
+        if new_jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.enqueue(&new_jobs).await
+    }
+
+    /// Enqueues a job on the caller's connection, typically inside its transaction, so the
+    /// job commits or rolls back with the caller's own writes:
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+    /// # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+    /// # async fn example(pool: sqlx::PgPool, queue: anb_queue::Queue) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("INSERT INTO videos (id) VALUES (1)").execute(&mut *tx).await?;
+    /// queue.enqueue_tx(&mut *tx, &Transcode { video_id: 1 }).await?;
+    /// tx.commit().await?; // the video and its job, or neither
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The connection must belong to the queue's own database and engine (a
+    /// [`PgConnection`] for a PostgreSQL queue, a [`SqliteConnection`] for SQLite).
+    pub async fn enqueue_tx<C, J>(&self, conn: &mut C, job: &J) -> Result<JobId, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
+        let mut ids = self
+            .enqueue_bulk_tx(conn, std::slice::from_ref(job))
+            .await?;
+        Ok(ids.remove(0))
+    }
+
+    /// Like [`Queue::enqueue_tx`], for many jobs.
+    pub async fn enqueue_bulk_tx<C, J>(
+        &self,
+        conn: &mut C,
+        jobs: &[J],
+    ) -> Result<Vec<JobId>, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
+        if self.backend.kind() != C::KIND {
+            return Err(QueueError::TransactionMismatch {
+                connection: C::KIND.as_str(),
+                backend: self.backend.kind().as_str(),
+            });
+        }
+        let new_jobs = jobs
+            .iter()
+            .map(|job| new_job(job, Duration::ZERO))
+            .collect::<Result<Vec<_>, _>>()?;
+        if new_jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        conn.insert_jobs(&new_jobs).await
+    }
+
+    /// Counts jobs by state, and publishes the counts as gauges (`anb_queue_jobs{state}`,
+    /// `anb_queue_oldest_ready_age_seconds`).
+    pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let stats = self.backend.stats().await?;
+        stats.record_gauges();
+        Ok(stats)
+    }
+
+    /// Lists dead-lettered jobs with their last error, newest first.
+    pub async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        self.backend.dead_jobs(limit).await
+    }
+}
+
+fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
+    let payload = serde_json::to_string(job).map_err(|source| QueueError::Serialize {
+        job: J::NAME,
+        source,
+    })?;
+    Ok(NewJob {
+        name: J::NAME,
+        payload,
+        max_attempts: J::MAX_ATTEMPTS.max(1),
+        delay,
+    })
+}
+
+/// Removes a password from a URL before it appears in an error.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable>".to_owned(),
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for sqlx::PgConnection {}
+    impl Sealed for sqlx::SqliteConnection {}
+}
+
+/// A database connection a job can be enqueued on: [`PgConnection`] or [`SqliteConnection`]
+/// (pass `&mut *tx` for a transaction).
+pub trait TransactionalConnection: sealed::Sealed + Send {
+    /// The engine this connection talks to.
+    const KIND: BackendKind;
+
+    #[doc(hidden)]
+    fn insert_jobs(
+        &mut self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send;
+}
+
+impl TransactionalConnection for PgConnection {
+    const KIND: BackendKind = BackendKind::Postgres;
+
+    fn insert_jobs(
+        &mut self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
+        postgres::insert_jobs(self, jobs)
+    }
+}
+
+impl TransactionalConnection for SqliteConnection {
+    const KIND: BackendKind = BackendKind::Sqlite;
+
+    fn insert_jobs(
+        &mut self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
+        sqlite::insert_jobs(self, jobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_refused_by_name() {
+        let error = Queue::connect("amqp://broker:5672").await.unwrap_err();
+        assert!(
+            matches!(&error, QueueError::UnsupportedUrl { scheme } if scheme == "amqp"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_without_scheme_is_invalid() {
+        let error = Queue::connect("just-a-name").await.unwrap_err();
+        assert!(matches!(error, QueueError::InvalidUrl { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn passwords_never_reach_error_messages() {
+        let shown = redact("postgres://app:s3cret@db.internal/app");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+    }
+}

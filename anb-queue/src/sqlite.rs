@@ -1,0 +1,411 @@
+//! The SQLite backend: the same semantics as PostgreSQL on one file, with WAL journaling,
+//! one writing connection, millisecond scheduling and in-process wake-ups.
+
+use std::{
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row, SqliteConnection, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::watch;
+
+use crate::{
+    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    error::QueueError,
+    stats::QueueStats,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'running', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        run_at INTEGER NOT NULL,
+        enqueued_at INTEGER NOT NULL,
+        locked_by TEXT,
+        locked_until INTEGER,
+        progress INTEGER,
+        last_error TEXT,
+        dead_at INTEGER
+    )",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready ON anb_queue_jobs (run_at, id) WHERE state = 'ready'",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_running ON anb_queue_jobs (locked_until) WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_dead ON anb_queue_jobs (dead_at) WHERE state = 'dead'",
+];
+
+/// Milliseconds since the Unix epoch: SQLite has no clock type, and all writers of one file
+/// share the host's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Ids as a JSON array, so one statement can take a whole batch through `json_each`.
+fn json_ids(ids: &[JobId]) -> String {
+    let numbers: Vec<i64> = ids.iter().filter_map(|id| id.0.parse().ok()).collect();
+    serde_json::to_string(&numbers).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn json_names(names: &[&str]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Opens a pool on the file named by `url`, created if missing.
+pub(crate) async fn connect(url: &str) -> Result<SqlitePool, QueueError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    // SQLite takes one writer at a time; one connection queues our writes in the pool instead
+    // of in busy-retry loops.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Creates or upgrades the queue's tables, versioned in `anb_queue_schema`.
+pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
+    let mut conn = pool.acquire().await?;
+    // IMMEDIATE takes the write lock up front, so two processes cannot interleave the DDL.
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let outcome = async {
+        sqlx::query("CREATE TABLE IF NOT EXISTS anb_queue_schema (version INTEGER NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+            .fetch_one(&mut *conn)
+            .await?;
+        if version.unwrap_or(0) < SCHEMA_VERSION {
+            for statement in SCHEMA_V1 {
+                sqlx::query(*statement).execute(&mut *conn).await?;
+            }
+            sqlx::query("DELETE FROM anb_queue_schema")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("INSERT INTO anb_queue_schema (version) VALUES (?)")
+                .bind(SCHEMA_VERSION)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(())
+        }
+        Err(error) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(error.into())
+        }
+    }
+}
+
+/// Inserts jobs on any connection, typically the caller's open transaction.
+pub(crate) async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<JobId>, QueueError> {
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, enqueued_at)
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(job.name)
+        .bind(&job.payload)
+        .bind(i64::from(job.max_attempts))
+        .bind(now.saturating_add(millis(job.delay)))
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        ids.push(JobId(id.to_string()));
+    }
+    Ok(ids)
+}
+
+/// The SQLite backend.
+#[derive(Debug)]
+pub(crate) struct SqliteBackend {
+    pool: SqlitePool,
+    wake: watch::Sender<u64>,
+}
+
+impl SqliteBackend {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            wake: watch::channel(0).0,
+        }
+    }
+
+    /// Wakes this process's workers. Workers in other processes find the job on their next poll.
+    pub(crate) fn wake(&self) {
+        self.wake
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sqlite
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        let mut tx = self.pool.begin().await?;
+        let ids = insert_jobs(&mut tx, jobs).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(ids)
+    }
+
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2
+             WHERE id IN (
+                SELECT id FROM anb_queue_jobs
+                WHERE state = 'ready' AND run_at <= ?3
+                  AND name IN (SELECT value FROM json_each(?4))
+                ORDER BY run_at, id
+                LIMIT ?5
+             )
+             RETURNING id, name, payload, attempts, max_attempts, enqueued_at",
+        )
+        .bind(request.owner)
+        .bind(now.saturating_add(millis(request.lease)))
+        .bind(now)
+        .bind(json_names(request.names))
+        .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows
+            .into_iter()
+            .map(|row| {
+                Ok(ClaimedJob {
+                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts")?)
+                        .unwrap_or(0),
+                    enqueued_at_ms: row.try_get("enqueued_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
+        Ok(jobs)
+    }
+
+    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        sqlx::query(
+            "DELETE FROM anb_queue_jobs
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(ids))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        owner: &str,
+        id: &JobId,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(now_ms().saturating_add(millis(delay)))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(now_ms())
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        let released = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
+                 locked_by = NULL, locked_until = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(ids))
+        .bind(owner)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if released.rows_affected() > 0 {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs SET locked_until = ?3
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(ids))
+        .bind(owner)
+        .bind(now_ms().saturating_add(millis(lease)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        owner: &str,
+        id: &JobId,
+        percent: u8,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE anb_queue_jobs SET progress = ?3, locked_until = ?4
+             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(owner)
+        .bind(i64::from(percent))
+        .bind(now_ms().saturating_add(millis(lease)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn recover_expired(&self) -> Result<u64, QueueError> {
+        let now = now_ms();
+        let recovered = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
+                 dead_at = CASE WHEN attempts >= max_attempts THEN ?1 END,
+                 run_at = ?1, locked_by = NULL, locked_until = NULL,
+                 last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
+             WHERE state = 'running' AND locked_until < ?1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if recovered > 0 {
+            self.wake();
+        }
+        Ok(recovered)
+    }
+
+    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(run_at) FROM anb_queue_jobs
+             WHERE state = 'ready' AND name IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_names(names))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(|run_at| {
+            Duration::from_millis(u64::try_from(run_at.saturating_sub(now_ms())).unwrap_or(0))
+        }))
+    }
+
+    async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
+        Ok(self.wake.subscribe())
+    }
+
+    fn idle_poll_interval(&self) -> Duration {
+        // Wake-ups reach this process's workers at once; this bounds the latency for jobs
+        // enqueued by another process on the same file.
+        Duration::from_millis(100)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "SELECT
+                coalesce(sum(state = 'ready' AND run_at <= ?1), 0) AS ready,
+                coalesce(sum(state = 'running'), 0) AS in_flight,
+                coalesce(sum(state = 'ready' AND run_at > ?1), 0) AS delayed,
+                coalesce(sum(state = 'dead'), 0) AS dead,
+                coalesce(?1 - min(CASE WHEN state = 'ready' AND run_at <= ?1 THEN run_at END), 0) AS oldest_ms
+             FROM anb_queue_jobs",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |column: &str| -> Result<u64, sqlx::Error> {
+            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
+        };
+        Ok(QueueStats {
+            ready: count("ready")?,
+            in_flight: count("in_flight")?,
+            delayed: count("delayed")?,
+            dead: count("dead")?,
+            oldest_ready_age: Duration::from_millis(count("oldest_ms")?),
+        })
+    }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT id, name, payload, attempts, last_error FROM anb_queue_jobs
+             WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT ?1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(DeadJob {
+                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+                    name: row.try_get("name")?,
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(QueueError::from)
+    }
+}

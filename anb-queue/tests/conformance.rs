@@ -1,0 +1,662 @@
+//! The conformance suite: every semantic the queue promises, written once and run against
+//! every backend (one `conformance_suite!` line per backend at the bottom).
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anb_queue::{Job, JobContext, JobError, Queue, QueueStats, RetryBackoff, Worker};
+use serde::{Deserialize, Serialize};
+use support::{RunningWorker, TestDb, wait_until};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Echo {
+    n: u32,
+    text: String,
+}
+
+impl Job for Echo {
+    const NAME: &'static str = "echo";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Flaky {
+    fail_attempts: u32,
+}
+
+impl Job for Flaky {
+    const NAME: &'static str = "flaky";
+    const MAX_ATTEMPTS: u32 = 3;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slow {
+    millis: u64,
+}
+
+impl Job for Slow {
+    const NAME: &'static str = "slow";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Unhandled;
+
+impl Job for Unhandled {
+    const NAME: &'static str = "unhandled";
+}
+
+fn fast_retries() -> RetryBackoff {
+    RetryBackoff {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+    }
+}
+
+async fn stats(queue: &Queue) -> QueueStats {
+    queue.stats().await.expect("stats")
+}
+
+async fn is_empty(queue: &Queue) -> bool {
+    let stats = stats(queue).await;
+    (stats.ready, stats.in_flight, stats.delayed, stats.dead) == (0, 0, 0, 0)
+}
+
+/// Records the payloads a handler saw.
+fn recording_worker(queue: &Queue, seen: Arc<Mutex<Vec<Echo>>>) -> Worker {
+    Worker::new(queue.clone()).handle(move |job: Echo, _ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(job);
+            Ok(())
+        }
+    })
+}
+
+async fn delivers_jobs_with_their_payload(db: &TestDb) {
+    let queue = db.queue().await;
+    let sent: Vec<Echo> = (0..3)
+        .map(|n| Echo {
+            n,
+            text: format!("héllo {n}"),
+        })
+        .collect();
+    for job in &sent {
+        queue.enqueue(job).await.unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("3 jobs handled", 60, || async {
+        seen.lock().unwrap().len() >= 3
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let seen: HashSet<Echo> = seen.lock().unwrap().iter().cloned().collect();
+    assert_eq!(seen, sent.into_iter().collect());
+}
+
+async fn bulk_enqueue_delivers_every_job_once(db: &TestDb) {
+    let queue = db.queue().await;
+    let jobs: Vec<Echo> = (0..500)
+        .map(|n| Echo {
+            n,
+            text: String::new(),
+        })
+        .collect();
+    let ids = queue.enqueue_bulk(&jobs).await.unwrap();
+    assert_eq!(ids.len(), 500);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        500,
+        "ids are distinct"
+    );
+    assert_eq!(stats(&queue).await.ready, 500);
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()).concurrency(8));
+    wait_until("500 jobs handled", 120, || async {
+        seen.lock().unwrap().len() >= 500
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let numbers: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
+    assert_eq!(numbers.len(), 500, "no job delivered twice");
+    assert_eq!(numbers.iter().collect::<HashSet<_>>().len(), 500);
+}
+
+async fn delayed_job_waits_for_its_time(db: &TestDb) {
+    let queue = db.queue().await;
+    let enqueued = Instant::now();
+    queue
+        .enqueue_in(
+            &Echo {
+                n: 1,
+                text: "later".into(),
+            },
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    queue
+        .enqueue(&Echo {
+            n: 2,
+            text: "now".into(),
+        })
+        .await
+        .unwrap();
+    let counts = stats(&queue).await;
+    assert_eq!((counts.ready, counts.delayed), (1, 1));
+
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).handle({
+        let started = started.clone();
+        move |job: Echo, _ctx: JobContext| {
+            let started = started.clone();
+            async move {
+                started.lock().unwrap().push((job.n, Instant::now()));
+                Ok(())
+            }
+        }
+    }));
+    wait_until("both jobs handled", 60, || async {
+        started.lock().unwrap().len() >= 2
+    })
+    .await;
+    worker.stop().await;
+    let started = started.lock().unwrap().clone();
+    assert_eq!(started[0].0, 2, "the due job runs first");
+    let delayed_wait = started[1].1 - enqueued;
+    // Allow for the database clock's millisecond rounding; the wait must not be cut short.
+    assert!(
+        delayed_wait >= Duration::from_millis(1490),
+        "delayed job started after {delayed_wait:?}, before its 1.5 s delay"
+    );
+}
+
+/// A handler that fails its first `fail_attempts` attempts and records each attempt number.
+fn flaky_worker(queue: &Queue, attempts: Arc<Mutex<Vec<u32>>>, permanent: bool) -> Worker {
+    Worker::new(queue.clone())
+        .retry_backoff(fast_retries())
+        .handle(move |job: Flaky, ctx: JobContext| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(ctx.attempt());
+                if ctx.attempt() <= job.fail_attempts {
+                    let message = format!("boom on attempt {}", ctx.attempt());
+                    return Err(if permanent {
+                        JobError::permanent(message)
+                    } else {
+                        JobError::retryable(message)
+                    });
+                }
+                Ok(())
+            }
+        })
+}
+
+async fn retryable_failure_is_retried_until_success(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 2 }).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), false));
+    wait_until("third attempt", 60, || async {
+        attempts.lock().unwrap().len() >= 3
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
+}
+
+async fn exhausted_retries_dead_letter_with_last_error(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 99 }).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), false));
+    wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    worker.stop().await;
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![1, 2, 3],
+        "MAX_ATTEMPTS = 3, no more"
+    );
+    let dead = queue.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].name, "flaky");
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_error.as_deref(), Some("boom on attempt 3"));
+    let counts = stats(&queue).await;
+    assert_eq!((counts.ready, counts.in_flight, counts.delayed), (0, 0, 0));
+}
+
+async fn permanent_failure_dead_letters_at_once(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 99 }).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), true));
+    wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1]);
+    let dead = queue.dead_jobs(10).await.unwrap();
+    assert_eq!(dead[0].last_error.as_deref(), Some("boom on attempt 1"));
+}
+
+async fn panicking_handler_is_retried(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .retry_backoff(fast_retries())
+            .handle({
+                let attempts = attempts.clone();
+                move |_job: Flaky, ctx: JobContext| {
+                    let attempts = attempts.clone();
+                    async move {
+                        attempts.lock().unwrap().push(ctx.attempt());
+                        assert!(ctx.attempt() > 1, "first attempt panics");
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    wait_until("second attempt", 60, || async {
+        attempts.lock().unwrap().len() >= 2
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
+}
+
+async fn undecodable_payload_is_dead_lettered(db: &TestDb) {
+    #[derive(Serialize, Deserialize)]
+    struct OldEcho {
+        number: String,
+    }
+    impl Job for OldEcho {
+        const NAME: &'static str = "echo";
+    }
+    let queue = db.queue().await;
+    queue
+        .enqueue(&OldEcho { number: "x".into() })
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    worker.stop().await;
+    assert!(seen.lock().unwrap().is_empty());
+    let dead = queue.dead_jobs(1).await.unwrap();
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("does not deserialize")
+    );
+}
+
+async fn stats_count_jobs_by_state(db: &TestDb) {
+    let queue = db.queue().await;
+    assert_eq!(stats(&queue).await, QueueStats::default());
+    // One job held by a worker, one dead...
+    queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
+    queue.enqueue(&Flaky { fail_attempts: 99 }).await.unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let worker = RunningWorker::spawn(flaky_worker(&queue, Arc::default(), true).handle({
+        let release = release.clone();
+        move |_job: Slow, _ctx: JobContext| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(())
+            }
+        }
+    }));
+    wait_until("one in flight, one dead", 60, || async {
+        let counts = stats(&queue).await;
+        (counts.in_flight, counts.dead) == (1, 1)
+    })
+    .await;
+    // ...two ready that no worker handles, one delayed.
+    queue.enqueue(&Unhandled).await.unwrap();
+    queue.enqueue(&Unhandled).await.unwrap();
+    queue
+        .enqueue_in(&Unhandled, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let counts = stats(&queue).await;
+    assert_eq!(
+        (counts.ready, counts.in_flight, counts.delayed, counts.dead),
+        (2, 1, 1, 1)
+    );
+    assert!(
+        counts.oldest_ready_age >= Duration::from_millis(50),
+        "oldest ready job waited {:?}",
+        counts.oldest_ready_age
+    );
+    release.notify_one();
+    wait_until("slow job done", 60, || async {
+        stats(&queue).await.in_flight == 0
+    })
+    .await;
+    worker.stop().await;
+}
+
+async fn concurrency_is_bounded(db: &TestDb) {
+    let queue = db.queue().await;
+    let jobs: Vec<Slow> = (0..9).map(|_| Slow { millis: 200 }).collect();
+    queue.enqueue_bulk(&jobs).await.unwrap();
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).concurrency(3).handle({
+        let (running, peak, done) = (running.clone(), peak.clone(), done.clone());
+        move |job: Slow, _ctx: JobContext| {
+            let (running, peak, done) = (running.clone(), peak.clone(), done.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }));
+    wait_until("9 jobs done", 60, || async {
+        done.load(Ordering::SeqCst) >= 9
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "runs 3 at once, never more");
+}
+
+async fn heartbeat_keeps_a_long_job_leased(db: &TestDb) {
+    let queue = db.queue().await;
+    // Runs for three leases; a second worker is waiting to steal it if the lease lapses.
+    queue.enqueue(&Slow { millis: 6000 }).await.unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = |name: &str| {
+        let runs = runs.clone();
+        Worker::new(queue.clone())
+            .name(name)
+            .lease(Duration::from_secs(2))
+            .handle(move |job: Slow, ctx: JobContext| {
+                let runs = runs.clone();
+                async move {
+                    runs.lock().unwrap().push(ctx.attempt());
+                    ctx.report_progress(10).await?;
+                    tokio::time::sleep(Duration::from_millis(job.millis / 2)).await;
+                    ctx.extend_lease(Duration::from_secs(3)).await?;
+                    ctx.report_progress(60).await?;
+                    tokio::time::sleep(Duration::from_millis(job.millis / 2)).await;
+                    Ok(())
+                }
+            })
+    };
+    let first = RunningWorker::spawn(worker("first"));
+    let second = RunningWorker::spawn(worker("second"));
+    wait_until("job done", 60, || is_empty(&queue)).await;
+    // A lapsed lease would have shown as a second run (attempt 2) before the queue emptied.
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(
+        *runs.lock().unwrap(),
+        vec![1],
+        "ran once, never redelivered"
+    );
+}
+
+async fn shutdown_lets_running_jobs_finish(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Slow { millis: 500 }).await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(AtomicBool::new(false));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .shutdown_grace(Duration::from_secs(30))
+            .handle({
+                let (started, finished) = (started.clone(), finished.clone());
+                move |job: Slow, ctx: JobContext| {
+                    let (started, finished) = (started.clone(), finished.clone());
+                    async move {
+                        started.notify_one();
+                        ctx.shutdown_requested().await;
+                        tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                        finished.store(true, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    started.notified().await;
+    worker.stop().await;
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "the running job finished before the worker returned"
+    );
+    assert!(
+        is_empty(&queue).await,
+        "and was recorded as done: {:?}",
+        stats(&queue).await
+    );
+}
+
+async fn shutdown_releases_jobs_still_running_after_the_grace_period(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .shutdown_grace(Duration::from_millis(300))
+            .handle({
+                let started = started.clone();
+                move |job: Slow, _ctx: JobContext| {
+                    let started = started.clone();
+                    async move {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    started.notified().await;
+    worker.stop().await;
+    let counts = stats(&queue).await;
+    assert_eq!(
+        (counts.ready, counts.in_flight),
+        (1, 0),
+        "released at once, not left leased"
+    );
+
+    // The next worker gets it as attempt 1 again: a release is not a failure.
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).handle({
+        let attempts = attempts.clone();
+        move |_job: Slow, ctx: JobContext| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(ctx.attempt());
+                Ok(())
+            }
+        }
+    }));
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1]);
+}
+
+async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestDb) {
+    let queue = db.queue().await;
+    let job = Echo {
+        n: 1,
+        text: "tx".into(),
+    };
+    db.enqueue_with_business_write(&queue, &job, false)
+        .await
+        .unwrap();
+    assert_eq!(db.business_rows().await, 0);
+    assert_eq!(
+        stats(&queue).await.ready,
+        0,
+        "rolled back with the business write"
+    );
+    db.enqueue_with_business_write(&queue, &job, true)
+        .await
+        .unwrap();
+    assert_eq!(db.business_rows().await, 1);
+    assert_eq!(
+        stats(&queue).await.ready,
+        1,
+        "committed with the business write"
+    );
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("job handled", 60, || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(*seen.lock().unwrap(), vec![job]);
+}
+
+/// Env var that turns [`crash_helper_worker_process`] into a worker child process.
+const CRASH_CHILD_URL: &str = "ANB_QUEUE_CRASH_CHILD_URL";
+
+async fn job_of_a_killed_worker_process_is_completed_by_another(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
+
+    // A worker in its own process takes the job, then dies by SIGKILL mid-job.
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_helper_worker_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_URL, &db.url)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker process");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // libtest may print its own "test ... " on the same line first.
+            if let Some((_, attempt)) = line.split_once("CHILD STARTED JOB attempt=") {
+                return attempt.trim().parse::<u32>().unwrap();
+            }
+        }
+        panic!("the worker process exited without starting the job");
+    })
+    .await
+    .expect("the worker process starts the job within 120 s");
+    assert_eq!(started, 1);
+    child.start_kill().unwrap(); // SIGKILL: no shutdown code runs
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert_eq!(
+        stats(&queue).await.in_flight,
+        1,
+        "still leased to the dead worker"
+    );
+
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .lease(Duration::from_secs(1))
+            .handle({
+                let attempts = attempts.clone();
+                move |_job: Slow, ctx: JobContext| {
+                    let attempts = attempts.clone();
+                    async move {
+                        attempts.lock().unwrap().push(ctx.attempt());
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    wait_until("job completed by the second worker", 60, || {
+        is_empty(&queue)
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![2],
+        "redelivered as the second attempt"
+    );
+}
+
+/// Not a test of its own: the worker process that `job_of_a_killed_worker_process_...`
+/// starts (this test binary, running only this function, with the URL in the environment).
+#[tokio::test]
+async fn crash_helper_worker_process() {
+    let Ok(url) = std::env::var(CRASH_CHILD_URL) else {
+        return;
+    };
+    let queue = Queue::connect(&url).await.unwrap();
+    Worker::new(queue)
+        .lease(Duration::from_secs(1))
+        .handle(|job: Slow, ctx: JobContext| async move {
+            println!("CHILD STARTED JOB attempt={}", ctx.attempt());
+            tokio::time::sleep(Duration::from_millis(job.millis)).await;
+            Ok(())
+        })
+        .run_until(std::future::pending())
+        .await
+        .unwrap();
+}
+
+macro_rules! conformance_suite {
+    ($backend:ident) => {
+        mod $backend {
+            conformance_suite!(@cases $backend:
+                delivers_jobs_with_their_payload,
+                bulk_enqueue_delivers_every_job_once,
+                delayed_job_waits_for_its_time,
+                retryable_failure_is_retried_until_success,
+                exhausted_retries_dead_letter_with_last_error,
+                permanent_failure_dead_letters_at_once,
+                panicking_handler_is_retried,
+                undecodable_payload_is_dead_lettered,
+                stats_count_jobs_by_state,
+                concurrency_is_bounded,
+                heartbeat_keeps_a_long_job_leased,
+                shutdown_lets_running_jobs_finish,
+                shutdown_releases_jobs_still_running_after_the_grace_period,
+                transactional_enqueue_commits_and_rolls_back_with_the_caller,
+                job_of_a_killed_worker_process_is_completed_by_another,
+            );
+        }
+    };
+    (@cases $backend:ident: $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let db = crate::support::TestDb::$backend().await;
+                crate::$case(&db).await;
+                db.cleanup().await;
+            }
+        )*
+    };
+}
+
+conformance_suite!(postgres);
+conformance_suite!(sqlite);

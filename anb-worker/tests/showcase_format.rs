@@ -1,0 +1,177 @@
+//! Valid uploads come out in the showcase format.
+
+mod common;
+
+use common::*;
+
+/// Output frame rate and bumper length of the default options.
+const FPS: f64 = 30.0;
+const BUMPERS: f64 = 4.0;
+
+fn video_stream(probe: &serde_json::Value) -> &serde_json::Value {
+    let streams = probe["streams"].as_array().unwrap();
+    assert_eq!(
+        streams.len(),
+        1,
+        "exactly one stream (no audio): {streams:#?}"
+    );
+    let stream = &streams[0];
+    assert_eq!(stream["codec_type"], "video");
+    stream
+}
+
+fn assert_showcase_video(path: &std::path::Path, expected_seconds: f64) {
+    let probe = probe(path);
+    let stream = video_stream(&probe);
+    assert_eq!(stream["codec_name"], "h264");
+    assert_eq!(stream["pix_fmt"], "yuv420p");
+    assert_eq!(
+        (stream["width"].as_u64(), stream["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
+    assert_eq!(stream["sample_aspect_ratio"], "1:1");
+    assert_eq!(stream["r_frame_rate"], "30/1");
+    assert_eq!(stream["avg_frame_rate"], "30/1");
+    let duration = number(&stream["duration"]);
+    assert!(
+        (duration - expected_seconds).abs() <= 1.0 / FPS + 1e-6,
+        "duration {duration} s, expected {expected_seconds} s ± one frame"
+    );
+    assert_eq!(
+        packet_durations(path).len(),
+        1,
+        "every frame lasts the same (constant frame rate)"
+    );
+    let boxes = top_level_boxes(path);
+    let moov = boxes.iter().position(|b| b == "moov").expect("a moov box");
+    let mdat = boxes.iter().position(|b| b == "mdat").expect("an mdat box");
+    assert!(
+        moov < mdat,
+        "index before media data (fast start): {boxes:?}"
+    );
+}
+
+#[test]
+fn a_long_landscape_upload_is_cut_to_30_seconds_with_bumpers_watermark_and_thumbnail() {
+    let dir = tempfile::tempdir().unwrap();
+    // 35 s at 25 fps with an audio track: trimmed, converted to 30 fps, audio dropped.
+    let input = dir.path().join("landscape.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1920x1080:rate=25:duration=35",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=35",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "40",
+        "-c:a",
+        "aac",
+        "-shortest",
+        input.to_str().unwrap(),
+    ]);
+    let output = dir.path().join("out.mp4");
+    let thumbnail = dir.path().join("thumb.jpg");
+
+    let (result, progress) = transcode(&input, &output, Some(&thumbnail));
+    let report = result.expect("a valid upload transcodes");
+
+    assert_eq!(report.source.width, 1920);
+    assert_eq!(report.source.height, 1080);
+    assert_eq!(report.source_frames, 900, "exactly 30 s at 30 fps");
+    assert_eq!(report.frames, 900 + 2 * 60, "plus two 2 s bumpers");
+    assert_showcase_video(&output, 30.0 + BUMPERS);
+
+    assert_eq!(progress.last(), Some(&100), "progress ends at 100");
+    assert!(
+        progress.len() > 50,
+        "progress reported along the way: {progress:?}"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]),
+        "progress only grows"
+    );
+
+    // The bumpers are the navy card; the main part carries the orange-balled watermark.
+    for at in [0.5, 30.0 + BUMPERS - 0.5] {
+        let rgb = frame_at(&output, at, "rgb24");
+        let corner = &rgb[(5 * 1280 + 5) * 3..][..3];
+        assert!(
+            corner[0] < 40 && corner[1] < 60 && (40..110).contains(&corner[2]),
+            "bumper at {at} s is navy, got {corner:?}"
+        );
+    }
+    let rgb = frame_at(&output, 12.0, "rgb24");
+    // A point on the ball of the watermark (top-right corner; see art::watermark).
+    let (x, y) = (1280 - 24 - 142 + 6 + 14, 24 + 6 + 30);
+    let ball = &rgb[(y * 1280 + x) * 3..][..3];
+    assert!(
+        ball[0] > 180 && ball[0] as i32 - ball[2] as i32 > 100,
+        "watermark ball is orange, got {ball:?}"
+    );
+
+    let jpeg = std::fs::read(&thumbnail).unwrap();
+    assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "JPEG start-of-image marker");
+    assert_eq!(
+        &jpeg[jpeg.len() - 2..],
+        &[0xFF, 0xD9],
+        "JPEG end-of-image marker"
+    );
+    assert_eq!(report.thumbnail_bytes, Some(jpeg.len() as u64));
+    let thumb_probe = probe(&thumbnail);
+    let thumb = &thumb_probe["streams"][0];
+    assert_eq!(thumb["codec_name"], "mjpeg");
+    assert_eq!(
+        (thumb["width"].as_u64(), thumb["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
+}
+
+#[test]
+fn a_portrait_upload_is_pillarboxed_and_kept_whole_when_shorter_than_30_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = video_fixture(
+        dir.path(),
+        "portrait.mp4",
+        "testsrc2",
+        (1080, 1920),
+        10,
+        22,
+        &[],
+    );
+    let output = dir.path().join("out.mp4");
+
+    let (result, progress) = transcode(&input, &output, None);
+    let report = result.expect("a valid portrait upload transcodes");
+    assert_eq!(report.thumbnail_bytes, None);
+    assert_eq!(progress.last(), Some(&100));
+    assert_showcase_video(&output, 22.0 + BUMPERS);
+
+    // 1080×1920 fits as 406×720 in the middle; the sides are black.
+    let gray = frame_at(&output, 10.0, "gray");
+    assert_eq!(gray.len(), 1280 * 720);
+    let column_mean = |x: usize| {
+        // Rows clear of the watermark in the top-right corner.
+        (100..700)
+            .map(|y| f64::from(gray[y * 1280 + x]))
+            .sum::<f64>()
+            / 600.0
+    };
+    for x in (0..420).chain(860..1280).step_by(7) {
+        let mean = column_mean(x);
+        assert!(mean < 24.0, "column {x} is black (mean luma {mean})");
+    }
+    let centre: f64 = (500..780).map(column_mean).sum::<f64>() / 280.0;
+    assert!(
+        centre > 40.0,
+        "the picture is in the middle (mean luma {centre})"
+    );
+}

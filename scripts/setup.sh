@@ -1,0 +1,123 @@
+# Shared set-up for scripts/serve and scripts/test: installs what is missing,
+# idempotently, on Debian or Ubuntu. Sourced, not run.
+
+# Packages the build needs (ffmpeg-next's bindings) and the tools tests use to
+# make fixtures and check outputs.
+ANB_BUILD_PACKAGES=(
+  pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev
+  libswscale-dev libswresample-dev libavutil-dev
+)
+ANB_TEST_PACKAGES=(ffmpeg python3-venv curl postgresql redis-server)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+# Installs the Debian packages among "$@" that are not installed yet. Never
+# upgrades what is there: upgrading a running PostgreSQL breaks it.
+ANB_APT_CHANGED=0
+install_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
+  say "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+  ANB_APT_CHANGED=1
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
+  if command -v rustup >/dev/null; then
+    cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+    cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+  fi
+}
+
+# The S3- and SQS-compatible test server, in a virtual environment inside the
+# repository (git-ignored).
+ensure_python_tools() {
+  local venv="$ANB_ROOT/.venv"
+  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
+    say "installing the S3/SQS test server (moto) and cfn-lint into .venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (is python3-venv installed?)"
+    # Pinned: a newer cfn-lint may start rejecting what this one accepts.
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'cfn-lint==1.58.0' \
+      || die "pip install into .venv failed"
+  fi
+}
+
+# --- services the tests talk to -------------------------------------------------
+ANB_STARTED=()
+
+pg_cluster_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+ensure_postgres() {
+  local url="${ANB_TEST_POSTGRES_URL}"
+  if [ "$ANB_APT_CHANGED" = 1 ] && pg_isready -q -h 127.0.0.1 2>/dev/null; then
+    # Packages changed under a running server: restart it so it loads matching libraries.
+    say "restarting PostgreSQL after package changes"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_cluster_version)" main restart || true
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    local v; v=$(pg_cluster_version)
+    [ -n "$v" ] || die "PostgreSQL is not installed (no cluster under /etc/postgresql)"
+    say "starting PostgreSQL $v"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start || die "could not start PostgreSQL $v"
+    ANB_STARTED+=("postgres:$v")
+  fi
+  for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+  pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL does not answer on 127.0.0.1:5432"
+  if ! psql "$url" -Atqc 'select 1' >/dev/null 2>&1; then
+    # A stock install asks for a password over TCP: give the superuser the one the test URL uses.
+    say "setting the test password of the postgres role"
+    as_root su postgres -c "psql -qc \"alter user postgres password 'postgres'\"" >/dev/null \
+      || die "cannot log in to PostgreSQL as $url"
+    psql "$url" -Atqc 'select 1' >/dev/null || die "cannot log in to PostgreSQL as $url"
+  fi
+}
+
+ensure_redis() {
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    command -v redis-server >/dev/null || die "redis-server is not installed"
+    say "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --logfile "$ANB_ROOT/.test-services/redis.log" || die "could not start Redis"
+    ANB_STARTED+=("redis")
+  fi
+  for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return 0; sleep 0.25; done
+  die "Redis does not answer on 127.0.0.1:6379"
+}
+
+ensure_moto_running() {
+  local endpoint="$ANB_TEST_AWS_ENDPOINT"
+  # Already answering (e.g. started by hand): tests use fresh names, so reuse it.
+  curl -fsS -o /dev/null "$endpoint/moto-api/" 2>/dev/null && return 0
+  local port="${endpoint##*:}"
+  say "starting the S3/SQS test server on 127.0.0.1:$port"
+  "$ANB_ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$ANB_ROOT/.test-services/moto.log" 2>&1 &
+  ANB_STARTED+=("moto:$!")
+  for _ in $(seq 1 120); do curl -fsS -o /dev/null "$endpoint/moto-api/" 2>/dev/null && return 0; sleep 0.5; done
+  die "the S3/SQS test server did not start (see .test-services/moto.log)"
+}
+
+stop_started_services() {
+  for svc in "${ANB_STARTED[@]}"; do
+    case "$svc" in
+      moto:*) kill "${svc#moto:}" 2>/dev/null || true ;;
+      redis) redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
+      postgres:*) as_root pg_ctlcluster --skip-systemctl-redirect "${svc#postgres:}" main stop || true ;;
+    esac
+  done
+}
