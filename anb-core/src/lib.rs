@@ -2,4 +2,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod db;
+pub mod domain;
+pub mod jobs;
 pub mod storage;
