@@ -465,7 +465,8 @@ pub(crate) use problems;
 
 /// Problem responses for the given statuses plus 500.
 pub fn problem_meta_responses(statuses: &[u16]) -> MetaResponses {
-    let mut responses: Vec<MetaResponse> = statuses.iter().map(|s| problem_meta_response(*s)).collect();
+    let mut responses: Vec<MetaResponse> =
+        statuses.iter().map(|s| problem_meta_response(*s)).collect();
     responses.push(problem_meta_response(500));
     MetaResponses { responses }
 }
@@ -485,7 +486,10 @@ mod tests {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.content_type(), Some(PROBLEM_JSON));
         let body = response.into_body().into_string().await.unwrap();
-        assert!(!body.contains("hunter2") && !body.contains("10.0.0.5"), "{body}");
+        assert!(
+            !body.contains("hunter2") && !body.contains("10.0.0.5"),
+            "{body}"
+        );
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["code"], "internal_error");
         assert_eq!(json["status"], 500);
@@ -493,14 +497,21 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_static_names() {
-        for code in [ErrorCode::DuplicateEmail, ErrorCode::AlreadyVoted, ErrorCode::InternalError] {
+        for code in [
+            ErrorCode::DuplicateEmail,
+            ErrorCode::AlreadyVoted,
+            ErrorCode::InternalError,
+        ] {
             assert_eq!(code.to_json(), Some(serde_json::Value::from(code.as_str())));
         }
     }
 
     #[tokio::test]
     async fn rate_limited_answer_carries_retry_after() {
-        let response = ApiError::TooManyRequests { retry_after_secs: 7 }.into_response();
+        let response = ApiError::TooManyRequests {
+            retry_after_secs: 7,
+        }
+        .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }

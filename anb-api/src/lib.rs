@@ -59,10 +59,11 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let trusted_proxies = state.api.trusted_proxies.clone();
-    let observability = observability::Observability::new(documented_paths().into_iter().chain([
-        "/openapi.json".to_owned(),
-        "/media/{key}".to_owned(),
-    ]));
+    let observability = observability::Observability::new(
+        documented_paths()
+            .into_iter()
+            .chain(["/openapi.json".to_owned(), "/media/{key}".to_owned()]),
+    );
     Route::new()
         .nest("/", api)
         .at("/media/*key", get(routes::media::media))

@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the database, storage and queue")?;
     if let Some(Command::Migrate) = cli.command {
-        state.migrate().await.context("applying the database migrations")?;
+        state
+            .migrate()
+            .await
+            .context("applying the database migrations")?;
         tracing::info!("migrations applied");
         return Ok(());
     }

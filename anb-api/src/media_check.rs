@@ -67,12 +67,14 @@ pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
     let mut file = File::open(path).map_err(|e| not_mp4(format!("unreadable: {e}")))?;
     let size = file.metadata().map_err(|e| not_mp4(e.to_string()))?.len();
     check_top_level_boxes(&mut file, size)?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| not_mp4(e.to_string()))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| not_mp4(e.to_string()))?;
     // The parser is given untrusted input: a panic in it is a rejection,
     // not a crash of the request.
-    let parsed = std::panic::catch_unwind(move || mp4::Mp4Reader::read_header(BufReader::new(file), size))
-        .map_err(|_| not_mp4("unparsable container".into()))?
-        .map_err(|e| not_mp4(e.to_string()))?;
+    let parsed =
+        std::panic::catch_unwind(move || mp4::Mp4Reader::read_header(BufReader::new(file), size))
+            .map_err(|_| not_mp4("unparsable container".into()))?
+            .map_err(|e| not_mp4(e.to_string()))?;
     let track = parsed
         .tracks()
         .values()
@@ -115,7 +117,9 @@ fn check_top_level_boxes(file: &mut File, size: u64) -> Result<(), MediaRejectio
         }
         file.read_exact(&mut header[..available])
             .map_err(|e| MediaRejection::NotMp4(e.to_string()))?;
-        let small = u64::from(u32::from_be_bytes([header[0], header[1], header[2], header[3]]));
+        let small = u64::from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
         let kind = &header[4..8];
         let box_size = match small {
             0 => size - offset, // extends to the end of the file
@@ -153,9 +157,15 @@ mod tests {
     #[test]
     fn non_mp4_content_is_refused_whatever_its_name() {
         let text = file_with(b"this is plainly not a video, even if named clip.mp4");
-        assert!(matches!(read_facts(text.path()), Err(MediaRejection::NotMp4(_))));
+        assert!(matches!(
+            read_facts(text.path()),
+            Err(MediaRejection::NotMp4(_))
+        ));
         let empty = file_with(b"");
-        assert!(matches!(read_facts(empty.path()), Err(MediaRejection::NotMp4(_))));
+        assert!(matches!(
+            read_facts(empty.path()),
+            Err(MediaRejection::NotMp4(_))
+        ));
     }
 
     #[test]
@@ -167,6 +177,9 @@ mod tests {
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         bytes.extend_from_slice(b"moov");
         let file = file_with(&bytes);
-        assert!(matches!(read_facts(file.path()), Err(MediaRejection::NotMp4(_))));
+        assert!(matches!(
+            read_facts(file.path()),
+            Err(MediaRejection::NotMp4(_))
+        ));
     }
 }

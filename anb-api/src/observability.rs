@@ -52,7 +52,10 @@ impl Observability {
     /// `routes` are the templates the app serves (`/api/videos/{video_id}`);
     /// metrics label requests with them, and anything else as `unmatched`.
     pub fn new(routes: impl IntoIterator<Item = String>) -> Self {
-        let known_routes = routes.into_iter().map(|route| template_label(&route)).collect();
+        let known_routes = routes
+            .into_iter()
+            .map(|route| template_label(&route))
+            .collect();
         Self {
             known_routes: Arc::new(known_routes),
         }
@@ -84,7 +87,9 @@ impl<E: Endpoint> Endpoint for ObservabilityEndpoint<E> {
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|id| {
+                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+            })
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -130,7 +135,13 @@ impl<E: Endpoint> Endpoint for ObservabilityEndpoint<E> {
 fn template_label(template: &str) -> String {
     template
         .split('/')
-        .map(|segment| if segment.starts_with('{') || segment.starts_with(':') || segment.starts_with('*') { "{id}" } else { segment })
+        .map(|segment| {
+            if segment.starts_with('{') || segment.starts_with(':') || segment.starts_with('*') {
+                "{id}"
+            } else {
+                segment
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -142,7 +153,9 @@ fn route_label(path: &str, known_routes: &HashSet<String>) -> String {
     for segment in path.split('/').filter(|s| !s.is_empty()) {
         label.push('/');
         let is_word = segment.len() <= 16
-            && segment.bytes().all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_' || b == b'.');
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_' || b == b'.');
         label.push_str(if is_word { segment } else { "{id}" });
     }
     if label.is_empty() {
@@ -165,12 +178,19 @@ mod tests {
 
     #[test]
     fn route_labels_hide_ids_and_unknown_paths() {
-        let known: HashSet<String> = ["/api/public/videos/{video_id}/vote", "/api/videos/{video_id}", "/health"]
-            .iter()
-            .map(|t| template_label(t))
-            .collect();
+        let known: HashSet<String> = [
+            "/api/public/videos/{video_id}/vote",
+            "/api/videos/{video_id}",
+            "/health",
+        ]
+        .iter()
+        .map(|t| template_label(t))
+        .collect();
         assert_eq!(
-            route_label("/api/public/videos/0193a0f6-1111-7000-8000-000000000000/vote", &known),
+            route_label(
+                "/api/public/videos/0193a0f6-1111-7000-8000-000000000000/vote",
+                &known
+            ),
             "/api/public/videos/{id}/vote"
         );
         assert_eq!(route_label("/api/videos/42", &known), "/api/videos/{id}");

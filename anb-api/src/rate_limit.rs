@@ -43,7 +43,8 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed) % Self::SWEEP_EVERY == Self::SWEEP_EVERY - 1 {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % Self::SWEEP_EVERY == Self::SWEEP_EVERY - 1
+        {
             limiter.retain_recent();
         }
         limiter.check_key(key).map_err(|not_until| {
@@ -86,7 +87,11 @@ pub struct ClientIp(pub IpAddr);
 /// Finds the client's address: the TCP peer, unless the peer is a trusted
 /// proxy, in which case the right-most `X-Forwarded-For` entry that is not
 /// itself a trusted proxy (entries further left are client-controlled).
-pub fn client_ip(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer?;
     if !is_trusted(&peer) {
@@ -146,8 +151,8 @@ impl<E: Endpoint> Endpoint for ClientIpEndpoint<E> {
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
-        let ip = client_ip(peer, forwarded, &self.trusted_proxies)
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip =
+            client_ip(peer, forwarded, &self.trusted_proxies).unwrap_or(IpAddr::from([0, 0, 0, 0]));
         req.extensions_mut().insert(ClientIp(ip));
         self.inner.call(req).await
     }
@@ -170,7 +175,10 @@ mod tests {
             client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &trusted),
             Some(ip("203.0.113.9"))
         );
-        assert_eq!(client_ip(Some(ip("10.0.0.2")), Some("1.2.3.4"), &[]), Some(ip("10.0.0.2")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), Some("1.2.3.4"), &[]),
+            Some(ip("10.0.0.2"))
+        );
     }
 
     #[test]
@@ -178,10 +186,17 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/16".parse().unwrap()];
         // The client forged the first entry; the proxy appended the real one.
         assert_eq!(
-            client_ip(Some(ip("10.0.1.5")), Some("6.6.6.6, 198.51.100.7, 10.0.3.3"), &trusted),
+            client_ip(
+                Some(ip("10.0.1.5")),
+                Some("6.6.6.6, 198.51.100.7, 10.0.3.3"),
+                &trusted
+            ),
             Some(ip("198.51.100.7"))
         );
-        assert_eq!(client_ip(Some(ip("10.0.1.5")), None, &trusted), Some(ip("10.0.1.5")));
+        assert_eq!(
+            client_ip(Some(ip("10.0.1.5")), None, &trusted),
+            Some(ip("10.0.1.5"))
+        );
         assert_eq!(
             client_ip(Some(ip("10.0.1.5")), Some("not-an-ip"), &trusted),
             Some(ip("10.0.1.5"))

@@ -143,7 +143,10 @@ impl ApiSettings {
         let defaults = RateLimits::default();
         let rate_limits = RateLimits {
             login_per_ip: rate("ANB_RATE_LIMIT_LOGIN_PER_IP", defaults.login_per_ip)?,
-            login_per_account: rate("ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT", defaults.login_per_account)?,
+            login_per_account: rate(
+                "ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                defaults.login_per_account,
+            )?,
             signup_per_ip: rate("ANB_RATE_LIMIT_SIGNUP_PER_IP", defaults.signup_per_ip)?,
             vote_per_user: rate("ANB_RATE_LIMIT_VOTE_PER_USER", defaults.vote_per_user)?,
             vote_per_ip: rate("ANB_RATE_LIMIT_VOTE_PER_IP", defaults.vote_per_ip)?,
@@ -216,8 +219,10 @@ mod tests {
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<ApiSettings, ConfigError> {
-        let map: std::collections::HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         ApiSettings::from_lookup(|var| map.get(var).cloned())
     }
 

@@ -116,7 +116,12 @@ impl AppState {
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, ApiError> {
         let claims = self.tokens.verify(token).map_err(|_| invalid_token())?;
         let user_id: UserId = claims.sub.parse().map_err(|_| invalid_token())?;
-        match self.db.find_user(user_id).await.map_err(ApiError::internal)? {
+        match self
+            .db
+            .find_user(user_id)
+            .await
+            .map_err(ApiError::internal)?
+        {
             Some(_) => Ok(AuthUser { user_id }),
             None => Err(invalid_token()),
         }

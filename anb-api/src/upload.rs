@@ -97,11 +97,15 @@ impl UploadRequest {
     }
 }
 
-async fn receive_file(field: poem::web::Field, max_bytes: u64) -> Result<(tempfile::TempPath, u64), ApiError> {
-    let temp = tokio::task::spawn_blocking(|| tempfile::Builder::new().prefix("anb-upload-").tempfile())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+async fn receive_file(
+    field: poem::web::Field,
+    max_bytes: u64,
+) -> Result<(tempfile::TempPath, u64), ApiError> {
+    let temp =
+        tokio::task::spawn_blocking(|| tempfile::Builder::new().prefix("anb-upload-").tempfile())
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
     let (std_file, path) = temp.into_parts();
     let mut out = tokio::fs::File::from_std(std_file);
     let mut reader = field.into_async_read();
@@ -117,7 +121,9 @@ async fn receive_file(field: poem::web::Field, max_bytes: u64) -> Result<(tempfi
             // Dropping `path` deletes what was written so far.
             return Err(too_large(max_bytes));
         }
-        out.write_all(&buffer[..read]).await.map_err(ApiError::internal)?;
+        out.write_all(&buffer[..read])
+            .await
+            .map_err(ApiError::internal)?;
     }
     out.flush().await.map_err(ApiError::internal)?;
     Ok((path, size))

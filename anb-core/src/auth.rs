@@ -5,8 +5,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,8 @@ pub enum AuthError {
 /// random salt, as a PHC string that records the algorithm and parameters.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hashing(e.to_string()))?;
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hashing(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
@@ -43,7 +44,8 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 
 /// Checks `password` against a PHC hash made by [`hash_password`].
 pub fn verify_password(password: &str, phc_hash: &str) -> Result<bool, AuthError> {
-    let parsed = PasswordHash::new(phc_hash).map_err(|e| AuthError::MalformedHash(e.to_string()))?;
+    let parsed =
+        PasswordHash::new(phc_hash).map_err(|e| AuthError::MalformedHash(e.to_string()))?;
     match Argon2::default().verify_password(password.as_bytes(), &parsed) {
         Ok(()) => Ok(true),
         Err(argon2::password_hash::Error::Password) => Ok(false),
@@ -56,7 +58,9 @@ pub fn verify_password(password: &str, phc_hash: &str) -> Result<bool, AuthError
 /// password (no account enumeration by timing).
 pub fn decoy_password_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| hash_password("decoy password, never valid").expect("argon2 defaults are valid"))
+    DECOY.get_or_init(|| {
+        hash_password("decoy password, never valid").expect("argon2 defaults are valid")
+    })
 }
 
 /// The claims every access token carries; all are required and checked.
@@ -185,7 +189,11 @@ mod tests {
         assert!(!hash.contains("correct horse"));
         assert!(verify_password("correct horse battery", &hash).unwrap());
         assert!(!verify_password("correct horse battery!", &hash).unwrap());
-        assert_ne!(hash, hash_password("correct horse battery").unwrap(), "salted");
+        assert_ne!(
+            hash,
+            hash_password("correct horse battery").unwrap(),
+            "salted"
+        );
         assert!(matches!(
             verify_password("x", "not a hash"),
             Err(AuthError::MalformedHash(_))
@@ -222,7 +230,12 @@ mod tests {
     }
 
     fn sign(header: Header, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -230,19 +243,33 @@ mod tests {
         let keys = keys_for(SECRET);
         let now = unix_now();
         let good = serde_json::json!({"sub":"u","iss":TokenKeys::ISSUER,"aud":TokenKeys::AUDIENCE,"iat":now,"exp":now+60});
-        assert!(keys.verify(&sign(Header::new(Algorithm::HS256), &good)).is_ok());
+        assert!(
+            keys.verify(&sign(Header::new(Algorithm::HS256), &good))
+                .is_ok()
+        );
         for (field, value) in [("iss", "someone-else"), ("aud", "another-api")] {
             let mut claims = good.clone();
             claims[field] = value.into();
-            assert!(keys.verify(&sign(Header::new(Algorithm::HS256), &claims)).is_err(), "{field}");
+            assert!(
+                keys.verify(&sign(Header::new(Algorithm::HS256), &claims))
+                    .is_err(),
+                "{field}"
+            );
         }
         for field in ["sub", "iss", "aud", "iat", "exp"] {
             let mut claims = good.clone();
             claims.as_object_mut().unwrap().remove(field);
-            assert!(keys.verify(&sign(Header::new(Algorithm::HS256), &claims)).is_err(), "{field}");
+            assert!(
+                keys.verify(&sign(Header::new(Algorithm::HS256), &claims))
+                    .is_err(),
+                "{field}"
+            );
         }
         // Same secret, another HMAC algorithm: refused because HS256 is pinned.
-        assert!(keys.verify(&sign(Header::new(Algorithm::HS512), &good)).is_err());
+        assert!(
+            keys.verify(&sign(Header::new(Algorithm::HS512), &good))
+                .is_err()
+        );
         // An unsigned token.
         let unsigned = format!(
             "{}.{}.",

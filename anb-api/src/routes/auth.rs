@@ -2,9 +2,9 @@
 
 use anb_core::auth::{decoy_password_hash, hash_password, verify_password};
 use anb_core::domain::{Email, SignUp, SignUpForm};
+use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use poem::web::Data;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -119,7 +119,7 @@ impl AuthApi {
         client: Data<&ClientIp>,
         body: Json<SignupRequest>,
     ) -> Result<SignupResponse, SignupProblems> {
-        state.limiters.signup_per_ip.check(&client.0)?;
+        state.limiters.signup_per_ip.check(&client.0.0)?;
         let form = SignUpForm {
             first_name: body.0.first_name,
             last_name: body.0.last_name,
@@ -135,7 +135,11 @@ impl AuthApi {
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
-        let user = state.db.create_user(&signup, &hash).await.map_err(ApiError::from)?;
+        let user = state
+            .db
+            .create_user(&signup, &hash)
+            .await
+            .map_err(ApiError::from)?;
         Ok(SignupResponse::Created(Json(SignupCreated {
             message: "Usuario creado exitosamente.".into(),
             user_id: user.id.as_uuid(),
@@ -150,17 +154,24 @@ impl AuthApi {
         client: Data<&ClientIp>,
         body: Json<LoginRequest>,
     ) -> Result<LoginResponse, LoginProblems> {
-        state.limiters.login_per_ip.check(&client.0)?;
+        state.limiters.login_per_ip.check(&client.0.0)?;
         let bad_credentials =
             || ApiError::unauthorized(ErrorCode::InvalidCredentials, "Credenciales inválidas.");
         // A malformed address cannot belong to anyone: same answer as a
         // wrong password, after the same amount of work.
         let email = Email::parse(&body.0.email).ok();
         if let Some(email) = &email {
-            state.limiters.login_per_account.check(&email.as_str().to_owned())?;
+            state
+                .limiters
+                .login_per_account
+                .check(&email.as_str().to_owned())?;
         }
         let credentials = match &email {
-            Some(email) => state.db.find_credentials(email).await.map_err(ApiError::from)?,
+            Some(email) => state
+                .db
+                .find_credentials(email)
+                .await
+                .map_err(ApiError::from)?,
             None => None,
         };
         let password = body.0.password;
@@ -175,7 +186,10 @@ impl AuthApi {
         let Some(user_id) = user_id.filter(|_| matches) else {
             return Err(bad_credentials().into());
         };
-        let token = state.tokens.issue(&user_id.to_string()).map_err(ApiError::internal)?;
+        let token = state
+            .tokens
+            .issue(&user_id.to_string())
+            .map_err(ApiError::internal)?;
         Ok(LoginResponse::Ok(Json(LoginToken {
             access_token: token.token,
             token_type: "Bearer".into(),

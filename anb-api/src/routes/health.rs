@@ -46,7 +46,10 @@ pub enum ReadyResponse {
 /// How long a dependency may take to answer a readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn probe<E: std::fmt::Display>(name: &str, check: impl Future<Output = Result<(), E>>) -> bool {
+async fn probe<E: std::fmt::Display>(
+    name: &str,
+    check: impl Future<Output = Result<(), E>>,
+) -> bool {
     match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {

@@ -40,6 +40,8 @@ impl MeApi {
             .voted_video_ids(auth.user_id())
             .await
             .map_err(ApiError::from)?;
-        Ok(MyVotesResponse::Ok(Json(ids.into_iter().map(|id| id.as_uuid()).collect())))
+        Ok(MyVotesResponse::Ok(Json(
+            ids.into_iter().map(|id| id.as_uuid()).collect(),
+        )))
     }
 }

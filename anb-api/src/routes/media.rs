@@ -41,9 +41,10 @@ pub async fn media(
         .verify(&key, signature.expires, &signature.sig, SystemTime::now())
         .map_err(|_| media_not_found())?;
     let path = local.file_path(&key).await.map_err(|_| media_not_found())?;
-    let response = tokio::task::spawn_blocking(move || file_request.create_response(path, false, false))
-        .await
-        .map_err(ApiError::internal)?;
+    let response =
+        tokio::task::spawn_blocking(move || file_request.create_response(path, false, false))
+            .await
+            .map_err(ApiError::internal)?;
     match response {
         Ok(file) => {
             let mut response = file.into_response();

@@ -101,7 +101,11 @@ fn pagination(page: Option<i64>, limit: Option<i64>) -> Result<Pagination, ApiEr
 #[OpenApi(tag = "ApiTags::Public")]
 impl PublicApi {
     /// Published videos with their players, newest first.
-    #[oai(path = "/api/public/videos", method = "get", operation_id = "listPublicVideos")]
+    #[oai(
+        path = "/api/public/videos",
+        method = "get",
+        operation_id = "listPublicVideos"
+    )]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -134,7 +138,11 @@ impl PublicApi {
     }
 
     /// Vote for a published video (once per user and video).
-    #[oai(path = "/api/public/videos/:video_id/vote", method = "post", operation_id = "vote")]
+    #[oai(
+        path = "/api/public/videos/:video_id/vote",
+        method = "post",
+        operation_id = "vote"
+    )]
     async fn vote(
         &self,
         state: Data<&AppState>,
@@ -143,8 +151,11 @@ impl PublicApi {
         video_id: Path<String>,
     ) -> Result<VoteResponse, VoteProblems> {
         let id = parse_video_id(&video_id)?;
-        state.limiters.vote_per_user.check(&auth.user_id().to_string())?;
-        state.limiters.vote_per_ip.check(&client.0)?;
+        state
+            .limiters
+            .vote_per_user
+            .check(&auth.user_id().to_string())?;
+        state.limiters.vote_per_ip.check(&client.0.0)?;
         state
             .db
             .cast_vote(auth.user_id(), id)
@@ -156,7 +167,11 @@ impl PublicApi {
     }
 
     /// Players ranked by votes on their published videos.
-    #[oai(path = "/api/public/rankings", method = "get", operation_id = "rankings")]
+    #[oai(
+        path = "/api/public/rankings",
+        method = "get",
+        operation_id = "rankings"
+    )]
     async fn rankings(
         &self,
         state: Data<&AppState>,
@@ -174,7 +189,8 @@ impl PublicApi {
                 return Err(invalid_city("es demasiado largo").into());
             }
             Some(raw) => Some(
-                CityKey::from_filter(raw).ok_or_else(|| invalid_city("no contiene letras ni números"))?,
+                CityKey::from_filter(raw)
+                    .ok_or_else(|| invalid_city("no contiene letras ni números"))?,
             ),
         };
         let entries = state

@@ -146,6 +146,16 @@ problems!(
     PublishProblems: 400, 401, 403, 404
 );
 
+/// The transcode job as this API enqueues it: the core payload under its
+/// stable name, serialised exactly as the payload itself.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct TranscodeJob(TranscodeVideo);
+
+impl anb_queue::Job for TranscodeJob {
+    const NAME: &'static str = TranscodeVideo::NAME;
+}
+
 /// A malformed id names no video: 404, like an unknown one.
 pub(crate) fn parse_video_id(raw: &str) -> Result<VideoId, ApiError> {
     raw.parse().map_err(|_| ApiError::video_not_found())
@@ -154,7 +164,11 @@ pub(crate) fn parse_video_id(raw: &str) -> Result<VideoId, ApiError> {
 #[OpenApi(tag = "ApiTags::Videos")]
 impl VideosApi {
     /// Upload a video (multipart: `video_file`, `title`, optional `is_public`).
-    #[oai(path = "/api/videos/upload", method = "post", operation_id = "uploadVideo")]
+    #[oai(
+        path = "/api/videos/upload",
+        method = "post",
+        operation_id = "uploadVideo"
+    )]
     async fn upload(
         &self,
         state: Data<&AppState>,
@@ -166,7 +180,11 @@ impl VideosApi {
 
     /// The caller's videos, newest first.
     #[oai(path = "/api/videos", method = "get", operation_id = "listMyVideos")]
-    async fn list(&self, state: Data<&AppState>, auth: BearerAuth) -> Result<ListResponse, ListProblems> {
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<ListResponse, ListProblems> {
         let videos = state
             .db
             .list_user_videos(auth.user_id())
@@ -187,7 +205,11 @@ impl VideosApi {
     }
 
     /// One of the caller's videos.
-    #[oai(path = "/api/videos/:video_id", method = "get", operation_id = "getMyVideo")]
+    #[oai(
+        path = "/api/videos/:video_id",
+        method = "get",
+        operation_id = "getMyVideo"
+    )]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -208,7 +230,11 @@ impl VideosApi {
     }
 
     /// Delete one of the caller's videos (not while published).
-    #[oai(path = "/api/videos/:video_id", method = "delete", operation_id = "deleteMyVideo")]
+    #[oai(
+        path = "/api/videos/:video_id",
+        method = "delete",
+        operation_id = "deleteMyVideo"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,
@@ -251,7 +277,11 @@ impl VideosApi {
 
     /// Publish one of the caller's videos for voting (now if processed,
     /// otherwise as soon as it is).
-    #[oai(path = "/api/videos/:video_id/publish", method = "post", operation_id = "publishMyVideo")]
+    #[oai(
+        path = "/api/videos/:video_id/publish",
+        method = "post",
+        operation_id = "publishMyVideo"
+    )]
     async fn publish(
         &self,
         state: Data<&AppState>,
@@ -290,16 +320,19 @@ async fn detail(state: &AppState, video: Video) -> VideoDetail {
 /// Receive → check → store → record and enqueue atomically. Every failure
 /// leaves nothing behind: the temporary file goes when dropped, the stored
 /// original is deleted if the row and job could not be committed.
-async fn upload_video(state: &AppState, auth: BearerAuth, form: UploadRequest) -> Result<UploadResponse, ApiError> {
+async fn upload_video(
+    state: &AppState,
+    auth: BearerAuth,
+    form: UploadRequest,
+) -> Result<UploadResponse, ApiError> {
     let limits = state.api.upload.clone();
     let received = form.receive(limits.max_bytes).await?;
     let title = VideoTitle::parse(received.title.as_deref().unwrap_or(""))
         .map_err(|problem| ApiError::invalid_field("title", problem.to_string()))?;
     let is_public = match received.is_public.as_deref().map(str::trim) {
         None | Some("") => true,
-        Some(raw) => parse_bool(raw).ok_or_else(|| {
-            ApiError::invalid_field("is_public", "debe ser true o false")
-        })?,
+        Some(raw) => parse_bool(raw)
+            .ok_or_else(|| ApiError::invalid_field("is_public", "debe ser true o false"))?,
     };
 
     let path = received.file.to_path_buf();
@@ -313,10 +346,10 @@ async fn upload_video(state: &AppState, auth: BearerAuth, form: UploadRequest) -
     state.storage.upload_file(&original, &received.file).await?;
     drop(received);
 
-    let job = TranscodeVideo {
+    let job = TranscodeJob(TranscodeVideo {
         video_id,
         original_key: original.as_str().to_owned(),
-    };
+    });
     let new_video = NewVideo {
         id: video_id,
         owner_id: auth.user_id(),
@@ -341,7 +374,11 @@ async fn upload_video(state: &AppState, auth: BearerAuth, form: UploadRequest) -
 
 /// Inserts the video row and its job; with a queue in the same database,
 /// in one transaction.
-async fn record_and_enqueue(state: &AppState, video: &NewVideo, job: &TranscodeVideo) -> Result<String, ApiError> {
+async fn record_and_enqueue(
+    state: &AppState,
+    video: &NewVideo,
+    job: &TranscodeJob,
+) -> Result<String, ApiError> {
     if !state.queue_shares_database {
         // The queue is elsewhere: commit the row, then enqueue. A failure to
         // enqueue removes the row again so the upload fails as a whole.

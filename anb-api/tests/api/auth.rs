@@ -97,15 +97,27 @@ async fn concurrent_duplicate_signups_give_one_201_and_only_400s() {
 async fn login_with_bad_credentials_is_the_same_401_whatever_the_cause() {
     let app = TestApp::spawn().await;
     let player = app.player().await;
-    let wrong_password = assert_problem(app.login(&player.email, "not-the-password").await, 401, "invalid_credentials").await;
-    let unknown_email = assert_problem(app.login("nobody@example.com", "a-long-password").await, 401, "invalid_credentials").await;
+    let wrong_password = assert_problem(
+        app.login(&player.email, "not-the-password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let unknown_email = assert_problem(
+        app.login("nobody@example.com", "a-long-password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
     assert_eq!(wrong_password, unknown_email);
 }
 
 #[tokio::test]
 async fn malformed_login_is_400() {
     let app = TestApp::spawn().await;
-    let missing_password = app.post_json("/api/auth/login", None, &json!({"email": "a@example.com"})).await;
+    let missing_password = app
+        .post_json("/api/auth/login", None, &json!({"email": "a@example.com"}))
+        .await;
     assert_problem(missing_password, 400, "malformed_request").await;
     let not_json = app
         .client
@@ -122,7 +134,12 @@ async fn malformed_login_is_400() {
 async fn missing_forged_or_foreign_tokens_are_401() {
     let app = TestApp::spawn().await;
     assert_problem(app.get("/api/auth/me", None).await, 401, "missing_token").await;
-    assert_problem(app.get("/api/auth/me", Some("not.a.jwt")).await, 401, "invalid_token").await;
+    assert_problem(
+        app.get("/api/auth/me", Some("not.a.jwt")).await,
+        401,
+        "invalid_token",
+    )
+    .await;
 
     // Signed with another secret.
     let other = anb_core::auth::TokenKeys::new(
@@ -130,17 +147,35 @@ async fn missing_forged_or_foreign_tokens_are_401() {
     );
     let player = app.player().await;
     let foreign = other.issue(&player.user_id).unwrap().token;
-    assert_problem(app.get("/api/auth/me", Some(&foreign)).await, 401, "invalid_token").await;
+    assert_problem(
+        app.get("/api/auth/me", Some(&foreign)).await,
+        401,
+        "invalid_token",
+    )
+    .await;
 
     // Ours, but for a user that does not exist (e.g. deleted).
-    let ghost = app.state.tokens.issue(&uuid::Uuid::now_v7().to_string()).unwrap().token;
-    assert_problem(app.get("/api/auth/me", Some(&ghost)).await, 401, "invalid_token").await;
+    let ghost = app
+        .state
+        .tokens
+        .issue(&uuid::Uuid::now_v7().to_string())
+        .unwrap()
+        .token;
+    assert_problem(
+        app.get("/api/auth/me", Some(&ghost)).await,
+        401,
+        "invalid_token",
+    )
+    .await;
 
     // Ours, expired.
     let expired = app
         .state
         .tokens
-        .issue_at(&player.user_id, time::OffsetDateTime::now_utc().unix_timestamp() as u64 - 7200)
+        .issue_at(
+            &player.user_id,
+            time::OffsetDateTime::now_utc().unix_timestamp() as u64 - 7200,
+        )
         .unwrap()
         .token;
     let response = app.get("/api/auth/me", Some(&expired)).await;
@@ -159,10 +194,17 @@ async fn login_attempts_per_account_are_rate_limited_with_retry_after() {
         .await;
     let player = app.player().await; // one login used
     for _ in 0..2 {
-        assert_eq!(app.login(&player.email, "wrong-password").await.status(), 401);
+        assert_eq!(
+            app.login(&player.email, "wrong-password").await.status(),
+            401
+        );
     }
     let limited = app.login(&player.email, &player.password).await;
-    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
     assert_problem(limited, 429, "rate_limited").await;
     // Another account is not affected.

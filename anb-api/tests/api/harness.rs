@@ -82,7 +82,10 @@ impl TestAppBuilder {
                 format!("sqlite://{}", dir.path().join("anb.db").display()),
                 media_dir.display().to_string(),
             ),
-            Backend::PostgresS3 => (fresh_postgres_database().await, format!("s3://{}", unique_name("anb-api-test-"))),
+            Backend::PostgresS3 => (
+                fresh_postgres_database().await,
+                format!("s3://{}", unique_name("anb-api-test-")),
+            ),
         };
         let vars: HashMap<&str, String> = HashMap::from([
             ("ANB_DATABASE_URL", database_url.clone()),
@@ -100,10 +103,14 @@ impl TestAppBuilder {
             .await
             .unwrap_or_else(|e| panic!("database {database_url} unreachable: {e}"));
         let storage = match &settings.storage_url {
-            anb_core::config::StorageUrl::S3 { bucket, .. } => Storage::S3(fresh_s3_bucket(bucket).await),
-            anb_core::config::StorageUrl::Local(_) => Storage::from_url(&settings.storage_url, false, JWT_SECRET.as_bytes())
-                .await
-                .unwrap(),
+            anb_core::config::StorageUrl::S3 { bucket, .. } => {
+                Storage::S3(fresh_s3_bucket(bucket).await)
+            }
+            anb_core::config::StorageUrl::Local(_) => {
+                Storage::from_url(&settings.storage_url, false, JWT_SECRET.as_bytes())
+                    .await
+                    .unwrap()
+            }
         };
         let queue = match &db {
             Database::Postgres(pool) => Queue::from_postgres_pool(pool.clone()).await.unwrap(),
@@ -141,11 +148,14 @@ impl TestAppBuilder {
 async fn fresh_postgres_database() -> String {
     use sqlx::Connection;
     let admin_url = postgres_url();
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {admin_url} (ANB_TEST_POSTGRES_URL) is not reachable: {e}")
-    });
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin_url} (ANB_TEST_POSTGRES_URL) is not reachable: {e}")
+        });
     let name = unique_name("anb_api_test_");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    // The name is made here of letters, digits and underscores only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
         .unwrap();
@@ -161,7 +171,9 @@ async fn fresh_s3_bucket(bucket: &str) -> S3Storage {
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
         .force_path_style(true)
         .build();
     let client = aws_sdk_s3::Client::from_conf(config);
@@ -192,7 +204,6 @@ pub struct Player {
     pub email: String,
     pub password: String,
     pub token: String,
-    pub city: String,
 }
 
 static PLAYER_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -267,8 +278,12 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post_json("/api/auth/login", None, &json!({"email": email, "password": password}))
-            .await
+        self.post_json(
+            "/api/auth/login",
+            None,
+            &json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     /// Signs up and logs in a new player of `city`.
@@ -276,7 +291,12 @@ impl TestApp {
         let n = PLAYER_COUNTER.fetch_add(1, Ordering::Relaxed);
         let email = format!("player{n}-{}@example.com", uuid::Uuid::new_v4().simple());
         let response = self.signup(&Self::signup_body(&email, city)).await;
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
         let user_id = response.json::<Value>().await.unwrap()["user_id"]
             .as_str()
             .unwrap()
@@ -292,7 +312,6 @@ impl TestApp {
             email,
             password: "a-long-password".into(),
             token,
-            city: city.into(),
         }
     }
 
@@ -301,14 +320,27 @@ impl TestApp {
     }
 
     /// Uploads `bytes` as `video_file`.
-    pub async fn upload(&self, token: Option<&str>, bytes: Vec<u8>, title: &str, is_public: Option<&str>) -> Response {
-        let mut form = Form::new()
-            .text("title", title.to_owned())
-            .part("video_file", Part::bytes(bytes).file_name("clip.mp4").mime_str("video/mp4").unwrap());
+    pub async fn upload(
+        &self,
+        token: Option<&str>,
+        bytes: Vec<u8>,
+        title: &str,
+        is_public: Option<&str>,
+    ) -> Response {
+        let mut form = Form::new().text("title", title.to_owned()).part(
+            "video_file",
+            Part::bytes(bytes)
+                .file_name("clip.mp4")
+                .mime_str("video/mp4")
+                .unwrap(),
+        );
         if let Some(is_public) = is_public {
             form = form.text("is_public", is_public.to_owned());
         }
-        let mut request = self.client.post(self.url("/api/videos/upload")).multipart(form);
+        let mut request = self
+            .client
+            .post(self.url("/api/videos/upload"))
+            .multipart(form);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -319,9 +351,19 @@ impl TestApp {
     pub async fn uploaded_video(&self, player: &Player, is_public: bool) -> String {
         let bytes = crate::fixtures::mp4(crate::fixtures::VALID_PORTRAIT).await;
         let response = self
-            .upload(Some(&player.token), bytes, "Mi mejor jugada", Some(if is_public { "true" } else { "false" }))
+            .upload(
+                Some(&player.token),
+                bytes,
+                "Mi mejor jugada",
+                Some(if is_public { "true" } else { "false" }),
+            )
             .await;
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
         response.json::<Value>().await.unwrap()["video_id"]
             .as_str()
             .unwrap()
@@ -365,8 +407,12 @@ impl TestApp {
     }
 
     pub async fn vote(&self, token: Option<&str>, video_id: &str) -> Response {
-        self.post_json(&format!("/api/public/videos/{video_id}/vote"), token, &json!({}))
-            .await
+        self.post_json(
+            &format!("/api/public/videos/{video_id}/vote"),
+            token,
+            &json!({}),
+        )
+        .await
     }
 }
 

@@ -26,7 +26,13 @@ async fn health_ready_docs_and_spec_answer_and_server_stops_on_signal() {
     assert!(spec["paths"]["/api/auth/signup"]["post"].is_object());
     let docs = app.get("/docs", None).await;
     assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
+    assert!(
+        docs.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("swagger")
+    );
 
     let base = app.base.clone();
     app.stop().await;
@@ -39,7 +45,10 @@ async fn ready_is_503_when_the_database_is_gone() {
     app.state.db.close().await;
     let ready = app.get("/ready", None).await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(ready.json::<Value>().await.unwrap()["database"], "unavailable");
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["database"],
+        "unavailable"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +90,12 @@ async fn request_ids_are_echoed_or_made() {
 async fn unknown_routes_and_methods_are_problems_too() {
     let app = TestApp::spawn().await;
     assert_problem(app.get("/api/nothing-here", None).await, 404, "not_found").await;
-    let wrong_method = app.client.put(app.url("/api/auth/login")).send().await.unwrap();
+    let wrong_method = app
+        .client
+        .put(app.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(wrong_method, 405, "method_not_allowed").await;
 }
 
@@ -90,15 +104,36 @@ async fn media_links_work_only_as_signed() {
     let app = TestApp::spawn().await;
     let owner = app.player().await;
     let video_id = app.uploaded_video(&owner, true).await;
-    let detail: Value = app.get(&format!("/api/videos/{video_id}"), Some(&owner.token)).await.json().await.unwrap();
+    let detail: Value = app
+        .get(&format!("/api/videos/{video_id}"), Some(&owner.token))
+        .await
+        .json()
+        .await
+        .unwrap();
     let url = app.url(detail["original_url"].as_str().unwrap());
 
-    let ranged = app.client.get(&url).header("range", "bytes=0-7").send().await.unwrap();
+    let ranged = app
+        .client
+        .get(&url)
+        .header("range", "bytes=0-7")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(ranged.bytes().await.unwrap().len(), 8);
 
     let tampered = url.replace("sig=", "sig=AAAA");
-    assert_problem(app.client.get(tampered).send().await.unwrap(), 404, "media_not_found").await;
+    assert_problem(
+        app.client.get(tampered).send().await.unwrap(),
+        404,
+        "media_not_found",
+    )
+    .await;
     let unsigned = url.split('?').next().unwrap().to_owned();
-    assert_problem(app.client.get(unsigned).send().await.unwrap(), 404, "media_not_found").await;
+    assert_problem(
+        app.client.get(unsigned).send().await.unwrap(),
+        404,
+        "media_not_found",
+    )
+    .await;
 }
