@@ -46,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
             let state = anb_api::AppState::connect(settings, anb_api::ApiSettings::from_env()?)
                 .await
                 .context("opening the embedded database, queue and storage")?;
-            state.migrate().await.context("applying the database migrations")?;
+            state
+                .migrate()
+                .await
+                .context("applying the database migrations")?;
             anb_api::serve(listener, state, shutdown_signal()).await?;
         }
     }
