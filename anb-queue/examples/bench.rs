@@ -5,7 +5,15 @@
 //! ```sh
 //! cargo run --release -p anb-queue --example bench -- --backend postgres --jobs 20000
 //! cargo run --release -p anb-queue --example bench -- --backend sqlite --jobs 20000
+//! cargo run --release -p anb-queue --example bench -- --backend redis --jobs 100000
+//! cargo run --release -p anb-queue --example bench -- --backend sqs --jobs 1000 --workers 4
 //! ```
+//!
+//! Redis runs anb-queue only (under a fresh key prefix). SQS is measured in requests, not
+//! speed (an SQS-compatible test server is no speed reference): a burst of `--jobs` is
+//! bulk-enqueued and drained by `--workers` workers, each with its own connection, and the
+//! SQS API requests per job are counted (the floor is 0.3: one batched send, receive and
+//! delete per 10 jobs).
 //!
 //! Every system gets a fresh database. Phases: enqueue one by one; bulk enqueue (chunks of
 //! 1,000); process the whole backlog with `--concurrency` handlers (stopped at
@@ -30,6 +38,8 @@ use sqlx::{Connection, PgConnection};
 enum BackendArg {
     Postgres,
     Sqlite,
+    Redis,
+    Sqs,
 }
 
 #[derive(Debug, Parser)]
@@ -65,6 +75,23 @@ struct Args {
     /// Measure only anb-queue.
     #[arg(long)]
     skip_apalis: bool,
+    /// Server for the Redis run (a fresh key prefix is used).
+    #[arg(
+        long,
+        env = "ANB_TEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// SQS-compatible endpoint for the SQS run (static test credentials, us-east-1).
+    #[arg(
+        long,
+        env = "ANB_TEST_AWS_ENDPOINT",
+        default_value = "http://127.0.0.1:4566"
+    )]
+    aws_endpoint: String,
+    /// Workers draining the SQS burst, each with `--concurrency` handlers.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,10 +179,12 @@ fn chunks(count: u64) -> Vec<Vec<Noop>> {
     jobs.chunks(1000).map(<[Noop]>::to_vec).collect()
 }
 
-/// A fresh database for one system: a PostgreSQL database or a SQLite file.
+/// A fresh database for one system: a PostgreSQL database, a SQLite file or a Redis key
+/// prefix.
 struct Scratch {
     url: String,
     admin: Option<(String, String)>,
+    redis_prefix: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -177,6 +206,7 @@ impl Scratch {
                 Ok(Self {
                     url: url.to_string(),
                     admin: Some((args.postgres_url.clone(), name)),
+                    redis_prefix: None,
                     _dir: None,
                 })
             }
@@ -189,13 +219,32 @@ impl Scratch {
                 Ok(Self {
                     url,
                     admin: None,
+                    redis_prefix: None,
                     _dir: Some(dir),
                 })
             }
+            BackendArg::Redis => {
+                let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+                let separator = if args.redis_url.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                Ok(Self {
+                    url: format!("{}{separator}queue={name}", args.redis_url),
+                    admin: None,
+                    redis_prefix: Some((args.redis_url.clone(), format!("anb_queue:{{{name}}}:*"))),
+                    _dir: None,
+                })
+            }
+            BackendArg::Sqs => anyhow::bail!("the SQS run creates its own queues"),
         }
     }
 
     async fn drop_database(self) {
+        if let Some((server, pattern)) = &self.redis_prefix {
+            let _ = delete_redis_keys(server, pattern).await;
+        }
         if let Some((admin_url, name)) = &self.admin
             && let Ok(mut admin) = PgConnection::connect(admin_url).await
         {
@@ -273,6 +322,165 @@ async fn bench_anb_queue(args: &Args) -> anyhow::Result<Figures> {
     drop(queue);
     scratch.drop_database().await;
     Ok(figures)
+}
+
+async fn delete_redis_keys(server: &str, pattern: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(server)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// A client for the SQS-compatible test server: static credentials, region us-east-1.
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "bench",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// Creates a queue with a dead-letter queue (redrive policy); returns both URLs.
+async fn create_sqs_queue(client: &aws_sdk_sqs::Client) -> anyhow::Result<(String, String)> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let name = format!("anb-bench-{}", uuid::Uuid::new_v4().simple());
+    let dead_letters = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "create the dead-letter queue: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(error)
+            )
+        })?;
+    let dead_letters_url = dead_letters.queue_url().context("a queue URL")?.to_owned();
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dead_letters_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn).cloned())
+        .context("a queue ARN")?;
+    let queue = client
+        .create_queue()
+        .queue_name(&name)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
+        )
+        .send()
+        .await?;
+    Ok((
+        queue.queue_url().context("a queue URL")?.to_owned(),
+        dead_letters_url,
+    ))
+}
+
+/// A burst of `--jobs` bulk-enqueued, drained by `--workers` workers: SQS requests per job.
+async fn bench_sqs_requests(args: &Args) -> anyhow::Result<()> {
+    use anb_queue::{JobContext, Queue, Worker};
+
+    let client = sqs_client(&args.aws_endpoint);
+    let (queue_url, dead_letters_url) = create_sqs_queue(&client).await?;
+    let producer = Queue::from_sqs_client(client.clone(), &queue_url).await?;
+    let setup_requests = producer.requests_sent().unwrap_or(0);
+    let jobs: Vec<Noop> = (0..args.jobs)
+        .map(|_| Noop {
+            sent_at_us: now_us(),
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in jobs.chunks(1000) {
+        producer.enqueue_bulk(batch).await?;
+    }
+    let enqueue_elapsed = started.elapsed();
+    let sent_requests = producer.requests_sent().unwrap_or(0) - setup_requests;
+
+    let tally = Tally::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut queues = Vec::new();
+    let mut running = Vec::new();
+    for index in 0..args.workers {
+        let queue = Queue::from_sqs_client(client.clone(), &queue_url).await?;
+        let baseline = queue.requests_sent().unwrap_or(0);
+        let worker = Worker::new(queue.clone())
+            .name(format!("bench-{index}"))
+            .concurrency(args.concurrency)
+            .handle({
+                let tally = tally.clone();
+                move |job: Noop, _ctx: JobContext| {
+                    let tally = tally.clone();
+                    async move {
+                        tally.record(&job);
+                        Ok(())
+                    }
+                }
+            });
+        running.push(tokio::spawn(
+            worker.run_until(stop.clone().cancelled_owned()),
+        ));
+        queues.push((queue, baseline));
+    }
+    let (done, elapsed) = tally
+        .wait_for(args.jobs, Duration::from_secs(args.time_limit))
+        .await;
+    // Let the last batched deletes go out before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let worker_requests: u64 = queues
+        .iter()
+        .map(|(queue, baseline)| queue.requests_sent().unwrap_or(0) - baseline)
+        .sum();
+    stop.cancel();
+    for worker in running {
+        worker.await??;
+    }
+    let stats = producer.stats().await?;
+    let total = sent_requests + worker_requests;
+    println!(
+        "SQS burst: {done}/{} jobs drained by {} workers × {} handlers in {:.1} s (bulk enqueue {:.1} s)",
+        args.jobs,
+        args.workers,
+        args.concurrency,
+        elapsed.as_secs_f64(),
+        enqueue_elapsed.as_secs_f64()
+    );
+    println!(
+        "SQS API requests: {sent_requests} to enqueue + {worker_requests} by the workers (receive, delete, visibility, statistics) = {total}, {:.3} per job (floor 0.3)",
+        total as f64 / done.max(1) as f64
+    );
+    println!("left over: {stats:?}");
+    for url in [&queue_url, &dead_letters_url] {
+        let _ = client.delete_queue().queue_url(url).send().await;
+    }
+    anyhow::ensure!(done == args.jobs, "not every job was handled in time");
+    Ok(())
 }
 
 /// Sends `count` jobs one at a time, 2 ms apart, to an idle worker and returns the p50/p99 of
@@ -530,6 +738,8 @@ async fn main() -> anyhow::Result<()> {
     let backend = match args.backend {
         BackendArg::Postgres => "postgres",
         BackendArg::Sqlite => "sqlite",
+        BackendArg::Redis => "redis",
+        BackendArg::Sqs => return bench_sqs_requests(&args).await,
     };
     println!(
         "backend {backend}: {} one-by-one, {} bulk backlog, {} concurrent, no-op jobs",
@@ -538,11 +748,13 @@ async fn main() -> anyhow::Result<()> {
 
     let ours = bench_anb_queue(&args).await?;
     let mut others = Vec::new();
-    if !args.skip_apalis {
+    // apalis is compared on the SQL backends only.
+    if !args.skip_apalis && matches!(args.backend, BackendArg::Postgres | BackendArg::Sqlite) {
         for tuned in [false, true] {
             let figures = match args.backend {
                 BackendArg::Postgres => bench_apalis_postgres(&args, tuned).await?,
                 BackendArg::Sqlite => bench_apalis_sqlite(&args, tuned).await?,
+                BackendArg::Redis | BackendArg::Sqs => unreachable!("filtered above"),
             };
             let name = format!(
                 "apalis-{backend} {}",

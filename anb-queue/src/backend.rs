@@ -62,6 +62,10 @@ pub enum BackendKind {
     Postgres,
     /// SQLite (`sqlite://`).
     Sqlite,
+    /// Redis (`redis://`).
+    Redis,
+    /// Amazon SQS (`sqs://` or a queue URL).
+    Sqs,
 }
 
 impl BackendKind {
@@ -70,6 +74,8 @@ impl BackendKind {
         match self {
             BackendKind::Postgres => "postgres",
             BackendKind::Sqlite => "sqlite",
+            BackendKind::Redis => "redis",
+            BackendKind::Sqs => "sqs",
         }
     }
 }
@@ -183,6 +189,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Lists dead-lettered jobs with their last error, newest first.
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
+
+    /// How many requests this backend has sent to a metered service (SQS bills per
+    /// request), or `None` where that is not counted.
+    fn requests_sent(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A job in the dead letters.

@@ -15,7 +15,9 @@ pub enum QueueError {
         reason: String,
     },
     /// The queue URL names no backend this build supports.
-    #[error("unsupported queue URL scheme {scheme:?} (expected postgres:// or sqlite://)")]
+    #[error(
+        "unsupported queue URL scheme {scheme:?} (expected postgres://, sqlite://, redis://, sqs:// or an SQS queue URL)"
+    )]
     UnsupportedUrl {
         /// The scheme found in the URL.
         scheme: String,
@@ -23,6 +25,33 @@ pub enum QueueError {
     /// A database operation failed.
     #[error("queue database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A Redis operation failed.
+    #[error("queue Redis error: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// An SQS request failed.
+    #[error("queue SQS error in {operation}: {message}")]
+    Sqs {
+        /// The request or step that failed.
+        operation: &'static str,
+        /// The service's or SDK's explanation.
+        message: String,
+    },
+    /// The SQS queue has no redrive policy, so dead jobs would have nowhere to go.
+    #[error("the SQS queue {queue_url} has no redrive policy: give it a dead-letter queue")]
+    NoDeadLetterQueue {
+        /// The queue's URL.
+        queue_url: String,
+    },
+    /// A job is larger than the queue accepts.
+    #[error("job {job} is {size} bytes as a message, over the queue's limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The job's stable name.
+        job: String,
+        /// The message size: payload plus attributes.
+        size: usize,
+        /// The queue's `MaximumMessageSize`.
+        limit: usize,
+    },
     /// A job payload could not be serialized.
     #[error("could not serialize the payload of job {job}: {source}")]
     Serialize {

@@ -5,7 +5,9 @@ mod error;
 mod job;
 mod postgres;
 mod queue;
+mod redis;
 mod sqlite;
+mod sqs;
 mod stats;
 mod worker;
 

@@ -9,7 +9,9 @@ use crate::{
     error::QueueError,
     job::Job,
     postgres::{self, PostgresBackend},
+    redis,
     sqlite::{self, SqliteBackend},
+    sqs::{self, SqsBackend},
     stats::QueueStats,
 };
 
@@ -26,7 +28,14 @@ impl Queue {
     /// Connects to the backend named by `url` and creates or upgrades the queue's tables.
     ///
     /// - `postgres://user@host/db` (or `postgresql://`): jobs in table `anb_queue_jobs`;
-    /// - `sqlite://path/to/file.db`: the file is created if missing and switched to WAL.
+    /// - `sqlite://path/to/file.db`: the file is created if missing and switched to WAL;
+    /// - `redis://host:6379/0?queue=name`: keys under `anb_queue:{name}:` (default `default`);
+    /// - `sqs://queue-name` (resolved with `GetQueueUrl`) or a full queue URL
+    ///   (`https://sqs.<region>.amazonaws.com/<account>/<name>`, or an SQS-compatible server's
+    ///   `http://host:port/<account>/<name>`, which is then also the endpoint), configured
+    ///   like any AWS SDK client (`AWS_REGION`, `AWS_ENDPOINT_URL`, credentials). The queue
+    ///   needs a redrive policy: its dead-letter queue holds the dead jobs. `?wait_seconds=`
+    ///   sets the long-poll wait (default 20).
     ///
     /// The tables can share a database with an application's own: their schema is versioned
     /// in `anb_queue_schema`, apart from sqlx's migration history.
@@ -36,7 +45,7 @@ impl Queue {
             .map(|(scheme, _)| scheme.to_ascii_lowercase())
             .ok_or_else(|| QueueError::InvalidUrl {
                 url: redact(url),
-                reason: "no scheme (expected postgres:// or sqlite://)".to_owned(),
+                reason: "no scheme (expected postgres://, sqlite://, redis://, sqs:// or an SQS queue URL)".to_owned(),
             })?;
         match scheme.as_str() {
             "postgres" | "postgresql" => {
@@ -47,11 +56,17 @@ impl Queue {
                 Self::from_postgres_pool(pool).await
             }
             "sqlite" => Self::from_sqlite_pool(sqlite::connect(url).await?).await,
+            "redis" | "rediss" => Ok(Self::from_backend(redis::connect(url).await?)),
+            "sqs" | "http" | "https" => Ok(Self::from_backend(sqs::connect(url).await?)),
             _ => Err(QueueError::UnsupportedUrl { scheme }),
         }
     }
 
     /// Uses an existing PostgreSQL pool (e.g. the application's own) and sets up the tables.
+    ///
+    /// Enqueues and statistics use this pool. Workers also open up to four connections of
+    /// their own for lease operations (tuned for them: asynchronous commit, index-only plans)
+    /// and one `LISTEN` connection, with the same connect options.
     pub async fn from_postgres_pool(pool: PgPool) -> Result<Self, QueueError> {
         postgres::setup(&pool).await?;
         Ok(Self::from_backend(PostgresBackend::new(pool)))
@@ -62,6 +77,23 @@ impl Queue {
     pub async fn from_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
         sqlite::setup(&pool).await?;
         Ok(Self::from_backend(SqliteBackend::new(pool)))
+    }
+
+    /// Uses an already configured SQS client (region, endpoint, credentials) for the queue
+    /// at `queue_url`, which needs a redrive policy (see [`Queue::connect`]).
+    pub async fn from_sqs_client(
+        client: aws_sdk_sqs::Client,
+        queue_url: &str,
+    ) -> Result<Self, QueueError> {
+        Ok(Self::from_backend(
+            SqsBackend::from_client(client, queue_url).await?,
+        ))
+    }
+
+    /// How many requests the queue has sent to a service that bills per request (SQS), or
+    /// `None` for the other backends.
+    pub fn requests_sent(&self) -> Option<u64> {
+        self.backend.requests_sent()
     }
 
     fn from_backend(backend: impl Backend) -> Self {
@@ -185,7 +217,7 @@ fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
 }
 
 /// Removes a password from a URL before it appears in an error.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

@@ -334,7 +334,25 @@ impl Runtime {
                 owner: &shared.owner,
                 lease: shared.lease,
             };
-            let claimed = match shared.backend.claim(request).await {
+            // Raced against shutdown: a broker's claim may long-poll for many seconds.
+            let claim = shared.backend.claim(request);
+            tokio::pin!(claim);
+            let claim = tokio::select! {
+                claim = &mut claim => claim,
+                () = &mut shutdown => {
+                    // A quick claim may finish: its jobs go back at once rather than wait
+                    // for their leases to run out. A long poll is abandoned (the backend
+                    // gives back what it still receives).
+                    if let Ok(Ok(claimed)) = tokio::time::timeout(Duration::from_secs(1), claim).await {
+                        let ids: Vec<JobId> = claimed.into_iter().map(|job| job.id).collect();
+                        if !ids.is_empty() && let Err(error) = shared.backend.release(&shared.owner, &ids).await {
+                            tracing::warn!(%error, "releasing jobs claimed during shutdown failed; their leases will expire");
+                        }
+                    }
+                    break;
+                }
+            };
+            let claimed = match claim {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::warn!(%error, "claiming jobs failed; retrying in 1 s");

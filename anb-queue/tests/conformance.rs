@@ -13,9 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anb_queue::{Job, JobContext, JobError, Queue, QueueStats, RetryBackoff, Worker};
+use anb_queue::{Job, JobContext, JobError, Queue, QueueError, QueueStats, RetryBackoff, Worker};
 use serde::{Deserialize, Serialize};
-use support::{RunningWorker, TestDb, wait_until};
+use support::{Engine, RunningWorker, TestDb, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -310,11 +310,16 @@ async fn undecodable_payload_is_dead_lettered(db: &TestDb) {
 async fn stats_count_jobs_by_state(db: &TestDb) {
     let queue = db.queue().await;
     assert_eq!(stats(&queue).await, QueueStats::default());
-    // One job held by a worker, one dead...
-    queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
+    // One dead...
     queue.enqueue(&Flaky { fail_attempts: 99 }).await.unwrap();
+    let worker = RunningWorker::spawn(flaky_worker(&queue, Arc::default(), true));
+    wait_until("one dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    worker.stop().await;
+    // ...one held by a worker whose only slot it fills, so the worker claims nothing else
+    // (a broker such as SQS cannot leave a worker's unknown job names unreceived)...
+    queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
     let release = Arc::new(tokio::sync::Notify::new());
-    let worker = RunningWorker::spawn(flaky_worker(&queue, Arc::default(), true).handle({
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).concurrency(1).handle({
         let release = release.clone();
         move |_job: Slow, _ctx: JobContext| {
             let release = release.clone();
@@ -324,12 +329,11 @@ async fn stats_count_jobs_by_state(db: &TestDb) {
             }
         }
     }));
-    wait_until("one in flight, one dead", 60, || async {
-        let counts = stats(&queue).await;
-        (counts.in_flight, counts.dead) == (1, 1)
+    wait_until("one in flight", 60, || async {
+        stats(&queue).await.in_flight == 1
     })
     .await;
-    // ...two ready that no worker handles, one delayed.
+    // ...two ready, one delayed.
     queue.enqueue(&Unhandled).await.unwrap();
     queue.enqueue(&Unhandled).await.unwrap();
     queue
@@ -342,11 +346,15 @@ async fn stats_count_jobs_by_state(db: &TestDb) {
         (counts.ready, counts.in_flight, counts.delayed, counts.dead),
         (2, 1, 1, 1)
     );
-    assert!(
-        counts.oldest_ready_age >= Duration::from_millis(50),
-        "oldest ready job waited {:?}",
-        counts.oldest_ready_age
-    );
+    // SQS reports the oldest message's age only as a CloudWatch metric, not as a queue
+    // attribute, so its backend leaves it at zero.
+    if db.engine != Engine::Sqs {
+        assert!(
+            counts.oldest_ready_age >= Duration::from_millis(50),
+            "oldest ready job waited {:?}",
+            counts.oldest_ready_age
+        );
+    }
     release.notify_one();
     wait_until("slow job done", 60, || async {
         stats(&queue).await.in_flight == 0
@@ -506,6 +514,20 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestD
         n: 1,
         text: "tx".into(),
     };
+    if !db.engine.joins_sql_transactions() {
+        // A broker cannot take part in the caller's SQL transaction: `enqueue_tx` must refuse
+        // rather than enqueue outside it.
+        let error = db
+            .enqueue_with_business_write(&queue, &job, true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, QueueError::TransactionMismatch { .. }),
+            "{error:?}"
+        );
+        assert_eq!(stats(&queue).await.ready, 0, "nothing enqueued");
+        return;
+    }
     db.enqueue_with_business_write(&queue, &job, false)
         .await
         .unwrap();
@@ -551,6 +573,7 @@ async fn job_of_a_killed_worker_process_is_completed_by_another(db: &TestDb) {
             "--test-threads=1",
         ])
         .env(CRASH_CHILD_URL, &db.url)
+        .envs(db.child_env())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -660,3 +683,5 @@ macro_rules! conformance_suite {
 
 conformance_suite!(postgres);
 conformance_suite!(sqlite);
+conformance_suite!(redis);
+conformance_suite!(sqs);

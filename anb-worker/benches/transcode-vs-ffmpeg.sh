@@ -69,17 +69,19 @@ CLI_COMMAND=(ffmpeg -hide_banner -loglevel error -nostdin -y
     -c:v libx264 -preset "$PRESET" -crf "$CRF" -pix_fmt yuv420p -r 30
     -movflags +faststart "$WORK/cli.mp4")
 
-# Runs "$@" under GNU time; appends "wall_seconds peak_kib" to the file $RESULT.
+# Runs "$@" under GNU time; appends "wall_s peak_kib cpu_s" to the file $RESULT.
 measure() {
     local report="$WORK/time.txt"
     /usr/bin/time -v -o "$report" "$@" >/dev/null
-    local wall rss
+    local wall rss cpu
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {
         n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$report")
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$report")
-    echo "$wall $rss" >>"$RESULT"
+    cpu=$(awk -F': ' '/User time|System time/ { s += $2 } END { print s }' "$report")
+    echo "$wall $rss $cpu" >>"$RESULT"
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$WORK/worker.runs"
 : >"$WORK/cli.runs"
 for ((run = 1; run <= RUNS; run++)); do
@@ -102,15 +104,18 @@ worker_wall=$(median 1 "$WORK/worker.runs")
 cli_wall=$(median 1 "$WORK/cli.runs")
 worker_rss=$(median 2 "$WORK/worker.runs")
 cli_rss=$(median 2 "$WORK/cli.runs")
+worker_cpu=$(median 3 "$WORK/worker.runs")
+cli_cpu=$(median 3 "$WORK/cli.runs")
 worker_size=$(stat -c %s "$WORK/worker.mp4")
 cli_size=$(stat -c %s "$WORK/cli.mp4")
 
 echo
 echo "input: 60 s 1920x1080 30 fps ($(stat -c %s "$INPUT") bytes); x264 preset $PRESET, crf $CRF; $RUNS runs each on $(nproc) CPUs"
-printf '%-22s %12s %14s %14s %8s\n' "" "wall median" "peak RSS" "output bytes" "frames"
-printf '%-22s %11.2fs %11d KiB %14d %8s\n' "anb-worker transcode" "$worker_wall" "$worker_rss" "$worker_size" "$(frames "$WORK/worker.mp4")"
-printf '%-22s %11.2fs %11d KiB %14d %8s\n' "ffmpeg command line" "$cli_wall" "$cli_rss" "$cli_size" "$(frames "$WORK/cli.mp4")"
-awk -v a="$worker_wall" -v b="$cli_wall" -v c="$worker_rss" -v d="$cli_rss" -v e="$worker_size" -v f="$cli_size" \
-    'BEGIN { printf "ratios (worker / command line): wall %.3f, peak memory %.3f, output size %.3f\n", a / b, c / d, e / f }'
-echo "all runs (wall s, peak KiB): worker: $(tr '\n' ';' <"$WORK/worker.runs") cli: $(tr '\n' ';' <"$WORK/cli.runs")"
+echo "load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-22s %12s %12s %14s %14s %8s\n' "" "wall median" "CPU median" "peak RSS" "output bytes" "frames"
+printf '%-22s %11.2fs %11.2fs %10d KiB %14d %8s\n' "anb-worker transcode" "$worker_wall" "$worker_cpu" "$worker_rss" "$worker_size" "$(frames "$WORK/worker.mp4")"
+printf '%-22s %11.2fs %11.2fs %10d KiB %14d %8s\n' "ffmpeg command line" "$cli_wall" "$cli_cpu" "$cli_rss" "$cli_size" "$(frames "$WORK/cli.mp4")"
+awk -v a="$worker_wall" -v b="$cli_wall" -v g="$worker_cpu" -v h="$cli_cpu" -v c="$worker_rss" -v d="$cli_rss" -v e="$worker_size" -v f="$cli_size" \
+    'BEGIN { printf "ratios (worker / command line): wall %.3f, CPU %.3f, peak memory %.3f, output size %.3f\n", a / b, g / h, c / d, e / f }'
+echo "all runs (wall s, peak KiB, CPU s): worker: $(tr '\n' ';' <"$WORK/worker.runs") cli: $(tr '\n' ';' <"$WORK/cli.runs")"
 echo "files in $WORK"

@@ -14,6 +14,16 @@ use tokio_util::sync::CancellationToken;
 pub enum Engine {
     Postgres,
     Sqlite,
+    Redis,
+    Sqs,
+}
+
+impl Engine {
+    /// Whether jobs can be enqueued inside the caller's SQL transaction (the queue lives in
+    /// that database).
+    pub fn joins_sql_transactions(self) -> bool {
+        matches!(self, Engine::Postgres | Engine::Sqlite)
+    }
 }
 
 /// A throw-away database: a fresh PostgreSQL database, or a SQLite file in a temporary directory.
@@ -65,7 +75,116 @@ impl TestDb {
         }
     }
 
+    /// A queue under a fresh key prefix on the Redis server at `ANB_TEST_REDIS_URL`.
+    pub async fn redis() -> Self {
+        let server = redis_url();
+        let client =
+            ::redis::Client::open(server.as_str()).expect("ANB_TEST_REDIS_URL is a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|error| {
+                panic!("Redis is not reachable at {server} (set ANB_TEST_REDIS_URL): {error}")
+            });
+        let _: () = ::redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|error| panic!("Redis at {server} does not answer PING: {error}"));
+        let queue = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let separator = if server.contains('?') { '&' } else { '?' };
+        Self {
+            engine: Engine::Redis,
+            url: format!("{server}{separator}queue={queue}"),
+            admin_url: Some(server),
+            database: Some(queue),
+            _dir: Some(tempfile::tempdir().expect("create a temporary directory")),
+        }
+    }
+
+    /// A fresh queue, with a dead-letter queue by redrive policy, on the SQS-compatible
+    /// server at `ANB_TEST_AWS_ENDPOINT`.
+    pub async fn sqs() -> Self {
+        let endpoint = aws_endpoint();
+        let client = sqs_client(&endpoint);
+        let name = format!("anb-test-{}", uuid::Uuid::new_v4().simple());
+        let dead_letters = client
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "SQS is not reachable at {endpoint} (set ANB_TEST_AWS_ENDPOINT): {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(error)
+                )
+            });
+        let dead_letters_url = dead_letters.queue_url().unwrap().to_owned();
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(&dead_letters_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("read the dead-letter queue's ARN")
+            .attributes()
+            .and_then(|attributes| {
+                attributes
+                    .get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .cloned()
+            })
+            .expect("a queue ARN");
+        let queue = client
+            .create_queue()
+            .queue_name(&name)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
+            )
+            .send()
+            .await
+            .expect("create the test queue");
+        Self {
+            engine: Engine::Sqs,
+            url: queue.queue_url().unwrap().to_owned(),
+            admin_url: Some(endpoint),
+            database: Some(dead_letters_url),
+            _dir: Some(tempfile::tempdir().expect("create a temporary directory")),
+        }
+    }
+
+    /// What a child process needs in its environment to reach the queue with
+    /// `Queue::connect(&self.url)`.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        match self.engine {
+            Engine::Sqs => vec![
+                ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+                ("AWS_REGION", "us-east-1".to_owned()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Where the business table of [`TestDb::enqueue_with_business_write`] lives: the
+    /// queue's own database, or a SQLite file next to a broker.
+    fn business_url(&self) -> String {
+        match (self.engine, &self._dir) {
+            (Engine::Postgres | Engine::Sqlite, _) => self.url.clone(),
+            (_, Some(dir)) => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("business.db").display()
+            ),
+            (_, None) => unreachable!("broker test databases keep a directory"),
+        }
+    }
+
     pub async fn queue(&self) -> Queue {
+        if self.engine == Engine::Sqs {
+            let endpoint = self.admin_url.as_deref().unwrap_or_default();
+            return Queue::from_sqs_client(sqs_client(endpoint), &self.url)
+                .await
+                .unwrap_or_else(|error| panic!("open {}: {error}", self.url));
+        }
         Queue::connect(&self.url)
             .await
             .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url))
@@ -78,9 +197,10 @@ impl TestDb {
         job: &J,
         commit: bool,
     ) -> Result<JobId, QueueError> {
+        let business_url = self.business_url();
         match self.engine {
             Engine::Postgres => {
-                let mut conn = PgConnection::connect(&self.url).await?;
+                let mut conn = PgConnection::connect(&business_url).await?;
                 sqlx::query("CREATE TABLE IF NOT EXISTS orders (id BIGSERIAL PRIMARY KEY)")
                     .execute(&mut conn)
                     .await?;
@@ -96,8 +216,8 @@ impl TestDb {
                 }
                 Ok(id)
             }
-            Engine::Sqlite => {
-                let mut conn = SqliteConnection::connect(&self.url).await?;
+            Engine::Sqlite | Engine::Redis | Engine::Sqs => {
+                let mut conn = SqliteConnection::connect(&business_url).await?;
                 sqlx::query("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
                     .execute(&mut conn)
                     .await?;
@@ -126,8 +246,10 @@ impl TestDb {
                     .await
                     .unwrap()
             }
-            Engine::Sqlite => {
-                let mut conn = SqliteConnection::connect(&self.url).await.unwrap();
+            Engine::Sqlite | Engine::Redis | Engine::Sqs => {
+                let mut conn = SqliteConnection::connect(&self.business_url())
+                    .await
+                    .unwrap();
                 sqlx::query_scalar("SELECT count(*) FROM orders")
                     .fetch_one(&mut conn)
                     .await
@@ -136,8 +258,23 @@ impl TestDb {
         }
     }
 
-    /// Drops the PostgreSQL database (the SQLite directory goes with `self`).
+    /// Drops the PostgreSQL database or the Redis keys (the SQLite directory goes with `self`).
     pub async fn cleanup(self) {
+        if self.engine == Engine::Redis {
+            if let (Some(server), Some(queue)) = (&self.admin_url, &self.database) {
+                delete_redis_keys(server, &format!("anb_queue:{{{queue}}}:*")).await;
+            }
+            return;
+        }
+        if self.engine == Engine::Sqs {
+            if let (Some(endpoint), Some(dead_letters_url)) = (&self.admin_url, &self.database) {
+                let client = sqs_client(endpoint);
+                for queue_url in [&self.url, dead_letters_url] {
+                    let _ = client.delete_queue().queue_url(queue_url).send().await;
+                }
+            }
+            return;
+        }
         if let (Some(admin_url), Some(database)) = (&self.admin_url, &self.database)
             && let Ok(mut admin) = PgConnection::connect(admin_url).await
         {
@@ -147,6 +284,64 @@ impl TestDb {
             .execute(&mut admin)
             .await;
         }
+    }
+}
+
+pub fn aws_endpoint() -> String {
+    std::env::var("ANB_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+/// A client for the test SQS server: static credentials, region us-east-1.
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "anb-queue-tests",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+pub fn redis_url() -> String {
+    std::env::var("ANB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn delete_redis_keys(server: &str, pattern: &str) {
+    let Ok(client) = ::redis::Client::open(server) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: Result<(), _> = ::redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 

@@ -1,0 +1,682 @@
+//! The Redis backend: every state change is one Lua script, so it is atomic on the server.
+//!
+//! Keys, all under `anb_queue:{<queue>}:` (the braces keep a queue's keys in one cluster slot):
+//! - `job:<id>`: a hash with the job's name, payload, attempts, lease owner and last error;
+//! - `q:<name>`: a sorted set per job name of the jobs waiting to run, scored by the time (ms)
+//!   they become due, so delayed jobs, retries and ready jobs share one structure and a claim
+//!   reads only the due head (`ZRANGEBYSCORE … LIMIT`): nothing moves a whole backlog at once;
+//! - `leases`: a sorted set of leased job ids scored by the lease deadline; a job whose
+//!   deadline passed is put back by [`Backend::recover_expired`], so a worker that dies
+//!   mid-job loses nothing;
+//! - `dead`: the dead letters, scored by the time they died;
+//! - `names`, `seq`: the job names seen, the id counter;
+//! - channel `wake`: published when a job becomes due now, so idle workers claim at once.
+//!
+//! Times come from the Redis server's clock (`TIME`), so workers on several hosts agree.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use ::redis::{Script, aio::ConnectionManager};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{OnceCell, watch};
+
+use crate::{
+    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    error::QueueError,
+    stats::QueueStats,
+};
+
+/// The URL query parameter naming the queue (its key prefix); the rest goes to the client.
+const QUEUE_PARAMETER: &str = "queue";
+const DEFAULT_QUEUE: &str = "default";
+
+/// Delays beyond this are stored as this: Lua numbers are doubles, exact up to 2^53 ms.
+const MAX_DELAY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// How many expired leases one `recover_expired` script handles before handing back the
+/// server (it loops until none is left).
+const RECOVER_BATCH: usize = 1000;
+
+/// Shared Lua prelude: the server clock in milliseconds.
+const NOW: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// ARGV: prefix, then (name, payload, max_attempts, delay_ms) per job. Returns the first id;
+/// the jobs get consecutive ids.
+const ENQUEUE: &str = "
+local prefix = ARGV[1]
+local count = (#ARGV - 1) / 4
+local last = redis.call('INCRBY', prefix .. 'seq', count)
+local first = last - count + 1
+local wake = false
+for i = 0, count - 1 do
+  local base = 2 + i * 4
+  local name, delay = ARGV[base], tonumber(ARGV[base + 3])
+  local id = tostring(first + i)
+  redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[base + 1], 'a', 0,
+    'm', ARGV[base + 2], 'e', now)
+  redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+  redis.call('SADD', prefix .. 'names', name)
+  if delay == 0 then wake = true end
+end
+if wake then redis.call('PUBLISH', prefix .. 'wake', '') end
+return first
+";
+
+/// ARGV: prefix, owner, lease_ms, max, names… Returns (id, name, payload, attempt,
+/// max_attempts, enqueued_at) per claimed job, oldest due first.
+const CLAIM: &str = "
+local prefix, owner, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local candidates = {}
+for i = 5, #ARGV do
+  local name = ARGV[i]
+  local due = redis.call('ZRANGEBYSCORE', prefix .. 'q:' .. name, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+  for j = 1, #due, 2 do
+    candidates[#candidates + 1] = {due[j], tonumber(due[j + 1]), name}
+  end
+end
+table.sort(candidates, function(a, b) return a[2] < b[2] end)
+local out = {}
+for k = 1, math.min(max, #candidates) do
+  local id, name = candidates[k][1], candidates[k][3]
+  local key = prefix .. 'job:' .. id
+  redis.call('ZREM', prefix .. 'q:' .. name, id)
+  if redis.call('EXISTS', key) == 1 then
+    local attempt = redis.call('HINCRBY', key, 'a', 1)
+    redis.call('HSET', key, 'o', owner)
+    redis.call('ZADD', prefix .. 'leases', now + lease, id)
+    local fields = redis.call('HMGET', key, 'p', 'm', 'e')
+    for _, value in ipairs({id, name, fields[1], tostring(attempt), fields[2], fields[3]}) do
+      out[#out + 1] = value
+    end
+  end
+end
+return out
+";
+
+/// Shared Lua helper: whether `owner` holds the lease of job `id`.
+const HELD: &str = "
+local function held(prefix, id, owner)
+  return redis.call('HGET', prefix .. 'job:' .. id, 'o') == owner
+    and redis.call('ZSCORE', prefix .. 'leases', id) ~= false
+end
+";
+
+/// ARGV: prefix, owner, ids…
+const COMPLETE: &str = "
+local prefix, owner = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  if held(prefix, ARGV[i], owner) then
+    redis.call('ZREM', prefix .. 'leases', ARGV[i])
+    redis.call('DEL', prefix .. 'job:' .. ARGV[i])
+  end
+end
+return 0
+";
+
+/// ARGV: prefix, owner, id, delay_ms, error.
+const RETRY: &str = "
+local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
+if held(prefix, id, owner) then
+  local key = prefix .. 'job:' .. id
+  redis.call('ZREM', prefix .. 'leases', id)
+  redis.call('HDEL', key, 'o')
+  redis.call('HSET', key, 'err', ARGV[5])
+  redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now + tonumber(ARGV[4]), id)
+end
+return 0
+";
+
+/// ARGV: prefix, owner, id, error.
+const DEAD_LETTER: &str = "
+local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
+if held(prefix, id, owner) then
+  local key = prefix .. 'job:' .. id
+  redis.call('ZREM', prefix .. 'leases', id)
+  redis.call('HDEL', key, 'o')
+  redis.call('HSET', key, 'err', ARGV[4])
+  redis.call('ZADD', prefix .. 'dead', now, id)
+end
+return 0
+";
+
+/// ARGV: prefix, owner, ids… Gives the attempt back and makes the jobs due now.
+const RELEASE: &str = "
+local prefix, owner = ARGV[1], ARGV[2]
+local released = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if held(prefix, id, owner) then
+    local key = prefix .. 'job:' .. id
+    redis.call('ZREM', prefix .. 'leases', id)
+    redis.call('HDEL', key, 'o')
+    redis.call('HINCRBY', key, 'a', -1)
+    redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now, id)
+    released = released + 1
+  end
+end
+if released > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+return released
+";
+
+/// ARGV: prefix, owner, lease_ms, progress ('' for none), ids…
+const EXTEND: &str = "
+local prefix, owner, lease, progress = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  if held(prefix, id, owner) then
+    redis.call('ZADD', prefix .. 'leases', 'XX', now + lease, id)
+    if progress ~= '' then redis.call('HSET', prefix .. 'job:' .. id, 'pr', progress) end
+  end
+end
+return 0
+";
+
+/// ARGV: prefix, limit. Returns how many expired leases it handled.
+const RECOVER: &str = "
+local prefix, limit = ARGV[1], tonumber(ARGV[2])
+local expired = redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, limit)
+local requeued = 0
+for _, id in ipairs(expired) do
+  local key = prefix .. 'job:' .. id
+  redis.call('ZREM', prefix .. 'leases', id)
+  local job = redis.call('HMGET', key, 'n', 'a', 'm')
+  if job[1] then
+    redis.call('HDEL', key, 'o')
+    redis.call('HSET', key, 'err', 'lease expired: the worker stopped renewing it (crashed or stalled)')
+    if tonumber(job[2]) >= tonumber(job[3]) then
+      redis.call('ZADD', prefix .. 'dead', now, id)
+    else
+      redis.call('ZADD', prefix .. 'q:' .. job[1], now, id)
+      requeued = requeued + 1
+    end
+  end
+end
+if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+return #expired
+";
+
+/// ARGV: prefix, names… Returns milliseconds until the earliest job is due (0 if one is due
+/// now), or -1 when none waits.
+const NEXT_DUE: &str = "
+local earliest = nil
+for i = 2, #ARGV do
+  local head = redis.call('ZRANGE', ARGV[1] .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
+  if head[2] then
+    local due = tonumber(head[2])
+    if earliest == nil or due < earliest then earliest = due end
+  end
+end
+if earliest == nil then return -1 end
+return math.max(0, earliest - now)
+";
+
+/// ARGV: prefix. Returns ready, in flight, delayed, dead, age of the oldest ready job (ms).
+const STATS: &str = "
+local prefix = ARGV[1]
+local ready, delayed, oldest = 0, 0, nil
+for _, name in ipairs(redis.call('SMEMBERS', prefix .. 'names')) do
+  local key = prefix .. 'q:' .. name
+  ready = ready + redis.call('ZCOUNT', key, '-inf', now)
+  delayed = delayed + redis.call('ZCOUNT', key, '(' .. now, '+inf')
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if head[2] and tonumber(head[2]) <= now and (oldest == nil or tonumber(head[2]) < oldest) then
+    oldest = tonumber(head[2])
+  end
+end
+local age = 0
+if oldest ~= nil then age = now - oldest end
+return {ready, redis.call('ZCARD', prefix .. 'leases'), delayed, redis.call('ZCARD', prefix .. 'dead'), age}
+";
+
+/// ARGV: prefix, limit. Returns (id, name, payload, attempts, has_error, error) per dead
+/// job, newest first.
+const DEAD_JOBS: &str = "
+local prefix = ARGV[1]
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGE', prefix .. 'dead', 0, tonumber(ARGV[2]) - 1)) do
+  local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'p', 'a', 'err')
+  if job[1] then
+    local has_error = '0'
+    if job[4] then has_error = '1' end
+    for _, value in ipairs({id, job[1], job[2], job[3], has_error, job[4] or ''}) do
+      out[#out + 1] = value
+    end
+  end
+end
+return out
+";
+
+/// The scripts, hashed once; `invoke_async` runs them by hash and loads them when missing.
+#[derive(Debug)]
+struct Scripts {
+    enqueue: Script,
+    claim: Script,
+    complete: Script,
+    retry: Script,
+    dead_letter: Script,
+    release: Script,
+    extend: Script,
+    recover: Script,
+    next_due: Script,
+    stats: Script,
+    dead_jobs: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let timed = |body: &str| Script::new(&format!("{NOW}{body}"));
+        let leased = |body: &str| Script::new(&format!("{NOW}{HELD}{body}"));
+        Self {
+            enqueue: timed(ENQUEUE),
+            claim: timed(CLAIM),
+            complete: leased(COMPLETE),
+            retry: leased(RETRY),
+            dead_letter: leased(DEAD_LETTER),
+            release: leased(RELEASE),
+            extend: leased(EXTEND),
+            recover: timed(RECOVER),
+            next_due: timed(NEXT_DUE),
+            stats: timed(STATS),
+            dead_jobs: Script::new(DEAD_JOBS),
+        }
+    }
+}
+
+/// Opens a `redis://host:port/db?queue=name` URL. The `queue` parameter names the queue
+/// (default `default`): queues with different names share a server without seeing each
+/// other's jobs.
+pub(crate) async fn connect(url: &str) -> Result<RedisBackend, QueueError> {
+    let (client_url, queue) = split_queue_name(url)?;
+    let client = redis::Client::open(client_url.as_str())?;
+    RedisBackend::new(client, &queue).await
+}
+
+/// Separates the `queue` parameter (ours) from the URL the Redis client understands.
+fn split_queue_name(url: &str) -> Result<(String, String), QueueError> {
+    let mut parsed = url::Url::parse(url).map_err(|error| QueueError::InvalidUrl {
+        url: crate::queue::redact(url),
+        reason: error.to_string(),
+    })?;
+    let mut queue = DEFAULT_QUEUE.to_owned();
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(key, value)| {
+            if key == QUEUE_PARAMETER {
+                queue = value.into_owned();
+                None
+            } else {
+                Some((key.into_owned(), value.into_owned()))
+            }
+        })
+        .collect();
+    if queue.is_empty() || queue.contains(['{', '}']) {
+        return Err(QueueError::InvalidUrl {
+            url: crate::queue::redact(url),
+            reason: "the queue name must be non-empty, without braces".to_owned(),
+        });
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), queue))
+}
+
+/// The Redis backend.
+pub(crate) struct RedisBackend {
+    client: redis::Client,
+    connection: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    /// Started by the first worker; the subscriber task stops once the backend is dropped.
+    wake: OnceCell<Arc<watch::Sender<u64>>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    pub(crate) async fn new(client: redis::Client, queue: &str) -> Result<Self, QueueError> {
+        let connection = ConnectionManager::new(client.clone()).await?;
+        Ok(Self {
+            client,
+            connection,
+            prefix: format!("anb_queue:{{{queue}}}:"),
+            scripts: Scripts::new(),
+            wake: OnceCell::new(),
+        })
+    }
+
+    fn channel(&self) -> String {
+        format!("{}wake", self.prefix)
+    }
+
+    /// Starts the subscriber the first time a worker asks for wake-ups.
+    async fn subscriber(&self) -> Result<WorkSignal, QueueError> {
+        let sender = self
+            .wake
+            .get_or_try_init(|| async {
+                let sender = Arc::new(watch::channel(0u64).0);
+                let signal: Weak<watch::Sender<u64>> = Arc::downgrade(&sender);
+                // Subscribe before returning, so no wake-up after `subscribe` is missed.
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(self.channel()).await?;
+                let (client, channel) = (self.client.clone(), self.channel());
+                tokio::spawn(async move {
+                    loop {
+                        let mut messages = pubsub.into_on_message();
+                        while messages.next().await.is_some() {
+                            let Some(signal) = signal.upgrade() else {
+                                return;
+                            };
+                            signal.send_modify(|count| *count = count.wrapping_add(1));
+                        }
+                        // The connection dropped: wake workers (messages may have been
+                        // missed), then resubscribe.
+                        let Some(signal) = signal.upgrade() else {
+                            return;
+                        };
+                        signal.send_modify(|count| *count = count.wrapping_add(1));
+                        drop(signal);
+                        pubsub = loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            match resubscribe(&client, &channel).await {
+                                Ok(pubsub) => break pubsub,
+                                Err(error) => tracing::warn!(%error, "queue wake-up subscription failed; retrying"),
+                            }
+                        };
+                    }
+                });
+                Ok::<_, QueueError>(sender)
+            })
+            .await?;
+        Ok(sender.subscribe())
+    }
+}
+
+async fn resubscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn parse_u32(value: &str) -> u32 {
+    value
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One script: the batch is stored all or none.
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation.arg(&self.prefix);
+        for job in jobs {
+            invocation
+                .arg(job.name)
+                .arg(&job.payload)
+                .arg(job.max_attempts)
+                .arg(millis(job.delay).min(MAX_DELAY_MS));
+        }
+        let first: u64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok((first..first + jobs.len() as u64)
+            .map(|id| JobId(id.to_string()))
+            .collect())
+    }
+
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(request.owner)
+            .arg(millis(request.lease))
+            .arg(request.max);
+        for name in request.names {
+            invocation.arg(*name);
+        }
+        let fields: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(fields
+            .chunks_exact(6)
+            .map(|job| ClaimedJob {
+                id: JobId(job[0].clone()),
+                name: job[1].clone(),
+                payload: job[2].clone(),
+                attempt: parse_u32(&job[3]),
+                max_attempts: parse_u32(&job[4]),
+                enqueued_at_ms: job[5].parse().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.complete.prepare_invoke();
+        invocation.arg(&self.prefix).arg(owner);
+        for id in ids {
+            invocation.arg(id.as_str());
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        owner: &str,
+        id: &JobId,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let _: i64 = self
+            .scripts
+            .retry
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(owner)
+            .arg(id.as_str())
+            .arg(millis(delay).min(MAX_DELAY_MS))
+            .arg(error)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+        let _: i64 = self
+            .scripts
+            .dead_letter
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(owner)
+            .arg(id.as_str())
+            .arg(error)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation.arg(&self.prefix).arg(owner);
+        for id in ids {
+            invocation.arg(id.as_str());
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.extend.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(owner)
+            .arg(millis(lease))
+            .arg("");
+        for id in ids {
+            invocation.arg(id.as_str());
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        owner: &str,
+        id: &JobId,
+        percent: u8,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        let _: i64 = self
+            .scripts
+            .extend
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(owner)
+            .arg(millis(lease))
+            .arg(u32::from(percent))
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn recover_expired(&self) -> Result<u64, QueueError> {
+        let mut recovered = 0;
+        loop {
+            let handled: u64 = self
+                .scripts
+                .recover
+                .prepare_invoke()
+                .arg(&self.prefix)
+                .arg(RECOVER_BATCH)
+                .invoke_async(&mut self.connection.clone())
+                .await?;
+            recovered += handled;
+            if handled < RECOVER_BATCH as u64 {
+                return Ok(recovered);
+            }
+        }
+    }
+
+    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
+        let mut invocation = self.scripts.next_due.prepare_invoke();
+        invocation.arg(&self.prefix);
+        for name in names {
+            invocation.arg(*name);
+        }
+        let wait_ms: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(u64::try_from(wait_ms).ok().map(Duration::from_millis))
+    }
+
+    async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
+        self.subscriber().await
+    }
+
+    fn idle_poll_interval(&self) -> Duration {
+        // Pub/sub wakes workers; polling only covers a message lost while resubscribing.
+        Duration::from_secs(1)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let (ready, in_flight, delayed, dead, oldest_ms): (u64, u64, u64, u64, u64) = self
+            .scripts
+            .stats
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(QueueStats {
+            ready,
+            in_flight,
+            delayed,
+            dead,
+            oldest_ready_age: Duration::from_millis(oldest_ms),
+        })
+    }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<String> = self
+            .scripts
+            .dead_jobs
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(limit)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(fields
+            .chunks_exact(6)
+            .map(|job| DeadJob {
+                id: JobId(job[0].clone()),
+                name: job[1].clone(),
+                payload: job[2].clone(),
+                attempts: parse_u32(&job[3]),
+                last_error: (job[4] == "1").then(|| job[5].clone()),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_parameter_becomes_the_key_prefix_and_leaves_the_url() {
+        let (url, queue) =
+            split_queue_name("redis://:pw@127.0.0.1:6379/2?queue=videos&protocol=resp3").unwrap();
+        assert_eq!(queue, "videos");
+        assert_eq!(url, "redis://:pw@127.0.0.1:6379/2?protocol=resp3");
+        let (url, queue) = split_queue_name("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(
+            (url.as_str(), queue.as_str()),
+            ("redis://127.0.0.1:6379", "default")
+        );
+    }
+
+    #[test]
+    fn a_queue_name_with_braces_is_refused() {
+        assert!(split_queue_name("redis://127.0.0.1?queue=a}b").is_err());
+    }
+}
