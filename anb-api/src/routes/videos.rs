@@ -146,16 +146,6 @@ problems!(
     PublishProblems: 400, 401, 403, 404
 );
 
-/// The transcode job as this API enqueues it: the core payload under its
-/// stable name, serialised exactly as the payload itself.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-struct TranscodeJob(TranscodeVideo);
-
-impl anb_queue::Job for TranscodeJob {
-    const NAME: &'static str = TranscodeVideo::NAME;
-}
-
 /// A malformed id names no video: 404, like an unknown one.
 pub(crate) fn parse_video_id(raw: &str) -> Result<VideoId, ApiError> {
     raw.parse().map_err(|_| ApiError::video_not_found())
@@ -346,10 +336,10 @@ async fn upload_video(
     state.storage.upload_file(&original, &received.file).await?;
     drop(received);
 
-    let job = TranscodeJob(TranscodeVideo {
+    let job = TranscodeVideo {
         video_id,
         original_key: original.as_str().to_owned(),
-    });
+    };
     let new_video = NewVideo {
         id: video_id,
         owner_id: auth.user_id(),
@@ -377,7 +367,7 @@ async fn upload_video(
 async fn record_and_enqueue(
     state: &AppState,
     video: &NewVideo,
-    job: &TranscodeJob,
+    job: &TranscodeVideo,
 ) -> Result<String, ApiError> {
     if !state.queue_shares_database {
         // The queue is elsewhere: commit the row, then enqueue. A failure to
