@@ -1,0 +1,77 @@
+//! The one error type of the data layer.
+//!
+//! Outcomes a user can cause (a taken e-mail, a second vote, someone else's
+//! video…) are their own variants so the API maps each to its status code;
+//! everything else is an [`DbError::Sqlx`] the API reports as an internal error.
+
+use sqlx::error::ErrorKind;
+
+use crate::domain::{IllegalTransition, VideoStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Another user already signed up with this e-mail address.
+    #[error("a user with this e-mail address already exists")]
+    DuplicateEmail,
+    /// The user already voted for this video.
+    #[error("this user has already voted for this video")]
+    AlreadyVoted,
+    /// Players may not vote for their own videos.
+    #[error("players cannot vote for their own videos")]
+    OwnVideo,
+    /// No such user.
+    #[error("no such user")]
+    UserNotFound,
+    /// No such video (never existed, deleted, or — for votes — not published).
+    #[error("no such video")]
+    VideoNotFound,
+    /// The video belongs to another user.
+    #[error("the video belongs to another user")]
+    NotVideoOwner,
+    /// Published videos cannot be deleted.
+    #[error("a published video cannot be deleted")]
+    VideoPublished,
+    /// A failed video can never be published.
+    #[error("a video in status `{status}` cannot be published")]
+    NotPublishable { status: VideoStatus },
+    /// The video's status does not allow the requested change.
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// The URL names no supported engine.
+    #[error("unsupported database URL scheme `{scheme}`: expected postgres:// or sqlite://")]
+    UnsupportedUrl { scheme: String },
+    /// A stored value that the domain rejects (edited by hand, or a bug).
+    #[error("stored data is invalid: {0}")]
+    CorruptData(String),
+    /// Applying the schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// Whether this is a refusal the caller caused, as opposed to a failure
+    /// of the database itself.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(
+            self,
+            Self::UnsupportedUrl { .. } | Self::CorruptData(_) | Self::Migrate(_) | Self::Sqlx(_)
+        )
+    }
+}
+
+/// The kind of constraint a failed statement violated, if any.
+pub(crate) fn violated_constraint(error: &sqlx::Error) -> Option<ErrorKind> {
+    error.as_database_error().map(|db_error| db_error.kind())
+}
+
+/// Maps a unique-constraint violation to `conflict`, leaving other errors as
+/// they are.
+pub(crate) fn on_unique_violation(error: sqlx::Error, conflict: DbError) -> DbError {
+    match violated_constraint(&error) {
+        Some(ErrorKind::UniqueViolation) => conflict,
+        _ => DbError::Sqlx(error),
+    }
+}

@@ -1,0 +1,419 @@
+//! Data access on PostgreSQL or SQLite, chosen at run time from the URL.
+//!
+//! [`Database`] is a pool; [`Transaction`] an open transaction on it. Every
+//! operation exists on both: on a `Database` it runs on its own (a write in
+//! its own transaction), on a `Transaction` it joins the caller's, so a caller
+//! can commit several steps at once — e.g. a video row and the job that will
+//! process it, enqueued through the same transaction (the variants are public
+//! for that).
+//!
+//! Both engines run the same SQL: it sticks to what they share (`$n`
+//! parameters, `ON CONFLICT`, `RETURNING`, partial indexes), and the schema
+//! differs only in column types (see `migrations/`). Uniqueness is decided by
+//! the database (`ON CONFLICT DO NOTHING` plus a unique constraint), so
+//! concurrent duplicates give a typed conflict and leave the caller's
+//! transaction usable.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+
+/// Runs a query returning rows of `$row` (any `FromRow`) on whichever engine
+/// `$conn` (a `&mut Conn`) is, binding the arguments in order; `$method` is
+/// `fetch_one`, `fetch_optional` or `fetch_all`.
+macro_rules! fetch {
+    ($conn:expr, $method:ident, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $conn {
+            $crate::db::Conn::Postgres(c) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.$method(&mut **c).await
+            }
+            $crate::db::Conn::Sqlite(c) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.$method(&mut **c).await
+            }
+        }
+    };
+}
+
+/// Like [`fetch!`] for queries returning a single column of type `$ty`.
+macro_rules! fetch_scalar {
+    ($conn:expr, $method:ident, $ty:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $conn {
+            $crate::db::Conn::Postgres(c) => {
+                ::sqlx::query_scalar::<_, $ty>($sql)$(.bind($arg))*.$method(&mut **c).await
+            }
+            $crate::db::Conn::Sqlite(c) => {
+                ::sqlx::query_scalar::<_, $ty>($sql)$(.bind($arg))*.$method(&mut **c).await
+            }
+        }
+    };
+}
+
+/// Runs a statement and gives the number of rows it changed.
+macro_rules! execute {
+    ($conn:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $conn {
+            $crate::db::Conn::Postgres(c) => ::sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **c)
+                .await
+                .map(|done| done.rows_affected()),
+            $crate::db::Conn::Sqlite(c) => ::sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **c)
+                .await
+                .map(|done| done.rows_affected()),
+        }
+    };
+}
+
+mod error;
+mod models;
+mod rankings;
+mod time;
+mod users;
+mod videos;
+mod votes;
+
+pub use error::DbError;
+pub use models::{
+    Credentials, DeletedVideo, NewVideo, Page, ProcessedOutputs, PublicVideo, RankingEntry, User,
+    Video,
+};
+pub use time::now;
+
+use crate::domain::{CityKey, Email, FailureReason, Pagination, SignUp, UserId, VideoId};
+
+/// The table that records which of this crate's migrations ran. It is not
+/// sqlx's default so the queue library's own migrations in the same database
+/// keep their own history.
+pub const MIGRATIONS_TABLE: &str = "anb_schema_migrations";
+
+/// Which engine a [`Database`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+/// Connection-pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long to wait for a free connection before failing.
+    pub acquire_timeout: Duration,
+    /// How long an SQLite statement waits for another writer to finish.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+            sqlite_busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection pool to the platform's database.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// An open transaction. Dropping it without [`commit`](Self::commit) rolls
+/// it back.
+#[derive(Debug)]
+pub enum Transaction {
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// A borrowed connection of either engine: what every operation runs on.
+pub(crate) enum Conn<'c> {
+    Postgres(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// A connection checked out of the pool.
+enum Pooled {
+    Postgres(PoolConnection<Postgres>),
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+impl Pooled {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Postgres(c) => Conn::Postgres(c),
+            Self::Sqlite(c) => Conn::Sqlite(c),
+        }
+    }
+}
+
+impl Database {
+    /// Connects with default pool settings to `postgres://…` or
+    /// `sqlite://path` (the SQLite file is created if missing).
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Self::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// Connects with the given pool settings.
+    pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL lets readers run while one connection writes; NORMAL
+                // sync is durable under WAL except for the last commits on
+                // power loss, the usual trade-off for a single host.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(settings.sqlite_busy_timeout);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            // Never echo the URL: it may hold a password.
+            let scheme = url
+                .split_once(':')
+                .map_or("", |(scheme, _)| scheme)
+                .to_owned();
+            Err(DbError::UnsupportedUrl { scheme })
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// Applies this crate's pending migrations for the engine. Tables that
+    /// other libraries keep in the same database are left alone.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        fn configured(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+            migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+            migrator.set_ignore_missing(true);
+            migrator
+        }
+        match self {
+            Self::Postgres(pool) => {
+                configured(sqlx::migrate!("../migrations/postgres"))
+                    .run(pool)
+                    .await?
+            }
+            Self::Sqlite(pool) => {
+                configured(sqlx::migrate!("../migrations/sqlite"))
+                    .run(pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers (for readiness probes).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let mut pooled = self.acquire().await?;
+        fetch_scalar!(&mut pooled.conn(), fetch_one, i32, "SELECT 1")?;
+        Ok(())
+    }
+
+    /// Opens a transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a transaction that reads first and writes later
+    /// could otherwise fail with "database is locked" without waiting.
+    pub async fn begin(&self) -> Result<Transaction, DbError> {
+        Ok(match self {
+            Self::Postgres(pool) => Transaction::Postgres(pool.begin().await?),
+            Self::Sqlite(pool) => Transaction::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    async fn acquire(&self) -> Result<Pooled, DbError> {
+        Ok(match self {
+            Self::Postgres(pool) => Pooled::Postgres(pool.acquire().await?),
+            Self::Sqlite(pool) => Pooled::Sqlite(pool.acquire().await?),
+        })
+    }
+}
+
+impl Transaction {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await?,
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await?,
+            Self::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Postgres(tx) => Conn::Postgres(tx),
+            Self::Sqlite(tx) => Conn::Sqlite(tx),
+        }
+    }
+}
+
+/// Declares each operation once and gives it to both [`Transaction`] (joins
+/// the caller's transaction) and [`Database`] (`read`: on a pooled
+/// connection; `write`: in a transaction of its own).
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $kind:ident fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty;
+    )*) => {
+        impl Transaction {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&mut self, $($arg: $ty),*) -> Result<$ret, DbError> {
+                    self.conn().$name($($arg),*).await
+                }
+            )*
+        }
+
+        impl Database {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self, $($arg: $ty),*) -> Result<$ret, DbError> {
+                    operations!(@run $kind self, $name($($arg),*))
+                }
+            )*
+        }
+    };
+    (@run read $db:ident, $name:ident($($arg:ident),*)) => {{
+        let mut pooled = $db.acquire().await?;
+        pooled.conn().$name($($arg),*).await
+    }};
+    (@run write $db:ident, $name:ident($($arg:ident),*)) => {{
+        let mut tx = $db.begin().await?;
+        let result = tx.conn().$name($($arg),*).await?;
+        tx.commit().await?;
+        Ok(result)
+    }};
+}
+
+operations! {
+    // ---- users ----
+
+    /// Registers a user with an already hashed password.
+    /// [`DbError::DuplicateEmail`] when the address is taken (also when two
+    /// sign-ups race: exactly one wins).
+    write fn create_user(signup: &SignUp, password_hash: &str) -> User;
+
+    /// The user, if registered.
+    read fn find_user(id: UserId) -> Option<User>;
+
+    /// The id and password hash for a login attempt, if the address is registered.
+    read fn find_credentials(email: &Email) -> Option<Credentials>;
+
+    // ---- videos (owner) ----
+
+    /// Records an uploaded video in status `uploaded`.
+    /// [`DbError::UserNotFound`] when the owner does not exist.
+    write fn insert_video(video: &NewVideo) -> Video;
+
+    /// The video, unless unknown or deleted.
+    read fn find_video(id: VideoId) -> Option<Video>;
+
+    /// The owner's videos, newest upload first.
+    read fn list_user_videos(owner: UserId) -> Vec<Video>;
+
+    /// Publishes the owner's video: now if processed, else as soon as it is.
+    /// Publishing a published video changes nothing. Errors:
+    /// [`DbError::VideoNotFound`], [`DbError::NotVideoOwner`],
+    /// [`DbError::NotPublishable`] (failed).
+    write fn publish_video(owner: UserId, id: VideoId) -> Video;
+
+    /// Takes the owner's unpublished video out of service: it disappears
+    /// from every list, its votes are removed (and the ranking adjusted), and
+    /// the worker is refused further updates. The row stays until
+    /// [`purge_video`](Self::purge_video), so the caller can remove the stored
+    /// objects first. Errors: [`DbError::VideoNotFound`],
+    /// [`DbError::NotVideoOwner`], [`DbError::VideoPublished`].
+    write fn delete_video(owner: UserId, id: VideoId) -> DeletedVideo;
+
+    /// Takes any live video out of service, published or not (moderation):
+    /// like [`delete_video`](Self::delete_video) without the owner's limits;
+    /// a published video's votes and publication leave its player's ranking.
+    /// [`DbError::VideoNotFound`] when there is no such live video.
+    write fn remove_video(id: VideoId) -> DeletedVideo;
+
+    /// Deleted videos whose rows still wait for [`purge_video`](Self::purge_video),
+    /// oldest deletion first (for a clean-up task).
+    read fn videos_awaiting_purge(limit: u32) -> Vec<DeletedVideo>;
+
+    /// Drops the row of a deleted video once its objects are gone. `false`
+    /// when there was no such deleted video.
+    write fn purge_video(id: VideoId) -> bool;
+
+    // ---- videos (worker) ----
+
+    /// Claims the video for processing (`uploaded`/`processing` →
+    /// `processing`, progress back to 0). A final status gives
+    /// [`DbError::IllegalTransition`]; a deleted video [`DbError::VideoNotFound`].
+    write fn start_processing(id: VideoId) -> Video;
+
+    /// Records encoding progress (capped at 100) of a video being processed.
+    write fn update_progress(id: VideoId, percent: u8) -> ();
+
+    /// `processing` → `processed` with its outputs; publishes it when the
+    /// owner asked for it.
+    write fn mark_processed(id: VideoId, outputs: &ProcessedOutputs) -> Video;
+
+    /// `uploaded`/`processing` → `failed` with the reason.
+    write fn mark_failed(id: VideoId, reason: &FailureReason) -> Video;
+
+    // ---- public ----
+
+    /// Published videos, newest publication first, with their players.
+    read fn list_public_videos(page: Pagination) -> Page<PublicVideo>;
+
+    /// Records a vote. Errors: [`DbError::VideoNotFound`] (unknown, deleted or
+    /// unpublished), [`DbError::OwnVideo`], [`DbError::AlreadyVoted`] (also
+    /// when two votes race: exactly one counts), [`DbError::UserNotFound`].
+    write fn cast_vote(voter: UserId, video: VideoId) -> ();
+
+    /// The videos the user voted for, latest vote first.
+    read fn voted_video_ids(voter: UserId) -> Vec<VideoId>;
+
+    /// Players by votes on their published videos (most first; ties go to the
+    /// earlier sign-up), optionally only those of one city.
+    read fn rankings(city: Option<&CityKey>, page: Pagination) -> Vec<RankingEntry>;
+}

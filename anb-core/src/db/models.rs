@@ -1,0 +1,141 @@
+//! What the data layer stores and returns.
+
+use time::OffsetDateTime;
+
+use crate::domain::{Pagination, UserId, VideoId, VideoStatus, VideoTitle};
+
+/// A registered user, without the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    /// Lower-cased.
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub city: String,
+    pub country: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// What login needs: the user's id and password hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user_id: UserId,
+    /// A PHC string (argon2id).
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A video about to be recorded, after its original reached storage.
+#[derive(Debug, Clone)]
+pub struct NewVideo {
+    /// Chosen by the caller before the upload, so the storage key can hold it.
+    pub id: VideoId,
+    pub owner_id: UserId,
+    pub title: VideoTitle,
+    /// Publish as soon as processing succeeds.
+    pub is_public: bool,
+    /// Storage key of the untouched upload.
+    pub original_key: String,
+}
+
+/// A video as its owner (and the worker) sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Video {
+    pub id: VideoId,
+    pub owner_id: UserId,
+    pub title: String,
+    pub status: VideoStatus,
+    /// Set exactly when `status` is `failed`.
+    pub failure_reason: Option<String>,
+    /// 0–100, advanced by the worker while encoding.
+    pub progress_percent: u8,
+    /// Whether the owner wants it published (now, or once processed).
+    pub is_public: bool,
+    pub uploaded_at: OffsetDateTime,
+    pub processed_at: Option<OffsetDateTime>,
+    /// Set once the video is open for voting.
+    pub published_at: Option<OffsetDateTime>,
+    pub original_key: String,
+    pub processed_key: Option<String>,
+    pub thumbnail_key: Option<String>,
+    pub votes: i64,
+}
+
+impl Video {
+    /// Whether the video is listed publicly and open for votes.
+    pub fn is_published(&self) -> bool {
+        self.published_at.is_some()
+    }
+}
+
+/// What processing produced, recorded when a video becomes `processed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessedOutputs {
+    pub processed_key: String,
+    pub thumbnail_key: String,
+}
+
+/// A published video in the public list, with its player.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicVideo {
+    pub id: VideoId,
+    pub title: String,
+    pub player_id: UserId,
+    pub player_first_name: String,
+    pub player_last_name: String,
+    pub player_city: String,
+    pub published_at: OffsetDateTime,
+    pub processed_key: Option<String>,
+    pub thumbnail_key: Option<String>,
+    pub votes: i64,
+}
+
+/// One page of a list, with the size of the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub pagination: Pagination,
+    /// How many items all pages hold together.
+    pub total: u64,
+}
+
+/// A player's place in the rankings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankingEntry {
+    /// 1-based, counted over the whole (filtered) ranking, not the page.
+    pub position: u64,
+    pub player_id: UserId,
+    pub first_name: String,
+    pub last_name: String,
+    /// As the player wrote it.
+    pub city: String,
+    pub votes: i64,
+}
+
+/// A video taken out of service: its row is kept (hidden from every list and
+/// refused to the worker) until its stored objects are removed and
+/// [`purge_video`](super::Database::purge_video) drops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedVideo {
+    pub id: VideoId,
+    pub original_key: String,
+    pub processed_key: Option<String>,
+    pub thumbnail_key: Option<String>,
+}
+
+impl DeletedVideo {
+    /// Every storage key that may hold an object of this video.
+    pub fn storage_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.original_key.as_str())
+            .chain(self.processed_key.as_deref())
+            .chain(self.thumbnail_key.as_deref())
+    }
+}

@@ -1,0 +1,71 @@
+//! Votes, and the counters they maintain.
+
+use uuid::Uuid;
+
+use super::time::{DbTime, now};
+use super::users::on_missing_user;
+use super::{Conn, DbError};
+use crate::domain::{UserId, VideoId};
+
+impl Conn<'_> {
+    pub(crate) async fn cast_vote(&mut self, voter: UserId, video: VideoId) -> Result<(), DbError> {
+        let owner = fetch_scalar!(
+            self,
+            fetch_optional,
+            Uuid,
+            "SELECT owner_id FROM videos \
+             WHERE id = $1 AND published_at IS NOT NULL AND deleted_at IS NULL",
+            video.as_uuid(),
+        )?
+        .ok_or(DbError::VideoNotFound)?;
+        if owner == voter.as_uuid() {
+            return Err(DbError::OwnVideo);
+        }
+        // The primary key (user_id, video_id) decides: a concurrent second
+        // vote waits for the first to commit, then inserts nothing.
+        let inserted = execute!(
+            self,
+            "INSERT INTO votes (user_id, video_id, cast_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, video_id) DO NOTHING",
+            voter.as_uuid(),
+            video.as_uuid(),
+            DbTime(now()),
+        )
+        .map_err(on_missing_user)?;
+        if inserted == 0 {
+            return Err(DbError::AlreadyVoted);
+        }
+        // The counters move in the same transaction as the vote, so the
+        // rankings never need recounting.
+        let counted = execute!(
+            self,
+            "UPDATE videos SET vote_count = vote_count + 1 WHERE id = $1 AND deleted_at IS NULL",
+            video.as_uuid(),
+        )?;
+        if counted == 0 {
+            return Err(DbError::VideoNotFound);
+        }
+        let ranked = execute!(
+            self,
+            "UPDATE player_rankings SET votes = votes + 1 WHERE player_id = $1",
+            owner,
+        )?;
+        if ranked == 0 {
+            return Err(DbError::CorruptData(format!(
+                "player {owner} has a published video but no ranking row"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn voted_video_ids(&mut self, voter: UserId) -> Result<Vec<VideoId>, DbError> {
+        let ids = fetch_scalar!(
+            self,
+            fetch_all,
+            Uuid,
+            "SELECT video_id FROM votes WHERE user_id = $1 ORDER BY cast_at DESC, video_id",
+            voter.as_uuid(),
+        )?;
+        Ok(ids.into_iter().map(VideoId::from_uuid).collect())
+    }
+}
