@@ -16,10 +16,10 @@ pub struct TranscodeVideo {
     pub original_key: String,
 }
 
-impl TranscodeVideo {
-    /// The job's stable name on the queue; never change it while jobs of the
-    /// old name may still be waiting.
-    pub const NAME: &'static str = "anb.transcode_video";
+impl anb_queue::Job for TranscodeVideo {
+    /// Stable across releases: never change it while jobs of the old name
+    /// may still be waiting.
+    const NAME: &'static str = "anb.transcode_video";
 }
 
 impl anb_queue::Job for TranscodeVideo {

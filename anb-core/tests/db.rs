@@ -11,6 +11,8 @@ use anb_core::domain::{
     CityKey, Email, FailureReason, IllegalTransition, Pagination, SignUp, SignUpForm, UserId,
     VideoId, VideoStatus, VideoTitle,
 };
+use anb_core::jobs::TranscodeVideo;
+use anb_queue::Queue;
 use futures::FutureExt;
 use tokio::sync::Barrier;
 
@@ -115,6 +117,7 @@ on_both_engines!(
     concurrent_duplicate_sign_ups_give_one_user,
     duplicate_sign_up_leaves_the_callers_transaction_usable,
     video_row_commits_or_rolls_back_with_the_callers_transaction,
+    video_row_and_its_job_commit_together,
     video_needs_an_existing_owner,
     owner_lists_own_videos_newest_first,
     public_video_goes_through_processing_and_is_published,
@@ -358,6 +361,55 @@ async fn video_row_commits_or_rolls_back_with_the_callers_transaction(db: Databa
     assert!(found.is_public && !found.is_published());
     assert_eq!(found.uploaded_at.offset(), time::UtcOffset::UTC);
     assert!(found.processed_at.is_none() && found.processed_key.is_none());
+}
+
+async fn video_row_and_its_job_commit_together(db: Database) {
+    // The queue keeps its tables in the same database, beside ours.
+    let queue = match &db {
+        Database::Postgres(pool) => Queue::from_postgres_pool(pool.clone()).await,
+        Database::Sqlite(pool) => Queue::from_sqlite_pool(pool.clone()).await,
+    }
+    .expect("set up the queue in the same database");
+    db.migrate()
+        .await
+        .expect("our migrations ignore the queue's tables");
+    let owner = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+
+    let upload_in_tx = |id: VideoId| NewVideo {
+        id,
+        owner_id: owner.id,
+        title: VideoTitle::parse("Atomic upload").unwrap(),
+        is_public: true,
+        original_key: format!("originals/{id}.mp4"),
+    };
+    let job_for = |video: &Video| TranscodeVideo {
+        video_id: video.id,
+        original_key: video.original_key.clone(),
+    };
+
+    let abandoned = VideoId::new();
+    let mut tx = db.begin().await.unwrap();
+    let video = tx.insert_video(&upload_in_tx(abandoned)).await.unwrap();
+    tx.enqueue(&queue, &job_for(&video)).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(db.find_video(abandoned).await.unwrap().is_none());
+    assert_eq!(
+        queue.stats().await.unwrap().ready,
+        0,
+        "the job rolled back with the row"
+    );
+
+    let kept = VideoId::new();
+    let mut tx = db.begin().await.unwrap();
+    let video = tx.insert_video(&upload_in_tx(kept)).await.unwrap();
+    tx.enqueue(&queue, &job_for(&video)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(db.find_video(kept).await.unwrap().is_some());
+    assert_eq!(
+        queue.stats().await.unwrap().ready,
+        1,
+        "the job committed with the row"
+    );
 }
 
 async fn video_needs_an_existing_owner(db: Database) {

@@ -17,6 +17,18 @@
 //! - a claim counts an attempt; `release` gives the attempt back;
 //! - a job whose lease expires on its last attempt is dead-lettered rather than retried, so a
 //!   job that kills its worker cannot loop forever.
+//!
+//! Notes for broker backends (Redis, SQS):
+//! - [`JobId`] is opaque to the layers above: put whatever the lease operations need in it
+//!   (an SQS receipt handle, a Redis stream entry id);
+//! - `claim` may long-poll, but should return within about a second when nothing arrives, so
+//!   a shutdown is noticed promptly; return `idle_poll_interval() == 0` then;
+//! - a backend that cannot filter by `ClaimRequest::names` may return other jobs: the worker
+//!   releases those for a worker that handles them;
+//! - `next_due_in` may always return `None` when the broker schedules delayed jobs itself, and
+//!   `subscribe` may return a signal that never fires when `claim` already waits for work;
+//! - `retry` may be implemented as "make visible again after `delay`" (SQS
+//!   `ChangeMessageVisibility`) and `dead_letter` as a move to the dead-letter queue.
 
 use std::{fmt, sync::Arc, time::Duration};
 

@@ -7,7 +7,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool, Row, postgres::PgListener};
+use sqlx::{
+    PgConnection, PgPool, Row,
+    postgres::{PgListener, PgPoolOptions},
+};
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
@@ -124,15 +127,31 @@ fn row_ids(ids: &[JobId]) -> Vec<i64> {
 /// The PostgreSQL backend.
 #[derive(Debug)]
 pub(crate) struct PostgresBackend {
+    /// Enqueues and reads: durable commits.
     pool: PgPool,
+    /// Lease operations (claim, complete, retry, ...) commit with `synchronous_commit = off`:
+    /// losing the last of them in a database crash only means a job runs again, which
+    /// at-least-once delivery allows, and it spares a disk flush per claimed batch.
+    leases: PgPool,
     /// Started by the first worker; the listening task stops once the backend is dropped.
     wake: OnceCell<Arc<watch::Sender<u64>>>,
 }
 
 impl PostgresBackend {
     pub(crate) fn new(pool: PgPool) -> Self {
+        // The queue table churns faster than autovacuum refreshes its statistics; with stale
+        // ones (say, right after a bulk enqueue) the planner bitmap-scans and sorts the whole
+        // ready set for every claim (16 ms for 20k jobs) instead of walking the ready index in
+        // order (0.1 ms). Every plan of these queries is an index walk, so forbid the others.
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off"), ("enable_bitmapscan", "off")]);
+        let leases = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(options);
         Self {
             pool,
+            leases,
             wake: OnceCell::new(),
         }
     }
@@ -207,7 +226,7 @@ impl Backend for PostgresBackend {
         .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
         .bind(request.owner)
         .bind(millis(request.lease))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.leases)
         .await?;
         let mut jobs = rows
             .into_iter()
@@ -232,7 +251,7 @@ impl Backend for PostgresBackend {
         sqlx::query("DELETE FROM anb_queue_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
             .bind(row_ids(ids))
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.leases)
             .await?;
         Ok(())
     }
@@ -254,7 +273,7 @@ impl Backend for PostgresBackend {
         .bind(owner)
         .bind(millis(delay))
         .bind(error)
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?;
         Ok(())
     }
@@ -269,7 +288,7 @@ impl Backend for PostgresBackend {
         .bind(row_ids(std::slice::from_ref(id)))
         .bind(owner)
         .bind(error)
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?;
         Ok(())
     }
@@ -283,7 +302,7 @@ impl Backend for PostgresBackend {
         )
         .bind(row_ids(ids))
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?;
         if released.rows_affected() > 0 {
             self.notify().await?;
@@ -300,7 +319,7 @@ impl Backend for PostgresBackend {
         .bind(row_ids(ids))
         .bind(owner)
         .bind(millis(lease))
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?;
         Ok(())
     }
@@ -321,7 +340,7 @@ impl Backend for PostgresBackend {
         .bind(owner)
         .bind(i16::from(percent))
         .bind(millis(lease))
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?;
         Ok(())
     }
@@ -340,7 +359,7 @@ impl Backend for PostgresBackend {
                  last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
              FROM expired WHERE j.id = expired.id",
         )
-        .execute(&self.pool)
+        .execute(&self.leases)
         .await?
         .rows_affected();
         if recovered > 0 {
@@ -355,7 +374,7 @@ impl Backend for PostgresBackend {
              FROM anb_queue_jobs WHERE state = 'ready' AND name = ANY($1)",
         )
         .bind(names)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.leases)
         .await?;
         Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
     }

@@ -52,6 +52,10 @@ impl Queue {
     }
 
     /// Uses an existing PostgreSQL pool (e.g. the application's own) and sets up the tables.
+    ///
+    /// Enqueues and statistics use this pool. Workers also open up to four connections of
+    /// their own for lease operations (tuned for them: asynchronous commit, index-only plans)
+    /// and one `LISTEN` connection, with the same connect options.
     pub async fn from_postgres_pool(pool: PgPool) -> Result<Self, QueueError> {
         postgres::setup(&pool).await?;
         Ok(Self::from_backend(PostgresBackend::new(pool)))

@@ -325,10 +325,7 @@ impl Runtime {
                 },
                 () = &mut shutdown => break,
             };
-            let mut permits = vec![first];
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
+            let permits = gather_slots(&slots, first, self.concurrency).await;
             // Mark the signal seen before claiming: a wake-up during the claim is not lost.
             signal.borrow_and_update();
             let request = ClaimRequest {
@@ -421,6 +418,34 @@ impl Runtime {
     }
 }
 
+/// How long the claim loop waits for more free slots before claiming a small batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Collects free slots for one claim. With short jobs, slots free one by one; claiming for
+/// each would cost a round trip per job, so wait briefly until half the slots are free.
+/// With long jobs the wait is at most `BATCH_WINDOW`, nothing next to the job itself.
+async fn gather_slots(
+    slots: &Arc<Semaphore>,
+    first: OwnedSemaphorePermit,
+    concurrency: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let target = concurrency.div_ceil(2);
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    let mut permits = vec![first];
+    loop {
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        if permits.len() >= target {
+            return permits;
+        }
+        match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permits.push(permit),
+            _ => return permits,
+        }
+    }
+}
+
 async fn run_job(
     shared: Arc<Shared>,
     job: ClaimedJob,
@@ -428,9 +453,20 @@ async fn run_job(
     completed: mpsc::UnboundedSender<JobId>,
 ) {
     let Some((&name, handler)) = shared.handlers.get_key_value(job.name.as_str()) else {
-        // Claims only ask for registered names; a stranger means a backend bug. Let its lease
-        // run out rather than lose it.
-        tracing::error!(job.name = %job.name, "claimed a job with no handler");
+        // SQL backends only hand out registered names; a broker queue shared by several job
+        // types cannot filter, so give the job back for a worker that handles it.
+        tracing::warn!(job.name = %job.name, job.id = %job.id, "no handler for this job; releasing it");
+        drop(permit);
+        if let Err(error) = shared
+            .backend
+            .release(&shared.owner, std::slice::from_ref(&job.id))
+            .await
+        {
+            tracing::warn!(%error, "releasing a job without handler failed; its lease will expire");
+        }
+        shared.settle(&job.id);
+        metrics::counter!("anb_queue_jobs_total", "job" => "unknown", "outcome" => "released")
+            .increment(1);
         return;
     };
     let span =

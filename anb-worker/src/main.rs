@@ -52,6 +52,9 @@ struct TranscodeArgs {
     /// Decoder threads (the decoder already runs beside the encoder).
     #[arg(long, env = "ANB_DECODER_THREADS", default_value_t = 1)]
     decoder_threads: usize,
+    /// Decoded frames queued between the decoder and the encoder (bounds memory).
+    #[arg(long, env = "ANB_DECODED_FRAME_QUEUE", default_value_t = 4)]
+    decoded_frame_queue: usize,
     /// Print no progress.
     #[arg(long)]
     quiet: bool,
@@ -86,6 +89,7 @@ fn transcode(args: &TranscodeArgs) -> anyhow::Result<ExitCode> {
         crf: args.crf,
         encoder_threads: args.encoder_threads,
         decoder_threads: args.decoder_threads,
+        decoded_frame_queue: args.decoded_frame_queue,
         ..TranscodeOptions::default()
     };
     let cancel = AtomicBool::new(false);

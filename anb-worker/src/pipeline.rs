@@ -16,7 +16,7 @@ use ffmpeg_next::{
     format::Pixel, frame, picture,
 };
 
-use crate::art;
+use crate::art::{self, WATERMARK_HEIGHT};
 use crate::error::{Rejection, TranscodeError};
 use crate::media::{self, input_error, is_again, media_error, output_error};
 use crate::options::TranscodeOptions;
@@ -26,7 +26,6 @@ use crate::source::{self, DURATION_TOLERANCE, OpenedSource, SourceInfo};
 pub const OUTPUT_WIDTH: u32 = 1280;
 /// Output picture height.
 pub const OUTPUT_HEIGHT: u32 = 720;
-use crate::art::WATERMARK_HEIGHT;
 /// Gap between the watermark and the frame's edges.
 const WATERMARK_MARGIN: u32 = 24;
 /// Consecutive unreadable packets after which the file counts as corrupt.
@@ -227,12 +226,14 @@ fn decode(
     stop: &AtomicBool,
     cancel: &AtomicBool,
 ) -> Result<(), TranscodeError> {
-    let mut packet = Packet::empty();
     let mut bad_packets_in_a_row = 0;
     loop {
         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
+        // A fresh packet each time: reading into a used one would overwrite
+        // (and leak) its buffer, as `Packet::read` does not release it first.
+        let mut packet = Packet::empty();
         match packet.read(&mut demuxer) {
             Ok(()) => bad_packets_in_a_row = 0,
             Err(ffmpeg::Error::Eof) => break,

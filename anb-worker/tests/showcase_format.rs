@@ -175,3 +175,63 @@ fn a_portrait_upload_is_pillarboxed_and_kept_whole_when_shorter_than_30_seconds(
         "the picture is in the middle (mean luma {centre})"
     );
 }
+
+/// Sets the display matrix of an MP4's (only) track to a quarter turn
+/// clockwise, as phones record portrait video: landscape pixels plus rotation.
+fn rotate_quarter_turn(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let tkhd = bytes
+        .windows(4)
+        .position(|window| window == b"tkhd")
+        .expect("a track header");
+    assert_eq!(bytes[tkhd + 4], 0, "version 0 track header");
+    // Type, version/flags, times, track id, reserved, duration, reserved,
+    // layer, group, volume, reserved: the matrix follows 40 bytes after the type.
+    let matrix = tkhd + 4 + 40;
+    let height = 1080u32 << 16;
+    let entries: [u32; 9] = [0, 0x0001_0000, 0, 0xFFFF_0000, 0, 0, height, 0, 0x4000_0000];
+    for (index, entry) in entries.iter().enumerate() {
+        bytes[matrix + index * 4..matrix + index * 4 + 4].copy_from_slice(&entry.to_be_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_rotated_phone_video_is_turned_upright_and_pillarboxed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = video_fixture(
+        dir.path(),
+        "phone.mp4",
+        "testsrc2",
+        (1920, 1080),
+        5,
+        21,
+        &[],
+    );
+    rotate_quarter_turn(&input);
+    let info = anb_worker::inspect(&input, &fast_options()).unwrap();
+    assert_eq!(info.rotation, 90);
+
+    let output = dir.path().join("out.mp4");
+    let (result, _) = transcode(&input, &output, None);
+    result.expect("a rotated upload transcodes");
+    assert_showcase_video(&output, 21.0 + BUMPERS);
+
+    // Upright it is 1080×1920, so it fits as a 406×720 column in the middle.
+    let gray = frame_at(&output, 10.0, "gray");
+    let column_mean = |x: usize| {
+        (100..700)
+            .map(|y| f64::from(gray[y * 1280 + x]))
+            .sum::<f64>()
+            / 600.0
+    };
+    for x in (0..420).chain(860..1280).step_by(7) {
+        let mean = column_mean(x);
+        assert!(mean < 24.0, "column {x} is black (mean luma {mean})");
+    }
+    let centre: f64 = (500..780).map(column_mean).sum::<f64>() / 280.0;
+    assert!(
+        centre > 40.0,
+        "the picture is in the middle (mean luma {centre})"
+    );
+}

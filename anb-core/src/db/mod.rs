@@ -283,6 +283,20 @@ impl Transaction {
         }
     }
 
+    /// Enqueues `job` inside this transaction: it commits or rolls back with
+    /// the rows written here. The queue must live in this same database
+    /// (a PostgreSQL or SQLite queue); for other queues use an outbox.
+    pub async fn enqueue<J: anb_queue::Job>(
+        &mut self,
+        queue: &anb_queue::Queue,
+        job: &J,
+    ) -> Result<anb_queue::JobId, anb_queue::QueueError> {
+        match self {
+            Self::Postgres(tx) => queue.enqueue_tx(&mut **tx, job).await,
+            Self::Sqlite(tx) => queue.enqueue_tx(&mut **tx, job).await,
+        }
+    }
+
     fn conn(&mut self) -> Conn<'_> {
         match self {
             Self::Postgres(tx) => Conn::Postgres(tx),
