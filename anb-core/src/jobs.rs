@@ -22,13 +22,6 @@ impl anb_queue::Job for TranscodeVideo {
     const NAME: &'static str = "anb.transcode_video";
 }
 
-impl anb_queue::Job for TranscodeVideo {
-    const NAME: &'static str = TranscodeVideo::NAME;
-    /// Transient storage or database failures get a few chances; a broken upload is
-    /// recognised on the first attempt and never retried.
-    const MAX_ATTEMPTS: u32 = 4;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,7 +55,8 @@ impl TranscodeJobs {
     /// database are retried; on the last attempt the video is marked failed before the job is
     /// dead-lettered, so the player sees a reason instead of a video stuck in `processing`.
     pub async fn handle(&self, job: TranscodeVideo, ctx: JobContext) -> Result<(), JobError> {
-        let span = tracing::info_span!("transcode", video_id = %job.video_id, attempt = ctx.attempt());
+        let span =
+            tracing::info_span!("transcode", video_id = %job.video_id, attempt = ctx.attempt());
         async {
             match self.process(&job, Some(&ctx)).await {
                 Ok(outcome) => {
@@ -111,7 +112,9 @@ impl TranscodeJobs {
             Err(other) => return Err(other.into()),
         }
 
-        let work = tempfile::Builder::new().prefix("anb-transcode-").tempdir()?;
+        let work = tempfile::Builder::new()
+            .prefix("anb-transcode-")
+            .tempdir()?;
         let input = work.path().join("original");
         let output = work.path().join("processed.mp4");
         let thumbnail = work.path().join("thumbnail.jpg");
@@ -145,7 +148,9 @@ impl TranscodeJobs {
         }
 
         self.storage.upload_file(&keys.processed(), &output).await?;
-        self.storage.upload_file(&keys.thumbnail(), &thumbnail).await?;
+        self.storage
+            .upload_file(&keys.thumbnail(), &thumbnail)
+            .await?;
         let outputs = ProcessedOutputs {
             processed_key: keys.processed().as_str().to_owned(),
             thumbnail_key: keys.thumbnail().as_str().to_owned(),
@@ -177,18 +182,26 @@ impl TranscodeJobs {
         let (progress_tx, mut progress_rx) = watch::channel(0u8);
         let span = tracing::Span::current();
         let encoding = tokio::task::spawn_blocking({
-            let (input, output, thumbnail) = (input.to_owned(), output.to_owned(), thumbnail.to_owned());
+            let (input, output, thumbnail) =
+                (input.to_owned(), output.to_owned(), thumbnail.to_owned());
             let options = Arc::clone(&self.options);
             let cancel = Arc::clone(&cancel);
             move || {
                 let _entered = span.enter();
-                transcode(&input, &output, Some(&thumbnail), &options, |percent| {
-                    progress_tx.send_if_modified(|last| {
-                        let changed = percent != *last;
-                        *last = percent;
-                        changed
-                    });
-                }, &cancel)
+                transcode(
+                    &input,
+                    &output,
+                    Some(&thumbnail),
+                    &options,
+                    |percent| {
+                        progress_tx.send_if_modified(|last| {
+                            let changed = percent != *last;
+                            *last = percent;
+                            changed
+                        });
+                    },
+                    &cancel,
+                )
             }
         });
         tokio::pin!(encoding);
@@ -276,6 +289,21 @@ pub enum WorkerError {
     Storage(#[from] StorageError),
     #[error("queue: {0}")]
     Queue(#[from] anb_queue::QueueError),
+}
+
+/// Connects to the database, storage and queue the settings name.
+pub async fn connect(
+    settings: &anb_core::config::Settings,
+) -> Result<(Database, Storage, anb_queue::Queue), WorkerError> {
+    let db = Database::connect(settings.database_url.as_str()).await?;
+    let storage = Storage::from_url(
+        &settings.storage_url,
+        settings.s3_path_style,
+        settings.jwt_secret.expose(),
+    )
+    .await?;
+    let queue = anb_queue::Queue::connect(&settings.queue_url).await?;
+    Ok((db, storage, queue))
 }
 
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
