@@ -1,23 +1,36 @@
 #![doc = include_str!("../README.md")]
 
 use std::future::Future;
+use std::time::Duration;
 
 use poem::listener::{Acceptor, TcpAcceptor};
-use poem::middleware::Tracing;
-use poem::{EndpointExt, Route, Server};
+use poem::{EndpointExt, Route, Server, get};
 use poem_openapi::OpenApiService;
 
+pub mod error;
+pub mod media_check;
+pub mod observability;
+pub mod rate_limit;
 pub mod routes;
+pub mod security;
+pub mod settings;
+pub mod state;
+pub mod upload;
+
+pub use settings::ApiSettings;
+pub use state::{AppState, StartupError};
 
 /// Title of the OpenAPI document.
 pub const API_TITLE: &str = "ANB Rising Stars Showcase API";
 
+/// How long in-flight requests may run after shutdown is requested.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
 /// The OpenAPI service: every documented operation of the API.
-pub fn api_service() -> OpenApiService<routes::health::HealthApi, ()> {
-    OpenApiService::new(
-        routes::health::HealthApi,
-        API_TITLE,
-        env!("CARGO_PKG_VERSION"),
+pub fn api_service() -> OpenApiService<routes::Apis, ()> {
+    OpenApiService::new(routes::apis(), API_TITLE, env!("CARGO_PKG_VERSION")).description(
+        "Players sign up and upload skill videos; the public votes; rankings per city. \
+         Errors are RFC 9457 problem documents (`application/problem+json`) with a stable `code`.",
     )
 }
 
@@ -28,27 +41,49 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The whole HTTP application: the API, its document and interactive docs.
-pub fn app() -> impl poem::Endpoint {
+/// The path templates of the document (`/api/videos/{video_id}`…).
+fn documented_paths() -> Vec<String> {
+    let spec: serde_json::Value =
+        serde_json::from_str(&api_service().spec()).expect("the generated document is JSON");
+    spec["paths"]
+        .as_object()
+        .map(|paths| paths.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The whole HTTP application over `state`: the API, local media, the
+/// document and interactive docs, with request ids, metrics, client-IP
+/// resolution and problem-details errors on every route.
+pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = api_service();
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
+    let trusted_proxies = state.api.trusted_proxies.clone();
+    let observability = observability::Observability::new(
+        documented_paths()
+            .into_iter()
+            .chain(["/openapi.json".to_owned(), "/media/{key}".to_owned()]),
+    );
     Route::new()
         .nest("/", api)
+        .at("/media/*key", get(routes::media::media))
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .with(Tracing)
+        .data(state)
+        .with(rate_limit::ClientIpMiddleware { trusted_proxies })
+        .with(observability)
 }
 
 /// Serves the application on an already bound listener until `shutdown`
-/// resolves, then lets in-flight requests finish.
+/// resolves, then lets in-flight requests finish (up to 10 s).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     tracing::info!(addr = ?acceptor.local_addr(), "API listening");
     Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(), shutdown, Some(std::time::Duration::from_secs(10)))
+        .run_with_graceful_shutdown(app(state), shutdown, Some(GRACE_PERIOD))
         .await
 }

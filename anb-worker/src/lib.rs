@@ -2,6 +2,7 @@
 
 pub mod art;
 mod error;
+pub mod job;
 mod media;
 mod options;
 mod pipeline;

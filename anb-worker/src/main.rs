@@ -10,11 +10,16 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 /// The ANB Rising Stars processing worker.
+///
+/// Without a subcommand it consumes transcode jobs (`run`), configured from the
+/// same environment variables as anb-api: ANB_DATABASE_URL, ANB_QUEUE_URL,
+/// ANB_STORAGE_URL, ANB_S3_PATH_STYLE, ANB_JWT_SECRET and the AWS SDK's
+/// standard AWS_* settings.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,8 +32,26 @@ enum Command {
         /// Directory to write into (created if missing).
         directory: PathBuf,
     },
-    /// Consume transcode jobs from the queue named by ANB_QUEUE_URL (not wired yet).
-    Run,
+    /// Consume transcode jobs from the queue named by ANB_QUEUE_URL until SIGTERM (the default).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Parser)]
+struct DefaultRun {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Jobs transcoded at once (default: one per two cores).
+    #[arg(long, env = "ANB_WORKER_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Seconds running jobs may take to finish after SIGTERM before they are released.
+    #[arg(long, env = "ANB_WORKER_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+    #[command(flatten)]
+    encoder: EncoderArgs,
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +63,16 @@ struct TranscodeArgs {
     /// Where to write the JPEG thumbnail.
     #[arg(long)]
     thumbnail: Option<PathBuf>,
+    #[command(flatten)]
+    encoder: EncoderArgs,
+    /// Print no progress.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Encoder settings shared by `run` and `transcode`.
+#[derive(Debug, Args)]
+struct EncoderArgs {
     /// x264 preset.
     #[arg(long, env = "ANB_X264_PRESET", default_value = "veryfast", value_parser = clap::builder::PossibleValuesParser::new(X264_PRESETS))]
     preset: String,
@@ -55,19 +88,29 @@ struct TranscodeArgs {
     /// Decoded frames queued between the decoder and the encoder (bounds memory).
     #[arg(long, env = "ANB_DECODED_FRAME_QUEUE", default_value_t = 4)]
     decoded_frame_queue: usize,
-    /// Print no progress.
-    #[arg(long)]
-    quiet: bool,
+}
+
+impl EncoderArgs {
+    fn options(&self) -> TranscodeOptions {
+        TranscodeOptions {
+            x264_preset: self.preset.clone(),
+            crf: self.crf,
+            encoder_threads: self.encoder_threads,
+            decoder_threads: self.decoder_threads,
+            decoded_frame_queue: self.decoded_frame_queue,
+            ..TranscodeOptions::default()
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Transcode(args) => transcode(&args),
-        Command::ExportArt { directory } => export_art(&directory),
-        Command::Run => Err(anyhow::anyhow!(
-            "consuming jobs from the queue is not wired into this build yet; use `anb-worker transcode`"
-        )),
+        Some(Command::Transcode(args)) => transcode(&args),
+        Some(Command::ExportArt { directory }) => export_art(&directory),
+        Some(Command::Run(args)) => run(&args),
+        // No subcommand: run with the defaults and the environment's settings.
+        None => run(&DefaultRun::parse_from(["anb-worker"]).args),
     };
     match outcome {
         Ok(code) => code,
@@ -84,14 +127,7 @@ const EXIT_REJECTED: u8 = 2;
 fn transcode(args: &TranscodeArgs) -> anyhow::Result<ExitCode> {
     // FFmpeg's informational chatter (x264 statistics) is not for operators.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
-    let options = TranscodeOptions {
-        x264_preset: args.preset.clone(),
-        crf: args.crf,
-        encoder_threads: args.encoder_threads,
-        decoder_threads: args.decoder_threads,
-        decoded_frame_queue: args.decoded_frame_queue,
-        ..TranscodeOptions::default()
-    };
+    let options = args.encoder.options();
     let cancel = AtomicBool::new(false);
     let quiet = args.quiet;
     // Redraw one line on a terminal; elsewhere (logs) a line every 10 %.
@@ -137,6 +173,31 @@ fn transcode(args: &TranscodeArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => Err(error).context(format!("transcoding {}", args.input.display())),
     }
+}
+
+/// Consumes transcode jobs until SIGTERM or Ctrl-C, then drains.
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    let settings = anb_core::config::Settings::from_env()?;
+    let mut config = anb_worker::job::WorkerConfig {
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        transcode: args.encoder.options(),
+        ..Default::default()
+    };
+    if let Some(concurrency) = args.concurrency {
+        config.concurrency = concurrency.max(1);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (db, storage, queue) = anb_worker::job::connect(&settings).await?;
+        anb_worker::job::run(db, storage, queue, config, anb_queue::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn export_art(directory: &Path) -> anyhow::Result<ExitCode> {

@@ -43,7 +43,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(data_dir = %data_dir.display(), "embedded platform starting on http://{addr}");
-            anb_api::serve(listener, shutdown_signal()).await?;
+            let state = anb_api::AppState::connect(settings, anb_api::ApiSettings::from_env()?)
+                .await
+                .context("opening the embedded database, queue and storage")?;
+            state
+                .migrate()
+                .await
+                .context("applying the database migrations")?;
+            anb_api::serve(listener, state, shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -1,0 +1,518 @@
+//! The HTTP edge's error: every failure becomes an RFC 9457 problem document
+//! (`application/problem+json`) with a stable machine-readable `code`.
+//!
+//! Client errors say what is wrong in the contract's language; internal
+//! errors are logged with their cause and answered with a generic 500.
+
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{Enum, Object};
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Stable, machine-readable error codes. Clients branch on these, never on
+/// the human-readable texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// One or more fields are invalid; see `errors`.
+    ValidationFailed,
+    /// The request could not be parsed (bad JSON, missing field, bad content type).
+    MalformedRequest,
+    /// A query parameter is missing or out of range.
+    InvalidQuery,
+    DuplicateEmail,
+    PasswordsDiffer,
+    InvalidCredentials,
+    /// No bearer token was sent.
+    MissingToken,
+    /// The bearer token is invalid, expired, or its user no longer exists.
+    InvalidToken,
+    /// The uploaded file is not an MP4 video.
+    InvalidFileType,
+    FileTooLarge,
+    DurationOutOfRange,
+    ResolutionTooLow,
+    AlreadyVoted,
+    OwnVideo,
+    /// A published video cannot be deleted.
+    VideoPublished,
+    /// Only processed videos can be published.
+    VideoNotProcessed,
+    NotOwner,
+    VideoNotFound,
+    /// The media link is unknown, tampered with or expired.
+    MediaNotFound,
+    NotFound,
+    MethodNotAllowed,
+    RateLimited,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// The code as it appears in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidationFailed => "validation_failed",
+            Self::MalformedRequest => "malformed_request",
+            Self::InvalidQuery => "invalid_query",
+            Self::DuplicateEmail => "duplicate_email",
+            Self::PasswordsDiffer => "passwords_differ",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::InvalidFileType => "invalid_file_type",
+            Self::FileTooLarge => "file_too_large",
+            Self::DurationOutOfRange => "duration_out_of_range",
+            Self::ResolutionTooLow => "resolution_too_low",
+            Self::AlreadyVoted => "already_voted",
+            Self::OwnVideo => "own_video",
+            Self::VideoPublished => "video_published",
+            Self::VideoNotProcessed => "video_not_processed",
+            Self::NotOwner => "not_owner",
+            Self::VideoNotFound => "video_not_found",
+            Self::MediaNotFound => "media_not_found",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::InternalError => "internal_error",
+        }
+    }
+}
+
+/// One invalid field of a validation error.
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct FieldError {
+    /// The field's name as sent by the client.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Object)]
+pub struct Problem {
+    /// A URI naming the kind of problem; one per `code`.
+    #[oai(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, for people.
+    pub detail: String,
+    /// Stable machine-readable code, for programs.
+    pub code: ErrorCode,
+    /// Per-field messages (validation errors only; otherwise empty).
+    pub errors: Vec<FieldError>,
+}
+
+/// Every way a request can fail at the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: one or more fields are invalid (`code` is `validation_failed`
+    /// or, when that is all that is wrong, `passwords_differ`).
+    #[error("validation failed: {errors:?}")]
+    Validation {
+        code: ErrorCode,
+        errors: Vec<FieldError>,
+    },
+    /// 400 with a specific code (duplicate email, already voted…).
+    #[error("{code:?}: {detail}")]
+    BadRequest { code: ErrorCode, detail: String },
+    /// 401: no usable credentials.
+    #[error("{code:?}: {detail}")]
+    Unauthorized { code: ErrorCode, detail: String },
+    /// 403: authenticated but not allowed.
+    #[error("{code:?}: {detail}")]
+    Forbidden { code: ErrorCode, detail: String },
+    /// 404.
+    #[error("{code:?}: {detail}")]
+    NotFound { code: ErrorCode, detail: String },
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 429: rate limited; retry after this many seconds.
+    #[error("rate limited for {retry_after_secs}s")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// 500: a bug or an unreachable dependency. Logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unauthorized(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn forbidden(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self::NotFound {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// Wraps an unexpected error; its text is logged, not sent.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+
+    /// The video that does not exist (or whose id is malformed).
+    pub fn video_not_found() -> Self {
+        Self::not_found(ErrorCode::VideoNotFound, "El video no existe.")
+    }
+
+    /// A single invalid field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            code: ErrorCode::ValidationFailed,
+            errors: vec![FieldError::new(field, message)],
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The problem document sent to the client.
+    pub fn problem(&self) -> Problem {
+        let (code, detail, errors) = match self {
+            Self::Validation { code, errors } => (
+                *code,
+                "Los datos enviados no son válidos.".to_owned(),
+                errors.clone(),
+            ),
+            Self::BadRequest { code, detail }
+            | Self::Unauthorized { code, detail }
+            | Self::Forbidden { code, detail }
+            | Self::NotFound { code, detail } => (*code, detail.clone(), Vec::new()),
+            Self::MethodNotAllowed => (
+                ErrorCode::MethodNotAllowed,
+                "Método no permitido para este recurso.".to_owned(),
+                Vec::new(),
+            ),
+            Self::TooManyRequests { retry_after_secs } => (
+                ErrorCode::RateLimited,
+                format!("Demasiadas solicitudes. Intenta de nuevo en {retry_after_secs} s."),
+                Vec::new(),
+            ),
+            Self::Internal(_) => (
+                ErrorCode::InternalError,
+                "Error interno del servidor.".to_owned(),
+                Vec::new(),
+            ),
+        };
+        let status = self.status();
+        Problem {
+            problem_type: format!("tag:anb-rising-stars,2026:problem:{}", code.as_str()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            code,
+            errors,
+        }
+    }
+}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        ApiError::status(self)
+    }
+
+    fn as_response(&self) -> Response {
+        if let Self::Internal(source) = self {
+            // The only place internals go: the log, inside the request's span.
+            tracing::error!(error = %source, debug = ?source, "internal error");
+        }
+        let body = self.problem().to_json_string();
+        let mut response = Response::builder()
+            .status(self.status())
+            .content_type(PROBLEM_JSON)
+            .body(body);
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if matches!(self, Self::Unauthorized { .. }) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        poem::error::ResponseError::as_response(&self)
+    }
+}
+
+impl From<anb_core::db::DbError> for ApiError {
+    fn from(error: anb_core::db::DbError) -> Self {
+        use anb_core::db::DbError;
+        match error {
+            DbError::DuplicateEmail => Self::bad_request(
+                ErrorCode::DuplicateEmail,
+                "Ya existe un usuario registrado con este correo electrónico.",
+            ),
+            DbError::AlreadyVoted => {
+                Self::bad_request(ErrorCode::AlreadyVoted, "Ya has votado por este video.")
+            }
+            DbError::OwnVideo => {
+                Self::bad_request(ErrorCode::OwnVideo, "No puedes votar por tu propio video.")
+            }
+            DbError::VideoNotFound => Self::video_not_found(),
+            DbError::NotVideoOwner => Self::forbidden(
+                ErrorCode::NotOwner,
+                "No tienes permiso para acceder a este video.",
+            ),
+            DbError::VideoPublished => Self::bad_request(
+                ErrorCode::VideoPublished,
+                "El video está publicado para votación y no puede eliminarse.",
+            ),
+            DbError::NotPublishable { .. } => Self::bad_request(
+                ErrorCode::VideoNotProcessed,
+                "Un video cuyo procesamiento falló no puede publicarse.",
+            ),
+            // The caller's account vanished between authentication and now.
+            DbError::UserNotFound => crate::security::invalid_token(),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<anb_core::storage::StorageError> for ApiError {
+    fn from(error: anb_core::storage::StorageError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<anb_queue::QueueError> for ApiError {
+    fn from(error: anb_queue::QueueError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<Vec<anb_core::domain::FieldError>> for ApiError {
+    fn from(errors: Vec<anb_core::domain::FieldError>) -> Self {
+        let only_passwords_differ = errors
+            .iter()
+            .all(|e| e.problem == anb_core::domain::InvalidValue::PasswordsDiffer);
+        Self::Validation {
+            code: if only_passwords_differ {
+                ErrorCode::PasswordsDiffer
+            } else {
+                ErrorCode::ValidationFailed
+            },
+            errors: errors
+                .into_iter()
+                .map(|e| FieldError::new(e.field, e.problem.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Turns any error that reached the edge into a problem response: ours as
+/// they are, the framework's (unparsable request, unknown route, missing
+/// token…) into the matching problem, anything else into a logged 500.
+pub fn problem_response(error: poem::Error) -> Response {
+    if let Some(api_error) = error.downcast_ref::<ApiError>() {
+        return poem::error::ResponseError::as_response(api_error);
+    }
+    if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
+        return ApiError::Validation {
+            code: ErrorCode::InvalidQuery,
+            errors: vec![FieldError::new(param.name, param.reason.clone())],
+        }
+        .into_response();
+    }
+    let status = error.status();
+    let api_error = match status {
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::UNPROCESSABLE_ENTITY
+        | StatusCode::LENGTH_REQUIRED => {
+            // poem-openapi's parse errors name the field and the reason and
+            // carry nothing internal.
+            ApiError::bad_request(ErrorCode::MalformedRequest, error.to_string())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::bad_request(
+            ErrorCode::FileTooLarge,
+            "La solicitud supera el tamaño máximo permitido.",
+        ),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(
+            ErrorCode::MissingToken,
+            "Se requiere un token de acceso (Authorization: Bearer <token>).",
+        ),
+        StatusCode::NOT_FOUND => ApiError::not_found(ErrorCode::NotFound, "Recurso no encontrado."),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        _ if status.is_client_error() => {
+            ApiError::bad_request(ErrorCode::MalformedRequest, error.to_string())
+        }
+        _ => ApiError::internal(error.to_string()),
+    };
+    api_error.into_response()
+}
+
+/// The OpenAPI description of a problem response for `status`.
+pub fn problem_meta_response(status: u16) -> MetaResponse {
+    let description = match status {
+        400 => "Invalid request (see `code` and `errors`)",
+        401 => "Missing, invalid or expired bearer token, or bad credentials",
+        403 => "The caller does not own the resource",
+        404 => "Not found (a malformed id is not found too)",
+        429 => "Rate limited; retry after `Retry-After` seconds",
+        500 => "Internal error",
+        503 => "A dependency is unavailable",
+        _ => "Error",
+    };
+    let headers = if status == 429 {
+        vec![MetaHeader {
+            name: "Retry-After".to_owned(),
+            description: Some("Seconds to wait before retrying".to_owned()),
+            required: true,
+            deprecated: false,
+            schema: u64::schema_ref(),
+        }]
+    } else {
+        Vec::new()
+    };
+    MetaResponse {
+        description,
+        status: Some(status),
+        status_range: None,
+        content: vec![MetaMediaType {
+            content_type: PROBLEM_JSON,
+            schema: Problem::schema_ref(),
+        }],
+        headers,
+    }
+}
+
+/// Declares the error side of an operation: which problem statuses it
+/// documents (500 is always added). Handlers return
+/// `Result<SuccessResponse, ThisType>` and convert [`ApiError`] with `?`
+/// inside an inner function or `.map_err(Into::into)`.
+macro_rules! problems {
+    ($(#[$doc:meta])* $name:ident: $($status:literal),* $(,)?) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name(pub $crate::error::ApiError);
+
+        impl From<$crate::error::ApiError> for $name {
+            fn from(error: $crate::error::ApiError) -> Self {
+                Self(error)
+            }
+        }
+
+        impl From<$name> for poem::Error {
+            fn from(error: $name) -> Self {
+                poem::Error::from(error.0)
+            }
+        }
+
+        impl poem_openapi::ApiResponse for $name {
+            fn meta() -> poem_openapi::registry::MetaResponses {
+                $crate::error::problem_meta_responses(&[$($status),*])
+            }
+
+            fn register(registry: &mut poem_openapi::registry::Registry) {
+                $crate::error::register_problem(registry);
+            }
+        }
+    };
+}
+pub(crate) use problems;
+
+/// Problem responses for the given statuses plus 500.
+pub fn problem_meta_responses(statuses: &[u16]) -> MetaResponses {
+    let mut responses: Vec<MetaResponse> =
+        statuses.iter().map(|s| problem_meta_response(*s)).collect();
+    responses.push(problem_meta_response(500));
+    MetaResponses { responses }
+}
+
+/// Registers the problem schema in the document.
+pub fn register_problem(registry: &mut Registry) {
+    <Problem as Type>::register(registry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_do_not_leak_their_cause() {
+        let response = ApiError::internal("password=hunter2 at db host 10.0.0.5").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.content_type(), Some(PROBLEM_JSON));
+        let body = response.into_body().into_string().await.unwrap();
+        assert!(
+            !body.contains("hunter2") && !body.contains("10.0.0.5"),
+            "{body}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["code"], "internal_error");
+        assert_eq!(json["status"], 500);
+    }
+
+    #[test]
+    fn codes_serialize_as_their_static_names() {
+        for code in [
+            ErrorCode::DuplicateEmail,
+            ErrorCode::AlreadyVoted,
+            ErrorCode::InternalError,
+        ] {
+            assert_eq!(code.to_json(), Some(serde_json::Value::from(code.as_str())));
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limited_answer_carries_retry_after() {
+        let response = ApiError::TooManyRequests {
+            retry_after_secs: 7,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+}

@@ -1,0 +1,223 @@
+//! Accounts: sign-up, login and the caller's profile.
+
+use anb_core::auth::{decoy_password_hash, hash_password, verify_password};
+use anb_core::domain::{Email, SignUp, SignUpForm};
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ErrorCode, problems};
+use crate::rate_limit::ClientIp;
+use crate::routes::{ApiTags, utc};
+use crate::security::BearerAuth;
+use crate::state::AppState;
+
+/// Sign-up, login and profile.
+#[derive(Debug)]
+pub struct AuthApi;
+
+/// The sign-up form.
+#[derive(Debug, Object)]
+pub struct SignupRequest {
+    /// 2–50 characters.
+    pub first_name: String,
+    /// 2–50 characters.
+    pub last_name: String,
+    /// A valid address, unique regardless of case.
+    pub email: String,
+    /// 8–128 characters.
+    #[oai(write_only)]
+    pub password1: String,
+    /// Must equal `password1`.
+    #[oai(write_only)]
+    pub password2: String,
+    /// 2–50 characters.
+    pub city: String,
+    /// 2–50 characters.
+    pub country: String,
+}
+
+#[derive(Debug, Object)]
+pub struct SignupCreated {
+    pub message: String,
+    pub user_id: Uuid,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum SignupResponse {
+    /// The account was created.
+    #[oai(status = 201)]
+    Created(Json<SignupCreated>),
+}
+
+problems!(
+    /// Sign-up failures.
+    SignupProblems: 400, 429
+);
+
+#[derive(Debug, Object)]
+pub struct LoginRequest {
+    pub email: String,
+    #[oai(write_only)]
+    pub password: String,
+}
+
+#[derive(Debug, Object)]
+pub struct LoginToken {
+    /// A JWT (HS256) for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires (3600).
+    pub expires_in: u64,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum LoginResponse {
+    /// Logged in.
+    #[oai(status = 200)]
+    Ok(Json<LoginToken>),
+}
+
+problems!(
+    /// Login failures (the same 401 for an unknown email and a wrong password).
+    LoginProblems: 400, 401, 429
+);
+
+/// The caller's profile.
+#[derive(Debug, Object)]
+pub struct Profile {
+    pub user_id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub city: String,
+    pub country: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ProfileResponse {
+    #[oai(status = 200)]
+    Ok(Json<Profile>),
+}
+
+problems!(
+    /// Profile failures.
+    ProfileProblems: 401
+);
+
+#[OpenApi(tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Create a player account.
+    #[oai(path = "/api/auth/signup", method = "post", operation_id = "signup")]
+    async fn signup(
+        &self,
+        state: Data<&AppState>,
+        client: Data<&ClientIp>,
+        body: Json<SignupRequest>,
+    ) -> Result<SignupResponse, SignupProblems> {
+        state.limiters.signup_per_ip.check(&client.0.0)?;
+        let form = SignUpForm {
+            first_name: body.0.first_name,
+            last_name: body.0.last_name,
+            email: body.0.email,
+            password1: body.0.password1,
+            password2: body.0.password2,
+            city: body.0.city,
+            country: body.0.country,
+        };
+        let signup = SignUp::parse(&form).map_err(|errors| ApiError::from(errors.into_vec()))?;
+        let password = signup.password.expose_secret().to_owned();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        let user = state
+            .db
+            .create_user(&signup, &hash)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(SignupResponse::Created(Json(SignupCreated {
+            message: "Usuario creado exitosamente.".into(),
+            user_id: user.id.as_uuid(),
+        })))
+    }
+
+    /// Exchange email and password for an access token.
+    #[oai(path = "/api/auth/login", method = "post", operation_id = "login")]
+    async fn login(
+        &self,
+        state: Data<&AppState>,
+        client: Data<&ClientIp>,
+        body: Json<LoginRequest>,
+    ) -> Result<LoginResponse, LoginProblems> {
+        state.limiters.login_per_ip.check(&client.0.0)?;
+        let bad_credentials =
+            || ApiError::unauthorized(ErrorCode::InvalidCredentials, "Credenciales inválidas.");
+        // A malformed address cannot belong to anyone: same answer as a
+        // wrong password, after the same amount of work.
+        let email = Email::parse(&body.0.email).ok();
+        if let Some(email) = &email {
+            state
+                .limiters
+                .login_per_account
+                .check(&email.as_str().to_owned())?;
+        }
+        let credentials = match &email {
+            Some(email) => state
+                .db
+                .find_credentials(email)
+                .await
+                .map_err(ApiError::from)?,
+            None => None,
+        };
+        let password = body.0.password;
+        let (user_id, hash) = match credentials {
+            Some(c) => (Some(c.user_id), c.password_hash),
+            None => (None, decoy_password_hash().to_owned()),
+        };
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        let Some(user_id) = user_id.filter(|_| matches) else {
+            return Err(bad_credentials().into());
+        };
+        let token = state
+            .tokens
+            .issue(&user_id.to_string())
+            .map_err(ApiError::internal)?;
+        Ok(LoginResponse::Ok(Json(LoginToken {
+            access_token: token.token,
+            token_type: "Bearer".into(),
+            expires_in: token.expires_in,
+        })))
+    }
+
+    /// The caller's profile.
+    #[oai(path = "/api/auth/me", method = "get", operation_id = "me")]
+    async fn me(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<ProfileResponse, ProfileProblems> {
+        let user = state
+            .db
+            .find_user(auth.user_id())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(crate::security::invalid_token)?;
+        Ok(ProfileResponse::Ok(Json(Profile {
+            user_id: user.id.as_uuid(),
+            first_name: user.first_name,
+            last_name: user.last_name,
+            email: user.email,
+            city: user.city,
+            country: user.country,
+            created_at: utc(user.created_at),
+        })))
+    }
+}

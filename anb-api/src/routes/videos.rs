@@ -1,0 +1,430 @@
+//! A player's own videos: upload, list, detail, delete, publish.
+
+use anb_core::db::{NewVideo, Transaction, Video};
+use anb_core::domain::{VideoId, VideoStatus, VideoTitle};
+use anb_core::jobs::TranscodeVideo;
+use anb_core::storage::{ObjectKey, VideoKeys};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ErrorCode, problems};
+use crate::media_check::{MediaRejection, check_mp4};
+use crate::routes::{ApiTags, utc};
+use crate::security::BearerAuth;
+use crate::state::AppState;
+use crate::upload::UploadRequest;
+
+/// The caller's videos.
+#[derive(Debug)]
+pub struct VideosApi;
+
+/// Processing status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum VideoStatusDto {
+    Uploaded,
+    Processing,
+    Processed,
+    Failed,
+}
+
+impl From<VideoStatus> for VideoStatusDto {
+    fn from(status: VideoStatus) -> Self {
+        match status {
+            VideoStatus::Uploaded => Self::Uploaded,
+            VideoStatus::Processing => Self::Processing,
+            VideoStatus::Processed => Self::Processed,
+            VideoStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct UploadAccepted {
+    pub message: String,
+    /// Id of the processing job.
+    pub task_id: String,
+    pub video_id: Uuid,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum UploadResponse {
+    /// Stored and queued for processing.
+    #[oai(status = 201)]
+    Created(Json<UploadAccepted>),
+}
+
+problems!(
+    /// Upload failures: not an MP4, too large, too short or long, too low a
+    /// resolution, a bad title.
+    UploadProblems: 400, 401
+);
+
+/// A video in the owner's list.
+#[derive(Debug, Object)]
+pub struct VideoSummary {
+    pub video_id: Uuid,
+    pub title: String,
+    pub status: VideoStatusDto,
+    pub uploaded_at: OffsetDateTime,
+    pub processed_at: Option<OffsetDateTime>,
+    /// Playable URL of the processed video, once processed (expires).
+    pub processed_url: Option<String>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ListResponse {
+    /// The caller's videos, newest first.
+    #[oai(status = 200)]
+    Ok(Json<Vec<VideoSummary>>),
+}
+
+problems!(
+    /// Listing failures.
+    ListProblems: 401
+);
+
+/// A video with everything its owner may see.
+#[derive(Debug, Object)]
+pub struct VideoDetail {
+    pub video_id: Uuid,
+    pub title: String,
+    pub status: VideoStatusDto,
+    pub uploaded_at: OffsetDateTime,
+    pub processed_at: Option<OffsetDateTime>,
+    /// Playable URL of the untouched upload (expires).
+    pub original_url: Option<String>,
+    /// Playable URL of the processed video, once processed (expires).
+    pub processed_url: Option<String>,
+    pub thumbnail_url: Option<String>,
+    pub votes: i64,
+    /// Whether the owner wants it published once processed.
+    pub is_public: bool,
+    /// Whether it is listed publicly and open for votes.
+    pub published: bool,
+    pub published_at: Option<OffsetDateTime>,
+    /// Why processing failed, when `status` is `failed`.
+    pub failure_reason: Option<String>,
+    /// Encoding progress, 0–100.
+    pub progress_percent: u8,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum DetailResponse {
+    #[oai(status = 200)]
+    Ok(Json<VideoDetail>),
+}
+
+problems!(
+    /// Detail failures.
+    DetailProblems: 401, 403, 404
+);
+
+#[derive(Debug, Object)]
+pub struct VideoDeleted {
+    pub message: String,
+    pub video_id: Uuid,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum DeleteResponse {
+    #[oai(status = 200)]
+    Ok(Json<VideoDeleted>),
+}
+
+problems!(
+    /// Deletion failures (a published video cannot be deleted: 400).
+    DeleteProblems: 400, 401, 403, 404
+);
+
+problems!(
+    /// Publication failures (a failed video cannot be published: 400).
+    PublishProblems: 400, 401, 403, 404
+);
+
+/// A malformed id names no video: 404, like an unknown one.
+pub(crate) fn parse_video_id(raw: &str) -> Result<VideoId, ApiError> {
+    raw.parse().map_err(|_| ApiError::video_not_found())
+}
+
+#[OpenApi(tag = "ApiTags::Videos")]
+impl VideosApi {
+    /// Upload a video (multipart: `video_file`, `title`, optional `is_public`).
+    #[oai(
+        path = "/api/videos/upload",
+        method = "post",
+        operation_id = "uploadVideo"
+    )]
+    async fn upload(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        form: UploadRequest,
+    ) -> Result<UploadResponse, UploadProblems> {
+        Ok(upload_video(&state, auth, form).await?)
+    }
+
+    /// The caller's videos, newest first.
+    #[oai(path = "/api/videos", method = "get", operation_id = "listMyVideos")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<ListResponse, ListProblems> {
+        let videos = state
+            .db
+            .list_user_videos(auth.user_id())
+            .await
+            .map_err(ApiError::from)?;
+        let mut items = Vec::with_capacity(videos.len());
+        for video in videos {
+            items.push(VideoSummary {
+                video_id: video.id.as_uuid(),
+                processed_url: state.media_url(video.processed_key.as_deref()).await,
+                title: video.title,
+                status: video.status.into(),
+                uploaded_at: utc(video.uploaded_at),
+                processed_at: video.processed_at.map(utc),
+            });
+        }
+        Ok(ListResponse::Ok(Json(items)))
+    }
+
+    /// One of the caller's videos.
+    #[oai(
+        path = "/api/videos/:video_id",
+        method = "get",
+        operation_id = "getMyVideo"
+    )]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        video_id: Path<String>,
+    ) -> Result<DetailResponse, DetailProblems> {
+        let id = parse_video_id(&video_id)?;
+        let video = state
+            .db
+            .find_video(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(ApiError::video_not_found)?;
+        if video.owner_id != auth.user_id() {
+            return Err(ApiError::from(anb_core::db::DbError::NotVideoOwner).into());
+        }
+        Ok(DetailResponse::Ok(Json(detail(&state, video).await)))
+    }
+
+    /// Delete one of the caller's videos (not while published).
+    #[oai(
+        path = "/api/videos/:video_id",
+        method = "delete",
+        operation_id = "deleteMyVideo"
+    )]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        video_id: Path<String>,
+    ) -> Result<DeleteResponse, DeleteProblems> {
+        let id = parse_video_id(&video_id)?;
+        let deleted = state
+            .db
+            .delete_video(auth.user_id(), id)
+            .await
+            .map_err(ApiError::from)?;
+        // The row is already out of service; remove the objects, then the
+        // row. If storage fails, the row waits for the clean-up task
+        // (`videos_awaiting_purge`) and the client still sees it gone.
+        let mut all_removed = true;
+        for key in deleted.storage_keys() {
+            let removed = match ObjectKey::parse(key.to_owned()) {
+                Ok(key) => state.storage.delete(&key).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = removed {
+                tracing::warn!(%error, key, "object of a deleted video not removed yet");
+                all_removed = false;
+            }
+        }
+        let folder = VideoKeys::new(id.as_uuid());
+        if let Err(error) = state.storage.delete_prefix(folder.folder()).await {
+            tracing::warn!(%error, "folder of a deleted video not removed yet");
+            all_removed = false;
+        }
+        if all_removed && let Err(error) = state.db.purge_video(id).await {
+            tracing::warn!(%error, "deleted video row not purged yet");
+        }
+        Ok(DeleteResponse::Ok(Json(VideoDeleted {
+            message: "El video ha sido eliminado exitosamente.".into(),
+            video_id: id.as_uuid(),
+        })))
+    }
+
+    /// Publish one of the caller's videos for voting (now if processed,
+    /// otherwise as soon as it is).
+    #[oai(
+        path = "/api/videos/:video_id/publish",
+        method = "post",
+        operation_id = "publishMyVideo"
+    )]
+    async fn publish(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+        video_id: Path<String>,
+    ) -> Result<DetailResponse, PublishProblems> {
+        let id = parse_video_id(&video_id)?;
+        let video = state
+            .db
+            .publish_video(auth.user_id(), id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(DetailResponse::Ok(Json(detail(&state, video).await)))
+    }
+}
+
+async fn detail(state: &AppState, video: Video) -> VideoDetail {
+    VideoDetail {
+        video_id: video.id.as_uuid(),
+        original_url: state.media_url(Some(&video.original_key)).await,
+        processed_url: state.media_url(video.processed_key.as_deref()).await,
+        thumbnail_url: state.media_url(video.thumbnail_key.as_deref()).await,
+        published: video.is_published(),
+        title: video.title,
+        status: video.status.into(),
+        uploaded_at: utc(video.uploaded_at),
+        processed_at: video.processed_at.map(utc),
+        votes: video.votes,
+        is_public: video.is_public,
+        published_at: video.published_at.map(utc),
+        failure_reason: video.failure_reason,
+        progress_percent: video.progress_percent,
+    }
+}
+
+/// Receive → check → store → record and enqueue atomically. Every failure
+/// leaves nothing behind: the temporary file goes when dropped, the stored
+/// original is deleted if the row and job could not be committed.
+async fn upload_video(
+    state: &AppState,
+    auth: BearerAuth,
+    form: UploadRequest,
+) -> Result<UploadResponse, ApiError> {
+    let limits = state.api.upload.clone();
+    let received = form.receive(limits.max_bytes).await?;
+    let title = VideoTitle::parse(received.title.as_deref().unwrap_or(""))
+        .map_err(|problem| ApiError::invalid_field("title", problem.to_string()))?;
+    let is_public = match received.is_public.as_deref().map(str::trim) {
+        None | Some("") => true,
+        Some(raw) => parse_bool(raw)
+            .ok_or_else(|| ApiError::invalid_field("is_public", "debe ser true o false"))?,
+    };
+
+    let path = received.file.to_path_buf();
+    let check = tokio::task::spawn_blocking(move || check_mp4(&path, &limits))
+        .await
+        .map_err(ApiError::internal)?;
+    check.map_err(rejection)?;
+
+    let video_id = VideoId::new();
+    let original = VideoKeys::new(video_id.as_uuid()).original();
+    state.storage.upload_file(&original, &received.file).await?;
+    drop(received);
+
+    let job = TranscodeVideo {
+        video_id,
+        original_key: original.as_str().to_owned(),
+    };
+    let new_video = NewVideo {
+        id: video_id,
+        owner_id: auth.user_id(),
+        title,
+        is_public,
+        original_key: original.as_str().to_owned(),
+    };
+    match record_and_enqueue(state, &new_video, &job).await {
+        Ok(task_id) => Ok(UploadResponse::Created(Json(UploadAccepted {
+            message: "Video subido correctamente. Procesamiento en curso.".into(),
+            task_id,
+            video_id: video_id.as_uuid(),
+        }))),
+        Err(error) => {
+            if let Err(e) = state.storage.delete(&original).await {
+                tracing::error!(error = %e, key = %original, "orphaned upload could not be removed");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Inserts the video row and its job; with a queue in the same database,
+/// in one transaction.
+async fn record_and_enqueue(
+    state: &AppState,
+    video: &NewVideo,
+    job: &TranscodeVideo,
+) -> Result<String, ApiError> {
+    if !state.queue_shares_database {
+        // The queue is elsewhere: commit the row, then enqueue. A failure to
+        // enqueue removes the row again so the upload fails as a whole.
+        state.db.insert_video(video).await?;
+        return match state.queue.enqueue(job).await {
+            Ok(id) => Ok(id.to_string()),
+            Err(e) => {
+                if let Ok(deleted) = state.db.delete_video(video.owner_id, video.id).await {
+                    let _ = state.db.purge_video(deleted.id).await;
+                }
+                Err(e.into())
+            }
+        };
+    }
+    let mut tx = state.db.begin().await?;
+    tx.insert_video(video).await?;
+    let task_id = match &mut tx {
+        Transaction::Postgres(conn) => state.queue.enqueue_tx(&mut **conn, job).await?,
+        Transaction::Sqlite(conn) => state.queue.enqueue_tx(&mut **conn, job).await?,
+    };
+    tx.commit().await?;
+    Ok(task_id.to_string())
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn rejection(rejection: MediaRejection) -> ApiError {
+    match rejection {
+        MediaRejection::NotMp4(_) | MediaRejection::NoVideoTrack => ApiError::bad_request(
+            ErrorCode::InvalidFileType,
+            "El archivo no es un video MP4 válido.",
+        ),
+        MediaRejection::Duration { actual, min, max } => ApiError::bad_request(
+            ErrorCode::DurationOutOfRange,
+            format!(
+                "El video dura {:.1} s; debe durar entre {} y {} s.",
+                actual.as_secs_f64(),
+                min.as_secs(),
+                max.as_secs()
+            ),
+        ),
+        MediaRejection::Resolution {
+            width,
+            height,
+            min_short_side,
+        } => ApiError::bad_request(
+            ErrorCode::ResolutionTooLow,
+            format!(
+                "La resolución {width}x{height} es insuficiente: el lado menor debe medir al menos {min_short_side} px."
+            ),
+        ),
+    }
+}

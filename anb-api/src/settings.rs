@@ -1,0 +1,271 @@
+//! Settings only the API reads, beside the shared [`anb_core::config::Settings`]:
+//! rate limits, trusted proxies and upload limits.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `ANB_RATE_LIMIT_LOGIN_PER_IP` | `60/min` | login attempts per client IP |
+//! | `ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT` | `20/min` | login attempts per email |
+//! | `ANB_RATE_LIMIT_SIGNUP_PER_IP` | `30/min` | sign-ups per client IP |
+//! | `ANB_RATE_LIMIT_VOTE_PER_USER` | `60/min` | votes per user |
+//! | `ANB_RATE_LIMIT_VOTE_PER_IP` | `600/min` | votes per client IP (many people may share one) |
+//! | `ANB_TRUSTED_PROXIES` | none | comma-separated IPs or CIDRs (e.g. the load balancer's subnets) whose `X-Forwarded-For` is believed |
+//! | `ANB_UPLOAD_MAX_BYTES` | `104857600` | largest accepted upload (100 MB) |
+//! | `ANB_UPLOAD_MIN_SECONDS` / `ANB_UPLOAD_MAX_SECONDS` | `20` / `60` | accepted duration |
+//! | `ANB_UPLOAD_MIN_SHORT_SIDE` | `1080` | smallest accepted shorter side of the frame, in pixels |
+//!
+//! A rate is `<count>/s`, `<count>/min` or `<count>/h` (a burst of `count`
+//! is allowed, refilled at that rate), or `off`. The defaults are far above
+//! what a person does by hand; load tests raise them or turn them off.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use anb_core::config::ConfigError;
+use ipnet::IpNet;
+
+/// A token-bucket rate: `count` requests per `period`, in bursts of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// Parses `N/s`, `N/min`, `N/h`; `off` gives `None`.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Option<Self>, ConfigError> {
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let invalid = |reason: &str| ConfigError::Invalid {
+            var,
+            reason: format!("{raw:?}: {reason} (expected e.g. 60/min, 5/s, 1000/h or off)"),
+        };
+        let (count, unit) = raw.split_once('/').ok_or_else(|| invalid("no '/'"))?;
+        let count: NonZeroU32 = count
+            .trim()
+            .parse()
+            .map_err(|_| invalid("the count must be a positive integer"))?;
+        let period = match unit.trim() {
+            "s" | "sec" => Duration::from_secs(1),
+            "min" | "m" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(invalid("unknown unit")),
+        };
+        Ok(Some(Self { count, period }))
+    }
+
+    pub fn per_minute(count: u32) -> Self {
+        Self {
+            count: NonZeroU32::new(count).expect("non-zero rate"),
+            period: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Rate limits of the fraud-sensitive operations; `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    pub login_per_ip: Option<Rate>,
+    pub login_per_account: Option<Rate>,
+    pub signup_per_ip: Option<Rate>,
+    pub vote_per_user: Option<Rate>,
+    pub vote_per_ip: Option<Rate>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            login_per_ip: Some(Rate::per_minute(60)),
+            login_per_account: Some(Rate::per_minute(20)),
+            signup_per_ip: Some(Rate::per_minute(30)),
+            vote_per_user: Some(Rate::per_minute(60)),
+            vote_per_ip: Some(Rate::per_minute(600)),
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits at all (benchmarks and most tests).
+    pub fn unlimited() -> Self {
+        Self {
+            login_per_ip: None,
+            login_per_account: None,
+            signup_per_ip: None,
+            vote_per_user: None,
+            vote_per_ip: None,
+        }
+    }
+}
+
+/// What an upload must be (SPEC §3), configurable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub min_duration: Duration,
+    pub max_duration: Duration,
+    pub min_short_side: u32,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            min_duration: Duration::from_secs(20),
+            max_duration: Duration::from_secs(60),
+            min_short_side: 1080,
+        }
+    }
+}
+
+/// The API's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct ApiSettings {
+    pub rate_limits: RateLimits,
+    /// Peers whose `X-Forwarded-For` header is trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    pub upload: UploadLimits,
+}
+
+impl ApiSettings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads the settings through `lookup`; unset or empty means the default.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        let rate = |var: &'static str, default: Option<Rate>| match get(var) {
+            Some(raw) => Rate::parse(var, &raw),
+            None => Ok(default),
+        };
+        let defaults = RateLimits::default();
+        let rate_limits = RateLimits {
+            login_per_ip: rate("ANB_RATE_LIMIT_LOGIN_PER_IP", defaults.login_per_ip)?,
+            login_per_account: rate(
+                "ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                defaults.login_per_account,
+            )?,
+            signup_per_ip: rate("ANB_RATE_LIMIT_SIGNUP_PER_IP", defaults.signup_per_ip)?,
+            vote_per_user: rate("ANB_RATE_LIMIT_VOTE_PER_USER", defaults.vote_per_user)?,
+            vote_per_ip: rate("ANB_RATE_LIMIT_VOTE_PER_IP", defaults.vote_per_ip)?,
+        };
+        let trusted_proxies = match get("ANB_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(raw) => parse_networks("ANB_TRUSTED_PROXIES", &raw)?,
+        };
+        let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var,
+                    reason: format!("{raw:?} is not a non-negative integer"),
+                }),
+            }
+        };
+        let defaults = UploadLimits::default();
+        let upload = UploadLimits {
+            max_bytes: number("ANB_UPLOAD_MAX_BYTES", defaults.max_bytes)?,
+            min_duration: Duration::from_secs(number(
+                "ANB_UPLOAD_MIN_SECONDS",
+                defaults.min_duration.as_secs(),
+            )?),
+            max_duration: Duration::from_secs(number(
+                "ANB_UPLOAD_MAX_SECONDS",
+                defaults.max_duration.as_secs(),
+            )?),
+            min_short_side: u32::try_from(number(
+                "ANB_UPLOAD_MIN_SHORT_SIDE",
+                defaults.min_short_side.into(),
+            )?)
+            .map_err(|_| ConfigError::Invalid {
+                var: "ANB_UPLOAD_MIN_SHORT_SIDE",
+                reason: "too large".into(),
+            })?,
+        };
+        if upload.min_duration > upload.max_duration {
+            return Err(ConfigError::Invalid {
+                var: "ANB_UPLOAD_MIN_SECONDS",
+                reason: "greater than ANB_UPLOAD_MAX_SECONDS".into(),
+            });
+        }
+        Ok(Self {
+            rate_limits,
+            trusted_proxies,
+            upload,
+        })
+    }
+}
+
+/// Parses a comma-separated list of IP addresses and CIDR networks.
+fn parse_networks(var: &'static str, raw: &str) -> Result<Vec<IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    var,
+                    reason: format!("{item:?} is neither an IP address nor a CIDR network"),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<ApiSettings, ConfigError> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ApiSettings::from_lookup(|var| map.get(var).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.rate_limits, RateLimits::default());
+        assert_eq!(s.upload, UploadLimits::default());
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn rates_proxies_and_limits_parse() {
+        let s = settings(&[
+            ("ANB_RATE_LIMIT_VOTE_PER_USER", "5/s"),
+            ("ANB_RATE_LIMIT_LOGIN_PER_IP", "off"),
+            ("ANB_TRUSTED_PROXIES", "10.0.0.0/16, 192.168.1.7"),
+            ("ANB_UPLOAD_MAX_BYTES", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.rate_limits.vote_per_user,
+            Some(Rate {
+                count: NonZeroU32::new(5).unwrap(),
+                period: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(s.rate_limits.login_per_ip, None);
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(s.trusted_proxies[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(s.upload.max_bytes, 1000);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("ANB_RATE_LIMIT_VOTE_PER_IP", "fast"),
+            ("ANB_RATE_LIMIT_VOTE_PER_IP", "0/s"),
+            ("ANB_TRUSTED_PROXIES", "alb.internal"),
+            ("ANB_UPLOAD_MAX_BYTES", "-1"),
+        ] {
+            let err = settings(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Contract rows 1 and 2 (sign-up, login), the profile, tokens and login limits.
+
+use anb_api::settings::{Rate, RateLimits};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{TestApp, assert_problem};
+
+#[tokio::test]
+async fn signup_creates_the_user_and_login_returns_a_bearer_token() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .signup(&TestApp::signup_body("  Ana.Gomez@Example.COM ", "Bogotá"))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].is_string());
+    let user_id = body["user_id"].as_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&user_id).is_ok());
+
+    // Stored lower-cased: any case logs in.
+    let response = app.login("ANA.gomez@example.com", "a-long-password").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let token: Value = response.json().await.unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 3600);
+    let access = token["access_token"].as_str().unwrap();
+
+    let me = app.get("/api/auth/me", Some(access)).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["user_id"], user_id.as_str());
+    assert_eq!(me["email"], "ana.gomez@example.com");
+    assert_eq!(me["city"], "Bogotá");
+    assert!(me.get("password").is_none() && me.get("password_hash").is_none());
+    assert!(me["created_at"].as_str().unwrap().ends_with('Z'), "{me}");
+}
+
+#[tokio::test]
+async fn signup_reports_every_invalid_field() {
+    let app = TestApp::spawn().await;
+    let body = json!({
+        "first_name": "A",
+        "last_name": "Gómez",
+        "email": "not-an-email",
+        "password1": "short",
+        "password2": "short",
+        "city": "Bogotá",
+        "country": "C",
+    });
+    let problem = assert_problem(app.signup(&body).await, 400, "validation_failed").await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for field in ["first_name", "email", "password1", "country"] {
+        assert!(fields.contains(&field), "{field} missing from {problem}");
+    }
+    assert!(!fields.contains(&"last_name"));
+}
+
+#[tokio::test]
+async fn signup_with_different_passwords_or_taken_email_is_400() {
+    let app = TestApp::spawn().await;
+    let mut body = TestApp::signup_body("dup@example.com", "Cali");
+    body["password2"] = "another-long-password".into();
+    let problem = assert_problem(app.signup(&body).await, 400, "passwords_differ").await;
+    assert_eq!(problem["errors"][0]["field"], "password2");
+
+    let body = TestApp::signup_body("dup@example.com", "Cali");
+    assert_eq!(app.signup(&body).await.status(), StatusCode::CREATED);
+    let again = TestApp::signup_body("DUP@example.com", "Cali");
+    assert_problem(app.signup(&again).await, 400, "duplicate_email").await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_signups_give_one_201_and_only_400s() {
+    let app = TestApp::spawn().await;
+    let body = TestApp::signup_body("race@example.com", "Medellín");
+    let attempts = futures::future::join_all((0..8).map(|_| app.signup(&body))).await;
+    let mut created = 0;
+    for response in attempts {
+        match response.status().as_u16() {
+            201 => created += 1,
+            400 => {
+                assert_problem(response, 400, "duplicate_email").await;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn login_with_bad_credentials_is_the_same_401_whatever_the_cause() {
+    let app = TestApp::spawn().await;
+    let player = app.player().await;
+    let wrong_password = assert_problem(
+        app.login(&player.email, "not-the-password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let unknown_email = assert_problem(
+        app.login("nobody@example.com", "a-long-password").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(wrong_password, unknown_email);
+}
+
+#[tokio::test]
+async fn malformed_login_is_400() {
+    let app = TestApp::spawn().await;
+    let missing_password = app
+        .post_json("/api/auth/login", None, &json!({"email": "a@example.com"}))
+        .await;
+    assert_problem(missing_password, 400, "malformed_request").await;
+    let not_json = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(not_json, 400, "malformed_request").await;
+}
+
+#[tokio::test]
+async fn missing_forged_or_foreign_tokens_are_401() {
+    let app = TestApp::spawn().await;
+    assert_problem(app.get("/api/auth/me", None).await, 401, "missing_token").await;
+    assert_problem(
+        app.get("/api/auth/me", Some("not.a.jwt")).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // Signed with another secret.
+    let other = anb_core::auth::TokenKeys::new(
+        &anb_core::config::JwtSecret::parse("S", &"another-secret-".repeat(3)).unwrap(),
+    );
+    let player = app.player().await;
+    let foreign = other.issue(&player.user_id).unwrap().token;
+    assert_problem(
+        app.get("/api/auth/me", Some(&foreign)).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // Ours, but for a user that does not exist (e.g. deleted).
+    let ghost = app
+        .state
+        .tokens
+        .issue(&uuid::Uuid::now_v7().to_string())
+        .unwrap()
+        .token;
+    assert_problem(
+        app.get("/api/auth/me", Some(&ghost)).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // Ours, expired.
+    let expired = app
+        .state
+        .tokens
+        .issue_at(
+            &player.user_id,
+            time::OffsetDateTime::now_utc().unix_timestamp() as u64 - 7200,
+        )
+        .unwrap()
+        .token;
+    let response = app.get("/api/auth/me", Some(&expired)).await;
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_problem(response, 401, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn login_attempts_per_account_are_rate_limited_with_retry_after() {
+    let app = TestApp::builder()
+        .rate_limits(RateLimits {
+            login_per_account: Some(Rate::per_minute(3)),
+            ..RateLimits::unlimited()
+        })
+        .spawn()
+        .await;
+    let player = app.player().await; // one login used
+    for _ in 0..2 {
+        assert_eq!(
+            app.login(&player.email, "wrong-password").await.status(),
+            401
+        );
+    }
+    let limited = app.login(&player.email, &player.password).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert_problem(limited, 429, "rate_limited").await;
+    // Another account is not affected.
+    let other = app.player().await;
+    assert_eq!(app.login(&other.email, &other.password).await.status(), 200);
+}

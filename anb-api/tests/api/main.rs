@@ -1,0 +1,14 @@
+//! The API over real HTTP: one test binary, one module per resource.
+//!
+//! By default the app runs on the embedded default (SQLite, its SQL queue,
+//! local storage); the `*_on_postgres_and_s3` tests run the main flows on
+//! PostgreSQL (ANB_TEST_POSTGRES_URL) and an S3-compatible server
+//! (ANB_TEST_AWS_ENDPOINT), and fail if those are unreachable.
+
+mod auth;
+mod fixtures;
+mod harness;
+mod ops;
+mod public;
+mod upload;
+mod videos;

@@ -1,0 +1,342 @@
+//! Contract rows 3–6 (upload success, list, detail, delete), publish, and
+//! the main flow on PostgreSQL + S3.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::fixtures;
+use crate::harness::{Backend, TestApp, assert_problem};
+
+#[tokio::test]
+async fn upload_stores_the_video_and_queues_its_processing() {
+    let app = TestApp::spawn().await;
+    let player = app.player().await;
+    let bytes = fixtures::mp4(fixtures::VALID_PORTRAIT).await;
+    let response = app
+        .upload(
+            Some(&player.token),
+            bytes.clone(),
+            "Triple en el último segundo",
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "Video subido correctamente. Procesamiento en curso."
+    );
+    assert!(!body["task_id"].as_str().unwrap().is_empty());
+    let video_id = body["video_id"].as_str().unwrap();
+
+    let detail: Value = app
+        .get(&format!("/api/videos/{video_id}"), Some(&player.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["status"], "uploaded");
+    assert_eq!(detail["is_public"], true, "is_public defaults to true");
+    assert_eq!(detail["published"], false);
+    assert_eq!(detail["votes"], 0);
+    assert!(detail["processed_url"].is_null());
+
+    // The original is kept unchanged and playable through its signed URL.
+    let original_url = detail["original_url"].as_str().unwrap();
+    let original = app.client.get(app.url(original_url)).send().await.unwrap();
+    assert_eq!(original.status(), StatusCode::OK);
+    assert_eq!(original.headers()["content-type"], "video/mp4");
+    assert_eq!(original.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // Exactly one job is waiting for the worker.
+    let stats = app.state.queue.stats().await.unwrap();
+    assert_eq!(stats.ready, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn own_videos_are_listed_newest_first_and_empty_is_an_empty_array() {
+    let app = TestApp::spawn().await;
+    let player = app.player().await;
+    let empty = app.get("/api/videos", Some(&player.token)).await;
+    assert_eq!(empty.status(), StatusCode::OK);
+    assert_eq!(empty.text().await.unwrap(), "[]");
+
+    let first = app.uploaded_video(&player, true).await;
+    let second = app.uploaded_video(&player, false).await;
+    app.process(&first).await;
+    let someone_else = app.player().await;
+    app.uploaded_video(&someone_else, true).await;
+
+    let list: Vec<Value> = app
+        .get("/api/videos", Some(&player.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list
+        .iter()
+        .map(|v| v["video_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()]);
+    let processed = &list[1];
+    assert_eq!(processed["status"], "processed");
+    assert!(processed["processed_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        processed["processed_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/media/")
+    );
+    for field in ["title", "uploaded_at", "processed_at", "processed_url"] {
+        assert!(list[0].get(field).is_some(), "{field}");
+    }
+    assert!(list[0]["uploaded_at"].as_str().unwrap().ends_with('Z'));
+    assert!(list[0]["processed_url"].is_null());
+
+    assert_problem(app.get("/api/videos", None).await, 401, "missing_token").await;
+}
+
+#[tokio::test]
+async fn video_detail_is_for_its_owner_only() {
+    let app = TestApp::spawn().await;
+    let owner = app.player().await;
+    let video_id = app.uploaded_video(&owner, true).await;
+    let path = format!("/api/videos/{video_id}");
+    assert_eq!(
+        app.get(&path, Some(&owner.token)).await.status(),
+        StatusCode::OK
+    );
+
+    let stranger = app.player().await;
+    assert_problem(
+        app.get(&path, Some(&stranger.token)).await,
+        403,
+        "not_owner",
+    )
+    .await;
+    assert_problem(app.get(&path, None).await, 401, "missing_token").await;
+    let unknown = format!("/api/videos/{}", uuid::Uuid::now_v7());
+    assert_problem(
+        app.get(&unknown, Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+    assert_problem(
+        app.get("/api/videos/not-an-id", Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+    assert_problem(
+        app.get("/api/videos/12345", Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_removes_the_video_and_its_objects() {
+    let app = TestApp::spawn().await;
+    let owner = app.player().await;
+    let video_id = app.uploaded_video(&owner, false).await;
+    app.process(&video_id).await;
+    let path = format!("/api/videos/{video_id}");
+    let detail: Value = app
+        .get(&path, Some(&owner.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let original_url = app.url(detail["original_url"].as_str().unwrap());
+
+    let stranger = app.player().await;
+    assert_problem(
+        app.delete(&path, Some(&stranger.token)).await,
+        403,
+        "not_owner",
+    )
+    .await;
+    assert_problem(app.delete(&path, None).await, 401, "missing_token").await;
+
+    let response = app.delete(&path, Some(&owner.token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "El video ha sido eliminado exitosamente.");
+    assert_eq!(body["video_id"], video_id.as_str());
+
+    assert_problem(
+        app.get(&path, Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+    assert_problem(
+        app.delete(&path, Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+    assert_problem(
+        app.delete("/api/videos/nope", Some(&owner.token)).await,
+        404,
+        "video_not_found",
+    )
+    .await;
+    // The stored original is gone too.
+    let gone = app.client.get(original_url).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn published_videos_cannot_be_deleted_and_private_ones_can_be_published() {
+    let app = TestApp::spawn().await;
+    let (owner, published) = app.published_video().await;
+    let path = format!("/api/videos/{published}");
+    assert_problem(
+        app.delete(&path, Some(&owner.token)).await,
+        400,
+        "video_published",
+    )
+    .await;
+
+    let private = app.uploaded_video(&owner, false).await;
+    app.process(&private).await;
+    let public: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !public.iter().any(|v| v["video_id"] == private.as_str()),
+        "private stays unlisted"
+    );
+
+    let stranger = app.player().await;
+    let publish = format!("/api/videos/{private}/publish");
+    assert_problem(
+        app.post_json(&publish, Some(&stranger.token), &Value::Null)
+            .await,
+        403,
+        "not_owner",
+    )
+    .await;
+    let response = app
+        .post_json(&publish, Some(&owner.token), &Value::Null)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let detail: Value = response.json().await.unwrap();
+    assert_eq!(detail["published"], true);
+    let public: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(public.iter().any(|v| v["video_id"] == private.as_str()));
+}
+
+#[tokio::test]
+async fn main_flow_on_postgres_and_s3() {
+    let app = TestApp::builder()
+        .backend(Backend::PostgresS3)
+        .spawn()
+        .await;
+    let owner = app.player_in("São Paulo").await;
+    let bytes = fixtures::mp4(fixtures::VALID_PORTRAIT).await;
+    let response = app
+        .upload(
+            Some(&owner.token),
+            bytes.clone(),
+            "Clavada de campeonato",
+            None,
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let video_id = response.json::<Value>().await.unwrap()["video_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.state.queue.stats().await.unwrap().ready, 1);
+
+    // The original is on S3, reachable through a presigned URL.
+    let detail: Value = app
+        .get(&format!("/api/videos/{video_id}"), Some(&owner.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let presigned = detail["original_url"].as_str().unwrap();
+    assert!(
+        presigned.starts_with("http") && presigned.contains("X-Amz-Signature"),
+        "{presigned}"
+    );
+    let original = reqwest::get(presigned).await.unwrap();
+    assert_eq!(original.status(), StatusCode::OK);
+    assert_eq!(original.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // Rejected uploads leave nothing behind.
+    let short = fixtures::mp4(fixtures::TOO_SHORT).await;
+    assert_problem(
+        app.upload(Some(&owner.token), short, "Muy corto este", None)
+            .await,
+        400,
+        "duration_out_of_range",
+    )
+    .await;
+    let list: Vec<Value> = app
+        .get("/api/videos", Some(&owner.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+
+    app.process(&video_id).await;
+    let voter = app.player_in("Cali").await;
+    assert_eq!(
+        app.vote(Some(&voter.token), &video_id).await.status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        app.vote(Some(&voter.token), &video_id).await,
+        400,
+        "already_voted",
+    )
+    .await;
+
+    let rankings: Vec<Value> = app
+        .get("/api/public/rankings?city=SAO%20PAULO", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rankings.len(), 1);
+    assert_eq!(rankings[0]["player_id"], owner.user_id.as_str());
+    assert_eq!(rankings[0]["votes"], 1);
+
+    let public: Vec<Value> = app
+        .get("/api/public/videos", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(public[0]["video_id"], video_id.as_str());
+    assert!(
+        public[0]["processed_url"]
+            .as_str()
+            .unwrap()
+            .contains("X-Amz-Signature")
+    );
+
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    app.stop().await;
+}

@@ -1,0 +1,332 @@
+//! The transcode job (SPEC §5): what the worker does with each upload the API enqueues.
+//!
+//! The video row is the source of truth: a job for a video that was deleted, or that is already
+//! processed with its output present, is acknowledged without work, so redelivery is harmless.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anb_core::db::{Database, DbError, ProcessedOutputs};
+use anb_core::domain::{FailureReason, VideoId, VideoStatus};
+use anb_core::jobs::TranscodeVideo;
+use anb_core::storage::{ObjectKey, Storage, StorageError, VideoKeys};
+use anb_queue::{JobContext, JobError};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::{TranscodeError, TranscodeOptions, transcode};
+
+/// How often a running transcode checks that its video still exists.
+const DELETION_POLL: Duration = Duration::from_secs(3);
+
+/// Everything a transcode job needs; cheap to clone into each job.
+#[derive(Debug, Clone)]
+pub struct TranscodeJobs {
+    db: Database,
+    storage: Storage,
+    options: Arc<TranscodeOptions>,
+}
+
+/// How a job ended, for the log and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The showcase video and thumbnail were written and the video marked processed.
+    Processed,
+    /// The upload breaks the rules; the video was marked failed with this reason.
+    Rejected(String),
+    /// Nothing to do: the video is gone, already processed or already failed.
+    Skipped(&'static str),
+    /// The video was deleted while it was being processed; its outputs were removed.
+    DeletedMidway,
+}
+
+impl TranscodeJobs {
+    pub fn new(db: Database, storage: Storage, options: TranscodeOptions) -> Self {
+        Self {
+            db,
+            storage,
+            options: Arc::new(options),
+        }
+    }
+
+    /// The queue handler: maps the outcome to the queue's retry rules. Failures of storage or the
+    /// database are retried; on the last attempt the video is marked failed before the job is
+    /// dead-lettered, so the player sees a reason instead of a video stuck in `processing`.
+    pub async fn handle(&self, job: TranscodeVideo, ctx: JobContext) -> Result<(), JobError> {
+        let span =
+            tracing::info_span!("transcode", video_id = %job.video_id, attempt = ctx.attempt());
+        async {
+            match self.process(&job, Some(&ctx)).await {
+                Ok(outcome) => {
+                    tracing::info!(?outcome, "transcode job done");
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "transcode attempt failed");
+                    if ctx.is_last_attempt() {
+                        let reason = FailureReason::new(format!(
+                            "processing failed after {} attempts",
+                            ctx.attempt()
+                        ));
+                        if let Err(mark) = self.db.mark_failed(job.video_id, &reason).await {
+                            tracing::warn!(error = %mark, "could not mark the video failed");
+                        }
+                    }
+                    Err(JobError::retryable(error))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs one job. `ctx` (absent in tests that drive this directly) receives progress and
+    /// lease renewals and signals shutdown.
+    pub async fn process(
+        &self,
+        job: &TranscodeVideo,
+        ctx: Option<&JobContext>,
+    ) -> Result<Outcome, ProcessError> {
+        let id = job.video_id;
+        let keys = VideoKeys::new(id.into());
+        let Some(video) = self.db.find_video(id).await? else {
+            return Ok(Outcome::Skipped("the video was deleted"));
+        };
+        match video.status {
+            VideoStatus::Processed => {
+                if self.storage.exists(&keys.processed()).await? {
+                    return Ok(Outcome::Skipped("already processed"));
+                }
+            }
+            VideoStatus::Failed => return Ok(Outcome::Skipped("already failed")),
+            VideoStatus::Uploaded | VideoStatus::Processing => {}
+        }
+        match self.db.start_processing(id).await {
+            Ok(_) => {}
+            Err(DbError::VideoNotFound) => return Ok(Outcome::Skipped("the video was deleted")),
+            Err(DbError::IllegalTransition(_)) => {
+                return Ok(Outcome::Skipped("the video left processing"));
+            }
+            Err(other) => return Err(other.into()),
+        }
+
+        let work = tempfile::Builder::new()
+            .prefix("anb-transcode-")
+            .tempdir()?;
+        let input = work.path().join("original");
+        let output = work.path().join("processed.mp4");
+        let thumbnail = work.path().join("thumbnail.jpg");
+        let original = ObjectKey::parse(job.original_key.as_str())?;
+        match self.storage.download_to_file(&original, &input).await {
+            Ok(_) => {}
+            Err(StorageError::NotFound { .. }) if self.db.find_video(id).await?.is_none() => {
+                return Ok(Outcome::Skipped("the video was deleted"));
+            }
+            Err(error) => return Err(error.into()),
+        }
+
+        match self.encode(id, &input, &output, &thumbnail, ctx).await? {
+            Ok(_report) => {}
+            Err(TranscodeError::Cancelled) => {
+                return if self.db.find_video(id).await?.is_none() {
+                    Ok(Outcome::DeletedMidway)
+                } else {
+                    Err(ProcessError::ShuttingDown)
+                };
+            }
+            Err(error) if error.is_permanent() => {
+                let reason = FailureReason::new(error.to_string());
+                return match self.db.mark_failed(id, &reason).await {
+                    Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
+                    Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
+                    Err(other) => Err(other.into()),
+                };
+            }
+            Err(error) => return Err(ProcessError::Transcode(error)),
+        }
+
+        self.storage.upload_file(&keys.processed(), &output).await?;
+        self.storage
+            .upload_file(&keys.thumbnail(), &thumbnail)
+            .await?;
+        let outputs = ProcessedOutputs {
+            processed_key: keys.processed().as_str().to_owned(),
+            thumbnail_key: keys.thumbnail().as_str().to_owned(),
+        };
+        match self.db.mark_processed(id, &outputs).await {
+            Ok(_) => Ok(Outcome::Processed),
+            Err(DbError::VideoNotFound) => {
+                // Deleted while the outputs were being written: take them away again so
+                // nothing outlives the video.
+                self.storage.delete(&keys.processed()).await?;
+                self.storage.delete(&keys.thumbnail()).await?;
+                Ok(Outcome::DeletedMidway)
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Runs the CPU-bound transcode on a blocking thread while this task records progress,
+    /// renews the lease and watches for deletion or shutdown, raising the cancel flag for either.
+    async fn encode(
+        &self,
+        id: VideoId,
+        input: &Path,
+        output: &Path,
+        thumbnail: &Path,
+        ctx: Option<&JobContext>,
+    ) -> Result<Result<crate::TranscodeReport, TranscodeError>, ProcessError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (progress_tx, mut progress_rx) = watch::channel(0u8);
+        let span = tracing::Span::current();
+        let encoding = tokio::task::spawn_blocking({
+            let (input, output, thumbnail) =
+                (input.to_owned(), output.to_owned(), thumbnail.to_owned());
+            let options = Arc::clone(&self.options);
+            let cancel = Arc::clone(&cancel);
+            move || {
+                let _entered = span.enter();
+                transcode(
+                    &input,
+                    &output,
+                    Some(&thumbnail),
+                    &options,
+                    |percent| {
+                        progress_tx.send_if_modified(|last| {
+                            let changed = percent != *last;
+                            *last = percent;
+                            changed
+                        });
+                    },
+                    &cancel,
+                )
+            }
+        });
+        tokio::pin!(encoding);
+
+        let mut poll = tokio::time::interval(DELETION_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recorded = 0u8;
+        loop {
+            tokio::select! {
+                finished = &mut encoding => {
+                    return finished.map_err(|join| ProcessError::Panicked(join.to_string()));
+                }
+                changed = progress_rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let percent = *progress_rx.borrow_and_update();
+                    // Every 5 % is plenty for a progress bar and spares the database.
+                    if percent >= recorded.saturating_add(5) || percent == 100 {
+                        recorded = percent;
+                        if let Err(error) = self.db.update_progress(id, percent).await {
+                            tracing::debug!(%error, "progress not recorded");
+                        }
+                        if let Some(ctx) = ctx && let Err(error) = ctx.report_progress(percent).await {
+                            tracing::debug!(%error, "progress not reported to the queue");
+                        }
+                    }
+                }
+                _ = poll.tick() => {
+                    if matches!(self.db.find_video(id).await, Ok(None)) {
+                        tracing::info!("video deleted while processing: cancelling");
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                () = async { match ctx { Some(ctx) => ctx.shutdown_requested().await, None => std::future::pending().await } } => {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A failure that retrying may fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("database: {0}")]
+    Database(#[from] DbError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("work directory: {0}")]
+    WorkDir(#[from] std::io::Error),
+    #[error("transcoding: {0}")]
+    Transcode(TranscodeError),
+    #[error("the transcode thread panicked: {0}")]
+    Panicked(String),
+    #[error("the worker is shutting down; the job will run again")]
+    ShuttingDown,
+}
+
+/// How the worker process runs jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs transcoded at once. One per two cores: x264 already uses every core it is given.
+    pub concurrency: usize,
+    /// How long in-flight jobs may run on after a shutdown signal before they are released.
+    pub shutdown_grace: Duration,
+    pub transcode: TranscodeOptions,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            concurrency: (cores / 2).max(1),
+            shutdown_grace: Duration::from_secs(30),
+            transcode: TranscodeOptions::default(),
+        }
+    }
+}
+
+/// Why the worker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("database: {0}")]
+    Database(#[from] DbError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("queue: {0}")]
+    Queue(#[from] anb_queue::QueueError),
+}
+
+/// Connects to the database, storage and queue the settings name.
+pub async fn connect(
+    settings: &anb_core::config::Settings,
+) -> Result<(Database, Storage, anb_queue::Queue), WorkerError> {
+    let db = Database::connect(settings.database_url.as_str()).await?;
+    let storage = Storage::from_url(
+        &settings.storage_url,
+        settings.s3_path_style,
+        settings.jwt_secret.expose(),
+    )
+    .await?;
+    let queue = anb_queue::Queue::connect(&settings.queue_url).await?;
+    Ok((db, storage, queue))
+}
+
+/// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
+/// jobs get `shutdown_grace` to finish, the rest are released for another worker.
+pub async fn run(
+    db: Database,
+    storage: Storage,
+    queue: anb_queue::Queue,
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let jobs = TranscodeJobs::new(db, storage, config.transcode);
+    tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
+    anb_queue::Worker::new(queue)
+        .name("anb-worker")
+        .concurrency(config.concurrency)
+        .shutdown_grace(config.shutdown_grace)
+        .handle(move |job: TranscodeVideo, ctx: JobContext| {
+            let jobs = jobs.clone();
+            async move { jobs.handle(job, ctx).await }
+        })
+        .run_until(shutdown)
+        .await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
