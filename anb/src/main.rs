@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the API, the worker and the web pages in this process.
+    /// Run the API and the transcoding worker in this process.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -50,7 +50,31 @@ async fn main() -> anyhow::Result<()> {
                 .migrate()
                 .await
                 .context("applying the database migrations")?;
-            anb_api::serve(listener, state, shutdown_signal()).await?;
+            // The worker runs beside the API on the same database, queue and storage, so an
+            // upload is processed with nothing else started.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let worker = tokio::spawn(anb_worker::job::run(
+                state.db.clone(),
+                state.storage.clone(),
+                state.queue.clone(),
+                anb_worker::job::WorkerConfig::default(),
+                until_stopped(stopped.clone()),
+            ));
+            let api = anb_api::serve(listener, state, until_stopped(stopped));
+            tokio::pin!(api);
+            tokio::select! {
+                served = &mut api => served?,
+                () = shutdown_signal() => {
+                    stop.send_replace(true);
+                    api.await?;
+                }
+            }
+            // The API stopped (on a signal or an error): drain the worker too.
+            stop.send_replace(true);
+            worker.await.context("the worker task panicked")??;
         }
     }
     Ok(())
