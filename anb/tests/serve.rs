@@ -1,47 +1,208 @@
-//! `anb serve` as a user runs it: a real process on a free port.
+//! `anb serve` as a user runs it: a real process on a free port, with nothing else started.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+use serde_json::{Value, json};
+
+/// An `anb serve` process on a free port and a fresh data directory, stopped with SIGTERM.
+struct Served {
+    child: Child,
+    base: String,
+    data_dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start() -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_anb"))
+            .args(["serve", "--addr", &addr, "--data-dir"])
+            .arg(data_dir.path())
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = format!("http://{addr}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reqwest::get(format!("{base}/health")).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "anb serve did not answer within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            child,
+            base,
+            data_dir,
+        }
+    }
+
+    /// SIGTERM, then the exit status must be success.
+    fn stop(mut self) {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "anb serve exited with {exit}");
+    }
 }
 
 #[tokio::test]
 async fn serve_answers_health_on_the_embedded_default() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anb"))
-        .args(["serve", "--addr", &addr, "--data-dir"])
-        .arg(data_dir.path())
-        .env_clear()
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
+    let served = Served::start().await;
+    let response = reqwest::get(format!("{}/health", served.base))
+        .await
         .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(served.data_dir.path().join("jwt-secret").exists());
+    served.stop();
+}
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        match reqwest::get(format!("http://{addr}/health")).await {
-            Ok(response) => break response.status(),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("anb serve did not answer within 30 s: {e}"),
-        }
-    };
-    assert_eq!(status, 200);
-    assert!(data_dir.path().join("jwt-secret").exists());
-
-    // SIGTERM stops it cleanly.
-    Command::new("kill")
-        .arg(child.id().to_string())
+/// A 21 s portrait 1080×1920 clip made with the `ffmpeg` tool.
+fn upload_fixture(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("clip.mp4");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=size=1080x1920:rate=30:duration=21")
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "40",
+        ])
+        .arg(&path)
         .status()
+        .expect("cannot run ffmpeg (install FFmpeg's tools)");
+    assert!(status.success());
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_processes_an_upload_with_its_in_process_worker() {
+    let served = Served::start().await;
+    let base = &served.base;
+    let http = reqwest::Client::new();
+
+    let signup = json!({
+        "first_name": "Mateo", "last_name": "Rojas", "email": "mateo@example.org",
+        "password1": "a long password", "password2": "a long password",
+        "city": "Medellín", "country": "Colombia",
+    });
+    let response = http
+        .post(format!("{base}/api/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
         .unwrap();
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "anb serve exited with {exit}");
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let login = json!({"email": "mateo@example.org", "password": "a long password"});
+    let response = http
+        .post(format!("{base}/api/auth/login"))
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let token = response.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let form = reqwest::multipart::Form::new()
+        .text("title", "Doble crossover")
+        .part(
+            "video_file",
+            reqwest::multipart::Part::bytes(upload_fixture(served.data_dir.path()))
+                .file_name("clip.mp4")
+                .mime_str("video/mp4")
+                .unwrap(),
+        );
+    let response = http
+        .post(format!("{base}/api/videos/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let video_id = response.json::<Value>().await.unwrap()["video_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The worker inside the same process picks the job up; no other service runs.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let video = loop {
+        let video: Value = http
+            .get(format!("{base}/api/videos/{video_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if video["status"] == "processed" || video["status"] == "failed" {
+            break video;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not processed within 600 s: {video}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(video["status"], "processed", "{video}");
+
+    // The processed URL is playable: an MP4 served by the API.
+    let url = video["processed_url"].as_str().unwrap();
+    let url = if url.starts_with('/') {
+        format!("{base}{url}")
+    } else {
+        url.to_owned()
+    };
+    let media = http.get(url).send().await.unwrap();
+    assert_eq!(media.status(), 200);
+    let bytes = media.bytes().await.unwrap();
+    assert_eq!(&bytes[4..8], b"ftyp", "not an MP4");
+
+    // Public by default: it is listed for voting.
+    let public: Value = http
+        .get(format!("{base}/api/public/videos"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        public
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["video_id"] == video_id.as_str()),
+        "{public}"
+    );
+    served.stop();
 }
