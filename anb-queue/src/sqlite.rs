@@ -120,6 +120,9 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
     }
 }
 
+/// Rows per multi-row insert: 5 bound values each, well under SQLite's variable limit.
+const ROWS_PER_STATEMENT: usize = 200;
+
 /// Inserts jobs on any connection, typically the caller's open transaction.
 pub(crate) async fn insert_jobs(
     conn: &mut SqliteConnection,
@@ -127,19 +130,22 @@ pub(crate) async fn insert_jobs(
 ) -> Result<Vec<JobId>, QueueError> {
     let now = now_ms();
     let mut ids = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, enqueued_at)
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(job.name)
-        .bind(&job.payload)
-        .bind(i64::from(job.max_attempts))
-        .bind(now.saturating_add(millis(job.delay)))
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
-        ids.push(JobId(id.to_string()));
+    for statement in jobs.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, enqueued_at) ",
+        );
+        insert.push_values(statement, |mut row, job| {
+            row.push_bind(job.name)
+                .push_bind(job.payload.as_str())
+                .push_bind(i64::from(job.max_attempts))
+                .push_bind(now.saturating_add(millis(job.delay)))
+                .push_bind(now);
+        });
+        insert.push(" RETURNING id");
+        let mut inserted: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+        // RETURNING's row order is unspecified; AUTOINCREMENT ids grow in VALUES order.
+        inserted.sort_unstable();
+        ids.extend(inserted.into_iter().map(|id| JobId(id.to_string())));
     }
     Ok(ids)
 }

@@ -518,7 +518,7 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestD
         // A broker cannot take part in the caller's SQL transaction: `enqueue_tx` must refuse
         // rather than enqueue outside it.
         let error = db
-            .enqueue_with_business_write(&queue, &job, true)
+            .enqueue_with_business_write(&queue, std::slice::from_ref(&job), true)
             .await
             .unwrap_err();
         assert!(
@@ -528,7 +528,7 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestD
         assert_eq!(stats(&queue).await.ready, 0, "nothing enqueued");
         return;
     }
-    db.enqueue_with_business_write(&queue, &job, false)
+    db.enqueue_with_business_write(&queue, std::slice::from_ref(&job), false)
         .await
         .unwrap();
     assert_eq!(db.business_rows().await, 0);
@@ -537,7 +537,20 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestD
         0,
         "rolled back with the business write"
     );
-    db.enqueue_with_business_write(&queue, &job, true)
+    // A bulk large enough to be split into several statements rolls back whole too.
+    let many: Vec<Echo> = (0..2000)
+        .map(|n| Echo {
+            n,
+            text: "bulk".repeat(8),
+        })
+        .collect();
+    let ids = db
+        .enqueue_with_business_write(&queue, &many, false)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(stats(&queue).await.ready, 0, "bulk rolled back whole");
+    db.enqueue_with_business_write(&queue, std::slice::from_ref(&job), true)
         .await
         .unwrap();
     assert_eq!(db.business_rows().await, 1);

@@ -190,13 +190,14 @@ impl TestDb {
             .unwrap_or_else(|error| panic!("connect to {}: {error}", self.url))
     }
 
-    /// Writes a business row and enqueues `job` in one transaction, then commits or rolls back.
+    /// Writes a business row and enqueues `jobs` in one transaction (one job through
+    /// `enqueue_tx`, more through `enqueue_bulk_tx`), then commits or rolls back.
     pub async fn enqueue_with_business_write<J: Job>(
         &self,
         queue: &Queue,
-        job: &J,
+        jobs: &[J],
         commit: bool,
-    ) -> Result<JobId, QueueError> {
+    ) -> Result<Vec<JobId>, QueueError> {
         let business_url = self.business_url();
         match self.engine {
             Engine::Postgres => {
@@ -208,13 +209,16 @@ impl TestDb {
                 sqlx::query("INSERT INTO orders DEFAULT VALUES")
                     .execute(&mut *tx)
                     .await?;
-                let id = queue.enqueue_tx(&mut *tx, job).await?;
+                let ids = match jobs {
+                    [job] => vec![queue.enqueue_tx(&mut *tx, job).await?],
+                    _ => queue.enqueue_bulk_tx(&mut *tx, jobs).await?,
+                };
                 if commit {
                     tx.commit().await?;
                 } else {
                     tx.rollback().await?;
                 }
-                Ok(id)
+                Ok(ids)
             }
             Engine::Sqlite | Engine::Redis | Engine::Sqs => {
                 let mut conn = SqliteConnection::connect(&business_url).await?;
@@ -225,13 +229,16 @@ impl TestDb {
                 sqlx::query("INSERT INTO orders DEFAULT VALUES")
                     .execute(&mut *tx)
                     .await?;
-                let id = queue.enqueue_tx(&mut *tx, job).await?;
+                let ids = match jobs {
+                    [job] => vec![queue.enqueue_tx(&mut *tx, job).await?],
+                    _ => queue.enqueue_bulk_tx(&mut *tx, jobs).await?,
+                };
                 if commit {
                     tx.commit().await?;
                 } else {
                     tx.rollback().await?;
                 }
-                Ok(id)
+                Ok(ids)
             }
         }
     }
