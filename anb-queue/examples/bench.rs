@@ -473,13 +473,31 @@ async fn bench_sqs_requests(args: &Args) -> anyhow::Result<()> {
     );
     println!(
         "SQS API requests: {sent_requests} to enqueue + {worker_requests} by the workers (receive, delete, visibility, statistics) = {total}, {:.3} per job (floor 0.3)",
-        total as f64 / done.max(1) as f64
+        total as f64 / args.jobs.max(1) as f64
     );
+    let mut by_operation = producer.requests_by_operation().unwrap_or_default();
+    for (queue, _) in &queues {
+        for (operation, count) in queue.requests_by_operation().unwrap_or_default() {
+            *by_operation.entry(operation).or_default() += count;
+        }
+    }
+    let breakdown: Vec<String> = by_operation
+        .iter()
+        .map(|(operation, count)| format!("{operation} {count}"))
+        .collect();
+    println!("by operation (setup included): {}", breakdown.join(", "));
     println!("left over: {stats:?}");
     for url in [&queue_url, &dead_letters_url] {
         let _ = client.delete_queue().queue_url(url).send().await;
     }
-    anyhow::ensure!(done == args.jobs, "not every job was handled in time");
+    if done > args.jobs {
+        // At-least-once: a message whose visibility ran out on a slow server comes again.
+        println!(
+            "{} handled twice (at-least-once redelivery)",
+            done - args.jobs
+        );
+    }
+    anyhow::ensure!(done >= args.jobs, "not every job was handled in time");
     Ok(())
 }
 

@@ -30,7 +30,7 @@
 //! - `retry` may be implemented as "make visible again after `delay`" (SQS
 //!   `ChangeMessageVisibility`) and `dead_letter` as a move to the dead-letter queue.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -184,6 +184,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// How long a worker idles between claims when no signal arrives.
     fn idle_poll_interval(&self) -> Duration;
 
+    /// For services billed per request: how many completions make a full batch, and how
+    /// long a worker may hold fewer to fill one. `None` settles whatever is at hand at once.
+    fn completion_batching(&self) -> Option<(usize, Duration)> {
+        None
+    }
+
     /// Counts jobs by state.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
@@ -193,6 +199,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// How many requests this backend has sent to a metered service (SQS bills per
     /// request), or `None` where that is not counted.
     fn requests_sent(&self) -> Option<u64> {
+        None
+    }
+
+    /// [`Backend::requests_sent`] by the service's operation name (`ReceiveMessage`, ...).
+    fn requests_by_operation(&self) -> Option<BTreeMap<String, u64>> {
         None
     }
 }

@@ -96,6 +96,12 @@ impl Queue {
         self.backend.requests_sent()
     }
 
+    /// [`Queue::requests_sent`] by operation (for SQS: `SendMessageBatch`, `ReceiveMessage`,
+    /// `DeleteMessageBatch`, ...), or `None` where requests are not counted.
+    pub fn requests_by_operation(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.backend.requests_by_operation()
+    }
+
     fn from_backend(backend: impl Backend) -> Self {
         Self {
             backend: Arc::new(backend),

@@ -573,7 +573,20 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 async fn complete_in_batches(shared: Arc<Shared>, mut completed: mpsc::UnboundedReceiver<JobId>) {
     const MAX_BATCH: usize = 1000;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let batching = shared.backend.completion_batching();
     while completed.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Some((full, linger)) = batching {
+            // Top up a partial batch for a moment; a closed channel (shutdown) ends the wait.
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() % full != 0 {
+                let missing = full - batch.len() % full;
+                let more =
+                    tokio::time::timeout_at(deadline, completed.recv_many(&mut batch, missing));
+                if !matches!(more.await, Ok(received) if received > 0) {
+                    break;
+                }
+            }
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
