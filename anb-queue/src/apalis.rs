@@ -153,8 +153,11 @@ impl<J> ApalisBackend<J> {
         Self::with_config(queue, ApalisConfig::default())
     }
 
-    /// An apalis backend with the given configuration.
-    pub fn with_config(queue: Queue, config: ApalisConfig) -> Self {
+    /// An apalis backend with the given configuration (a lease of at least 300 ms, batches
+    /// of at least one job).
+    pub fn with_config(queue: Queue, mut config: ApalisConfig) -> Self {
+        config.lease = config.lease.max(Duration::from_millis(300));
+        config.batch_size = config.batch_size.max(1);
         Self {
             queue,
             config,
