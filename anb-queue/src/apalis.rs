@@ -3,8 +3,8 @@
 //!
 //! [`ApalisBackend<J>`] implements apalis-core's [`Backend`] and [`BackendConfig`] for the jobs
 //! of type `J` in a queue, so `WorkerBuilder::new(..).backend(ApalisBackend::<J>::new(queue))`
-//! runs jobs enqueued with [`Queue::enqueue`] (or by an [`anb_queue::Worker`]'s peers) with
-//! apalis's runtime. It is also a [`TaskSink`](apalis_core::backend::TaskSink) (through
+//! runs jobs enqueued with [`Queue::enqueue`] with apalis's runtime, beside or instead of
+//! [`anb_queue::Worker`]s on the same queue. It is also a [`TaskSink`](apalis_core::backend::TaskSink) (through
 //! apalis-core's blanket implementation over [`futures::Sink`]), so apalis code can enqueue
 //! through it with `push`, `push_bulk` or `push_task`.
 //!
