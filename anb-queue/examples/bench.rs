@@ -7,7 +7,12 @@
 //! cargo run --release -p anb-queue --example bench -- --backend sqlite --jobs 20000
 //! cargo run --release -p anb-queue --example bench -- --backend redis --jobs 100000
 //! cargo run --release -p anb-queue --example bench -- --backend sqs --jobs 1000 --workers 4
+//! cargo run --release -p anb-queue --example bench -- --backend postgres --adapter --skip-apalis
 //! ```
+//!
+//! `--adapter` adds a run of an apalis worker over this crate's backend
+//! (`anb_queue::apalis::ApalisBackend`, jobs pushed through its apalis sink), to compare
+//! apalis's worker runtime with this crate's `Worker` on the same storage.
 //!
 //! Redis runs anb-queue only (under a fresh key prefix). SQS is measured in requests, not
 //! speed (an SQS-compatible test server is no speed reference): a burst of `--jobs` is
@@ -72,9 +77,12 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
-    /// Measure only anb-queue.
+    /// Measure only anb-queue (and the adapter, with `--adapter`).
     #[arg(long)]
     skip_apalis: bool,
+    /// Also run an apalis worker over anb-queue's backend (PostgreSQL, SQLite or Redis).
+    #[arg(long)]
+    adapter: bool,
     /// Server for the Redis run (a fresh key prefix is used).
     #[arg(
         long,
@@ -711,6 +719,38 @@ async fn bench_apalis_sqlite(args: &Args, tuned: bool) -> anyhow::Result<Figures
     Ok(figures)
 }
 
+/// apalis's worker over anb-queue's storage: the same steps as the published apalis backends,
+/// with `ApalisBackend` as the storage (claims of up to `--concurrency` jobs).
+async fn bench_apalis_adapter(args: &Args) -> anyhow::Result<Figures> {
+    use anb_queue::{Queue, apalis::ApalisBackend};
+
+    let scratch = Scratch::new(args).await?;
+    let queue = Queue::connect(&scratch.url).await?;
+    let tally = Tally::new();
+    let concurrency = args.concurrency;
+    let figures = bench_apalis!(
+        args,
+        tally,
+        ApalisBackend::<Noop>::new(queue.clone()).batch_size(concurrency),
+        |storage: ApalisBackend<Noop>, tally: Arc<Tally>| {
+            WorkerBuilder::new("apalis-on-anb-queue")
+                .backend(storage)
+                .data(tally)
+                .concurrency(concurrency)
+                .build(apalis_handler)
+        },
+        args.latency_jobs
+    )?;
+    let stats = queue.stats().await?;
+    anyhow::ensure!(
+        stats.ready + stats.in_flight + stats.dead == 0,
+        "jobs left over: {stats:?}"
+    );
+    drop(queue);
+    scratch.drop_database().await;
+    Ok(figures)
+}
+
 fn print_row(name: &str, figures: &Figures) {
     let latency = figures
         .latency
@@ -780,6 +820,11 @@ async fn main() -> anyhow::Result<()> {
             );
             others.push((name, figures));
         }
+    }
+
+    if args.adapter {
+        let figures = bench_apalis_adapter(&args).await?;
+        others.push(("apalis on anb-queue".to_owned(), figures));
     }
 
     println!();

@@ -74,6 +74,12 @@ pub enum QueueError {
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,
+    /// A job asked for something the queue cannot do (such as an apalis idempotency key).
+    #[error("{what} are not supported by anb-queue")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
 }
 
 /// What a job handler returns when it fails: the error and whether a retry could help.

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "apalis")]
+pub mod apalis;
 pub mod backend;
 mod error;
 mod job;
@@ -12,6 +14,8 @@ mod sqs;
 mod stats;
 mod worker;
 
+#[cfg(feature = "apalis")]
+pub use apalis::ApalisBackend;
 pub use backend::{BackendKind, DeadJob, JobId};
 pub use error::{JobError, QueueError};
 pub use job::{Job, JobContext};

@@ -559,7 +559,7 @@ async fn run_job(
     metrics::counter!("anb_queue_jobs_total", "job" => name, "outcome" => outcome).increment(1);
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_owned())
