@@ -166,7 +166,7 @@ start_api() {
     (cd "$SCRATCH" && exec env -i "${API_ENV[@]}" "$API_BIN") >"$1" 2>&1 &
     API_PID=$!
     for _ in $(seq 1 120); do
-        if curl -fsS -o /dev/null --max-time 2 "$BASE/ready"; then
+        if curl -fs -o /dev/null --max-time 2 "$BASE/ready"; then
             return 0
         fi
         if ! kill -0 "$API_PID" 2>/dev/null; then
@@ -276,6 +276,7 @@ seq 1 "$STEP" "$PLAYERS" | head -n "$VOTERS" | sed 's/.*/jugador&@carga.test/' >
 LOGIN_START="$(now)"
 login_all "$SCRATCH/voters.txt" "$SCRATCH/tokens.txt"
 LOGIN_SECONDS="$(elapsed "$LOGIN_START" "$(now)")"
+read -r LOGIN_PEAK _ < <(api_memory)
 sql -c "SELECT id FROM videos WHERE published_at IS NOT NULL AND deleted_at IS NULL ORDER BY id" \
     >"$SCRATCH/videos.txt"
 
@@ -294,9 +295,10 @@ run_wrk() {
         die "wrk failed"
     }
     sed 's/^/    /' "$SCRATCH/wrk.txt" | grep -v '^    RESULT' >&2
-    local result
+    local result peak
     result=$(grep '^RESULT ' "$SCRATCH/wrk.txt") || die "wrk printed no result"
-    RESULTS+=("$result")
+    read -r peak _ < <(api_memory)
+    RESULTS+=("$result peak_mib=$peak")
 }
 
 run_wrk "rankings: overall, page 1" rankings.lua ANB_LOAD_RANKINGS=overall
@@ -304,15 +306,18 @@ run_wrk "rankings: city filter, pages 1-5" rankings.lua ANB_LOAD_RANKINGS=city
 run_wrk "rankings: all pages, 50 a page" rankings.lua ANB_LOAD_RANKINGS=pages \
     ANB_LOAD_PAGES=$(((PLAYERS + 49) / 50))
 run_wrk "vote" vote.lua ANB_LOAD_TOKENS="$SCRATCH/tokens.txt" ANB_LOAD_VIDEOS="$SCRATCH/videos.txt"
-read -r LOAD_PEAK LOAD_RSS < <(api_memory)
 
-# Every accepted vote was stored exactly once and counted.
+# Every accepted vote was stored. wrk stops with up to one request per
+# connection still in flight: the server may store those votes too, but wrk
+# never counts their answers.
+sleep 2
 VOTED=$(sed -n 's/.* s2xx=\([0-9]*\) .*/\1/p' <<<"${RESULTS[-1]}")
 VOTES_AFTER=$(sql -c "SELECT count(*) FROM votes")
-[[ "$VOTES_AFTER" == $((VOTES + VOTED)) ]] ||
+UNCOUNTED=$((VOTES_AFTER - VOTES - VOTED))
+((UNCOUNTED >= 0 && UNCOUNTED <= CONNECTIONS)) ||
     die "$VOTED votes accepted, but the votes table grew from $VOTES to $VOTES_AFTER"
 check_aggregate "after the vote run"
-say "votes: $VOTED accepted, all stored once; aggregate consistent"
+say "votes: $VOTED accepted and stored (and $UNCOUNTED in flight when wrk stopped); aggregate consistent"
 
 # --- uploads -------------------------------------------------------------------------------
 
@@ -407,19 +412,20 @@ fi
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 echo
 echo "ANB API load benchmark on 127.0.0.1 ($(nproc) cores; load average $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end)"
-echo "seed: $PLAYERS players, $VIDEOS published videos, $VOTES votes in $SEED_SECONDS s; $VOTERS logins in $LOGIN_SECONDS s"
+echo "seed: $PLAYERS players, $VIDEOS published videos, $VOTES votes in $SEED_SECONDS s"
+echo "logins: $VOTERS, four at a time, in $LOGIN_SECONDS s; API peak memory (VmHWM) after them: $LOGIN_PEAK MiB"
 echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION s a run; RUST_LOG=$LOG_FILTER"
 echo
-printf '%-36s %9s %8s %8s %8s %8s %8s %6s %6s\n' run req/s p50_ms p95_ms p99_ms 2xx 4xx 5xx errors
+printf '%-36s %9s %8s %8s %8s %8s %8s %6s %6s %9s\n' run req/s p50_ms p95_ms p99_ms 2xx 4xx 5xx errors peak_MiB
 for result in "${RESULTS[@]}"; do
     name=$(sed -n 's/^RESULT name=\(.*\) requests=.*/\1/p' <<<"$result")
-    printf '%-36s %9s %8s %8s %8s %8s %8s %6s %6s\n' "$name" \
+    printf '%-36s %9s %8s %8s %8s %8s %8s %6s %6s %9s\n' "$name" \
         "$(field rps "$result")" "$(field p50_ms "$result")" "$(field p95_ms "$result")" \
         "$(field p99_ms "$result")" "$(field s2xx "$result")" "$(field s4xx "$result")" \
-        "$(field s5xx "$result")" "$(field socket_errors "$result")"
+        "$(field s5xx "$result")" "$(field socket_errors "$result")" "$(field peak_mib "$result")"
 done
-echo "(vote 4xx: the seed had already cast that vote, or the video is the voter's own)"
-echo "API peak memory (VmHWM) over the wrk runs: $LOAD_PEAK MiB"
+echo "(vote 4xx: the seed had already cast that vote, or the video is the voter's own;"
+echo " peak_MiB: the API's VmHWM since it started, read after the run)"
 echo
 echo "$UPLOADS concurrent uploads of $VIDEO_MIB MiB ($VIDEO_BYTES bytes, ${VIDEO_SECONDS%%.*} s, 1920x1080), all accepted:"
 printf '%-42s %12s %12s %12s %10s\n' setup "peak before" "peak after" "RSS after" "elapsed"
