@@ -12,9 +12,10 @@
 #      page; a city filter over eight cities and five pages; every page of
 #      the overall ranking at 50 a page) and on POST
 #      /api/public/videos/{id}/vote (each request a (voter, video) pair not
-#      used before in the run); prints requests/s, p50, p95 and p99 latency
-#      and the responses by status class; then checks the aggregate again and
-#      that every 2xx vote was stored once;
+#      used before in the run); prints requests/s, p50, p95 and p99 latency,
+#      the responses by status class and the API's peak memory (VmHWM) after
+#      the logins and after each run; then checks the aggregate again and
+#      that every 2xx vote was stored;
 #   4. restarts the API and sends UPLOADS concurrent uploads of one valid MP4
 #      just under the 100 MiB limit (1920x1080, generated with ffmpeg), each
 #      from a different player; checks every one was accepted and prints the
