@@ -6,6 +6,7 @@
 //! While the queue is unreachable the relay keeps the jobs and retries with backoff, so a job
 //! whose transaction committed is never lost. Delivery stays at-least-once: if the queue
 //! accepted a batch but deleting it from the outbox failed, the batch is published again.
+//! A publish is bounded to 30 s; after a failed one the relay opens the queue afresh.
 //!
 //! ```no_run
 //! # use serde::{Deserialize, Serialize};
@@ -103,6 +104,12 @@ const SETUP_LOCK_KEY: i64 = 0x616e_625f_6f75_7462; // "anb_outb"
 /// How long a relay holds the batch it claimed: longer than a publish can take, so that
 /// only a relay that died leaves its batch to another.
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
+
+/// The longest a publish may take (half the claim) before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest opening the queue may take before the relay tries again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait after a failed publish; it doubles up to [`Relay::max_backoff`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -223,8 +230,10 @@ impl Outbox {
         Ok(u64::try_from(pending).unwrap_or(0))
     }
 
-    /// A relay publishing this outbox to the queue that `connect` opens (called again
-    /// until it succeeds, so the relay can start while the queue is down).
+    /// A relay publishing this outbox to the queue that `connect` opens: called again until
+    /// it succeeds (each call bounded to 10 s), so the relay can start while the queue is
+    /// down, and again after a publish fails or takes over 30 s, so a client stuck in its own
+    /// reconnection schedule is replaced by a fresh one.
     pub fn relay<C, Fut>(&self, connect: C) -> Relay<C>
     where
         C: FnMut() -> Fut,
@@ -290,14 +299,27 @@ where
                 listener.ensure(pool).await;
             }
             let outcome = match &queue {
-                None => match (self.connect)().await {
-                    Ok(connected) => {
+                None => match tokio::time::timeout(CONNECT_TIMEOUT, (self.connect)()).await {
+                    Ok(Ok(connected)) => {
                         queue = Some(connected);
                         continue;
                     }
-                    Err(error) => Err(error),
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Err(QueueError::Timeout {
+                        operation: "connecting to the queue",
+                        after: CONNECT_TIMEOUT,
+                    }),
                 },
-                Some(queue) => self.publish_batch(queue, woken).await,
+                Some(connected) => match self.publish_batch(connected, woken).await {
+                    Ok(published) => Ok(published),
+                    Err(Failure::Outbox(error)) => Err(error),
+                    Err(Failure::Queue(error)) => {
+                        // Open the queue afresh next time: a client may stay stuck in its
+                        // own reconnection schedule long after the broker is back.
+                        queue = None;
+                        Err(error)
+                    }
+                },
             };
             woken = false;
             let wait = match outcome {
@@ -329,15 +351,22 @@ where
     /// Claims up to one batch of unpublished jobs, publishes it, and deletes it from the
     /// outbox; on failure gives the batch back with the error. Returns how many were
     /// published.
-    async fn publish_batch(&self, queue: &Queue, woken: bool) -> Result<u64, QueueError> {
+    async fn publish_batch(&self, queue: &Queue, woken: bool) -> Result<u64, Failure> {
         let now = now_ms();
-        if !woken && !self.store.any_claimable(now).await? {
+        if !woken
+            && !self
+                .store
+                .any_claimable(now)
+                .await
+                .map_err(Failure::Outbox)?
+        {
             return Ok(0);
         }
         let mut entries = self
             .store
             .claim(now, now.saturating_add(millis(CLAIM_LEASE)), self.batch)
-            .await?;
+            .await
+            .map_err(Failure::Outbox)?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -352,13 +381,20 @@ where
                 delay: Duration::from_millis(u64::try_from(entry.not_before_ms - now).unwrap_or(0)),
             })
             .collect();
-        match queue.backend().enqueue(&jobs).await {
+        // Bounded well within the claim, so no other relay takes the batch meanwhile.
+        let published = tokio::time::timeout(PUBLISH_TIMEOUT, queue.backend().enqueue(&jobs))
+            .await
+            .unwrap_or(Err(QueueError::Timeout {
+                operation: "publishing to the queue",
+                after: PUBLISH_TIMEOUT,
+            }));
+        match published {
             Ok(_) => {
                 if let Err(error) = self.store.delete(&ids).await {
                     // Published, but still in the outbox: published again once the claim
                     // runs out (at-least-once).
                     tracing::warn!(%error, jobs = ids.len(), "published jobs could not be removed from the outbox; they will be published again");
-                    return Err(error);
+                    return Err(Failure::Outbox(error));
                 }
                 metrics::counter!("anb_queue_outbox_published_total").increment(ids.len() as u64);
                 Ok(ids.len() as u64)
@@ -366,10 +402,17 @@ where
             Err(error) => {
                 // If this fails too, the claim runs out and the batch is retried then.
                 let _ = self.store.release(&ids, &error.to_string()).await;
-                Err(error)
+                Err(Failure::Queue(error))
             }
         }
     }
+}
+
+/// Why a publish failed: the outbox's database, or the queue (which is then opened again).
+#[derive(Debug)]
+enum Failure {
+    Outbox(QueueError),
+    Queue(QueueError),
 }
 
 /// The outbox's database, with the little SQL that differs between engines.
