@@ -11,6 +11,7 @@ pub mod error;
 pub mod media_check;
 pub mod observability;
 pub mod rate_limit;
+mod relay;
 pub mod routes;
 pub mod security;
 pub mod settings;
@@ -18,7 +19,7 @@ pub mod state;
 pub mod upload;
 
 pub use settings::ApiSettings;
-pub use state::{AppState, StartupError};
+pub use state::{AppState, JobDelivery, StartupError};
 
 /// Title of the OpenAPI document.
 pub const API_TITLE: &str = "ANB Rising Stars Showcase API";
@@ -75,7 +76,9 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
 }
 
 /// Serves the application on an already bound listener until `shutdown`
-/// resolves, then lets in-flight requests finish (up to 10 s).
+/// resolves, then lets in-flight requests finish (up to 10 s). When uploads
+/// write their jobs into the outbox, the outbox relay runs beside the server
+/// and stops after it, so the jobs of the last requests are published too.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -83,7 +86,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     tracing::info!(addr = ?acceptor.local_addr(), "API listening");
-    Server::new_with_acceptor(acceptor)
+    let relay = relay::spawn(&state);
+    let served = Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown, Some(GRACE_PERIOD))
-        .await
+        .await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    served
 }

@@ -9,7 +9,7 @@ use anb_core::config::Settings;
 use anb_core::db::{Database, DbError};
 use anb_core::domain::UserId;
 use anb_core::storage::{ObjectKey, Storage, StorageError};
-use anb_queue::{Queue, QueueError};
+use anb_queue::{Outbox, Queue, QueueError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::ApiError;
@@ -43,12 +43,25 @@ pub struct AppStateInner {
     pub db: Database,
     pub storage: Storage,
     pub queue: Queue,
-    /// Whether the queue lives in the application's database, so a job can
-    /// be enqueued in the same transaction as the row it is about.
-    pub queue_shares_database: bool,
+    /// How a job reaches `queue` from the transaction of the row it is about.
+    pub delivery: JobDelivery,
     pub tokens: TokenKeys,
     pub limiters: RateLimiters,
     pub metrics: PrometheusHandle,
+}
+
+/// How a job reaches the queue from the transaction that writes the row it
+/// is about: either way it commits or rolls back with that row.
+#[derive(Debug, Clone)]
+pub enum JobDelivery {
+    /// The queue lives in the application's database: the job is enqueued
+    /// in the transaction itself.
+    SameDatabase,
+    /// The queue is elsewhere (SQS, Redis, another database): the job is
+    /// written into this outbox in the transaction, and the relay that
+    /// [`serve`](crate::serve) runs publishes it, retrying while the queue is
+    /// unreachable.
+    Outbox(Outbox),
 }
 
 impl Deref for AppState {
@@ -62,8 +75,10 @@ impl Deref for AppState {
 impl AppState {
     /// Opens the database, storage and queue the settings name. When the
     /// queue URL is the database URL the queue shares the database's pool, so
-    /// uploads enqueue their job in the transaction that records the video.
-    /// Does not apply migrations: see [`AppState::migrate`].
+    /// uploads enqueue their job in the transaction that records the video;
+    /// otherwise they write it into the outbox (created here if missing) in
+    /// that transaction. Sets up the queue's and the outbox's tables, but does
+    /// not apply the application's migrations: see [`AppState::migrate`].
     pub async fn connect(settings: Settings, api: ApiSettings) -> Result<Self, StartupError> {
         let db = Database::connect(settings.database_url.as_str()).await?;
         let storage = Storage::from_url(
@@ -73,24 +88,34 @@ impl AppState {
         )
         .await?;
         let shares = settings.queue_url == settings.database_url.as_str();
-        let queue = match (&db, shares) {
-            (Database::Postgres(pool), true) => Queue::from_postgres_pool(pool.clone()).await?,
-            (Database::Sqlite(pool), true) => Queue::from_sqlite_pool(pool.clone()).await?,
-            (_, false) => Queue::connect(&settings.queue_url).await?,
+        let (queue, delivery) = match (&db, shares) {
+            (Database::Postgres(pool), true) => (
+                Queue::from_postgres_pool(pool.clone()).await?,
+                JobDelivery::SameDatabase,
+            ),
+            (Database::Sqlite(pool), true) => (
+                Queue::from_sqlite_pool(pool.clone()).await?,
+                JobDelivery::SameDatabase,
+            ),
+            (_, false) => (
+                Queue::connect(&settings.queue_url).await?,
+                JobDelivery::Outbox(db.outbox().await?),
+            ),
         };
-        Ok(Self::new(settings, api, db, storage, queue, shares))
+        Ok(Self::new(settings, api, db, storage, queue, delivery))
     }
 
     /// Assembles the state from already opened connections.
-    /// `queue_shares_database` must be true only if `queue` runs on `db`'s
-    /// own database.
+    /// [`JobDelivery::SameDatabase`] is right only if `queue` runs on `db`'s
+    /// own database; otherwise pass `db`'s outbox ([`Database::outbox`]), whose
+    /// relay publishes to the queue at `settings.queue_url`.
     pub fn new(
         settings: Settings,
         api: ApiSettings,
         db: Database,
         storage: Storage,
         queue: Queue,
-        queue_shares_database: bool,
+        delivery: JobDelivery,
     ) -> Self {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
@@ -101,12 +126,12 @@ impl AppState {
             db,
             storage,
             queue,
-            queue_shares_database,
+            delivery,
         }))
     }
 
-    /// Applies the database migrations (the queue sets up its own tables
-    /// when it connects).
+    /// Applies the database migrations (the queue and the outbox set up
+    /// their own tables when the state connects).
     pub async fn migrate(&self) -> Result<(), DbError> {
         self.db.migrate().await
     }

@@ -71,6 +71,14 @@ pub enum QueueError {
         /// The queue's backend.
         backend: &'static str,
     },
+    /// The queue did not answer in time.
+    #[error("{operation} took longer than {after:?}")]
+    Timeout {
+        /// What was attempted.
+        operation: &'static str,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

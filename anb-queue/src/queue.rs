@@ -8,6 +8,7 @@ use crate::{
     backend::{Backend, BackendKind, DeadJob, JobId, NewJob, SharedBackend},
     error::QueueError,
     job::Job,
+    outbox,
     postgres::{self, PostgresBackend},
     redis,
     sqlite::{self, SqliteBackend},
@@ -240,8 +241,9 @@ mod sealed {
     impl Sealed for sqlx::SqliteConnection {}
 }
 
-/// A database connection a job can be enqueued on: [`PgConnection`] or [`SqliteConnection`]
-/// (pass `&mut *tx` for a transaction).
+/// A database connection a job can be enqueued on, in a queue's table or in an
+/// [`Outbox`](crate::Outbox): [`PgConnection`] or [`SqliteConnection`] (pass `&mut *tx` for a
+/// transaction).
 pub trait TransactionalConnection: sealed::Sealed + Send {
     /// The engine this connection talks to.
     const KIND: BackendKind;
@@ -251,6 +253,12 @@ pub trait TransactionalConnection: sealed::Sealed + Send {
         &mut self,
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send;
+
+    #[doc(hidden)]
+    fn insert_outbox(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<i64, QueueError>> + Send;
 }
 
 impl TransactionalConnection for PgConnection {
@@ -262,6 +270,13 @@ impl TransactionalConnection for PgConnection {
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
         postgres::insert_jobs(self, jobs)
     }
+
+    fn insert_outbox(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<i64, QueueError>> + Send {
+        outbox::insert_postgres(self, job)
+    }
 }
 
 impl TransactionalConnection for SqliteConnection {
@@ -272,6 +287,13 @@ impl TransactionalConnection for SqliteConnection {
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
         sqlite::insert_jobs(self, jobs)
+    }
+
+    fn insert_outbox(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<i64, QueueError>> + Send {
+        outbox::insert_sqlite(self, job)
     }
 }
 

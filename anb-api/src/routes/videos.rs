@@ -1,6 +1,6 @@
 //! A player's own videos: upload, list, detail, delete, publish.
 
-use anb_core::db::{NewVideo, Transaction, Video};
+use anb_core::db::{NewVideo, Video};
 use anb_core::domain::{VideoId, VideoStatus, VideoTitle};
 use anb_core::jobs::TranscodeVideo;
 use anb_core::storage::{ObjectKey, VideoKeys};
@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorCode, problems};
 use crate::media_check::{MediaRejection, check_mp4};
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
-use crate::state::AppState;
+use crate::state::{AppState, JobDelivery};
 use crate::upload::UploadRequest;
 
 /// The caller's videos.
@@ -362,35 +362,22 @@ async fn upload_video(
     }
 }
 
-/// Inserts the video row and its job; with a queue in the same database,
-/// in one transaction.
+/// Inserts the video row and its job in one transaction: the job goes to the
+/// queue directly when the queue shares the database, else into the outbox,
+/// whose relay publishes it once committed (even if the queue is down now).
 async fn record_and_enqueue(
     state: &AppState,
     video: &NewVideo,
     job: &TranscodeVideo,
 ) -> Result<String, ApiError> {
-    if !state.queue_shares_database {
-        // The queue is elsewhere: commit the row, then enqueue. A failure to
-        // enqueue removes the row again so the upload fails as a whole.
-        state.db.insert_video(video).await?;
-        return match state.queue.enqueue(job).await {
-            Ok(id) => Ok(id.to_string()),
-            Err(e) => {
-                if let Ok(deleted) = state.db.delete_video(video.owner_id, video.id).await {
-                    let _ = state.db.purge_video(deleted.id).await;
-                }
-                Err(e.into())
-            }
-        };
-    }
     let mut tx = state.db.begin().await?;
     tx.insert_video(video).await?;
-    let task_id = match &mut tx {
-        Transaction::Postgres(conn) => state.queue.enqueue_tx(&mut **conn, job).await?,
-        Transaction::Sqlite(conn) => state.queue.enqueue_tx(&mut **conn, job).await?,
+    let task_id = match &state.delivery {
+        JobDelivery::SameDatabase => tx.enqueue(&state.queue, job).await?.to_string(),
+        JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, job).await?.to_string(),
     };
     tx.commit().await?;
-    Ok(task_id.to_string())
+    Ok(task_id)
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anb_api::settings::{RateLimits, UploadLimits};
-use anb_api::{ApiSettings, AppState};
+use anb_api::{ApiSettings, AppState, JobDelivery};
 use anb_core::config::Settings;
 use anb_core::db::Database;
 use anb_core::storage::{S3Storage, Storage};
@@ -14,6 +14,8 @@ use reqwest::multipart::{Form, Part};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+
+use crate::broker::{Broker, TestBroker};
 
 /// Which services back the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +53,17 @@ pub struct TestAppBuilder {
     rate_limits: RateLimits,
     upload: UploadLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
+    broker: Option<Broker>,
 }
 
 impl TestAppBuilder {
+    /// Puts the queue on a fresh queue of `broker` instead of the database:
+    /// uploads then go through the outbox and its relay.
+    pub fn broker(mut self, broker: Broker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
@@ -87,12 +97,19 @@ impl TestAppBuilder {
                 format!("s3://{}", unique_name("anb-api-test-")),
             ),
         };
-        let vars: HashMap<&str, String> = HashMap::from([
+        let broker = match self.broker {
+            Some(kind) => Some(TestBroker::start(kind).await),
+            None => None,
+        };
+        let mut vars: HashMap<&str, String> = HashMap::from([
             ("ANB_DATABASE_URL", database_url.clone()),
             ("ANB_STORAGE_URL", storage_url),
             ("ANB_JWT_SECRET", JWT_SECRET.to_owned()),
             ("ANB_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ]);
+        if let Some(broker) = &broker {
+            vars.insert("ANB_QUEUE_URL", broker.app_url());
+        }
         let settings = Settings::from_lookup(|var| vars.get(var).cloned()).unwrap();
         let api = ApiSettings {
             rate_limits: self.rate_limits,
@@ -112,11 +129,22 @@ impl TestAppBuilder {
                     .unwrap()
             }
         };
-        let queue = match &db {
-            Database::Postgres(pool) => Queue::from_postgres_pool(pool.clone()).await.unwrap(),
-            Database::Sqlite(pool) => Queue::from_sqlite_pool(pool.clone()).await.unwrap(),
+        let (queue, delivery) = match &broker {
+            None => {
+                let queue = match &db {
+                    Database::Postgres(pool) => {
+                        Queue::from_postgres_pool(pool.clone()).await.unwrap()
+                    }
+                    Database::Sqlite(pool) => Queue::from_sqlite_pool(pool.clone()).await.unwrap(),
+                };
+                (queue, JobDelivery::SameDatabase)
+            }
+            Some(broker) => (
+                broker.app_queue().await,
+                JobDelivery::Outbox(db.outbox().await.unwrap()),
+            ),
         };
-        let state = AppState::new(settings, api, db, storage, queue, true);
+        let state = AppState::new(settings, api, db, storage, queue, delivery);
         state.migrate().await.unwrap();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -139,6 +167,7 @@ impl TestAppBuilder {
             state,
             stop: Some(stop),
             server: Some(server),
+            broker,
             _dir: dir,
         }
     }
@@ -194,6 +223,8 @@ pub struct TestApp {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The broker holding the queue, when not the database.
+    pub broker: Option<TestBroker>,
     _dir: tempfile::TempDir,
 }
 
@@ -220,6 +251,7 @@ impl TestApp {
             rate_limits: RateLimits::unlimited(),
             upload: UploadLimits::default(),
             trusted_proxies: Vec::new(),
+            broker: None,
         }
     }
 
@@ -227,13 +259,17 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
-    /// Stops the server and waits until it has stopped.
+    /// Stops the server (and the outbox relay) and waits until it has
+    /// stopped; removes the broker's queue.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.unwrap();
+        }
+        if let Some(broker) = self.broker.take() {
+            broker.cleanup().await;
         }
     }
 

@@ -16,7 +16,7 @@ use crate::harness::{Player, TestApp, assert_problem};
 
 /// Nothing from rejected uploads: no video listed, no job queued, no file
 /// in storage.
-async fn assert_nothing_left(app: &TestApp, player: &Player) {
+pub async fn assert_nothing_left(app: &TestApp, player: &Player) {
     let list: Vec<Value> = app
         .get("/api/videos", Some(&player.token))
         .await

@@ -4,8 +4,8 @@
 //! operation exists on both: on a `Database` it runs on its own (a write in
 //! its own transaction), on a `Transaction` it joins the caller's, so a caller
 //! can commit several steps at once — e.g. a video row and the job that will
-//! process it, enqueued through the same transaction (the variants are public
-//! for that).
+//! process it, enqueued through the same transaction, directly or through the
+//! outbox when the queue is a broker (the variants are public for that).
 //!
 //! Both engines run the same SQL: it sticks to what they share (`$n`
 //! parameters, `ON CONFLICT`, `RETURNING`, partial indexes), and the schema
@@ -243,6 +243,17 @@ impl Database {
         })
     }
 
+    /// The transactional outbox in this database, its table (`anb_queue_outbox`) created
+    /// if missing: for a queue that lives elsewhere (SQS, Redis), jobs are written there in
+    /// the caller's transaction ([`Transaction::enqueue_via_outbox`]) and a relay publishes
+    /// them ([`anb_queue::Outbox::relay`]).
+    pub async fn outbox(&self) -> Result<anb_queue::Outbox, anb_queue::QueueError> {
+        match self {
+            Self::Postgres(pool) => anb_queue::Outbox::setup(pool.clone()).await,
+            Self::Sqlite(pool) => anb_queue::Outbox::setup(pool.clone()).await,
+        }
+    }
+
     /// Closes every connection of the pool.
     pub async fn close(&self) {
         match self {
@@ -285,7 +296,8 @@ impl Transaction {
 
     /// Enqueues `job` inside this transaction: it commits or rolls back with
     /// the rows written here. The queue must live in this same database
-    /// (a PostgreSQL or SQLite queue); for other queues use an outbox.
+    /// (a PostgreSQL or SQLite queue); for other queues use
+    /// [`enqueue_via_outbox`](Self::enqueue_via_outbox).
     pub async fn enqueue<J: anb_queue::Job>(
         &mut self,
         queue: &anb_queue::Queue,
@@ -294,6 +306,22 @@ impl Transaction {
         match self {
             Self::Postgres(tx) => queue.enqueue_tx(&mut **tx, job).await,
             Self::Sqlite(tx) => queue.enqueue_tx(&mut **tx, job).await,
+        }
+    }
+
+    /// Writes `job` into the outbox of this database inside this transaction,
+    /// for a queue that lives elsewhere (SQS, Redis): it commits or rolls back
+    /// with the rows written here, and the outbox's relay publishes it once
+    /// committed, however long the queue is unreachable. Returns the outbox
+    /// entry's id.
+    pub async fn enqueue_via_outbox<J: anb_queue::Job>(
+        &mut self,
+        outbox: &anb_queue::Outbox,
+        job: &J,
+    ) -> Result<i64, anb_queue::QueueError> {
+        match self {
+            Self::Postgres(tx) => outbox.enqueue_tx(&mut **tx, job).await,
+            Self::Sqlite(tx) => outbox.enqueue_tx(&mut **tx, job).await,
         }
     }
 
