@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use ::redis::{Script, aio::ConnectionManager};
+use ::redis::{
+    Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{OnceCell, watch};
@@ -349,7 +352,16 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     pub(crate) async fn new(client: redis::Client, queue: &str) -> Result<Self, QueueError> {
-        let connection = ConnectionManager::new(client.clone()).await?;
+        // The client's defaults wait up to a minute between reconnects after an outage and
+        // never time a request out; a queue should be back within seconds of Redis.
+        let config = ConnectionManagerConfig::new()
+            .set_factor(100)
+            .set_exponent_base(2)
+            .set_max_delay(2_000)
+            .set_number_of_retries(6)
+            .set_connection_timeout(Duration::from_secs(3))
+            .set_response_timeout(Duration::from_secs(10));
+        let connection = ConnectionManager::new_with_config(client.clone(), config).await?;
         Ok(Self {
             client,
             connection,
