@@ -16,7 +16,7 @@ use anb_queue::{JobContext, JobError};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::{TranscodeError, TranscodeOptions, transcode};
+use crate::{TranscodeError, TranscodeOptions, check_size, transcode};
 
 /// How often a running transcode checks that its video still exists.
 const DELETION_POLL: Duration = Duration::from_secs(3);
@@ -119,6 +119,18 @@ impl TranscodeJobs {
         let output = work.path().join("processed.mp4");
         let thumbnail = work.path().join("thumbnail.jpg");
         let original = ObjectKey::parse(job.original_key.as_str())?;
+        // A HEAD request spares downloading an original the limits refuse (they may have been
+        // lowered since the upload, or the object did not come through the API).
+        let size = match self.storage.size(&original).await {
+            Ok(size) => size,
+            Err(StorageError::NotFound { .. }) if self.db.find_video(id).await?.is_none() => {
+                return Ok(Outcome::Skipped("the video was deleted"));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if let Err(rejection) = check_size(size, &self.options.limits) {
+            return self.reject(id, &rejection.into()).await;
+        }
         match self.storage.download_to_file(&original, &input).await {
             Ok(_) => {}
             Err(StorageError::NotFound { .. }) if self.db.find_video(id).await?.is_none() => {
@@ -136,14 +148,7 @@ impl TranscodeJobs {
                     Err(ProcessError::ShuttingDown)
                 };
             }
-            Err(error) if error.is_permanent() => {
-                let reason = FailureReason::new(error.to_string());
-                return match self.db.mark_failed(id, &reason).await {
-                    Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
-                    Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
-                    Err(other) => Err(other.into()),
-                };
-            }
+            Err(error) if error.is_permanent() => return self.reject(id, &error).await,
             Err(error) => return Err(ProcessError::Transcode(error)),
         }
 
@@ -164,6 +169,16 @@ impl TranscodeJobs {
                 self.storage.delete(&keys.thumbnail()).await?;
                 Ok(Outcome::DeletedMidway)
             }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Marks the video failed with the reason the upload was refused.
+    async fn reject(&self, id: VideoId, error: &TranscodeError) -> Result<Outcome, ProcessError> {
+        let reason = FailureReason::new(error.to_string());
+        match self.db.mark_failed(id, &reason).await {
+            Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
+            Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
             Err(other) => Err(other.into()),
         }
     }
