@@ -282,6 +282,9 @@ pub struct WorkerConfig {
     /// How long in-flight jobs may run on after a shutdown signal before they are released.
     pub shutdown_grace: Duration,
     pub transcode: TranscodeOptions,
+    /// How often the objects and rows of deleted videos left behind are removed
+    /// ([`crate::purge`]); `None` turns it off.
+    pub purge_interval: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -291,6 +294,7 @@ impl Default for WorkerConfig {
             concurrency: (cores / 2).max(1),
             shutdown_grace: Duration::from_secs(30),
             transcode: TranscodeOptions::default(),
+            purge_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -322,7 +326,8 @@ pub async fn connect(
 }
 
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
-/// jobs get `shutdown_grace` to finish, the rest are released for another worker.
+/// jobs get `shutdown_grace` to finish, the rest are released for another worker. Beside the
+/// jobs, removes what deleted videos left behind every `purge_interval`.
 pub async fn run(
     db: Database,
     storage: Storage,
@@ -330,9 +335,21 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let (stop_purge, purge_stopped) = watch::channel(false);
+    let purge = config.purge_interval.map(|interval| {
+        tokio::spawn(crate::purge::run_periodically(
+            db.clone(),
+            storage.clone(),
+            interval,
+            async move {
+                let mut stopped = purge_stopped;
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let jobs = TranscodeJobs::new(db, storage, config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
-    anb_queue::Worker::new(queue)
+    let consumed = anb_queue::Worker::new(queue)
         .name("anb-worker")
         .concurrency(config.concurrency)
         .shutdown_grace(config.shutdown_grace)
@@ -341,7 +358,14 @@ pub async fn run(
             async move { jobs.handle(job, ctx).await }
         })
         .run_until(shutdown)
-        .await?;
+        .await;
+    stop_purge.send_replace(true);
+    if let Some(purge) = purge
+        && let Err(error) = purge.await
+    {
+        tracing::warn!(%error, "the purge task failed");
+    }
+    consumed?;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod job;
 mod media;
 mod options;
 mod pipeline;
+pub mod purge;
 mod source;
 
 pub use error::{Rejection, TranscodeError};

@@ -52,6 +52,9 @@ struct RunArgs {
     /// Seconds running jobs may take to finish after SIGTERM before they are released.
     #[arg(long, env = "ANB_WORKER_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// Seconds between passes removing what deleted videos left in storage (0: never).
+    #[arg(long, env = "ANB_WORKER_PURGE_INTERVAL", default_value_t = 300)]
+    purge_interval: u64,
     #[command(flatten)]
     encoder: EncoderArgs,
 }
@@ -191,6 +194,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = anb_core::config::Settings::from_env()?;
     let mut config = anb_worker::job::WorkerConfig {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        purge_interval: (args.purge_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.purge_interval)),
         transcode: args.encoder.options()?,
         ..Default::default()
     };
