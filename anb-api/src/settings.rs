@@ -1,5 +1,6 @@
-//! Settings only the API reads, beside the shared [`anb_core::config::Settings`]:
-//! rate limits, trusted proxies and upload limits.
+//! Settings the API reads beside the shared [`anb_core::config::Settings`]:
+//! rate limits, trusted proxies, and the upload limits it shares with the
+//! worker ([`UploadLimits`], parsed by `anb-core`).
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -21,6 +22,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anb_core::config::ConfigError;
+pub use anb_core::config::UploadLimits;
 use ipnet::IpNet;
 
 /// A token-bucket rate: `count` requests per `period`, in bursts of `count`.
@@ -98,26 +100,6 @@ impl RateLimits {
     }
 }
 
-/// What an upload must be (SPEC §3), configurable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadLimits {
-    pub max_bytes: u64,
-    pub min_duration: Duration,
-    pub max_duration: Duration,
-    pub min_short_side: u32,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 100 * 1024 * 1024,
-            min_duration: Duration::from_secs(20),
-            max_duration: Duration::from_secs(60),
-            min_short_side: 1080,
-        }
-    }
-}
-
 /// The API's own settings.
 #[derive(Debug, Clone, Default)]
 pub struct ApiSettings {
@@ -155,41 +137,8 @@ impl ApiSettings {
             None => Vec::new(),
             Some(raw) => parse_networks("ANB_TRUSTED_PROXIES", &raw)?,
         };
-        let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                    var,
-                    reason: format!("{raw:?} is not a non-negative integer"),
-                }),
-            }
-        };
-        let defaults = UploadLimits::default();
-        let upload = UploadLimits {
-            max_bytes: number("ANB_UPLOAD_MAX_BYTES", defaults.max_bytes)?,
-            min_duration: Duration::from_secs(number(
-                "ANB_UPLOAD_MIN_SECONDS",
-                defaults.min_duration.as_secs(),
-            )?),
-            max_duration: Duration::from_secs(number(
-                "ANB_UPLOAD_MAX_SECONDS",
-                defaults.max_duration.as_secs(),
-            )?),
-            min_short_side: u32::try_from(number(
-                "ANB_UPLOAD_MIN_SHORT_SIDE",
-                defaults.min_short_side.into(),
-            )?)
-            .map_err(|_| ConfigError::Invalid {
-                var: "ANB_UPLOAD_MIN_SHORT_SIDE",
-                reason: "too large".into(),
-            })?,
-        };
-        if upload.min_duration > upload.max_duration {
-            return Err(ConfigError::Invalid {
-                var: "ANB_UPLOAD_MIN_SECONDS",
-                reason: "greater than ANB_UPLOAD_MAX_SECONDS".into(),
-            });
-        }
+        // The worker reads the same variables through the same type.
+        let upload = UploadLimits::from_lookup(&lookup)?;
         Ok(Self {
             rate_limits,
             trusted_proxies,

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A configuration error, always naming the variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,87 @@ pub fn parse_addr(var: &'static str, raw: &str) -> Result<SocketAddr, ConfigErro
         var,
         reason: format!("{raw:?} is not a socket address ({e})"),
     })
+}
+
+/// What an upload must be (SPEC §3): the API checks it when a file arrives and
+/// the worker again before transcoding, both from these same values.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `ANB_UPLOAD_MAX_BYTES` | `104857600` | largest accepted upload (100 MB) |
+/// | `ANB_UPLOAD_MIN_SECONDS` / `ANB_UPLOAD_MAX_SECONDS` | `20` / `60` | accepted duration |
+/// | `ANB_UPLOAD_MIN_SHORT_SIDE` | `1080` | smallest accepted shorter side of the frame, in pixels |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub min_duration: Duration,
+    pub max_duration: Duration,
+    pub min_short_side: u32,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            min_duration: Duration::from_secs(20),
+            max_duration: Duration::from_secs(60),
+            min_short_side: 1080,
+        }
+    }
+}
+
+impl UploadLimits {
+    /// Reads the limits from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads the limits through `lookup`; unset or empty means the default.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match lookup(var).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var,
+                    reason: format!("{raw:?} is not a non-negative integer"),
+                }),
+            }
+        };
+        let defaults = Self::default();
+        let max_bytes = number("ANB_UPLOAD_MAX_BYTES", defaults.max_bytes)?;
+        if max_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                var: "ANB_UPLOAD_MAX_BYTES",
+                reason: "must be positive".into(),
+            });
+        }
+        let limits = Self {
+            max_bytes,
+            min_duration: Duration::from_secs(number(
+                "ANB_UPLOAD_MIN_SECONDS",
+                defaults.min_duration.as_secs(),
+            )?),
+            max_duration: Duration::from_secs(number(
+                "ANB_UPLOAD_MAX_SECONDS",
+                defaults.max_duration.as_secs(),
+            )?),
+            min_short_side: u32::try_from(number(
+                "ANB_UPLOAD_MIN_SHORT_SIDE",
+                defaults.min_short_side.into(),
+            )?)
+            .map_err(|_| ConfigError::Invalid {
+                var: "ANB_UPLOAD_MIN_SHORT_SIDE",
+                reason: "too large".into(),
+            })?,
+        };
+        if limits.min_duration > limits.max_duration {
+            return Err(ConfigError::Invalid {
+                var: "ANB_UPLOAD_MIN_SECONDS",
+                reason: "greater than ANB_UPLOAD_MAX_SECONDS".into(),
+            });
+        }
+        Ok(limits)
+    }
 }
 
 /// The settings `anb-api` and `anb-worker` share (SPEC §7).
@@ -323,6 +405,60 @@ mod tests {
                 .to_string()
                 .contains("ANB_S3_PATH_STYLE")
         );
+    }
+
+    fn upload_limits(vars: &[(&str, &str)]) -> Result<UploadLimits, ConfigError> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        UploadLimits::from_lookup(|var| map.get(var).cloned())
+    }
+
+    #[test]
+    fn upload_limits_default_to_the_showcase_rules() {
+        let limits = upload_limits(&[("ANB_UPLOAD_MAX_SECONDS", " ")]).unwrap();
+        assert_eq!(limits, UploadLimits::default());
+        assert_eq!(limits.max_bytes, 104_857_600);
+        assert_eq!(limits.min_duration, Duration::from_secs(20));
+        assert_eq!(limits.max_duration, Duration::from_secs(60));
+        assert_eq!(limits.min_short_side, 1080);
+    }
+
+    #[test]
+    fn upload_limits_read_every_variable() {
+        let limits = upload_limits(&[
+            ("ANB_UPLOAD_MAX_BYTES", "5000"),
+            ("ANB_UPLOAD_MIN_SECONDS", "5"),
+            ("ANB_UPLOAD_MAX_SECONDS", " 90 "),
+            ("ANB_UPLOAD_MIN_SHORT_SIDE", "720"),
+        ])
+        .unwrap();
+        assert_eq!(
+            limits,
+            UploadLimits {
+                max_bytes: 5000,
+                min_duration: Duration::from_secs(5),
+                max_duration: Duration::from_secs(90),
+                min_short_side: 720,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_upload_limits_name_their_variable() {
+        for (var, value) in [
+            ("ANB_UPLOAD_MAX_BYTES", "-1"),
+            ("ANB_UPLOAD_MAX_BYTES", "0"),
+            ("ANB_UPLOAD_MAX_BYTES", "100MB"),
+            ("ANB_UPLOAD_MIN_SECONDS", "2.5"),
+            ("ANB_UPLOAD_MIN_SECONDS", "61"),
+            ("ANB_UPLOAD_MAX_SECONDS", "ten"),
+            ("ANB_UPLOAD_MIN_SHORT_SIDE", "99999999999"),
+        ] {
+            let err = upload_limits(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{var}={value}: {err}");
+        }
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub enum Rejection {
     #[error("the video's length cannot be determined")]
     UnknownDuration,
     #[error(
+        "the file is {}; it must be at most {}",
+        readable_size(*bytes),
+        readable_size(*maximum)
+    )]
+    TooLarge { bytes: u64, maximum: u64 },
+    #[error(
         "the video is {:.1} s long; it must be at least {:.0} s",
         duration.as_secs_f64(),
         minimum.as_secs_f64()
@@ -80,7 +86,7 @@ pub enum Rejection {
         maximum: Duration,
     },
     #[error(
-        "the video is {width}×{height}; its shorter side must be at least {minimum_short_side} pixels (1080p)"
+        "the video is {width}×{height}; its shorter side must be at least {minimum_short_side} pixels"
     )]
     ResolutionTooLow {
         width: u32,
@@ -96,6 +102,15 @@ pub enum Rejection {
         decoded: Duration,
         declared: Duration,
     },
+}
+
+/// A size in megabytes, or in bytes when it is small enough for megabytes to hide it.
+fn readable_size(bytes: u64) -> String {
+    if bytes >= 100_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +135,23 @@ mod tests {
         };
         assert_eq!(
             low.to_string(),
-            "the video is 1280×720; its shorter side must be at least 1080 pixels (1080p)"
+            "the video is 1280×720; its shorter side must be at least 1080 pixels"
+        );
+        let large = Rejection::TooLarge {
+            bytes: 150_000_000,
+            maximum: 104_857_600,
+        };
+        assert_eq!(
+            large.to_string(),
+            "the file is 150.0 MB; it must be at most 104.9 MB"
+        );
+        let small = Rejection::TooLarge {
+            bytes: 2_000,
+            maximum: 1_000,
+        };
+        assert_eq!(
+            small.to_string(),
+            "the file is 2000 bytes; it must be at most 1000 bytes"
         );
     }
 

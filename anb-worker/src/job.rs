@@ -16,7 +16,7 @@ use anb_queue::{JobContext, JobError};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::{TranscodeError, TranscodeOptions, transcode};
+use crate::{TranscodeError, TranscodeOptions, check_size, transcode};
 
 /// How often a running transcode checks that its video still exists.
 const DELETION_POLL: Duration = Duration::from_secs(3);
@@ -119,6 +119,18 @@ impl TranscodeJobs {
         let output = work.path().join("processed.mp4");
         let thumbnail = work.path().join("thumbnail.jpg");
         let original = ObjectKey::parse(job.original_key.as_str())?;
+        // A HEAD request spares downloading an original the limits refuse (they may have been
+        // lowered since the upload, or the object did not come through the API).
+        let size = match self.storage.size(&original).await {
+            Ok(size) => size,
+            Err(StorageError::NotFound { .. }) if self.db.find_video(id).await?.is_none() => {
+                return Ok(Outcome::Skipped("the video was deleted"));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if let Err(rejection) = check_size(size, &self.options.limits) {
+            return self.reject(id, &rejection.into()).await;
+        }
         match self.storage.download_to_file(&original, &input).await {
             Ok(_) => {}
             Err(StorageError::NotFound { .. }) if self.db.find_video(id).await?.is_none() => {
@@ -136,14 +148,7 @@ impl TranscodeJobs {
                     Err(ProcessError::ShuttingDown)
                 };
             }
-            Err(error) if error.is_permanent() => {
-                let reason = FailureReason::new(error.to_string());
-                return match self.db.mark_failed(id, &reason).await {
-                    Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
-                    Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
-                    Err(other) => Err(other.into()),
-                };
-            }
+            Err(error) if error.is_permanent() => return self.reject(id, &error).await,
             Err(error) => return Err(ProcessError::Transcode(error)),
         }
 
@@ -164,6 +169,16 @@ impl TranscodeJobs {
                 self.storage.delete(&keys.thumbnail()).await?;
                 Ok(Outcome::DeletedMidway)
             }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Marks the video failed with the reason the upload was refused.
+    async fn reject(&self, id: VideoId, error: &TranscodeError) -> Result<Outcome, ProcessError> {
+        let reason = FailureReason::new(error.to_string());
+        match self.db.mark_failed(id, &reason).await {
+            Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
+            Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
             Err(other) => Err(other.into()),
         }
     }
@@ -267,6 +282,9 @@ pub struct WorkerConfig {
     /// How long in-flight jobs may run on after a shutdown signal before they are released.
     pub shutdown_grace: Duration,
     pub transcode: TranscodeOptions,
+    /// How often the objects and rows of deleted videos left behind are removed
+    /// ([`crate::purge`]); `None` turns it off.
+    pub purge_interval: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -276,6 +294,7 @@ impl Default for WorkerConfig {
             concurrency: (cores / 2).max(1),
             shutdown_grace: Duration::from_secs(30),
             transcode: TranscodeOptions::default(),
+            purge_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -307,7 +326,8 @@ pub async fn connect(
 }
 
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
-/// jobs get `shutdown_grace` to finish, the rest are released for another worker.
+/// jobs get `shutdown_grace` to finish, the rest are released for another worker. Beside the
+/// jobs, removes what deleted videos left behind every `purge_interval`.
 pub async fn run(
     db: Database,
     storage: Storage,
@@ -315,9 +335,21 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    let (stop_purge, purge_stopped) = watch::channel(false);
+    let purge = config.purge_interval.map(|interval| {
+        tokio::spawn(crate::purge::run_periodically(
+            db.clone(),
+            storage.clone(),
+            interval,
+            async move {
+                let mut stopped = purge_stopped;
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let jobs = TranscodeJobs::new(db, storage, config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
-    anb_queue::Worker::new(queue)
+    let consumed = anb_queue::Worker::new(queue)
         .name("anb-worker")
         .concurrency(config.concurrency)
         .shutdown_grace(config.shutdown_grace)
@@ -326,7 +358,14 @@ pub async fn run(
             async move { jobs.handle(job, ctx).await }
         })
         .run_until(shutdown)
-        .await?;
+        .await;
+    stop_purge.send_replace(true);
+    if let Some(purge) = purge
+        && let Err(error) = purge.await
+    {
+        tracing::warn!(%error, "the purge task failed");
+    }
+    consumed?;
     tracing::info!("worker stopped");
     Ok(())
 }

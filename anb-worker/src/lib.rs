@@ -6,10 +6,11 @@ pub mod job;
 mod media;
 mod options;
 mod pipeline;
+pub mod purge;
 mod source;
 
 pub use error::{Rejection, TranscodeError};
 pub use media::png;
 pub use options::{MAX_BUMPERS_TOTAL, TranscodeOptions, X264_PRESETS};
 pub use pipeline::{OUTPUT_HEIGHT, OUTPUT_WIDTH, TranscodeReport, transcode};
-pub use source::{DURATION_TOLERANCE, SourceInfo, inspect};
+pub use source::{DURATION_TOLERANCE, SourceInfo, check_size, inspect};

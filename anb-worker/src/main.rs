@@ -14,7 +14,9 @@ use clap::{Args, Parser, Subcommand};
 /// Without a subcommand it consumes transcode jobs (`run`), configured from the
 /// same environment variables as anb-api: ANB_DATABASE_URL, ANB_QUEUE_URL,
 /// ANB_STORAGE_URL, ANB_S3_PATH_STYLE, ANB_JWT_SECRET and the AWS SDK's
-/// standard AWS_* settings.
+/// standard AWS_* settings. Uploads are checked against the API's limits,
+/// ANB_UPLOAD_MAX_BYTES, ANB_UPLOAD_MIN_SECONDS, ANB_UPLOAD_MAX_SECONDS and
+/// ANB_UPLOAD_MIN_SHORT_SIDE (for `transcode` too).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -50,6 +52,9 @@ struct RunArgs {
     /// Seconds running jobs may take to finish after SIGTERM before they are released.
     #[arg(long, env = "ANB_WORKER_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// Seconds between passes removing what deleted videos left in storage (0: never).
+    #[arg(long, env = "ANB_WORKER_PURGE_INTERVAL", default_value_t = 300)]
+    purge_interval: u64,
     #[command(flatten)]
     encoder: EncoderArgs,
 }
@@ -91,15 +96,18 @@ struct EncoderArgs {
 }
 
 impl EncoderArgs {
-    fn options(&self) -> TranscodeOptions {
-        TranscodeOptions {
+    /// The pipeline options: these encoder settings and the upload limits of the
+    /// `ANB_UPLOAD_*` variables, read as anb-api reads them.
+    fn options(&self) -> anyhow::Result<TranscodeOptions> {
+        Ok(TranscodeOptions {
+            limits: anb_core::config::UploadLimits::from_env()?,
             x264_preset: self.preset.clone(),
             crf: self.crf,
             encoder_threads: self.encoder_threads,
             decoder_threads: self.decoder_threads,
             decoded_frame_queue: self.decoded_frame_queue,
             ..TranscodeOptions::default()
-        }
+        })
     }
 }
 
@@ -127,7 +135,7 @@ const EXIT_REJECTED: u8 = 2;
 fn transcode(args: &TranscodeArgs) -> anyhow::Result<ExitCode> {
     // FFmpeg's informational chatter (x264 statistics) is not for operators.
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
-    let options = args.encoder.options();
+    let options = args.encoder.options()?;
     let cancel = AtomicBool::new(false);
     let quiet = args.quiet;
     // Redraw one line on a terminal; elsewhere (logs) a line every 10 %.
@@ -186,7 +194,9 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = anb_core::config::Settings::from_env()?;
     let mut config = anb_worker::job::WorkerConfig {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
-        transcode: args.encoder.options(),
+        purge_interval: (args.purge_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.purge_interval)),
+        transcode: args.encoder.options()?,
         ..Default::default()
     };
     if let Some(concurrency) = args.concurrency {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anb_core::config::UploadLimits;
+
 /// The x264 presets, fastest first.
 pub const X264_PRESETS: [&str; 10] = [
     "ultrafast",
@@ -18,17 +20,15 @@ pub const X264_PRESETS: [&str; 10] = [
 
 /// The rules an upload must meet and the encoder settings.
 ///
-/// The defaults are the showcase rules (20–60 s, shorter side at least 1080
-/// pixels, the first 30 s kept, 2 s bumpers at each end) and encoder settings
-/// sized for a 2 vCPU / 2 GiB worker.
+/// The defaults are the showcase rules ([`UploadLimits::default`]: at most
+/// 100 MB, 20–60 s, shorter side at least 1080 pixels; the first 30 s kept,
+/// 2 s bumpers at each end) and encoder settings sized for a 2 vCPU / 2 GiB
+/// worker. The worker process takes its limits from the `ANB_UPLOAD_*`
+/// variables the API reads ([`UploadLimits::from_env`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TranscodeOptions {
-    /// Shortest accepted source.
-    pub min_source_duration: Duration,
-    /// Longest accepted source.
-    pub max_source_duration: Duration,
-    /// The smaller of a source's width and height must be at least this.
-    pub min_source_short_side: u32,
+    /// What a source must be: size, duration bounds, shorter side of the frame.
+    pub limits: UploadLimits,
     /// How much of the source is kept, from its first frame.
     pub max_kept_duration: Duration,
     /// Output frame rate (constant).
@@ -53,9 +53,7 @@ pub struct TranscodeOptions {
 impl Default for TranscodeOptions {
     fn default() -> Self {
         Self {
-            min_source_duration: Duration::from_secs(20),
-            max_source_duration: Duration::from_secs(60),
-            min_source_short_side: 1080,
+            limits: UploadLimits::default(),
             max_kept_duration: Duration::from_secs(30),
             frame_rate: 30,
             bumper_duration: Duration::from_secs(2),
@@ -74,8 +72,8 @@ pub const MAX_BUMPERS_TOTAL: Duration = Duration::from_secs(5);
 impl TranscodeOptions {
     /// Checks the options are coherent; the pipeline calls this first.
     pub fn validate(&self) -> Result<(), String> {
-        if self.min_source_duration > self.max_source_duration {
-            return Err("min_source_duration exceeds max_source_duration".into());
+        if self.limits.min_duration > self.limits.max_duration {
+            return Err("the minimum source duration exceeds the maximum".into());
         }
         if self.max_kept_duration.is_zero() {
             return Err("max_kept_duration must be positive".into());
@@ -122,9 +120,9 @@ mod tests {
     fn defaults_are_valid_and_the_showcase_rules() {
         let options = TranscodeOptions::default();
         assert_eq!(options.validate(), Ok(()));
-        assert_eq!(options.min_source_duration, Duration::from_secs(20));
-        assert_eq!(options.max_source_duration, Duration::from_secs(60));
-        assert_eq!(options.min_source_short_side, 1080);
+        assert_eq!(options.limits.min_duration, Duration::from_secs(20));
+        assert_eq!(options.limits.max_duration, Duration::from_secs(60));
+        assert_eq!(options.limits.min_short_side, 1080);
         assert_eq!(options.bumper_frames(), 60);
     }
 
@@ -157,7 +155,10 @@ mod tests {
                 ..TranscodeOptions::default()
             },
             TranscodeOptions {
-                min_source_duration: Duration::from_secs(90),
+                limits: UploadLimits {
+                    min_duration: Duration::from_secs(90),
+                    ..UploadLimits::default()
+                },
                 ..TranscodeOptions::default()
             },
         ];

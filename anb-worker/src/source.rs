@@ -8,6 +8,8 @@ use ffmpeg_next::{
     packet::side_data,
 };
 
+use anb_core::config::UploadLimits;
+
 use crate::error::{Rejection, TranscodeError};
 use crate::media::input_error;
 use crate::options::TranscodeOptions;
@@ -57,6 +59,13 @@ pub(crate) fn open(
     path: &Path,
     options: &TranscodeOptions,
 ) -> Result<OpenedSource, TranscodeError> {
+    let bytes = std::fs::metadata(path)
+        .map_err(|source| TranscodeError::Io {
+            context: "reading the input's size",
+            source,
+        })?
+        .len();
+    check_size(bytes, &options.limits)?;
     let input = format::input(path).map_err(|error| input_error("opening the input", error))?;
 
     // Cover art in an audio file is a "video" stream too; it does not count.
@@ -130,7 +139,7 @@ pub(crate) fn open(
         frame_rate,
         rotation,
     };
-    check_rules(&info, options)?;
+    check_rules(&info, &options.limits)?;
     Ok(OpenedSource {
         input,
         decoder,
@@ -141,24 +150,37 @@ pub(crate) fn open(
     })
 }
 
-fn check_rules(info: &SourceInfo, options: &TranscodeOptions) -> Result<(), Rejection> {
-    if info.duration + DURATION_TOLERANCE < options.min_source_duration {
+/// Refuses a source larger than the limits allow. The job handler calls this
+/// with the stored object's size before downloading it; [`inspect`] and the
+/// pipeline with the file's size.
+pub fn check_size(bytes: u64, limits: &UploadLimits) -> Result<(), Rejection> {
+    if bytes > limits.max_bytes {
+        return Err(Rejection::TooLarge {
+            bytes,
+            maximum: limits.max_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn check_rules(info: &SourceInfo, limits: &UploadLimits) -> Result<(), Rejection> {
+    if info.duration + DURATION_TOLERANCE < limits.min_duration {
         return Err(Rejection::TooShort {
             duration: info.duration,
-            minimum: options.min_source_duration,
+            minimum: limits.min_duration,
         });
     }
-    if info.duration > options.max_source_duration + DURATION_TOLERANCE {
+    if info.duration > limits.max_duration + DURATION_TOLERANCE {
         return Err(Rejection::TooLong {
             duration: info.duration,
-            maximum: options.max_source_duration,
+            maximum: limits.max_duration,
         });
     }
-    if info.width.min(info.height) < options.min_source_short_side {
+    if info.width.min(info.height) < limits.min_short_side {
         return Err(Rejection::ResolutionTooLow {
             width: info.width,
             height: info.height,
-            minimum_short_side: options.min_source_short_side,
+            minimum_short_side: limits.min_short_side,
         });
     }
     Ok(())
@@ -227,26 +249,57 @@ mod tests {
 
     #[test]
     fn the_rules_accept_the_edges_and_refuse_beyond_them() {
-        let options = TranscodeOptions::default();
+        let limits = UploadLimits::default();
         for (width, height, seconds) in [
             (1920, 1080, 20.0),
             (1920, 1080, 19.8),
             (1080, 1920, 60.0),
             (3840, 2160, 60.4),
         ] {
-            assert_eq!(check_rules(&info(width, height, seconds), &options), Ok(()));
+            assert_eq!(check_rules(&info(width, height, seconds), &limits), Ok(()));
         }
         assert!(matches!(
-            check_rules(&info(1920, 1080, 19.0), &options),
+            check_rules(&info(1920, 1080, 19.0), &limits),
             Err(Rejection::TooShort { .. })
         ));
         assert!(matches!(
-            check_rules(&info(1920, 1080, 61.0), &options),
+            check_rules(&info(1920, 1080, 61.0), &limits),
             Err(Rejection::TooLong { .. })
         ));
         assert!(matches!(
-            check_rules(&info(1920, 1079, 30.0), &options),
+            check_rules(&info(1920, 1079, 30.0), &limits),
             Err(Rejection::ResolutionTooLow { .. })
         ));
+    }
+
+    #[test]
+    fn changed_limits_move_the_edges() {
+        let limits = UploadLimits {
+            max_bytes: 1_000,
+            min_duration: Duration::from_secs(25),
+            max_duration: Duration::from_secs(30),
+            min_short_side: 720,
+        };
+        assert_eq!(check_rules(&info(1280, 720, 27.0), &limits), Ok(()));
+        assert!(matches!(
+            check_rules(&info(1920, 1080, 21.0), &limits),
+            Err(Rejection::TooShort { .. })
+        ));
+        assert!(matches!(
+            check_rules(&info(1920, 1080, 45.0), &limits),
+            Err(Rejection::TooLong { .. })
+        ));
+        assert!(matches!(
+            check_rules(&info(1280, 719, 27.0), &limits),
+            Err(Rejection::ResolutionTooLow { .. })
+        ));
+        assert_eq!(check_size(1_000, &limits), Ok(()));
+        assert_eq!(
+            check_size(1_001, &limits),
+            Err(Rejection::TooLarge {
+                bytes: 1_001,
+                maximum: 1_000
+            })
+        );
     }
 }

@@ -5,93 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anb_core::config::StorageUrl;
-use anb_core::db::{Database, NewVideo, User};
-use anb_core::domain::{SignUp, SignUpForm, VideoId, VideoStatus, VideoTitle};
-use anb_core::jobs::TranscodeVideo;
-use anb_core::storage::{Storage, VideoKeys};
+use anb_core::domain::VideoStatus;
+use anb_core::storage::VideoKeys;
 use anb_queue::Queue;
-use anb_worker::job::{Outcome, TranscodeJobs, WorkerConfig};
-use common::{fast_options, probe, video_fixture};
-
-struct Platform {
-    dir: tempfile::TempDir,
-    db: Database,
-    storage: Storage,
-    url: String,
-}
-
-async fn platform() -> Platform {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("anb.db").display());
-    let db = Database::connect(&url).await.unwrap();
-    db.migrate().await.unwrap();
-    let storage = Storage::from_url(
-        &StorageUrl::Local(dir.path().join("media")),
-        false,
-        b"a test secret of at least thirty-two bytes",
-    )
-    .await
-    .unwrap();
-    Platform {
-        dir,
-        db,
-        storage,
-        url,
-    }
-}
-
-impl Platform {
-    async fn player(&self) -> User {
-        let form = SignUpForm {
-            first_name: "Lucía".into(),
-            last_name: "Gómez".into(),
-            email: "lucia@example.org".into(),
-            password1: "a long password".into(),
-            password2: "a long password".into(),
-            city: "Bogotá".into(),
-            country: "Colombia".into(),
-        };
-        self.db
-            .create_user(&SignUp::parse(&form).unwrap(), "not-a-real-hash")
-            .await
-            .unwrap()
-    }
-
-    /// Stores a generated upload and records it, as the API does.
-    async fn upload(&self, owner: &User, seconds: u32, size: (u32, u32)) -> TranscodeVideo {
-        let id = VideoId::new();
-        let fixture = video_fixture(
-            self.dir.path(),
-            &format!("{id}.mp4"),
-            "color",
-            size,
-            30,
-            seconds,
-            &[],
-        );
-        let key = VideoKeys::new(id.into()).original();
-        self.storage.upload_file(&key, &fixture).await.unwrap();
-        self.db
-            .insert_video(&NewVideo {
-                id,
-                owner_id: owner.id,
-                title: VideoTitle::parse("Crossover drill").unwrap(),
-                is_public: true,
-                original_key: key.as_str().to_owned(),
-            })
-            .await
-            .unwrap();
-        TranscodeVideo {
-            video_id: id,
-            original_key: key.as_str().to_owned(),
-        }
-    }
-
-    fn jobs(&self) -> TranscodeJobs {
-        TranscodeJobs::new(self.db.clone(), self.storage.clone(), fast_options())
-    }
-}
+use anb_worker::Rejection;
+use anb_worker::job::{Outcome, WorkerConfig};
+use common::platform::platform;
+use common::{fast_options, probe};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_is_processed_through_the_queue_and_redelivery_does_not_reencode() {
@@ -208,4 +128,45 @@ async fn a_deleted_video_is_skipped_and_not_resurrected() {
     );
     let keys = VideoKeys::new(job.video_id.into());
     assert!(!platform.storage.exists(&keys.processed()).await.unwrap());
+}
+
+#[tokio::test]
+async fn raised_limits_refuse_an_upload_the_defaults_accept() {
+    let platform = platform().await;
+    let player = platform.player().await;
+    // 21 s at 1920×1080 meets the default rules.
+    let job = platform.upload(&player, 21, (1920, 1080)).await;
+
+    let jobs = platform.jobs_with_limits(&[("ANB_UPLOAD_MIN_SECONDS", "25")]);
+    let outcome = jobs.process(&job, None).await.unwrap();
+    let Outcome::Rejected(reason) = outcome else {
+        panic!("expected a rejection, got {outcome:?}")
+    };
+    assert!(reason.contains("at least 25 s"), "{reason}");
+    let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
+    assert_eq!(video.status, VideoStatus::Failed);
+    assert_eq!(video.failure_reason.as_deref(), Some(reason.as_str()));
+    let keys = VideoKeys::new(job.video_id.into());
+    assert!(!platform.storage.exists(&keys.processed()).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_original_above_the_size_limit_is_refused_before_transcoding() {
+    let platform = platform().await;
+    let player = platform.player().await;
+    let job = platform.upload(&player, 21, (1920, 1080)).await;
+    let keys = VideoKeys::new(job.video_id.into());
+    let size = platform.storage.size(&keys.original()).await.unwrap();
+
+    let limit = (size - 1).to_string();
+    let jobs = platform.jobs_with_limits(&[("ANB_UPLOAD_MAX_BYTES", &limit)]);
+    let outcome = jobs.process(&job, None).await.unwrap();
+    let expected = Rejection::TooLarge {
+        bytes: size,
+        maximum: size - 1,
+    };
+    assert_eq!(outcome, Outcome::Rejected(expected.to_string()));
+    let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
+    assert_eq!(video.status, VideoStatus::Failed);
+    assert_eq!(video.progress_percent, 0, "no encoding started");
 }

@@ -216,3 +216,54 @@ fn the_command_line_reports_a_rejection_with_its_own_exit_status() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_command_line_applies_the_upload_limits_of_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // 21 s at 1080p: accepted by the default rules.
+    let input = video_fixture(dir.path(), "clip.mp4", "color", (1920, 1080), 10, 21, &[]);
+    let run = |vars: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anb-worker"))
+            .args(["transcode", "--quiet", "--preset", "ultrafast"])
+            .arg(&input)
+            .arg(dir.path().join("out.mp4"))
+            .env_remove("ANB_UPLOAD_MAX_BYTES")
+            .env_remove("ANB_UPLOAD_MIN_SECONDS")
+            .env_remove("ANB_UPLOAD_MAX_SECONDS")
+            .env_remove("ANB_UPLOAD_MIN_SHORT_SIDE")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap()
+    };
+
+    let output = run(&[("ANB_UPLOAD_MIN_SECONDS", "25")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rejected: the video is 21.0 s long; it must be at least 25 s"),
+        "{stderr}"
+    );
+
+    let output = run(&[("ANB_UPLOAD_MIN_SHORT_SIDE", "1440")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("its shorter side must be at least 1440 pixels"),
+        "{stderr}"
+    );
+
+    let output = run(&[("ANB_UPLOAD_MAX_BYTES", "1000")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("it must be at most 1000 bytes"), "{stderr}");
+
+    // A malformed limit stops the command, naming the variable.
+    let output = run(&[("ANB_UPLOAD_MAX_SECONDS", "a minute")]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ANB_UPLOAD_MAX_SECONDS is invalid"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out.mp4").exists());
+}

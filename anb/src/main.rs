@@ -43,7 +43,16 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(data_dir = %data_dir.display(), "embedded platform starting on http://{addr}");
-            let state = anb_api::AppState::connect(settings, anb_api::ApiSettings::from_env()?)
+            let api_settings = anb_api::ApiSettings::from_env()?;
+            // The worker applies the limits the API checks uploads against (ANB_UPLOAD_*).
+            let worker_config = anb_worker::job::WorkerConfig {
+                transcode: anb_worker::TranscodeOptions {
+                    limits: api_settings.upload.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let state = anb_api::AppState::connect(settings, api_settings)
                 .await
                 .context("opening the embedded database, queue and storage")?;
             state
@@ -60,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
                 state.db.clone(),
                 state.storage.clone(),
                 state.queue.clone(),
-                anb_worker::job::WorkerConfig::default(),
+                worker_config,
                 until_stopped(stopped.clone()),
             ));
             let api = anb_api::serve(listener, state, until_stopped(stopped));

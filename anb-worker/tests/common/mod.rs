@@ -1,6 +1,8 @@
 //! Fixtures made with the `ffmpeg` tool from lavfi test sources, and checks with `ffprobe`.
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
