@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anb_core::auth::TokenKeys;
+use anb_core::auth::{Passwords, TokenKeys};
 use anb_core::config::Settings;
 use anb_core::db::{Database, DbError};
 use anb_core::domain::UserId;
@@ -46,6 +46,8 @@ pub struct AppStateInner {
     /// How a job reaches `queue` from the transaction of the row it is about.
     pub delivery: JobDelivery,
     pub tokens: TokenKeys,
+    /// Password hashing, one at a time per CPU.
+    pub passwords: Passwords,
     pub limiters: RateLimiters,
     pub metrics: PrometheusHandle,
 }
@@ -119,6 +121,7 @@ impl AppState {
     ) -> Self {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
+            passwords: Passwords::per_cpu(),
             limiters: RateLimiters::new(&api.rate_limits),
             metrics: prometheus_handle(),
             settings,

@@ -1,14 +1,20 @@
 //! Credentials: argon2id password hashes and HS256 access tokens (SPEC §4).
 //!
-//! Hashing is CPU- and memory-heavy on purpose; async callers should run
-//! [`hash_password`] and [`verify_password`] on a blocking thread.
+//! Hashing is CPU- and memory-heavy on purpose, so it only happens through
+//! [`Passwords`], which runs it on the blocking pool a bounded number of
+//! times at once.
 
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Argon2, Block, Params, Version};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::config::JwtSecret;
 
@@ -30,37 +36,220 @@ pub enum AuthError {
     InvalidToken(String),
 }
 
-/// Hashes `password` with argon2id (OWASP parameters: 19 MiB, 2 passes) and a
-/// random salt, as a PHC string that records the algorithm and parameters.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hashing(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| AuthError::Hashing(e.to_string()))
+/// Hashes and verifies passwords with argon2id (OWASP parameters: 19 MiB,
+/// 2 passes) on tokio's blocking pool, at most as many at once as it has
+/// slots; callers beyond that wait their turn. Each slot keeps its 19 MiB
+/// work area for the next hash instead of handing it back to the allocator
+/// (which would keep freed areas resident, one per thread arena), so the
+/// memory hashing ever takes is the slots' work areas, allocated once.
+///
+/// Cheap to clone: clones share the slots.
+#[derive(Debug, Clone)]
+pub struct Passwords(Arc<Slots>);
+
+#[derive(Debug)]
+struct Slots {
+    count: usize,
+    permits: Arc<Semaphore>,
+    /// The work areas of the slots not in use.
+    idle: Mutex<Vec<WorkArea>>,
+    /// Work areas allocated so far: at most `count`, since an area is taken
+    /// or made only under a permit and always goes back to `idle`.
+    allocated: AtomicUsize,
 }
 
-/// Checks `password` against a PHC hash made by [`hash_password`].
-pub fn verify_password(password: &str, phc_hash: &str) -> Result<bool, AuthError> {
-    let parsed =
-        PasswordHash::new(phc_hash).map_err(|e| AuthError::MalformedHash(e.to_string()))?;
-    match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-        Ok(()) => Ok(true),
-        Err(argon2::password_hash::Error::Password) => Ok(false),
-        Err(e) => Err(AuthError::Hashing(e.to_string())),
+/// Argon2 memory blocks (1 KiB each), grown to what a hash needs and reused.
+#[derive(Default)]
+struct WorkArea(Vec<Block>);
+
+impl std::fmt::Debug for WorkArea {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkArea({} KiB)", self.0.len())
     }
 }
 
-/// A hash of no one's password, to verify against when the account does not
-/// exist so that a login for an unknown email costs the same time as a wrong
-/// password (no account enumeration by timing).
-pub fn decoy_password_hash() -> &'static str {
-    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| {
-        hash_password("decoy password, never valid").expect("argon2 defaults are valid")
+impl Passwords {
+    /// At most `slots` hashes or verifications at once.
+    pub fn new(slots: NonZeroUsize) -> Self {
+        Self(Arc::new(Slots {
+            count: slots.get(),
+            permits: Arc::new(Semaphore::new(slots.get())),
+            idle: Mutex::new(Vec::new()),
+            allocated: AtomicUsize::new(0),
+        }))
+    }
+
+    /// One slot per CPU available to the process (as its CPU quota allows),
+    /// so hashing never waits for a CPU and its memory is bounded by design.
+    pub fn per_cpu() -> Self {
+        Self::new(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
+
+    /// How many hashes or verifications may run at once.
+    pub fn slots(&self) -> usize {
+        self.0.count
+    }
+
+    /// How many work areas have been allocated so far (never more than
+    /// [`slots`](Self::slots)).
+    pub fn work_areas(&self) -> usize {
+        self.0.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Hashes `password` with a random salt, as a PHC string that records the
+    /// algorithm and parameters.
+    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+        self.run(move |area| hash_password(password.as_bytes(), area))
+            .await?
+    }
+
+    /// Checks `password` against `phc_hash`, a hash made by
+    /// [`hash`](Self::hash). `None` stands for an account that does not
+    /// exist: the password is checked against a hash of no one's password,
+    /// so the answer (always `false`) costs the same time as a wrong password
+    /// and does not tell which addresses are registered.
+    pub async fn verify(
+        &self,
+        password: String,
+        phc_hash: Option<String>,
+    ) -> Result<bool, AuthError> {
+        self.run(move |area| match phc_hash {
+            Some(phc_hash) => verify_password(password.as_bytes(), &phc_hash, area),
+            None => {
+                let decoy = decoy_password_hash(area)?;
+                verify_password(password.as_bytes(), decoy, area).map(|_| false)
+            }
+        })
+        .await?
+    }
+
+    /// Runs `work` with a slot's work area on the blocking pool once a slot
+    /// is free.
+    async fn run<T, F>(&self, work: F) -> Result<T, AuthError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WorkArea) -> T + Send + 'static,
+    {
+        let permit = Arc::clone(&self.0.permits)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let passwords = self.clone();
+        // The permit moves into the blocking task and is released when the
+        // work ends: should the caller stop waiting (a client that hangs
+        // up), the hash still runs to its end and keeps its slot meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let idle = passwords.idle().pop();
+            let mut area = idle.unwrap_or_else(|| {
+                passwords.0.allocated.fetch_add(1, Ordering::Relaxed);
+                WorkArea::default()
+            });
+            // The area goes back even if the work panics: its contents are
+            // overwritten by the next hash anyway.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(&mut area)));
+            passwords.idle().push(area);
+            drop(permit);
+            result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+        .await
+        .map_err(|e| AuthError::Hashing(format!("hashing task failed: {e}")))
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<WorkArea>> {
+        // Nothing panics while holding the lock, but a poisoned vector of
+        // work areas would still be sound to use.
+        self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn hash_password(password: &[u8], area: &mut WorkArea) -> Result<String, AuthError> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hashing(e.to_string()))?;
+    argon2_hash(
+        password,
+        argon2::Algorithm::Argon2id,
+        Version::V0x13,
+        Params::DEFAULT,
+        salt.as_salt(),
+        area,
+    )
+    .map(|hash| hash.to_string())
+    .map_err(|e| AuthError::Hashing(e.to_string()))
+}
+
+/// What argon2's own verifier does, with the slot's work area: hash again
+/// with the stored algorithm, version, parameters and salt, and compare in
+/// constant time.
+fn verify_password(
+    password: &[u8],
+    phc_hash: &str,
+    area: &mut WorkArea,
+) -> Result<bool, AuthError> {
+    let malformed = |e: password_hash::Error| AuthError::MalformedHash(e.to_string());
+    let parsed = PasswordHash::new(phc_hash).map_err(malformed)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Ok(false);
+    };
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm).map_err(malformed)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(|e| AuthError::MalformedHash(e.to_string()))?
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(malformed)?;
+    let computed = argon2_hash(password, algorithm, version, params, salt, area)
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
+    Ok(computed.hash == Some(expected))
+}
+
+/// argon2's `PasswordHasher::hash_password`, computed in `area` (grown to
+/// the parameters' size if needed) instead of a fresh allocation. Every
+/// block is written before it is read, so what an earlier hash left in the
+/// area does not change the result.
+fn argon2_hash<'a>(
+    password: &[u8],
+    algorithm: argon2::Algorithm,
+    version: Version,
+    params: Params,
+    salt: Salt<'a>,
+    area: &mut WorkArea,
+) -> password_hash::Result<PasswordHash<'a>> {
+    let mut salt_buffer = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_buffer)?;
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let blocks = params.block_count();
+    if area.0.len() < blocks {
+        area.0.resize(blocks, Block::new());
+    }
+    let phc_params = ParamsString::try_from(&params)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let output = Output::init_with(output_len, |out| {
+        Ok(argon2.hash_password_into_with_memory(
+            password,
+            salt_bytes,
+            out,
+            &mut area.0[..blocks],
+        )?)
+    })?;
+    Ok(PasswordHash {
+        algorithm: algorithm.ident(),
+        version: Some(version.into()),
+        params: phc_params,
+        salt: Some(salt),
+        hash: Some(output),
     })
+}
+
+/// A hash of no one's password, made on first use in the caller's slot.
+fn decoy_password_hash(area: &mut WorkArea) -> Result<&'static str, AuthError> {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    if let Some(decoy) = DECOY.get() {
+        return Ok(decoy);
+    }
+    let decoy = hash_password(b"decoy password, never valid", area)?;
+    Ok(DECOY.get_or_init(|| decoy))
 }
 
 /// The claims every access token carries; all are required and checked.
@@ -182,23 +371,136 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    #[test]
-    fn password_hash_is_argon2id_and_verifies_only_the_same_password() {
-        let hash = hash_password("correct horse battery").unwrap();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
+    fn passwords(slots: usize) -> Passwords {
+        Passwords::new(NonZeroUsize::new(slots).unwrap())
+    }
+
+    #[tokio::test]
+    async fn password_hash_is_argon2id_and_verifies_only_the_same_password() {
+        let passwords = passwords(2);
+        let verify = |password: &str, hash: Option<&str>| {
+            passwords.verify(password.to_owned(), hash.map(str::to_owned))
+        };
+        let hash = passwords
+            .hash("correct horse battery".to_owned())
+            .await
+            .unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(!hash.contains("correct horse"));
-        assert!(verify_password("correct horse battery", &hash).unwrap());
-        assert!(!verify_password("correct horse battery!", &hash).unwrap());
+        assert!(verify("correct horse battery", Some(&hash)).await.unwrap());
+        assert!(!verify("correct horse battery!", Some(&hash)).await.unwrap());
         assert_ne!(
             hash,
-            hash_password("correct horse battery").unwrap(),
+            passwords
+                .hash("correct horse battery".to_owned())
+                .await
+                .unwrap(),
             "salted"
         );
         assert!(matches!(
-            verify_password("x", "not a hash"),
+            verify("x", Some("not a hash")).await,
             Err(AuthError::MalformedHash(_))
         ));
-        assert!(!verify_password("anything", decoy_password_hash()).unwrap());
+        // No account: never a match, whatever the password.
+        assert!(!verify("anything", None).await.unwrap());
+        assert!(!verify("decoy password, never valid", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashes_agree_with_argon2s_own_hasher_and_verifier() {
+        use argon2::{PasswordHasher, PasswordVerifier};
+
+        // One slot, so every hash below reuses the work area the previous
+        // one left full.
+        let passwords = passwords(1);
+        let ours = passwords.hash("pelota naranja".to_owned()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"pelota naranja", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"pelota azul", &parsed)
+                .is_err()
+        );
+
+        // Hashes stored by argon2's own hasher, with the default parameters
+        // and with others (a larger work area, two lanes, argon2i).
+        let salt = SaltString::encode_b64(b"sixteen byte salt").unwrap();
+        let larger = Params::new(24 * 1024, 1, 2, None).unwrap();
+        let theirs = [
+            Argon2::default()
+                .hash_password(b"pelota naranja", &salt)
+                .unwrap()
+                .to_string(),
+            Argon2::new(argon2::Algorithm::Argon2id, Version::V0x13, larger)
+                .hash_password(b"pelota naranja", &salt)
+                .unwrap()
+                .to_string(),
+            Argon2::new(argon2::Algorithm::Argon2i, Version::V0x13, Params::DEFAULT)
+                .hash_password(b"pelota naranja", &salt)
+                .unwrap()
+                .to_string(),
+        ];
+        for hash in theirs {
+            let verify = |password: &str| passwords.verify(password.to_owned(), Some(hash.clone()));
+            assert!(verify("pelota naranja").await.unwrap(), "{hash}");
+            assert!(!verify("pelota azul").await.unwrap(), "{hash}");
+        }
+        assert_eq!(passwords.work_areas(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn hashing_runs_at_most_once_per_slot_at_a_time() {
+        let passwords = passwords(2);
+        let active = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (passwords, active, most) = (passwords.clone(), active.clone(), most.clone());
+            tasks.spawn(async move {
+                passwords
+                    .run(move |_| {
+                        let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap();
+            });
+        }
+        tasks.join_all().await;
+        assert!(most.load(Ordering::SeqCst) <= 2, "two slots");
+
+        // Real hashes and verifications, more than the slots at once: all
+        // succeed, and at most one work area per slot was ever allocated.
+        let hash = passwords.hash("una contraseña".to_owned()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let (passwords, hash) = (passwords.clone(), hash.clone());
+            tasks.spawn(async move {
+                if i % 2 == 0 {
+                    passwords
+                        .verify("una contraseña".to_owned(), Some(hash))
+                        .await
+                        .unwrap()
+                } else {
+                    let own = passwords.hash(format!("contraseña {i}")).await.unwrap();
+                    passwords
+                        .verify(format!("contraseña {i}"), Some(own))
+                        .await
+                        .unwrap()
+                }
+            });
+        }
+        assert!(tasks.join_all().await.into_iter().all(|matched| matched));
+        assert!((1..=2).contains(&passwords.work_areas()));
     }
 
     #[test]

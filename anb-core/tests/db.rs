@@ -130,6 +130,7 @@ on_both_engines!(
     rankings_order_by_votes_then_sign_up,
     rankings_filter_by_normalised_city,
     rankings_paginate_with_global_positions,
+    rankings_keep_ties_in_order_across_page_boundaries,
     public_list_paginates_newest_first,
     owner_deletes_unpublished_video,
     deleted_video_is_refused_to_the_worker,
@@ -843,6 +844,80 @@ async fn rankings_paginate_with_global_positions(db: Database) {
     assert!(db.rankings(None, page(4, 2)).await.unwrap().is_empty());
     let all = db.rankings(None, page(1, 100)).await.unwrap();
     assert_eq!(all.len(), 5);
+}
+
+async fn rankings_keep_ties_in_order_across_page_boundaries(db: Database) {
+    // Signed up in this order, with these votes and cities. Hugo's only
+    // published video is taken down, so his row stays in the aggregate with
+    // no published video: he must not rank, nor take a place on any page.
+    let players = [
+        ("Ana", 2, "Bogotá"),
+        ("Hugo", 0, "Bogotá"),
+        ("Beto", 1, "bogota"),
+        ("Carla", 2, "Cali"),
+        ("Dario", 1, "BOGOTÁ"),
+        ("Eva", 2, "Cali"),
+        ("Fabio", 0, "Bogotá"),
+        ("Gina", 1, "Bogota"),
+    ];
+    for (name, votes, city) in players {
+        let player = sign_up(
+            &db,
+            &format!("{}@example.com", name.to_lowercase()),
+            name,
+            city,
+        )
+        .await;
+        let video = published_video(&db, &player, &format!("{name}'s video")).await;
+        votes_from_new_users(&db, &video, votes).await;
+        if name == "Hugo" {
+            db.remove_video(video.id).await.unwrap();
+        }
+    }
+
+    // Most votes first; ties (three players on 2 votes, three on 1) in
+    // sign-up order, and each tie runs over a page boundary at 2 a page.
+    let expected = ["Ana", "Carla", "Eva", "Beto", "Dario", "Gina", "Fabio"];
+    let mut pages = Vec::new();
+    for number in 1..=5 {
+        let entries = db.rankings(None, page(number, 2)).await.unwrap();
+        let positions: Vec<u64> = entries.iter().map(|e| e.position).collect();
+        let first = 2 * u64::try_from(number).unwrap() - 1;
+        assert_eq!(
+            positions,
+            (first..).take(entries.len()).collect::<Vec<_>>(),
+            "page {number}"
+        );
+        pages.push(names(&entries).join(","));
+    }
+    assert_eq!(pages, ["Ana,Carla", "Eva,Beto", "Dario,Gina", "Fabio", ""]);
+    let whole = db.rankings(None, page(1, 100)).await.unwrap();
+    assert_eq!(names(&whole), expected);
+    let votes: Vec<i64> = whole.iter().map(|e| e.votes).collect();
+    assert_eq!(votes, [2, 2, 2, 1, 1, 1, 0]);
+
+    // The same within a city, whatever the spelling of the filter: Ana,
+    // then the three on 1 vote, then Fabio, with positions counted in the
+    // city.
+    let city = CityKey::from_filter("bogotá").unwrap();
+    let mut city_pages = Vec::new();
+    for number in 1..=4 {
+        let entries = db.rankings(Some(&city), page(number, 2)).await.unwrap();
+        for entry in &entries {
+            assert_ne!(entry.city, "Cali", "{}", entry.first_name);
+        }
+        let positions: Vec<u64> = entries.iter().map(|e| e.position).collect();
+        city_pages.push((names(&entries).join(","), positions));
+    }
+    assert_eq!(
+        city_pages,
+        [
+            ("Ana,Beto".to_owned(), vec![1, 2]),
+            ("Dario,Gina".to_owned(), vec![3, 4]),
+            ("Fabio".to_owned(), vec![5]),
+            (String::new(), vec![]),
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- public list

@@ -1,6 +1,5 @@
 //! Accounts: sign-up, login and the caller's profile.
 
-use anb_core::auth::{decoy_password_hash, hash_password, verify_password};
 use anb_core::domain::{Email, SignUp, SignUpForm};
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -131,9 +130,10 @@ impl AuthApi {
         };
         let signup = SignUp::parse(&form).map_err(|errors| ApiError::from(errors.into_vec()))?;
         let password = signup.password.expose_secret().to_owned();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        let hash = state
+            .passwords
+            .hash(password)
             .await
-            .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
         let user = state
             .db
@@ -174,14 +174,13 @@ impl AuthApi {
                 .map_err(ApiError::from)?,
             None => None,
         };
-        let password = body.0.password;
-        let (user_id, hash) = match credentials {
-            Some(c) => (Some(c.user_id), c.password_hash),
-            None => (None, decoy_password_hash().to_owned()),
-        };
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        // Without an account there is no hash: the password is checked
+        // against a decoy, which costs the same.
+        let (user_id, hash) = credentials.map(|c| (c.user_id, c.password_hash)).unzip();
+        let matches = state
+            .passwords
+            .verify(body.0.password, hash)
             .await
-            .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;
         let Some(user_id) = user_id.filter(|_| matches) else {
             return Err(bad_credentials().into());

@@ -113,6 +113,37 @@ async fn login_with_bad_credentials_is_the_same_401_whatever_the_cause() {
 }
 
 #[tokio::test]
+async fn logins_beyond_the_hashing_slots_wait_their_turn() {
+    // Password checks run one per CPU at a time; four times as many logins
+    // at once all get their answer, none an error.
+    let app = TestApp::spawn().await;
+    let player = app.player().await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let app = &app;
+    let attempts = (0..4 * cpus).map(|i| {
+        let email = if i % 4 == 3 {
+            "nobody@example.com"
+        } else {
+            player.email.as_str()
+        };
+        let password = if i % 4 == 2 {
+            "not-the-password"
+        } else {
+            player.password.as_str()
+        };
+        async move { (i, app.login(email, password).await.status()) }
+    });
+    for (i, status) in futures::future::join_all(attempts).await {
+        let expected = if i % 4 < 2 {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(status, expected, "login {i}");
+    }
+}
+
+#[tokio::test]
 async fn malformed_login_is_400() {
     let app = TestApp::spawn().await;
     let missing_password = app

@@ -18,17 +18,35 @@ struct RankingRow {
 
 // Ties are broken by player id: ids are time-ordered (UUIDv7), so the earlier
 // sign-up ranks first, and the order never depends on the query plan.
-const OVERALL: &str = "SELECT r.player_id, u.first_name, u.last_name, u.city, r.votes \
-     FROM player_rankings r JOIN users u ON u.id = r.player_id \
-     WHERE r.published_videos > 0 \
-     ORDER BY r.votes DESC, r.player_id \
-     LIMIT $1 OFFSET $2";
+//
+// The inner query takes one page of the aggregate in index order
+// (`player_rankings_ranked`, or `…_ranked_by_city` under the city filter,
+// which hold exactly the ranked rows), so a deep page walks index entries
+// instead of sorting every player. Names and cities are then looked up by
+// primary key for the page's rows alone: as a join, PostgreSQL may hash the
+// whole users table for a 50-row page, whereas scalar subqueries outside the
+// LIMIT run once per returned row on either engine.
+const OVERALL: &str = "SELECT r.player_id, \
+         (SELECT first_name FROM users WHERE id = r.player_id) AS first_name, \
+         (SELECT last_name FROM users WHERE id = r.player_id) AS last_name, \
+         (SELECT city FROM users WHERE id = r.player_id) AS city, \
+         r.votes \
+     FROM (SELECT player_id, votes FROM player_rankings \
+           WHERE published_videos > 0 \
+           ORDER BY votes DESC, player_id \
+           LIMIT $1 OFFSET $2) AS r \
+     ORDER BY r.votes DESC, r.player_id";
 
-const IN_CITY: &str = "SELECT r.player_id, u.first_name, u.last_name, u.city, r.votes \
-     FROM player_rankings r JOIN users u ON u.id = r.player_id \
-     WHERE r.published_videos > 0 AND r.city_key = $3 \
-     ORDER BY r.votes DESC, r.player_id \
-     LIMIT $1 OFFSET $2";
+const IN_CITY: &str = "SELECT r.player_id, \
+         (SELECT first_name FROM users WHERE id = r.player_id) AS first_name, \
+         (SELECT last_name FROM users WHERE id = r.player_id) AS last_name, \
+         (SELECT city FROM users WHERE id = r.player_id) AS city, \
+         r.votes \
+     FROM (SELECT player_id, votes FROM player_rankings \
+           WHERE published_videos > 0 AND city_key = $3 \
+           ORDER BY votes DESC, player_id \
+           LIMIT $1 OFFSET $2) AS r \
+     ORDER BY r.votes DESC, r.player_id";
 
 impl Conn<'_> {
     pub(crate) async fn rankings(
