@@ -59,7 +59,7 @@ use crate::{
     job::{Job, JobContext},
     queue::Queue,
     sqlite::now_ms,
-    worker::{RetryBackoff, panic_message},
+    worker::{RetryBackoff, panic_message, release_unfinished},
 };
 
 /// How an [`ApalisBackend`] claims and holds jobs.
@@ -506,22 +506,10 @@ async fn close(
         let _ = on_flushed.await;
     }
     let unfinished = shared.close();
-    let mut outcome = Ok(());
-    if !unfinished.is_empty() {
-        match shared.backend.release(&shared.owner, &unfinished).await {
-            Ok(()) => {
-                for id in &unfinished {
-                    shared.settle(id);
-                }
-                metrics::counter!("anb_queue_jobs_released_total")
-                    .increment(unfinished.len() as u64);
-            }
-            Err(error) => {
-                tracing::error!(%error, "releasing unfinished jobs failed; their leases will expire");
-                outcome = Err(error);
-            }
-        }
-    }
+    let outcome = release_unfinished(&shared.backend, &shared.owner, &unfinished, |id| {
+        shared.settle(id)
+    })
+    .await;
     drop(stop_background);
     for handle in handles {
         let _ = handle.await;

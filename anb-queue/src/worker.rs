@@ -412,22 +412,10 @@ impl Runtime {
         drop(completed_tx);
         let _ = completer.await;
         let unfinished = shared.in_flight_ids();
-        let mut outcome = Ok(());
-        if !unfinished.is_empty() {
-            match shared.backend.release(&shared.owner, &unfinished).await {
-                Ok(()) => {
-                    for id in &unfinished {
-                        shared.settle(id);
-                    }
-                    metrics::counter!("anb_queue_jobs_released_total")
-                        .increment(unfinished.len() as u64);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "releasing unfinished jobs failed; their leases will expire");
-                    outcome = Err(error);
-                }
-            }
-        }
+        let outcome = release_unfinished(&shared.backend, &shared.owner, &unfinished, |id| {
+            shared.settle(id)
+        })
+        .await;
         background.cancel();
         let _ = heartbeat.await;
         let _ = maintenance.await;
@@ -557,6 +545,30 @@ async fn run_job(
         }
     };
     metrics::counter!("anb_queue_jobs_total", "job" => name, "outcome" => outcome).increment(1);
+}
+
+/// Gives the jobs a stopping worker still holds back to the queue, settling each on
+/// success; on failure their leases expire and they run again elsewhere.
+pub(crate) async fn release_unfinished(
+    backend: &SharedBackend,
+    owner: &str,
+    unfinished: &[JobId],
+    settle: impl Fn(&JobId),
+) -> Result<(), QueueError> {
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    match backend.release(owner, unfinished).await {
+        Ok(()) => {
+            unfinished.iter().for_each(settle);
+            metrics::counter!("anb_queue_jobs_released_total").increment(unfinished.len() as u64);
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, "releasing unfinished jobs failed; their leases will expire");
+            Err(error)
+        }
+    }
 }
 
 pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
