@@ -1,14 +1,17 @@
+# shellcheck shell=bash
 # Shared set-up for scripts/serve and scripts/test: installs what is missing,
 # idempotently, on Debian or Ubuntu. Sourced, not run.
 
 # Packages the build needs (ffmpeg-next's bindings) and the tools tests use to
 # make fixtures and check outputs.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 ANB_BUILD_PACKAGES=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev
   libswscale-dev libswresample-dev libavutil-dev
 )
-ANB_TEST_PACKAGES=(ffmpeg python3-venv curl postgresql redis-server)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+ANB_TEST_PACKAGES=(ffmpeg python3-venv curl postgresql redis-server shellcheck)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -56,12 +59,16 @@ ensure_python_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'cfn-lint==1.58.0' \
       || die "pip install into .venv failed"
   fi
+  # Plots of the worker-scaling simulation.
+  if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check 'matplotlib==3.*' || die "pip install matplotlib failed"
+  fi
 }
 
 # --- services the tests talk to -------------------------------------------------
 ANB_STARTED=()
 
-pg_cluster_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+pg_cluster_version() { find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1; }
 
 ensure_postgres() {
   local url="${ANB_TEST_POSTGRES_URL}"

@@ -208,6 +208,7 @@ login_all() {
     local dir="$SCRATCH/logins"
     rm -rf "$dir"
     mkdir -p "$dir"
+    # shellcheck disable=SC2016 # $0..$2 are the inner shell's arguments
     nl -ba -w1 -s' ' "$1" | xargs -P 4 -n 2 sh -c '
         curl -sS --max-time 120 -o "$0/$1.json" -H "content-type: application/json" \
             -d "{\"email\":\"$2\",\"password\":\"'"$PASSWORD"'\"}" "'"$BASE"'/api/auth/login"
@@ -388,7 +389,7 @@ start_api "$SCRATCH/api-uploads.log"
 head -n "$UPLOADS" "$SCRATCH/tokens.txt" >"$SCRATCH/uploaders.txt"
 measure_uploads "PostgreSQL, local storage" "$SCRATCH/uploaders.txt" "$SCRATCH/media"
 stop_api
-rm -rf "$SCRATCH/media"
+rm -rf "${SCRATCH:?}/media"
 
 if [[ "$EMBEDDED" == 1 ]]; then
     mkdir -p "$SCRATCH/embedded"
