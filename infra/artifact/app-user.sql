@@ -4,7 +4,8 @@
 
 SELECT format('CREATE ROLE %I LOGIN', :'app_user')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'app_user') \gexec
-ALTER ROLE :"app_user" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'app_password';
+-- A new role has no superuser, database or role creation rights; a non-superuser owner cannot even restate that.
+ALTER ROLE :"app_user" WITH LOGIN PASSWORD :'app_password';
 -- The owner must be a member of the role to hand it objects (RDS's master user is not a superuser).
 GRANT :"app_user" TO CURRENT_USER;
 
