@@ -46,3 +46,28 @@ for expected in "put-object --bucket check-bucket --key releases/$(git rev-parse
   "cloudformation deploy --stack-name anb-check " "InstanceProfileName=LabInstanceProfile"; do
   grep -qF -- "$expected" <<<"$plan" || { echo "deploy.sh --dry-run does not print: $expected" >&2; exit 1; }
 done
+
+step "compose file"
+# The compose topology takes every variable the instances give the services.
+for var in $(grep -oE 'echo "(ANB|AWS)_[A-Z_]+=' infra/artifact/boot.sh | grep -oE '(ANB|AWS)_[A-Z_]+') \
+  $(grep -oE "'(ANB)_[A-Z_]+=" infra/artifact/lib/anb-secrets | grep -oE 'ANB_[A-Z_]+'); do
+  grep -q "^ *$var:" infra/compose.yaml || { echo "infra/compose.yaml does not set $var" >&2; exit 1; }
+done
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f infra/compose.yaml config --quiet
+elif command -v docker-compose >/dev/null; then
+  docker-compose -f infra/compose.yaml config --quiet
+else
+  echo "no Docker Compose here: only the variables were checked" >&2
+fi
+
+step "worker-scaling simulation --quick"
+sim_out=$(mktemp -d)
+"$venv/bin/python" capacity/worker-scaling/simulate.py --quick --out "$sim_out" >/dev/null
+for f in burst.png target-sweep.png results.md; do
+  [ -s "$sim_out/$f" ] || { echo "the simulation wrote no $f" >&2; exit 1; }
+done
+# The chosen policy never kills an encode in the burst.
+grep -E '^\| burst \| backlog [0-9.]+ \+' "$sim_out/results.md" | awk -F'|' '$(NF-1) + 0 != 0 { exit 1 }' \
+  || { echo "the chosen policy killed encodes in the burst" >&2; exit 1; }
+rm -rf "$sim_out"
