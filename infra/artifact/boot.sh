@@ -4,7 +4,8 @@
 # package mirror and nothing is compiled. Installs this release, starts the tier's units and the CloudWatch agent,
 # and signals CloudFormation SUCCESS once the tier is healthy (FAILURE on any error): creations and rolling updates
 # wait for that signal. Settings come from /etc/anb/stack.env; secrets are read later, by the units themselves.
-set -euo pipefail
+# -E: the ERR trap below also fires for failures inside functions.
+set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 . /etc/anb/stack.env
