@@ -147,7 +147,7 @@ def simulate(scenario: Scenario, policy: Policy, p: Params, seed: int = 7) -> Re
     datapoints: list[tuple[float, float, float, float]] = []  # (available at, backlog metric, visible, rate metric)
     sent_this_minute = 0
     last_scaling = -1e9
-    result = Result()
+    result = Result(arrivals=scenario.initial_backlog)
     next_minute = 60.0
 
     def service_time() -> float:
