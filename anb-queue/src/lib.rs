@@ -19,7 +19,7 @@ pub use apalis::ApalisBackend;
 pub use backend::{BackendKind, DeadJob, JobId};
 pub use error::{JobError, QueueError};
 pub use job::{Job, JobContext};
-pub use outbox::{Outbox, OutboxPool, Relay};
+pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
 pub use queue::{Queue, TransactionalConnection};
 pub use stats::QueueStats;
 pub use worker::{RetryBackoff, Worker, shutdown_signal};
