@@ -21,5 +21,5 @@ pub use error::{JobError, QueueError};
 pub use job::{Job, JobContext};
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
 pub use queue::{Queue, TransactionalConnection};
-pub use stats::QueueStats;
+pub use stats::{PollCounts, QueueStats};
 pub use worker::{RetryBackoff, Worker, shutdown_signal};
