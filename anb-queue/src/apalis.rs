@@ -59,7 +59,8 @@ use crate::{
     job::{Job, JobContext},
     queue::Queue,
     sqlite::now_ms,
-    worker::{RetryBackoff, panic_message, release_unfinished},
+    stats::PollCounter,
+    worker::{RetryBackoff, idle_wait, panic_message, release_unfinished},
 };
 
 /// How an [`ApalisBackend`] claims and holds jobs.
@@ -203,6 +204,7 @@ impl<J> ApalisBackend<J> {
                 Arc::new(Shared {
                     backend: self.queue.backend().clone(),
                     owner: format!("{}-{}", worker.name(), uuid::Uuid::new_v4()),
+                    polls: self.queue.poll_counter().clone(),
                     lease: self.config.lease,
                     backoff: self.config.retry_backoff,
                     held: Mutex::new(Held::default()),
@@ -342,6 +344,7 @@ struct Shared {
     owner: String,
     lease: Duration,
     backoff: RetryBackoff,
+    polls: Arc<PollCounter>,
     /// Jobs leased to this worker and not yet settled (buffered or running).
     held: Mutex<Held>,
     completions: mpsc::UnboundedSender<Completion>,
@@ -444,6 +447,7 @@ async fn claim(
             lease: shared.lease,
         })
         .await?;
+    shared.polls.claimed(claimed.len());
     if shared.hold(claimed.iter().map(|job| job.id.clone())) {
         return Ok(claimed);
     }
@@ -461,11 +465,9 @@ async fn claim(
 async fn wait_for_work(shared: Arc<Shared>, name: &'static str, mut signal: WorkSignal) {
     let poll_interval = shared.backend.idle_poll_interval();
     let backend = shared.backend.clone();
+    shared.polls.checked_due();
     let next_due = tokio::spawn(async move { backend.next_due_in(&[name]).await });
-    let wait = match next_due.await {
-        Ok(Ok(Some(due))) => due.min(poll_interval),
-        _ => poll_interval,
-    };
+    let wait = idle_wait(next_due.await.unwrap_or(Ok(None)), poll_interval);
     tokio::select! {
         changed = signal.changed() => {
             if changed.is_err() {

@@ -42,18 +42,38 @@
 //! while (a lease of 60 s) before publishing it, so two relays never publish the same rows
 //! at once, and a batch claimed by a relay that died is published by another once the lease
 //! runs out.
+//!
+//! One row the queue refuses never holds up the others:
+//! - a batch the queue refuses is split in halves, and each half published on its own, so
+//!   the rows it accepts go through and only the refused ones are left (a half that fails as
+//!   a whole for a reason other than the row, such as the queue being down, ends the split:
+//!   the rest is not tried);
+//! - a row that failed waits before it is tried again (exponential backoff with jitter,
+//!   [`Relay::retry_backoff`]), keeping its error and the count of attempts;
+//! - a row the queue refuses for good (larger than its message size limit), or that failed
+//!   [`Relay::max_publish_attempts`] times, moves to the outbox's dead state with the reason.
+//!   [`Outbox::dead_entries`] lists dead rows and [`Outbox::requeue_dead`] gives them back
+//!   to the relay, for instance after raising the queue's limit.
+//!
+//! The table's schema is versioned (`anb_queue_outbox_schema`) and upgraded by
+//! [`Outbox::setup`]. Each upgrade keeps the table usable by the relays of the release
+//! before it, which run beside new ones during a rolling deploy: columns are only added,
+//! and a row waiting for its retry or dead keeps `claimed_until_ms` in the future (for ever,
+//! when dead), which older relays already respect.
 
 use std::{
     collections::HashSet,
     future::Future,
     sync::{Arc, Mutex, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, postgres::PgListener};
 use tokio::sync::watch;
 
 use crate::{
+    RetryBackoff,
     backend::{BackendKind, NewJob},
     error::QueueError,
     job::Job,
@@ -63,49 +83,94 @@ use crate::{
 
 const CHANNEL: &str = "anb_queue_outbox";
 
-const POSTGRES_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        name TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        max_attempts BIGINT NOT NULL,
-        not_before_ms BIGINT NOT NULL,
-        created_at_ms BIGINT NOT NULL,
-        claimed_until_ms BIGINT,
-        publish_attempts BIGINT NOT NULL DEFAULT 0,
-        last_error TEXT
-    )",
-    "CREATE OR REPLACE FUNCTION anb_queue_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN PERFORM pg_notify('anb_queue_outbox', ''); RETURN NULL; END $$",
-    // Statement level, delivered at commit: the relay wakes once the job is committed.
-    "DROP TRIGGER IF EXISTS anb_queue_outbox_notify ON anb_queue_outbox",
-    "CREATE TRIGGER anb_queue_outbox_notify AFTER INSERT ON anb_queue_outbox
-     FOR EACH STATEMENT EXECUTE FUNCTION anb_queue_outbox_notify()",
+/// One step of the outbox's schema, applied once per database, in order, by
+/// [`Outbox::setup`]. A step must leave the table usable by the relays of the release before
+/// it (see the module documentation): add nullable columns and indexes, never drop or rename.
+struct Migration {
+    version: i64,
+    postgres: &'static [&'static str],
+    sqlite: &'static [&'static str],
+}
+
+const MIGRATIONS: &[Migration] = &[
+    // The table as the first release created it (without a version table): every statement
+    // is idempotent, so a database set up by that release passes through it unchanged.
+    Migration {
+        version: 1,
+        postgres: &[
+            "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                max_attempts BIGINT NOT NULL,
+                not_before_ms BIGINT NOT NULL,
+                created_at_ms BIGINT NOT NULL,
+                claimed_until_ms BIGINT,
+                publish_attempts BIGINT NOT NULL DEFAULT 0,
+                last_error TEXT
+            )",
+            "CREATE OR REPLACE FUNCTION anb_queue_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_notify('anb_queue_outbox', ''); RETURN NULL; END $$",
+            // Statement level, delivered at commit: the relay wakes once the job is committed.
+            "DROP TRIGGER IF EXISTS anb_queue_outbox_notify ON anb_queue_outbox",
+            "CREATE TRIGGER anb_queue_outbox_notify AFTER INSERT ON anb_queue_outbox
+             FOR EACH STATEMENT EXECUTE FUNCTION anb_queue_outbox_notify()",
+        ],
+        sqlite: &[
+            // AUTOINCREMENT: ids of published (deleted) jobs are never handed out again.
+            "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                max_attempts INTEGER NOT NULL,
+                not_before_ms INTEGER NOT NULL,
+                created_at_ms INTEGER NOT NULL,
+                claimed_until_ms INTEGER,
+                publish_attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT
+            )",
+        ],
+    },
+    // The dead state. A dead row also keeps `claimed_until_ms` at its largest value, so the
+    // first release's relays, which know nothing of `dead_at_ms`, never claim it either.
+    Migration {
+        version: 2,
+        postgres: &[
+            "ALTER TABLE anb_queue_outbox ADD COLUMN IF NOT EXISTS dead_at_ms BIGINT",
+            "CREATE INDEX IF NOT EXISTS anb_queue_outbox_live ON anb_queue_outbox (id)
+             WHERE dead_at_ms IS NULL",
+            "CREATE INDEX IF NOT EXISTS anb_queue_outbox_dead ON anb_queue_outbox (id)
+             WHERE dead_at_ms IS NOT NULL",
+        ],
+        sqlite: &[
+            "ALTER TABLE anb_queue_outbox ADD COLUMN dead_at_ms INTEGER",
+            "CREATE INDEX IF NOT EXISTS anb_queue_outbox_live ON anb_queue_outbox (id)
+             WHERE dead_at_ms IS NULL",
+            "CREATE INDEX IF NOT EXISTS anb_queue_outbox_dead ON anb_queue_outbox (id)
+             WHERE dead_at_ms IS NOT NULL",
+        ],
+    },
 ];
 
-const SQLITE_SCHEMA: &[&str] = &[
-    // AUTOINCREMENT: ids of published (deleted) jobs are never handed out again.
-    "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        max_attempts INTEGER NOT NULL,
-        not_before_ms INTEGER NOT NULL,
-        created_at_ms INTEGER NOT NULL,
-        claimed_until_ms INTEGER,
-        publish_attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    )",
-];
+/// Which schema versions a database has; created by the first [`Outbox::setup`] of a
+/// release that versions the schema.
+const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS anb_queue_outbox_schema (
+    version BIGINT PRIMARY KEY,
+    applied_at_ms BIGINT NOT NULL
+)";
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_6f75_7462; // "anb_outb"
+
+/// `claimed_until_ms` of a dead row: a claim that never runs out.
+const DEAD_CLAIM: i64 = i64::MAX;
 
 /// How long a relay holds the batch it claimed: longer than a publish can take, so that
 /// only a relay that died leaves its batch to another.
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
 
-/// The longest a publish may take (half the claim) before it counts as failed.
+/// The longest a publish may take (half the claim) before it counts as failed; a batch split
+/// after a refusal shares it.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest opening the queue may take before the relay tries again.
@@ -113,6 +178,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait after a failed publish; it doubles up to [`Relay::max_backoff`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How often a relay refreshes the `anb_queue_outbox_dead` gauge when nothing changed it.
+const DEAD_GAUGE_REFRESH: Duration = Duration::from_secs(60);
 
 mod sealed {
     /// Where the engine-specific store comes from; sealed so that only the two pools
@@ -151,8 +219,32 @@ pub struct Outbox {
     wake: Arc<watch::Sender<u64>>,
 }
 
+/// A job in the outbox as an operator sees it: waiting to be published, or dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxEntry {
+    /// The outbox entry's id (returned by [`Outbox::enqueue_tx`]).
+    pub id: i64,
+    /// The job's stable name.
+    pub name: String,
+    /// The JSON payload.
+    pub payload: String,
+    /// How many times a relay took it to publish it.
+    pub publish_attempts: u32,
+    /// Why the last publish failed; for a dead entry, why it died.
+    pub last_error: Option<String>,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The earliest a relay takes it again (ms since the Unix epoch) while it waits for a
+    /// retry or a relay is publishing it; `None` when it can be published at once or is dead.
+    pub next_attempt_at_ms: Option<i64>,
+    /// When it was moved to the dead state; `None` while it waits to be published.
+    pub dead_at_ms: Option<i64>,
+}
+
 impl Outbox {
-    /// Creates the outbox table (`anb_queue_outbox`) in the database of `pool` if missing.
+    /// Creates the outbox table (`anb_queue_outbox`) in the database of `pool` if missing,
+    /// or upgrades its schema to this release's version (see the module documentation).
     ///
     /// The pool is the application's own: enqueues happen on its transactions, and the relay
     /// uses one of its connections (plus, on PostgreSQL, one `LISTEN` connection with the
@@ -218,16 +310,62 @@ impl Outbox {
         if C::KIND == BackendKind::Sqlite {
             // Before the caller commits: the relay's claim waits for the commit (see the
             // module documentation).
-            self.wake
-                .send_modify(|count| *count = count.wrapping_add(1));
+            self.wake();
         }
         Ok(id)
     }
 
-    /// Counts jobs written but not yet published.
+    /// Counts jobs written but not yet published, dead ones excepted.
     pub async fn pending(&self) -> Result<u64, QueueError> {
-        let pending = self.store.pending().await?;
-        Ok(u64::try_from(pending).unwrap_or(0))
+        Ok(count(self.store.count(false).await?))
+    }
+
+    /// Counts jobs in the dead state (see [`Outbox::dead_entries`]).
+    pub async fn dead_count(&self) -> Result<u64, QueueError> {
+        Ok(count(self.store.count(true).await?))
+    }
+
+    /// Lists up to `limit` jobs waiting to be published, with their attempts and last error,
+    /// oldest first and from the entry after `after_id` (pass the last id of a page to get the
+    /// next one).
+    pub async fn pending_entries(
+        &self,
+        limit: usize,
+        after_id: Option<i64>,
+    ) -> Result<Vec<OutboxEntry>, QueueError> {
+        self.store.entries(false, limit, after_id).await
+    }
+
+    /// Lists up to `limit` dead jobs with the reason each died, oldest first and from the
+    /// entry after `after_id`.
+    pub async fn dead_entries(
+        &self,
+        limit: usize,
+        after_id: Option<i64>,
+    ) -> Result<Vec<OutboxEntry>, QueueError> {
+        self.store.entries(true, limit, after_id).await
+    }
+
+    /// Gives dead jobs back to the relays, as if just written (their attempt count starts
+    /// again; the last error stays until the next attempt). Ids that are not dead are
+    /// ignored. Returns how many were given back.
+    pub async fn requeue_dead(&self, ids: &[i64]) -> Result<u64, QueueError> {
+        let requeued = self.store.requeue(Some(ids)).await?;
+        self.wake();
+        Ok(requeued)
+    }
+
+    /// Gives every dead job back to the relays; see [`Outbox::requeue_dead`].
+    pub async fn requeue_all_dead(&self) -> Result<u64, QueueError> {
+        let requeued = self.store.requeue(None).await?;
+        self.wake();
+        Ok(requeued)
+    }
+
+    /// Wakes this process's relays (PostgreSQL's also learn of new rows by `NOTIFY`).
+    fn wake(&self) {
+        self.wake
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// A relay publishing this outbox to the queue that `connect` opens: called again until
@@ -246,8 +384,17 @@ impl Outbox {
             batch: 100,
             poll_interval: self.store.poll_interval(),
             max_backoff: Duration::from_secs(10),
+            max_publish_attempts: 20,
+            retry_backoff: RetryBackoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+            },
         }
     }
+}
+
+fn count(rows: i64) -> u64 {
+    u64::try_from(rows).unwrap_or(0)
 }
 
 /// Publishes an outbox's committed jobs to a queue; see [`Outbox::relay`].
@@ -260,6 +407,8 @@ pub struct Relay<C> {
     batch: i64,
     poll_interval: Duration,
     max_backoff: Duration,
+    max_publish_attempts: u32,
+    retry_backoff: RetryBackoff,
 }
 
 impl<C, Fut> Relay<C>
@@ -281,6 +430,21 @@ where
         self
     }
 
+    /// How many times a relay tries to publish a job before moving it to the dead state
+    /// (default 20; at least 1). With the default [`Relay::retry_backoff`], 20 attempts take
+    /// about an hour of failures. A job the queue refuses for good dies at the first attempt.
+    pub fn max_publish_attempts(mut self, attempts: u32) -> Self {
+        self.max_publish_attempts = attempts.max(1);
+        self
+    }
+
+    /// How long a job whose publish failed waits before it is tried again: `base × 2^(n-1)`
+    /// after attempt `n`, capped at `max`, with jitter (default 1 s, capped at 5 min).
+    pub fn retry_backoff(mut self, backoff: RetryBackoff) -> Self {
+        self.retry_backoff = backoff;
+        self
+    }
+
     /// Runs until `shutdown` completes. A publish under way when it does is finished first.
     ///
     /// Neither the queue nor the database being down stops the relay: it logs, counts
@@ -291,12 +455,18 @@ where
         let mut wakeups = self.wake.subscribe();
         let mut queue: Option<Queue> = None;
         let mut backoff = MIN_BACKOFF;
+        let mut dead_gauge_due = Instant::now();
+        let mut dead_known = None;
         // Claim at once on start (jobs may wait from before) and after a wake-up; otherwise
         // look before taking a write lock.
         let mut woken = true;
         loop {
             if let Store::Postgres(pool) = &self.store {
                 listener.ensure(pool).await;
+            }
+            if Instant::now() >= dead_gauge_due {
+                self.refresh_dead_gauge(&mut dead_known).await;
+                dead_gauge_due = Instant::now() + DEAD_GAUGE_REFRESH;
             }
             let outcome = match &queue {
                 None => match tokio::time::timeout(CONNECT_TIMEOUT, (self.connect)()).await {
@@ -310,20 +480,22 @@ where
                         after: CONNECT_TIMEOUT,
                     }),
                 },
-                Some(connected) => match self.publish_batch(connected, woken).await {
-                    Ok(published) => Ok(published),
-                    Err(Failure::Outbox(error)) => Err(error),
-                    Err(Failure::Queue(error)) => {
-                        // Open the queue afresh next time: a client may stay stuck in its
-                        // own reconnection schedule long after the broker is back.
-                        queue = None;
-                        Err(error)
+                Some(connected) => {
+                    match self.publish_batch(connected, woken, &mut dead_known).await {
+                        Ok(round) => Ok(round.settled()),
+                        Err(Failure::Outbox(error)) => Err(error),
+                        Err(Failure::Queue(error)) => {
+                            // Open the queue afresh next time: a client may stay stuck in its
+                            // own reconnection schedule long after the broker is back.
+                            queue = None;
+                            Err(error)
+                        }
                     }
-                },
+                }
             };
             woken = false;
             let wait = match outcome {
-                Ok(published) if published > 0 => {
+                Ok(settled) if settled > 0 => {
                     backoff = MIN_BACKOFF;
                     woken = true;
                     continue;
@@ -348,10 +520,34 @@ where
         }
     }
 
-    /// Claims up to one batch of unpublished jobs, publishes it, and deletes it from the
-    /// outbox; on failure gives the batch back with the error. Returns how many were
-    /// published.
-    async fn publish_batch(&self, queue: &Queue, woken: bool) -> Result<u64, Failure> {
+    /// Sets the `anb_queue_outbox_dead` gauge, and logs the count when it changed (`known`
+    /// is the last count logged).
+    async fn refresh_dead_gauge(&self, known: &mut Option<i64>) {
+        match self.store.count(true).await {
+            Ok(dead) => {
+                metrics::gauge!("anb_queue_outbox_dead").set(dead as f64);
+                if *known != Some(dead) && (dead > 0 || known.is_some()) {
+                    tracing::warn!(
+                        dead,
+                        "dead jobs in the outbox: list them with Outbox::dead_entries, give them back with Outbox::requeue_dead"
+                    );
+                }
+                *known = Some(dead);
+            }
+            Err(error) => tracing::debug!(%error, "counting dead outbox rows failed"),
+        }
+    }
+
+    /// Claims up to one batch of unpublished jobs and publishes it (splitting it when the
+    /// queue refuses it); deletes what was published, and schedules a retry of, or kills,
+    /// each job that was not.
+    /// `dead_known` is the dead count last logged (see [`Relay::refresh_dead_gauge`]).
+    async fn publish_batch(
+        &self,
+        queue: &Queue,
+        woken: bool,
+        dead_known: &mut Option<i64>,
+    ) -> Result<Round, Failure> {
         let now = now_ms();
         if !woken
             && !self
@@ -360,7 +556,7 @@ where
                 .await
                 .map_err(Failure::Outbox)?
         {
-            return Ok(0);
+            return Ok(Round::default());
         }
         let mut entries = self
             .store
@@ -368,44 +564,207 @@ where
             .await
             .map_err(Failure::Outbox)?;
         if entries.is_empty() {
-            return Ok(0);
+            return Ok(Round::default());
         }
         entries.sort_by_key(|entry| entry.id);
-        let ids: Vec<i64> = entries.iter().map(|entry| entry.id).collect();
-        let jobs: Vec<NewJob> = entries
-            .into_iter()
-            .map(|entry| NewJob {
-                name: intern(&entry.name),
-                payload: entry.payload,
-                max_attempts: u32::try_from(entry.max_attempts).unwrap_or(1).max(1),
-                delay: Duration::from_millis(u64::try_from(entry.not_before_ms - now).unwrap_or(0)),
-            })
-            .collect();
         // Bounded well within the claim, so no other relay takes the batch meanwhile.
-        let published = tokio::time::timeout(PUBLISH_TIMEOUT, queue.backend().enqueue(&jobs))
-            .await
-            .unwrap_or(Err(QueueError::Timeout {
-                operation: "publishing to the queue",
-                after: PUBLISH_TIMEOUT,
-            }));
-        match published {
-            Ok(_) => {
-                if let Err(error) = self.store.delete(&ids).await {
+        let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
+        let mut attempt = Attempt::default();
+        publish_split(queue, entries, deadline, &mut attempt).await;
+
+        let ids: Vec<i64> = attempt.published.iter().map(|entry| entry.id).collect();
+        let mut round = Round {
+            published: ids.len() as u64,
+            ..Round::default()
+        };
+        let mut settle_error = None;
+        if !ids.is_empty() {
+            match self.store.delete(&ids).await {
+                Ok(()) => {
+                    metrics::counter!("anb_queue_outbox_published_total")
+                        .increment(ids.len() as u64);
+                }
+                Err(error) => {
                     // Published, but still in the outbox: published again once the claim
                     // runs out (at-least-once).
                     tracing::warn!(%error, jobs = ids.len(), "published jobs could not be removed from the outbox; they will be published again");
-                    return Err(Failure::Outbox(error));
+                    settle_error = Some(error);
                 }
-                metrics::counter!("anb_queue_outbox_published_total").increment(ids.len() as u64);
-                Ok(ids.len() as u64)
-            }
-            Err(error) => {
-                // If this fails too, the claim runs out and the batch is retried then.
-                let _ = self.store.release(&ids, &error.to_string()).await;
-                Err(Failure::Queue(error))
             }
         }
+        if !attempt.failed.is_empty() {
+            let now = now_ms();
+            let settlements: Vec<Settlement> = attempt
+                .failed
+                .iter()
+                .map(|failed| self.settlement(failed, now))
+                .collect();
+            // If this fails, the claim runs out and the jobs are tried again then.
+            match self.store.settle(&settlements).await {
+                Ok(()) => {
+                    for (failed, settlement) in attempt.failed.iter().zip(&settlements) {
+                        if let Some(reason) = settlement.death {
+                            round.dead += 1;
+                            tracing::warn!(outbox_id = failed.entry.id, job = %failed.entry.name, attempts = failed.entry.publish_attempts, error = %failed.error, "outbox job moved to the dead state");
+                            metrics::counter!("anb_queue_outbox_dead_total", "reason" => reason)
+                                .increment(1);
+                        } else {
+                            metrics::counter!("anb_queue_outbox_retries_total").increment(1);
+                        }
+                    }
+                }
+                Err(error) => settle_error = settle_error.or(Some(error)),
+            }
+            if round.dead > 0 {
+                self.refresh_dead_gauge(dead_known).await;
+            }
+        }
+        if let Some(error) = settle_error {
+            return Err(Failure::Outbox(error));
+        }
+        match attempt.queue_error {
+            // Nothing went through: the queue is failing, not some job.
+            Some(error) if round.published == 0 => Err(Failure::Queue(error)),
+            _ => Ok(round),
+        }
     }
+
+    /// What becomes of a job whose publish failed: dead, or back after its backoff.
+    fn settlement(&self, failed: &FailedEntry, now: i64) -> Settlement {
+        let attempts = u32::try_from(failed.entry.publish_attempts).unwrap_or(u32::MAX);
+        let death = if failed.permanent {
+            Some("refused")
+        } else if attempts >= self.max_publish_attempts {
+            Some("attempts")
+        } else {
+            None
+        };
+        Settlement {
+            id: failed.entry.id,
+            error: failed.error.clone(),
+            death,
+            retry_at_ms: now.saturating_add(millis(self.retry_backoff.delay(attempts.max(1)))),
+            now_ms: now,
+        }
+    }
+}
+
+/// Publishes `rows` with one enqueue; when the queue refuses them, splits them in halves and
+/// publishes each on its own, down to single rows, so that the rows the queue accepts go
+/// through. A half that fails as a whole for a reason other than a row (the queue is down)
+/// ends the split: the rest fails with the same error without being tried, so an outage
+/// costs a few requests per batch, not one per row.
+fn publish_split<'a>(
+    queue: &'a Queue,
+    mut rows: Vec<Entry>,
+    deadline: tokio::time::Instant,
+    attempt: &'a mut Attempt,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let result = if tokio::time::Instant::now() >= deadline {
+            Err(publish_timeout())
+        } else {
+            let now = now_ms();
+            let jobs: Vec<NewJob> = rows.iter().map(|entry| entry.job(now)).collect();
+            tokio::time::timeout_at(deadline, queue.backend().enqueue(&jobs))
+                .await
+                .unwrap_or_else(|_| Err(publish_timeout()))
+        };
+        let error = match result {
+            Ok(_) => {
+                attempt.published.extend(rows);
+                return;
+            }
+            Err(error) => error,
+        };
+        if rows.len() == 1 {
+            attempt.fail(rows, error);
+            return;
+        }
+        let refused = refused_for_good(&error);
+        let second = rows.split_off(rows.len() / 2);
+        let progress = attempt.progress();
+        publish_split(queue, rows, deadline, attempt).await;
+        if !refused && attempt.progress() == progress {
+            attempt.fail(second, error);
+            return;
+        }
+        publish_split(queue, second, deadline, attempt).await;
+    })
+}
+
+fn publish_timeout() -> QueueError {
+    QueueError::Timeout {
+        operation: "publishing to the queue",
+        after: PUBLISH_TIMEOUT,
+    }
+}
+
+/// Whether the queue refuses this job whatever the number of attempts.
+fn refused_for_good(error: &QueueError) -> bool {
+    matches!(error, QueueError::MessageTooLarge { .. })
+}
+
+/// What one claimed batch came to.
+#[derive(Debug, Default)]
+struct Attempt {
+    published: Vec<Entry>,
+    failed: Vec<FailedEntry>,
+    /// The first failure that was the queue's rather than a job's.
+    queue_error: Option<QueueError>,
+}
+
+impl Attempt {
+    fn fail(&mut self, rows: Vec<Entry>, error: QueueError) {
+        let permanent = refused_for_good(&error);
+        let message = error.to_string();
+        self.failed
+            .extend(rows.into_iter().map(|entry| FailedEntry {
+                entry,
+                error: message.clone(),
+                permanent,
+            }));
+        if !permanent && self.queue_error.is_none() {
+            self.queue_error = Some(error);
+        }
+    }
+
+    /// Rows settled for good so far: published, or refused for good.
+    fn progress(&self) -> usize {
+        self.published.len() + self.failed.iter().filter(|failed| failed.permanent).count()
+    }
+}
+
+#[derive(Debug)]
+struct FailedEntry {
+    entry: Entry,
+    error: String,
+    permanent: bool,
+}
+
+/// How many jobs one round published or moved to the dead state.
+#[derive(Debug, Default)]
+struct Round {
+    published: u64,
+    dead: u64,
+}
+
+impl Round {
+    /// Jobs that left the queue of work; the relay goes on at once while there are some.
+    fn settled(&self) -> u64 {
+        self.published + self.dead
+    }
+}
+
+/// The fate of one job whose publish failed.
+#[derive(Debug)]
+struct Settlement {
+    id: i64,
+    error: String,
+    /// Why it dies (the metric's `reason`), or `None` when it is retried.
+    death: Option<&'static str>,
+    retry_at_ms: i64,
+    now_ms: i64,
 }
 
 /// Why a publish failed: the outbox's database, or the queue (which is then opened again).
@@ -422,6 +781,17 @@ pub enum Store {
     Sqlite(SqlitePool),
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool the store holds, for statements whose
+/// SQL is the same on both engines.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
 /// An outbox row claimed for publishing.
 #[derive(Debug, sqlx::FromRow)]
 struct Entry {
@@ -430,6 +800,49 @@ struct Entry {
     payload: String,
     max_attempts: i64,
     not_before_ms: i64,
+    publish_attempts: i64,
+}
+
+impl Entry {
+    fn job(&self, now: i64) -> NewJob {
+        NewJob {
+            name: intern(&self.name),
+            payload: self.payload.clone(),
+            max_attempts: u32::try_from(self.max_attempts).unwrap_or(1).max(1),
+            delay: Duration::from_millis(u64::try_from(self.not_before_ms - now).unwrap_or(0)),
+        }
+    }
+}
+
+/// An outbox row as listed for an operator.
+#[derive(Debug, sqlx::FromRow)]
+struct EntryRow {
+    id: i64,
+    name: String,
+    payload: String,
+    publish_attempts: i64,
+    last_error: Option<String>,
+    created_at_ms: i64,
+    claimed_until_ms: Option<i64>,
+    dead_at_ms: Option<i64>,
+}
+
+impl From<EntryRow> for OutboxEntry {
+    fn from(row: EntryRow) -> Self {
+        let now = now_ms();
+        Self {
+            id: row.id,
+            name: row.name,
+            payload: row.payload,
+            publish_attempts: u32::try_from(row.publish_attempts).unwrap_or(0),
+            last_error: row.last_error,
+            created_at_ms: row.created_at_ms,
+            next_attempt_at_ms: row
+                .claimed_until_ms
+                .filter(|until| row.dead_at_ms.is_none() && *until > now),
+            dead_at_ms: row.dead_at_ms,
+        }
+    }
 }
 
 impl Store {
@@ -449,7 +862,12 @@ impl Store {
         }
     }
 
+    /// Applies the schema versions the database does not have yet, in one transaction that
+    /// concurrent setups wait for.
     async fn setup(&self) -> Result<(), QueueError> {
+        const CURRENT: &str = "SELECT coalesce(max(version), 0) FROM anb_queue_outbox_schema";
+        const RECORD: &str =
+            "INSERT INTO anb_queue_outbox_schema (version, applied_at_ms) VALUES ($1, $2)";
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -457,8 +875,17 @@ impl Store {
                     .bind(SETUP_LOCK_KEY)
                     .execute(&mut *tx)
                     .await?;
-                for statement in POSTGRES_SCHEMA {
-                    sqlx::query(*statement).execute(&mut *tx).await?;
+                sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
+                let current: i64 = sqlx::query_scalar(CURRENT).fetch_one(&mut *tx).await?;
+                for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+                    for statement in migration.postgres {
+                        sqlx::query(*statement).execute(&mut *tx).await?;
+                    }
+                    sqlx::query(RECORD)
+                        .bind(migration.version)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }
@@ -466,8 +893,17 @@ impl Store {
                 // IMMEDIATE takes the write lock up front, so two processes cannot
                 // interleave the DDL.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                for statement in SQLITE_SCHEMA {
-                    sqlx::query(*statement).execute(&mut *tx).await?;
+                sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
+                let current: i64 = sqlx::query_scalar(CURRENT).fetch_one(&mut *tx).await?;
+                for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+                    for statement in migration.sqlite {
+                        sqlx::query(*statement).execute(&mut *tx).await?;
+                    }
+                    sqlx::query(RECORD)
+                        .bind(migration.version)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }
@@ -475,25 +911,52 @@ impl Store {
         Ok(())
     }
 
-    async fn pending(&self) -> Result<i64, QueueError> {
-        const SQL: &str = "SELECT count(*) FROM anb_queue_outbox";
-        Ok(match self {
-            Store::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
-            Store::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
-        })
+    /// Counts dead jobs, or those waiting to be published.
+    async fn count(&self, dead: bool) -> Result<i64, QueueError> {
+        let sql = if dead {
+            "SELECT count(*) FROM anb_queue_outbox WHERE dead_at_ms IS NOT NULL"
+        } else {
+            "SELECT count(*) FROM anb_queue_outbox WHERE dead_at_ms IS NULL"
+        };
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
+    }
+
+    async fn entries(
+        &self,
+        dead: bool,
+        limit: usize,
+        after_id: Option<i64>,
+    ) -> Result<Vec<OutboxEntry>, QueueError> {
+        let sql = if dead {
+            "SELECT id, name, payload, publish_attempts, last_error, created_at_ms,
+                    claimed_until_ms, dead_at_ms
+             FROM anb_queue_outbox WHERE dead_at_ms IS NOT NULL AND id > $1
+             ORDER BY id LIMIT $2"
+        } else {
+            "SELECT id, name, payload, publish_attempts, last_error, created_at_ms,
+                    claimed_until_ms, dead_at_ms
+             FROM anb_queue_outbox WHERE dead_at_ms IS NULL AND id > $1
+             ORDER BY id LIMIT $2"
+        };
+        let after = after_id.unwrap_or(0);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<EntryRow> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows.into_iter().map(OutboxEntry::from).collect())
     }
 
     /// Whether any job waits unclaimed: a read, so polling takes no write lock.
     async fn any_claimable(&self, now: i64) -> Result<bool, QueueError> {
         const SQL: &str = "SELECT EXISTS (SELECT 1 FROM anb_queue_outbox
-             WHERE claimed_until_ms IS NULL OR claimed_until_ms < $1)";
-        Ok(match self {
-            Store::Postgres(pool) => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await?,
-            Store::Sqlite(pool) => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await?,
-        })
+             WHERE dead_at_ms IS NULL AND (claimed_until_ms IS NULL OR claimed_until_ms < $1))";
+        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await?))
     }
 
-    /// Claims up to `batch` unclaimed jobs (or jobs whose claim ran out) until `until`.
+    /// Claims up to `batch` unclaimed jobs (or jobs whose claim or backoff ran out) until
+    /// `until`, counting an attempt for each.
     async fn claim(&self, now: i64, until: i64, batch: i64) -> Result<Vec<Entry>, QueueError> {
         Ok(match self {
             Store::Postgres(pool) => {
@@ -503,10 +966,11 @@ impl Store {
                      SET claimed_until_ms = $2, publish_attempts = publish_attempts + 1
                      WHERE id IN (
                         SELECT id FROM anb_queue_outbox
-                        WHERE claimed_until_ms IS NULL OR claimed_until_ms < $1
+                        WHERE dead_at_ms IS NULL
+                          AND (claimed_until_ms IS NULL OR claimed_until_ms < $1)
                         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED
                      )
-                     RETURNING id, name, payload, max_attempts, not_before_ms",
+                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts",
                 )
                 .bind(now)
                 .bind(until)
@@ -521,10 +985,11 @@ impl Store {
                      SET claimed_until_ms = ?2, publish_attempts = publish_attempts + 1
                      WHERE id IN (
                         SELECT id FROM anb_queue_outbox
-                        WHERE claimed_until_ms IS NULL OR claimed_until_ms < ?1
+                        WHERE dead_at_ms IS NULL
+                          AND (claimed_until_ms IS NULL OR claimed_until_ms < ?1)
                         ORDER BY id LIMIT ?3
                      )
-                     RETURNING id, name, payload, max_attempts, not_before_ms",
+                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts",
                 )
                 .bind(now)
                 .bind(until)
@@ -556,31 +1021,88 @@ impl Store {
         Ok(())
     }
 
-    /// Gives claimed jobs back after a failed publish, keeping the error.
-    async fn release(&self, ids: &[i64], error: &str) -> Result<(), QueueError> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE anb_queue_outbox SET claimed_until_ms = NULL, last_error = $2
-                     WHERE id = ANY($1)",
-                )
-                .bind(ids)
-                .bind(error)
-                .execute(pool)
-                .await?;
+    /// Records failed publishes, in one transaction: each job keeps its error and is either
+    /// claimed until its retry is due (so no relay, old or new, takes it earlier) or dead.
+    async fn settle(&self, settlements: &[Settlement]) -> Result<(), QueueError> {
+        const RETRY: &str = "UPDATE anb_queue_outbox SET claimed_until_ms = $2, last_error = $3
+             WHERE id = $1";
+        const DIE: &str = "UPDATE anb_queue_outbox
+             SET claimed_until_ms = $2, last_error = $3, dead_at_ms = $4 WHERE id = $1";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for settlement in settlements {
+                let query = if settlement.death.is_some() {
+                    sqlx::query(DIE)
+                        .bind(settlement.id)
+                        .bind(DEAD_CLAIM)
+                        .bind(&settlement.error)
+                        .bind(settlement.now_ms)
+                } else {
+                    sqlx::query(RETRY)
+                        .bind(settlement.id)
+                        .bind(settlement.retry_at_ms)
+                        .bind(&settlement.error)
+                };
+                query.execute(&mut *tx).await?;
             }
-            Store::Sqlite(pool) => {
-                sqlx::query(
-                    "UPDATE anb_queue_outbox SET claimed_until_ms = NULL, last_error = ?2
-                     WHERE id IN (SELECT value FROM json_each(?1))",
-                )
-                .bind(json_ids(ids))
-                .bind(error)
-                .execute(pool)
-                .await?;
-            }
-        }
+            tx.commit().await?;
+        });
         Ok(())
+    }
+
+    /// Gives dead jobs (those of `ids`, or all) back to the relays; returns how many.
+    async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64, QueueError> {
+        let requeued = match (self, ids) {
+            (Store::Postgres(pool), ids) => {
+                let mut tx = pool.begin().await?;
+                let done = match ids {
+                    Some(ids) => {
+                        sqlx::query(
+                            "UPDATE anb_queue_outbox
+                             SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
+                             WHERE dead_at_ms IS NOT NULL AND id = ANY($1)",
+                        )
+                        .bind(ids)
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(
+                            "UPDATE anb_queue_outbox
+                             SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
+                             WHERE dead_at_ms IS NOT NULL",
+                        )
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                };
+                // The insert trigger does not see an update: wake the relays here, at commit.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                done.rows_affected()
+            }
+            (Store::Sqlite(pool), Some(ids)) => sqlx::query(
+                "UPDATE anb_queue_outbox
+                 SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
+                 WHERE dead_at_ms IS NOT NULL AND id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_ids(ids))
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            (Store::Sqlite(pool), None) => sqlx::query(
+                "UPDATE anb_queue_outbox
+                 SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
+                 WHERE dead_at_ms IS NOT NULL",
+            )
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(requeued)
     }
 }
 

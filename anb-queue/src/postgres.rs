@@ -417,14 +417,17 @@ impl Backend for PostgresBackend {
     }
 
     async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
+        // No `greatest(0, …)` here: PostgreSQL's `greatest` skips NULL arguments, so over an
+        // empty queue it turned "nothing waits" into "due now" and idle workers claimed in a
+        // tight loop. The clamp to zero happens below, where NULL stays `None`.
         let wait_ms: Option<i64> = sqlx::query_scalar(
-            "SELECT greatest(0, ceil(extract(epoch FROM min(run_at) - now()) * 1000))::int8
+            "SELECT ceil(extract(epoch FROM min(run_at) - now()) * 1000)::int8
              FROM anb_queue_jobs WHERE state = 'ready' AND name = ANY($1)",
         )
         .bind(names)
         .fetch_one(&self.leases)
         .await?;
-        Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+        Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0))))
     }
 
     async fn subscribe(&self) -> Result<WorkSignal, QueueError> {

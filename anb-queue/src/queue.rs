@@ -13,7 +13,7 @@ use crate::{
     redis,
     sqlite::{self, SqliteBackend},
     sqs::{self, SqsBackend},
-    stats::QueueStats,
+    stats::{PollCounter, PollCounts, QueueStats},
 };
 
 /// A job queue over the backend named by a URL.
@@ -23,6 +23,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Queue {
     backend: SharedBackend,
+    polls: Arc<PollCounter>,
 }
 
 impl Queue {
@@ -106,11 +107,23 @@ impl Queue {
     fn from_backend(backend: impl Backend) -> Self {
         Self {
             backend: Arc::new(backend),
+            polls: Arc::default(),
         }
     }
 
     pub(crate) fn backend(&self) -> &SharedBackend {
         &self.backend
+    }
+
+    pub(crate) fn poll_counter(&self) -> &Arc<PollCounter> {
+        &self.polls
+    }
+
+    /// How often the workers on this queue handle (and its clones) have claimed, found
+    /// nothing, and looked up the next due job: an idle worker claims about once per poll
+    /// interval (also published as `anb_queue_claims_total{result}`).
+    pub fn poll_counts(&self) -> PollCounts {
+        self.polls.snapshot()
     }
 
     /// Which engine the queue runs on.

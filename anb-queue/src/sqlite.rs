@@ -3,6 +3,7 @@
 
 use std::{
     str::FromStr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -155,6 +156,10 @@ pub(crate) async fn insert_jobs(
 pub(crate) struct SqliteBackend {
     pool: SqlitePool,
     wake: watch::Sender<u64>,
+    /// Set when the last claim found nothing: the next one first looks with a read, which
+    /// in WAL mode takes no lock, so idle workers polling every 100 ms do not queue for the
+    /// file's single write lock ahead of the enqueues they wait for.
+    idle: AtomicBool,
 }
 
 impl SqliteBackend {
@@ -162,6 +167,7 @@ impl SqliteBackend {
         Self {
             pool,
             wake: watch::channel(0).0,
+            idle: AtomicBool::new(false),
         }
     }
 
@@ -188,6 +194,20 @@ impl Backend for SqliteBackend {
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
         let now = now_ms();
+        if self.idle.load(Ordering::Relaxed) {
+            let due: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM anb_queue_jobs
+                 WHERE state = 'ready' AND run_at <= ?1
+                   AND name IN (SELECT value FROM json_each(?2)))",
+            )
+            .bind(now)
+            .bind(json_names(request.names))
+            .fetch_one(&self.pool)
+            .await?;
+            if !due {
+                return Ok(Vec::new());
+            }
+        }
         let rows = sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2
@@ -222,6 +242,7 @@ impl Backend for SqliteBackend {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
+        self.idle.store(jobs.is_empty(), Ordering::Relaxed);
         Ok(jobs)
     }
 

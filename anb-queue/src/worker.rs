@@ -315,6 +315,7 @@ impl Runtime {
         let mut tasks = JoinSet::new();
         let mut shutdown = pin!(shutdown.fuse());
         let poll_interval = shared.backend.idle_poll_interval();
+        let polls = self.queue.poll_counter().clone();
 
         loop {
             while tasks.try_join_next().is_some() {}
@@ -353,7 +354,10 @@ impl Runtime {
                 }
             };
             let claimed = match claim {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    polls.claimed(claimed.len());
+                    claimed
+                }
                 Err(error) => {
                     tracing::warn!(%error, "claiming jobs failed; retrying in 1 s");
                     drop(permits);
@@ -365,10 +369,11 @@ impl Runtime {
             };
             if claimed.is_empty() {
                 drop(permits);
-                let wait = match shared.backend.next_due_in(&shared.names).await {
-                    Ok(Some(due)) => due.min(poll_interval),
-                    _ => poll_interval,
-                };
+                polls.checked_due();
+                let wait = idle_wait(
+                    shared.backend.next_due_in(&shared.names).await,
+                    poll_interval,
+                );
                 tokio::select! {
                     changed = signal.changed() => {
                         if changed.is_err() {
@@ -422,6 +427,23 @@ impl Runtime {
         tracing::info!(owner = %shared.owner, released = unfinished.len(), "worker stopped");
         outcome
     }
+}
+
+/// The shortest wait after a claim that found nothing. A job reported due now may be
+/// locked by a competing claim for a moment; re-claiming at once would spin.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(10);
+
+/// How long to wait for work after an empty claim, given when the next delayed job is due:
+/// at most the poll interval (wake-ups cut it short), at least [`MIN_IDLE_WAIT`].
+pub(crate) fn idle_wait(
+    next_due: Result<Option<Duration>, QueueError>,
+    poll_interval: Duration,
+) -> Duration {
+    match next_due {
+        Ok(Some(due)) => due.min(poll_interval),
+        Ok(None) | Err(_) => poll_interval,
+    }
+    .max(MIN_IDLE_WAIT)
 }
 
 /// How long the claim loop waits for more free slots before claiming a small batch.

@@ -570,6 +570,26 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestD
     assert_eq!(*seen.lock().unwrap(), vec![job]);
 }
 
+async fn an_idle_worker_does_not_spin(db: &TestDb) {
+    let queue = db.queue().await;
+    let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
+    // Let it start (subscribe, first claims), then count what 3 idle seconds cost.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = queue.poll_counts();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = queue.poll_counts();
+    worker.stop().await;
+    let claims = after.claims - before.claims;
+    let checks = after.due_checks - before.due_checks;
+    // Every backend polls at most ten times a second when nothing wakes it (SQLite, for
+    // jobs of other processes); the others once a second or a long poll.
+    assert!(
+        claims <= 40 && checks <= 40,
+        "an idle worker made {claims} claims and {checks} due checks in 3 s"
+    );
+    assert_eq!(after.claims - after.empty_claims, 0, "nothing to claim");
+}
+
 /// Env var that turns [`crash_helper_worker_process`] into a worker child process.
 const CRASH_CHILD_URL: &str = "ANB_QUEUE_CRASH_CHILD_URL";
 
@@ -679,6 +699,7 @@ macro_rules! conformance_suite {
                 shutdown_releases_jobs_still_running_after_the_grace_period,
                 transactional_enqueue_commits_and_rolls_back_with_the_caller,
                 job_of_a_killed_worker_process_is_completed_by_another,
+                an_idle_worker_does_not_spin,
             );
         }
     };
@@ -698,3 +719,31 @@ conformance_suite!(postgres);
 conformance_suite!(sqlite);
 conformance_suite!(redis);
 conformance_suite!(sqs);
+
+/// SQLite has one write lock per file: idle workers polling for jobs of other processes must
+/// not take it, or every poll queues behind (and ahead of) the writers they wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idle_polling_takes_no_write_lock() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite().await;
+    let queue = db.queue().await;
+    let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another process's transaction holds the write lock meanwhile.
+    let mut writer = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    let before = queue.poll_counts();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = queue.poll_counts();
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    worker.stop().await;
+    let claims = after.claims - before.claims;
+    assert!(
+        claims >= 5,
+        "idle claims went on while another writer held the lock: {claims} in 2 s"
+    );
+    db.cleanup().await;
+}

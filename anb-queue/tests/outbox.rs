@@ -1,7 +1,9 @@
 //! The transactional outbox, on both engines it can live in (PostgreSQL, SQLite): a job
 //! committed with the caller's writes reaches the broker even though the broker was down at
 //! commit time, a rolled-back job never does, a commit wakes the relay, and relays working
-//! side by side publish each job once.
+//! side by side publish each job once; a job the broker refuses dies with its reason while
+//! the others flow, failed publishes are retried with backoff and counted, dead jobs can be
+//! requeued, and an upgraded table keeps working beside relays of the first release.
 
 mod support;
 
@@ -12,7 +14,8 @@ use std::{
     time::Duration,
 };
 
-use anb_queue::{Job, JobContext, Outbox, Queue, QueueError, Worker};
+use anb_queue::{Job, JobContext, Outbox, Queue, QueueError, Relay, RetryBackoff, Worker};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{
     PgPool, SqlitePool,
@@ -80,7 +83,18 @@ impl AppDb {
     /// Records a video and writes its job into the outbox in one transaction, then commits
     /// or rolls back.
     async fn insert_video(&self, outbox: &Outbox, video_id: i64, commit: bool) {
-        let job = Transcode { video_id };
+        self.insert_video_with(outbox, video_id, &Transcode { video_id }, commit)
+            .await;
+    }
+
+    /// Like [`AppDb::insert_video`], with the job given; returns the outbox entry's id.
+    async fn insert_video_with<J: Job>(
+        &self,
+        outbox: &Outbox,
+        video_id: i64,
+        job: &J,
+        commit: bool,
+    ) -> i64 {
         let insert = "INSERT INTO videos (id) VALUES ($1)";
         match self {
             Self::Postgres(pool) => {
@@ -90,12 +104,13 @@ impl AppDb {
                     .execute(&mut *tx)
                     .await
                     .unwrap();
-                outbox.enqueue_tx(&mut *tx, &job).await.unwrap();
+                let id = outbox.enqueue_tx(&mut *tx, job).await.unwrap();
                 if commit {
                     tx.commit().await.unwrap();
                 } else {
                     tx.rollback().await.unwrap();
                 }
+                id
             }
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin().await.unwrap();
@@ -104,12 +119,13 @@ impl AppDb {
                     .execute(&mut *tx)
                     .await
                     .unwrap();
-                outbox.enqueue_tx(&mut *tx, &job).await.unwrap();
+                let id = outbox.enqueue_tx(&mut *tx, job).await.unwrap();
                 if commit {
                     tx.commit().await.unwrap();
                 } else {
                     tx.rollback().await.unwrap();
                 }
+                id
             }
         }
     }
@@ -387,6 +403,577 @@ async fn a_connection_of_another_engine_is_refused(engine: Engine) {
     database.cleanup().await;
 }
 
+/// A job of the same name as [`Transcode`] and too large for a queue that takes messages of
+/// at most [`SMALL_MESSAGE_LIMIT`] bytes: if it were ever delivered, the worker would record
+/// its video like any other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OversizedTranscode {
+    video_id: i64,
+    padding: String,
+}
+
+impl Job for OversizedTranscode {
+    const NAME: &'static str = "transcode";
+}
+
+/// The smallest `MaximumMessageSize` SQS allows.
+const SMALL_MESSAGE_LIMIT: usize = 1024;
+
+/// A fresh SQS queue that takes messages of at most [`SMALL_MESSAGE_LIMIT`] bytes.
+async fn sqs_with_small_messages() -> TestDb {
+    let broker = TestDb::sqs().await;
+    sqs_client(&aws_endpoint())
+        .set_queue_attributes()
+        .queue_url(&broker.url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            SMALL_MESSAGE_LIMIT.to_string(),
+        )
+        .send()
+        .await
+        .expect("lower the queue's message size limit");
+    broker
+}
+
+/// A Redis server of the test's own, on a free port, that can be made to refuse every
+/// write for a while (`maxmemory` below what it uses, as a full Redis does) and recover.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let port = unused_port().await;
+        let dir = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("the private Redis answers", 30, || async {
+            redis.connection().await.is_some()
+        })
+        .await;
+        redis
+    }
+
+    /// The URL of a fresh queue on this server.
+    fn queue_url(&self) -> String {
+        format!(
+            "redis://127.0.0.1:{}?queue=outbox-{}",
+            self.port,
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
+        client.get_multiplexed_async_connection().await.ok()
+    }
+
+    /// Makes every write fail with `OOM`, or lets writes through again.
+    async fn refuse_writes(&self, refuse: bool) {
+        let mut conn = self.connection().await.expect("the private Redis answers");
+        let limit = if refuse { "1" } else { "0" };
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How [`spawn_relay`]'s relays open their queue.
+type Connect = Box<dyn FnMut() -> BoxFuture<'static, Result<Queue, QueueError>> + Send + Sync>;
+
+/// A relay publishing `outbox` to the queue at `url`, configured by `configure`, until
+/// `stop` is cancelled.
+fn spawn_relay(
+    outbox: &Outbox,
+    url: String,
+    stop: &CancellationToken,
+    configure: impl FnOnce(Relay<Connect>) -> Relay<Connect>,
+) -> tokio::task::JoinHandle<Result<(), QueueError>> {
+    let connect: Connect = Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move { Queue::connect(&url).await })
+    });
+    tokio::spawn(configure(outbox.relay(connect)).run_until(stop.clone().cancelled_owned()))
+}
+
+async fn a_poison_job_dies_with_its_reason_and_every_other_job_is_delivered_once(engine: Engine) {
+    let broker = sqs_with_small_messages().await;
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+
+    // Written before the relay starts, so the poison job sits inside the first batch, among
+    // jobs of lower and higher ids.
+    let mut poison_id = 0;
+    for video_id in 1..=25 {
+        if video_id == 13 {
+            let poison = OversizedTranscode {
+                video_id,
+                padding: "x".repeat(2 * SMALL_MESSAGE_LIMIT),
+            };
+            poison_id = app
+                .insert_video_with(&outbox, video_id, &poison, true)
+                .await;
+        } else {
+            app.insert_video(&outbox, video_id, true).await;
+        }
+    }
+    let queue_url = broker.url.clone();
+    let stop_relay = CancellationToken::new();
+    let relay = tokio::spawn(
+        outbox
+            .relay(move || {
+                let (client, queue_url) = (sqs_client(&aws_endpoint()), queue_url.clone());
+                async move { Queue::from_sqs_client(client, &queue_url).await }
+            })
+            .run_until(stop_relay.clone().cancelled_owned()),
+    );
+    let consumer_queue = broker.queue().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    wait_until("every other job arrives", 120, || async {
+        deliveries(&seen.lock().unwrap()).len() == 24
+    })
+    .await;
+    wait_until("the poison job is dead", 60, || async {
+        outbox.dead_count().await.unwrap() == 1
+    })
+    .await;
+    assert_eq!(outbox.pending().await.unwrap(), 0, "nothing else waits");
+    // Room for a duplicate to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+
+    let counts = deliveries(&seen.lock().unwrap());
+    println!("outbox on {engine:?}, one poison job among 25: {counts:?}");
+    assert!(!counts.contains_key(&13), "the oversized job never arrives");
+    assert!(
+        (1..=25)
+            .filter(|id| *id != 13)
+            .all(|id| counts.get(&id) == Some(&1)),
+        "every other job arrives exactly once: {counts:?}"
+    );
+    let dead = outbox.dead_entries(10, None).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!((entry.id, entry.name.as_str()), (poison_id, "transcode"));
+    assert_eq!(entry.publish_attempts, 1, "refused for good: dead at once");
+    assert!(entry.dead_at_ms.is_some());
+    let reason = entry.last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("limit of {SMALL_MESSAGE_LIMIT} bytes")),
+        "{reason}"
+    );
+    assert!(outbox.pending_entries(10, None).await.unwrap().is_empty());
+    app.close().await;
+    database.cleanup().await;
+    broker.cleanup().await;
+}
+
+async fn a_broker_failing_for_a_while_gets_every_job_once_after_backoff(engine: Engine) {
+    const JOBS: i64 = 40;
+    let redis = PrivateRedis::start().await;
+    let url = redis.queue_url();
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+
+    redis.refuse_writes(true).await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, url.clone(), &stop_relay, |relay| {
+        relay
+            .max_backoff(Duration::from_millis(200))
+            .retry_backoff(RetryBackoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(1),
+            })
+    });
+    for video_id in 1..=JOBS {
+        app.insert_video(&outbox, video_id, true).await;
+    }
+    // Every job is tried, fails, keeps the broker's error and waits for a later attempt.
+    wait_until("every job has failed twice", 60, || async {
+        let waiting = outbox.pending_entries(1000, None).await.unwrap();
+        waiting.len() == JOBS as usize
+            && waiting.iter().all(|entry| {
+                entry.publish_attempts >= 2
+                    && entry
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|error| error.contains("OOM"))
+            })
+    })
+    .await;
+    let waiting = outbox.pending_entries(1000, None).await.unwrap();
+    let backing_off = waiting
+        .iter()
+        .filter(|entry| entry.next_attempt_at_ms.is_some())
+        .count();
+    println!(
+        "outbox on {engine:?}, broker refusing writes: {backing_off} of {} jobs waiting for a retry, attempts {:?}",
+        waiting.len(),
+        waiting
+            .iter()
+            .map(|entry| entry.publish_attempts)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        backing_off > 0,
+        "a failed job waits before its next attempt"
+    );
+    assert_eq!(
+        outbox.dead_count().await.unwrap(),
+        0,
+        "no job dies meanwhile"
+    );
+
+    redis.refuse_writes(false).await;
+    let consumer_queue = Queue::connect(&url).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    wait_until("every job arrives", 60, || async {
+        deliveries(&seen.lock().unwrap()).len() == JOBS as usize
+    })
+    .await;
+    wait_until("the outbox is drained", 30, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let counts = deliveries(&seen);
+    assert!(
+        (1..=JOBS).all(|id| counts.get(&id) == Some(&1)),
+        "every job exactly once: {counts:?}"
+    );
+    assert_eq!(seen.len(), JOBS as usize, "no duplicate");
+    assert_eq!(outbox.dead_count().await.unwrap(), 0);
+    app.close().await;
+    database.cleanup().await;
+}
+
+async fn jobs_failing_every_attempt_die_and_come_back_when_requeued(engine: Engine) {
+    const JOBS: i64 = 5;
+    let redis = PrivateRedis::start().await;
+    let url = redis.queue_url();
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+
+    redis.refuse_writes(true).await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, url.clone(), &stop_relay, |relay| {
+        relay
+            .max_publish_attempts(3)
+            .max_backoff(Duration::from_millis(100))
+            .retry_backoff(RetryBackoff {
+                base: Duration::from_millis(50),
+                max: Duration::from_millis(100),
+            })
+    });
+    for video_id in 1..=JOBS {
+        app.insert_video(&outbox, video_id, true).await;
+    }
+    wait_until("every job is dead", 60, || async {
+        outbox.dead_count().await.unwrap() == JOBS as u64
+    })
+    .await;
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    let dead = outbox.dead_entries(2, None).await.unwrap();
+    let rest = outbox
+        .dead_entries(10, dead.last().map(|entry| entry.id))
+        .await
+        .unwrap();
+    assert_eq!((dead.len(), rest.len()), (2, 3), "paged by id");
+    for entry in dead.iter().chain(&rest) {
+        assert_eq!(entry.publish_attempts, 3, "{entry:?}");
+        assert!(
+            entry
+                .last_error
+                .as_deref()
+                .is_some_and(|error| error.contains("OOM")),
+            "{entry:?}"
+        );
+    }
+
+    // The broker recovers; an operator gives the dead jobs back, some by id, then the rest.
+    redis.refuse_writes(false).await;
+    let consumer_queue = Queue::connect(&url).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    let first: Vec<i64> = dead.iter().map(|entry| entry.id).collect();
+    assert_eq!(outbox.requeue_dead(&first).await.unwrap(), 2);
+    assert_eq!(
+        outbox.requeue_dead(&first).await.unwrap(),
+        0,
+        "no longer dead"
+    );
+    wait_until("the requeued jobs arrive", 60, || async {
+        deliveries(&seen.lock().unwrap()).len() == 2
+    })
+    .await;
+    assert_eq!(outbox.dead_count().await.unwrap(), 3);
+    assert_eq!(outbox.requeue_all_dead().await.unwrap(), 3);
+    wait_until("every job arrives", 60, || async {
+        deliveries(&seen.lock().unwrap()).len() == JOBS as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), JOBS as usize, "each exactly once: {seen:?}");
+    assert_eq!(outbox.dead_count().await.unwrap(), 0);
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    app.close().await;
+    database.cleanup().await;
+}
+
+/// The outbox table as the first release created it, and the statements its relays run.
+mod first_release {
+    pub const POSTGRES_TABLE: &str = "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        max_attempts BIGINT NOT NULL,
+        not_before_ms BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        claimed_until_ms BIGINT,
+        publish_attempts BIGINT NOT NULL DEFAULT 0,
+        last_error TEXT
+    )";
+    pub const SQLITE_TABLE: &str = "CREATE TABLE IF NOT EXISTS anb_queue_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        claimed_until_ms INTEGER,
+        publish_attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    )";
+    pub const POSTGRES_INSERT: &str = "INSERT INTO anb_queue_outbox
+        (name, payload, max_attempts, not_before_ms, created_at_ms)
+        VALUES ($1, $2, $3, $4, $5) RETURNING id";
+    pub const SQLITE_INSERT: &str = "INSERT INTO anb_queue_outbox
+        (name, payload, max_attempts, not_before_ms, created_at_ms)
+        VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id";
+    pub const POSTGRES_CLAIM: &str = "UPDATE anb_queue_outbox
+         SET claimed_until_ms = $2, publish_attempts = publish_attempts + 1
+         WHERE id IN (
+            SELECT id FROM anb_queue_outbox
+            WHERE claimed_until_ms IS NULL OR claimed_until_ms < $1
+            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED
+         )
+         RETURNING id";
+    pub const SQLITE_CLAIM: &str = "UPDATE anb_queue_outbox
+         SET claimed_until_ms = ?2, publish_attempts = publish_attempts + 1
+         WHERE id IN (
+            SELECT id FROM anb_queue_outbox
+            WHERE claimed_until_ms IS NULL OR claimed_until_ms < ?1
+            ORDER BY id LIMIT ?3
+         )
+         RETURNING id";
+    pub const RELEASE: &str =
+        "UPDATE anb_queue_outbox SET claimed_until_ms = NULL, last_error = 'old' WHERE id = $1";
+}
+
+impl AppDb {
+    /// Runs the first release's DDL and statements on this database.
+    async fn first_release_table(&self) {
+        match self {
+            Self::Postgres(pool) => sqlx::query(first_release::POSTGRES_TABLE)
+                .execute(pool)
+                .await
+                .map(drop),
+            Self::Sqlite(pool) => sqlx::query(first_release::SQLITE_TABLE)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .unwrap();
+    }
+
+    async fn first_release_insert(&self, video_id: i64) -> i64 {
+        let payload = serde_json::to_string(&Transcode { video_id }).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        match self {
+            Self::Postgres(pool) => sqlx::query_scalar(first_release::POSTGRES_INSERT)
+                .bind("transcode")
+                .bind(payload)
+                .bind(3_i64)
+                .bind(now)
+                .bind(now)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            Self::Sqlite(pool) => sqlx::query_scalar(first_release::SQLITE_INSERT)
+                .bind("transcode")
+                .bind(payload)
+                .bind(3_i64)
+                .bind(now)
+                .bind(now)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// What a relay of the first release claims now; it then gives the rows back.
+    async fn first_release_claim(&self) -> Vec<i64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let claimed: Vec<i64> = match self {
+            Self::Postgres(pool) => sqlx::query_scalar(first_release::POSTGRES_CLAIM)
+                .bind(now)
+                .bind(now + 60_000)
+                .bind(100_i64)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            Self::Sqlite(pool) => sqlx::query_scalar(first_release::SQLITE_CLAIM)
+                .bind(now)
+                .bind(now + 60_000)
+                .bind(100_i64)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+        };
+        for id in &claimed {
+            match self {
+                Self::Postgres(pool) => sqlx::query(first_release::RELEASE)
+                    .bind(id)
+                    .execute(pool)
+                    .await
+                    .map(drop),
+                Self::Sqlite(pool) => sqlx::query(first_release::RELEASE)
+                    .bind(id)
+                    .execute(pool)
+                    .await
+                    .map(drop),
+            }
+            .unwrap();
+        }
+        claimed
+    }
+}
+
+async fn an_upgraded_outbox_works_beside_relays_of_the_first_release(engine: Engine) {
+    let redis = PrivateRedis::start().await;
+    let url = redis.queue_url();
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+
+    // A database the first release set up, with jobs waiting in it.
+    app.first_release_table().await;
+    let dying = app.first_release_insert(1).await;
+    let backing_off = app.first_release_insert(2).await;
+    let outbox = app.outbox().await;
+    let _again = app.outbox().await;
+    assert_eq!(outbox.pending().await.unwrap(), 2, "upgraded in place");
+
+    // A new relay kills one job and leaves the other waiting for a retry a minute away.
+    redis.refuse_writes(true).await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, url.clone(), &stop_relay, |relay| {
+        relay.max_publish_attempts(1)
+    });
+    wait_until("both jobs are dead", 60, || async {
+        outbox.dead_count().await.unwrap() == 2
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(outbox.requeue_dead(&[backing_off]).await.unwrap(), 1);
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, url.clone(), &stop_relay, |relay| {
+        relay.retry_backoff(RetryBackoff {
+            base: Duration::from_secs(120),
+            max: Duration::from_secs(120),
+        })
+    });
+    wait_until("the requeued job was tried again", 60, || async {
+        outbox
+            .pending_entries(10, None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|entry| entry.id == backing_off && entry.publish_attempts == 1)
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+
+    // A relay of the first release, still running during the deploy, writes a job and
+    // claims: it takes that job only, neither the dead one nor the one waiting for its retry.
+    let written_by_old = app.first_release_insert(3).await;
+    assert_eq!(app.first_release_claim().await, vec![written_by_old]);
+
+    // The broker recovers and the dead job is given back: the new relay publishes both jobs
+    // that are due, once each; the one waiting for its retry is still waiting.
+    redis.refuse_writes(false).await;
+    assert_eq!(outbox.requeue_dead(&[dying]).await.unwrap(), 1);
+    let consumer_queue = Queue::connect(&url).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, url.clone(), &stop_relay, |relay| relay);
+    wait_until("the due jobs arrive", 60, || async {
+        deliveries(&seen.lock().unwrap()).len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    let counts = deliveries(&seen.lock().unwrap());
+    assert_eq!(counts, HashMap::from([(1, 1), (3, 1)]));
+    let waiting = outbox.pending_entries(10, None).await.unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].id, backing_off);
+    assert!(waiting[0].next_attempt_at_ms.is_some());
+    assert_eq!(outbox.dead_count().await.unwrap(), 0);
+    app.close().await;
+    database.cleanup().await;
+}
+
 /// Runs every case above on one engine.
 macro_rules! outbox_suite {
     ($module:ident, $engine:expr) => {
@@ -407,6 +994,30 @@ macro_rules! outbox_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_commit_wakes_the_relay_without_polling() {
                 super::a_commit_wakes_the_relay_without_polling($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_poison_job_dies_with_its_reason_and_every_other_job_is_delivered_once() {
+                super::a_poison_job_dies_with_its_reason_and_every_other_job_is_delivered_once(
+                    $engine,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_broker_failing_for_a_while_gets_every_job_once_after_backoff() {
+                super::a_broker_failing_for_a_while_gets_every_job_once_after_backoff($engine)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jobs_failing_every_attempt_die_and_come_back_when_requeued() {
+                super::jobs_failing_every_attempt_die_and_come_back_when_requeued($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_upgraded_outbox_works_beside_relays_of_the_first_release() {
+                super::an_upgraded_outbox_works_beside_relays_of_the_first_release($engine).await;
             }
 
             #[tokio::test]
