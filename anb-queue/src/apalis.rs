@@ -24,12 +24,11 @@
 //! [`anb_queue::Worker`]: crate::Worker
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::VecDeque,
     fmt,
     marker::PhantomData,
-    panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -47,20 +46,18 @@ use apalis_core::{
     worker::context::WorkerContext,
 };
 use futures::{FutureExt, Sink, future::BoxFuture};
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backend::{ClaimRequest, ClaimedJob, JobId, NewJob, SharedBackend, WorkSignal},
+    backend::{ClaimRequest, ClaimedJob, JobId, Lease, NewJob, WorkSignal},
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
+    runtime::{Ended, Failure, LeaseRuntime, RunningJob, record_duration, shutdown_schedule},
     sqlite::now_ms,
     stats::PollCounter,
-    worker::{RetryBackoff, idle_wait, panic_message, release_unfinished},
+    worker::{RetryBackoff, idle_wait},
 };
 
 /// How an [`ApalisBackend`] claims and holds jobs.
@@ -76,6 +73,14 @@ pub struct ApalisConfig {
     pub batch_size: usize,
     /// How failed attempts are spaced (default: 1 s doubling up to 10 min, with jitter).
     pub retry_backoff: RetryBackoff,
+    /// How long running jobs get once the apalis worker begins to stop (default 30 s), as
+    /// [`Worker::shutdown_grace`](crate::Worker::shutdown_grace): handlers are told at once,
+    /// cancelled with [`CancelReason::Shutdown`](crate::CancelReason) near the end, aborted
+    /// at the end, and such jobs are released without counting the attempt.
+    pub shutdown_grace: Duration,
+    /// How long one attempt may run for job types without their own
+    /// [`Job::TIMEOUT`] (default: no limit), as [`Worker::timeout`](crate::Worker::timeout).
+    pub timeout: Option<Duration>,
 }
 
 impl Default for ApalisConfig {
@@ -84,6 +89,8 @@ impl Default for ApalisConfig {
             lease: Duration::from_secs(30),
             batch_size: 10,
             retry_backoff: RetryBackoff::default(),
+            shutdown_grace: Duration::from_secs(30),
+            timeout: None,
         }
     }
 }
@@ -135,7 +142,10 @@ impl<J> fmt::Debug for ApalisBackend<J> {
             .field("job", &std::any::type_name::<J>())
             .field("queue", &self.queue.kind())
             .field("config", &self.config)
-            .field("owner", &self.shared.as_ref().map(|shared| &shared.owner))
+            .field(
+                "owner",
+                &self.shared.as_ref().map(|shared| &shared.runtime.owner),
+            )
             .field("state", &self.state)
             .field("buffered", &self.buffer.len())
             .finish_non_exhaustive()
@@ -190,6 +200,19 @@ impl<J> ApalisBackend<J> {
         self
     }
 
+    /// How long running jobs get once the worker begins to stop
+    /// ([`ApalisConfig::shutdown_grace`]).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How long one attempt may run ([`ApalisConfig::timeout`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
     /// The queue this backend runs on.
     pub fn queue(&self) -> &Queue {
         &self.queue
@@ -200,17 +223,15 @@ impl<J> ApalisBackend<J> {
     fn shared_for(&mut self, worker: &WorkerContext) -> Arc<Shared> {
         self.shared
             .get_or_insert_with(|| {
-                let (completions, completions_rx) = mpsc::unbounded_channel();
                 Arc::new(Shared {
-                    backend: self.queue.backend().clone(),
-                    owner: format!("{}-{}", worker.name(), uuid::Uuid::new_v4()),
+                    runtime: LeaseRuntime::new(
+                        self.queue.backend().clone(),
+                        format!("{}-{}", worker.name(), uuid::Uuid::new_v4()),
+                        self.config.lease,
+                        self.config.retry_backoff,
+                    ),
                     polls: self.queue.poll_counter().clone(),
-                    lease: self.config.lease,
-                    backoff: self.config.retry_backoff,
-                    held: Mutex::new(Held::default()),
-                    completions,
-                    completions_rx: Mutex::new(Some(completions_rx)),
-                    stopping: CancellationToken::new(),
+                    shutdown_grace: self.config.shutdown_grace,
                 })
             })
             .clone()
@@ -222,38 +243,28 @@ impl<J: Job> ApalisBackend<J> {
     /// (another job's name on a broker that cannot filter, or a payload that no longer
     /// deserializes).
     fn task_of(&mut self, shared: &Arc<Shared>, job: ClaimedJob) -> Option<Task<J>> {
+        let runtime = shared.runtime.clone();
         if job.name != J::NAME {
-            tracing::warn!(job.name = %job.name, job.id = %job.id, "no apalis worker for this job here; releasing it");
-            let shared = shared.clone();
             self.side_tasks.push(tokio::spawn(async move {
-                let ids = [job.id];
-                if let Err(error) = shared.backend.release(&shared.owner, &ids).await {
-                    tracing::warn!(%error, "releasing a job of another name failed; its lease will expire");
-                }
-                shared.settle(&ids[0]);
-                metrics::counter!("anb_queue_jobs_total", "job" => "unknown", "outcome" => "released")
-                    .increment(1);
+                runtime.release_stranger(&job).await;
             }));
             return None;
         }
+        let (running, context) = runtime.start(&job, J::NAME, J::TIMEOUT.or(self.config.timeout));
         let args = match serde_json::from_str::<J>(&job.payload) {
             Ok(args) => args,
             Err(error) => {
                 let message = format!("payload does not deserialize as {}: {error}", J::NAME);
-                tracing::error!(job.name = J::NAME, job.id = %job.id, error = %message, "job dead-lettered");
-                let shared = shared.clone();
                 self.side_tasks.push(tokio::spawn(async move {
-                    match shared
-                        .backend
-                        .dead_letter(&shared.owner, &job.id, &message)
-                        .await
-                    {
-                        Ok(()) => shared.settle(&job.id),
-                        Err(error) => {
-                            tracing::error!(%error, "dead-lettering an undecodable job failed; its lease will expire")
-                        }
-                    }
-                    metrics::counter!("anb_queue_jobs_total", "job" => J::NAME, "outcome" => "dead")
+                    let failure = Failure {
+                        retryable: false,
+                        delay: None,
+                        message,
+                    };
+                    let outcome = runtime
+                        .finish(&running, Ended::Returned(Ok(Err(failure))))
+                        .await;
+                    metrics::counter!("anb_queue_jobs_total", "job" => J::NAME, "outcome" => outcome)
                         .increment(1);
                 }));
                 return None;
@@ -262,30 +273,14 @@ impl<J: Job> ApalisBackend<J> {
         let waited_ms = now_ms().saturating_sub(job.enqueued_at_ms).max(0);
         metrics::histogram!("anb_queue_job_wait_seconds", "job" => J::NAME)
             .record(waited_ms as f64 / 1000.0);
-        let context = JobContext {
-            id: job.id.clone(),
-            name: J::NAME,
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            owner: shared.owner.clone(),
-            lease: shared.lease,
-            backend: shared.backend.clone(),
-            shutdown: shared.stopping.child_token(),
-        };
-        let lease = Lease {
-            id: job.id.clone(),
-            name: J::NAME,
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-        };
         Some(
             TaskBuilder::new(args)
                 .task_id(TaskId::from_string(job.id.0))
                 // apalis counts an attempt as the handler starts, so it starts one below.
                 .attempt(job.attempt.saturating_sub(1) as usize)
                 .max_attempts(job.max_attempts as usize)
-                .lock_by(Some(shared.owner.clone()))
-                .data(lease)
+                .lock_by(Some(runtime.owner.clone()))
+                .data(running)
                 .data(context)
                 .build(),
         )
@@ -340,88 +335,27 @@ enum Fetch {
 
 /// What the worker, its middleware and its background tasks share.
 struct Shared {
-    backend: SharedBackend,
-    owner: String,
-    lease: Duration,
-    backoff: RetryBackoff,
+    runtime: Arc<LeaseRuntime>,
     polls: Arc<PollCounter>,
-    /// Jobs leased to this worker and not yet settled (buffered or running).
-    held: Mutex<Held>,
-    completions: mpsc::UnboundedSender<Completion>,
-    completions_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
-    /// Fired when the apalis worker begins to stop, for [`JobContext::is_shutting_down`].
-    stopping: CancellationToken,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    ids: HashSet<JobId>,
-    /// Set once the session has given back what it held: later claims give back their own.
-    closed: bool,
-}
-
-impl Shared {
-    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Holds freshly claimed jobs; `false` when the session is already closed.
-    fn hold(&self, ids: impl IntoIterator<Item = JobId>) -> bool {
-        let mut held = self.held();
-        if held.closed {
-            return false;
-        }
-        held.ids.extend(ids);
-        true
-    }
-
-    fn settle(&self, id: &JobId) {
-        self.held().ids.remove(id);
-    }
-
-    fn in_flight_ids(&self) -> Vec<JobId> {
-        self.held().ids.iter().cloned().collect()
-    }
-
-    /// Closes the session and returns what it still holds.
-    fn close(&self) -> Vec<JobId> {
-        let mut held = self.held();
-        held.closed = true;
-        held.ids.iter().cloned().collect()
-    }
-}
-
-enum Completion {
-    Done(JobId),
-    /// Answered once every completion sent before it is recorded.
-    Flush(oneshot::Sender<()>),
+    shutdown_grace: Duration,
 }
 
 /// Starts a worker's session: the wake-up subscription and the background tasks.
-async fn start(shared: Arc<Shared>, worker: WorkerContext) -> Result<Session, QueueError> {
-    let signal = shared.backend.subscribe().await?;
+async fn start(
+    shared: Arc<Shared>,
+    worker: WorkerContext,
+    queue: Queue,
+) -> Result<Session, QueueError> {
+    let runtime = &shared.runtime;
+    let signal = runtime.backend.subscribe().await?;
     let background = CancellationToken::new();
-    let mut handles = Vec::new();
-    let completions = shared
-        .completions_rx
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    if let Some(completions) = completions {
-        handles.push(tokio::spawn(complete_in_batches(
-            shared.clone(),
-            completions,
-            background.clone(),
-        )));
-    }
-    handles.push(tokio::spawn(maintain(
+    let mut handles = runtime.spawn_background(queue, Duration::from_secs(15), background.clone());
+    handles.push(tokio::spawn(watch_stop(
         shared.clone(),
         worker,
         background.clone(),
     )));
-    tracing::info!(owner = %shared.owner, "apalis worker started on anb-queue");
+    tracing::info!(owner = %runtime.owner, "apalis worker started on anb-queue");
     Ok(Session {
         signal,
         fetch: Fetch::Idle,
@@ -437,23 +371,24 @@ async fn claim(
     name: &'static str,
     max: usize,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
+    let runtime = &shared.runtime;
     let names = [name];
-    let claimed = shared
+    let claimed = runtime
         .backend
         .claim(ClaimRequest {
             names: &names,
             max,
-            owner: &shared.owner,
-            lease: shared.lease,
+            owner: &runtime.owner,
+            lease: runtime.lease,
         })
         .await?;
     shared.polls.claimed(claimed.len());
-    if shared.hold(claimed.iter().map(|job| job.id.clone())) {
+    if runtime.hold(&claimed) {
         return Ok(claimed);
     }
-    let ids: Vec<JobId> = claimed.into_iter().map(|job| job.id).collect();
-    if !ids.is_empty()
-        && let Err(error) = shared.backend.release(&shared.owner, &ids).await
+    let leases: Vec<Lease> = claimed.iter().map(ClaimedJob::lease).collect();
+    if !leases.is_empty()
+        && let Err(error) = runtime.backend.release(&runtime.owner, &leases).await
     {
         tracing::warn!(%error, "releasing jobs claimed during shutdown failed; their leases will expire");
     }
@@ -463,8 +398,8 @@ async fn claim(
 /// Waits until new work may be due: a wake-up from the engine, the next delayed job, or the
 /// backend's poll interval.
 async fn wait_for_work(shared: Arc<Shared>, name: &'static str, mut signal: WorkSignal) {
-    let poll_interval = shared.backend.idle_poll_interval();
-    let backend = shared.backend.clone();
+    let backend = shared.runtime.backend.clone();
+    let poll_interval = backend.idle_poll_interval();
     shared.polls.checked_due();
     let next_due = tokio::spawn(async move { backend.next_due_in(&[name]).await });
     let wait = idle_wait(next_due.await.unwrap_or(Ok(None)), poll_interval);
@@ -480,8 +415,8 @@ async fn wait_for_work(shared: Arc<Shared>, name: &'static str, mut signal: Work
 }
 
 /// Ends a session: waits briefly for a claim in progress, records outstanding completions,
-/// releases every job still held (claimed but never run, or whose outcome could not be
-/// recorded) without counting the attempt, and stops the background tasks.
+/// releases every job still held (claimed but never run) without counting the attempt, and
+/// stops the background tasks.
 async fn close(
     shared: Arc<Shared>,
     session: Session,
@@ -494,7 +429,8 @@ async fn close(
         ..
     } = session;
     let stop_background = background.drop_guard();
-    shared.stopping.cancel();
+    let runtime = &shared.runtime;
+    runtime.begin_shutdown();
     if let Fetch::Claiming(claim) = fetch {
         // A quick claim may finish, and its jobs are released below; a long poll is left to
         // finish on its own, and gives back what it receives.
@@ -503,136 +439,36 @@ async fn close(
     for side_task in side_tasks {
         let _ = side_task.await;
     }
-    let (flushed, on_flushed) = oneshot::channel();
-    if shared.completions.send(Completion::Flush(flushed)).is_ok() {
-        let _ = on_flushed.await;
-    }
-    let unfinished = shared.close();
-    let outcome = release_unfinished(&shared.backend, &shared.owner, &unfinished, |id| {
-        shared.settle(id)
-    })
-    .await;
+    runtime.flush_completions().await;
+    let outcome = runtime.release_unfinished().await;
     drop(stop_background);
     for handle in handles {
         let _ = handle.await;
     }
-    tracing::info!(owner = %shared.owner, released = unfinished.len(), "apalis worker on anb-queue stopped");
-    outcome
+    tracing::info!(owner = %runtime.owner, released = outcome.as_ref().copied().unwrap_or(0), "apalis worker on anb-queue stopped");
+    outcome.map(drop)
 }
 
-/// Deletes completed jobs in batches, as [`Worker`](crate::Worker) does.
-async fn complete_in_batches(
-    shared: Arc<Shared>,
-    mut completions: mpsc::UnboundedReceiver<Completion>,
-    stop: CancellationToken,
-) {
-    const MAX_BATCH: usize = 1000;
-    let mut received = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let count = tokio::select! {
-            count = completions.recv_many(&mut received, MAX_BATCH) => count,
-            () = stop.cancelled() => {
-                // Record what is already queued, then stop.
-                while let Ok(completion) = completions.try_recv() {
-                    received.push(completion);
-                }
-                record_completions(&shared, &mut received).await;
-                return;
-            }
-        };
-        if count == 0 {
-            return;
-        }
-        record_completions(&shared, &mut received).await;
-    }
-}
-
-async fn record_completions(shared: &Shared, received: &mut Vec<Completion>) {
-    let mut batch = Vec::new();
-    let mut flushes = Vec::new();
-    for completion in received.drain(..) {
-        match completion {
-            Completion::Done(id) => batch.push(id),
-            Completion::Flush(flushed) => flushes.push(flushed),
-        }
-    }
-    if !batch.is_empty() {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match shared.backend.complete(&shared.owner, &batch).await {
-                Ok(()) => {
-                    for id in &batch {
-                        shared.settle(id);
-                    }
-                    break;
-                }
-                Err(error) if attempts < 3 => {
-                    tracing::warn!(%error, jobs = batch.len(), "recording completions failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => {
-                    // Still held: released at shutdown, or redelivered when the lease runs out.
-                    tracing::error!(%error, jobs = batch.len(), "recording completions failed; these jobs will run again");
-                    break;
-                }
-            }
-        }
-    }
-    for flushed in flushes {
-        let _ = flushed.send(());
-    }
-}
-
-/// Renews the leases of held jobs, recovers jobs of dead workers, refreshes the depth gauges,
-/// and tells running handlers when the apalis worker begins to stop.
-async fn maintain(shared: Arc<Shared>, worker: WorkerContext, stop: CancellationToken) {
-    let mut renew_ticks = tokio::time::interval(shared.lease / 3);
-    let mut recover_ticks = tokio::time::interval((shared.lease / 2).min(Duration::from_secs(15)));
-    let mut stats_ticks = tokio::time::interval(Duration::from_secs(15));
-    // apalis signals a stop only through its worker context's state, so look at it often.
-    let mut stop_ticks = tokio::time::interval(Duration::from_millis(100));
-    for ticks in [
-        &mut renew_ticks,
-        &mut recover_ticks,
-        &mut stats_ticks,
-        &mut stop_ticks,
-    ] {
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+/// apalis signals a stop only through its worker context's state: looks at it often, and
+/// once the worker is stopping runs the shutdown rules of the lease runtime (notice now,
+/// cancel near the end of the grace, abort at its end).
+async fn watch_stop(shared: Arc<Shared>, worker: WorkerContext, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = renew_ticks.tick() => {
-                let held = shared.in_flight_ids();
-                if !held.is_empty()
-                    && let Err(error) = shared.backend.extend(&shared.owner, &held, shared.lease).await
-                {
-                    tracing::warn!(%error, jobs = held.len(), "renewing leases failed");
-                }
-            }
-            _ = recover_ticks.tick() => {
-                match shared.backend.recover_expired().await {
-                    Ok(0) => {}
-                    Ok(recovered) => {
-                        tracing::warn!(recovered, "recovered jobs whose lease expired");
-                        metrics::counter!("anb_queue_jobs_recovered_total").increment(recovered);
-                    }
-                    Err(error) => tracing::warn!(%error, "recovering expired leases failed"),
-                }
-            }
-            _ = stats_ticks.tick() => {
-                match shared.backend.stats().await {
-                    Ok(stats) => stats.record_gauges(),
-                    Err(error) => tracing::warn!(%error, "reading queue statistics failed"),
-                }
-            }
-            _ = stop_ticks.tick() => {
+            _ = ticks.tick() => {
                 if worker.is_shutting_down() {
-                    shared.stopping.cancel();
+                    break;
                 }
             }
             () = stop.cancelled() => return,
         }
+    }
+    shared.runtime.begin_shutdown();
+    tokio::select! {
+        () = shutdown_schedule(&shared.runtime, shared.shutdown_grace) => {}
+        () = stop.cancelled() => {}
     }
 }
 
@@ -649,7 +485,8 @@ impl<J: Job> Backend for ApalisBackend<J> {
             match &mut self.state {
                 State::Idle => {
                     let shared = self.shared_for(worker);
-                    self.state = State::Starting(start(shared, worker.clone()).boxed());
+                    self.state =
+                        State::Starting(start(shared, worker.clone(), self.queue.clone()).boxed());
                 }
                 State::Starting(starting) => match starting.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -824,7 +661,7 @@ pub struct AckLayer {
 impl fmt::Debug for AckLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AckLayer")
-            .field("owner", &self.shared.owner)
+            .field("owner", &self.shared.runtime.owner)
             .finish()
     }
 }
@@ -850,18 +687,9 @@ pub struct AckService<S> {
 impl<S> fmt::Debug for AckService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AckService")
-            .field("owner", &self.shared.owner)
+            .field("owner", &self.shared.runtime.owner)
             .finish_non_exhaustive()
     }
-}
-
-/// Which leased job a task is, put in its data by [`ApalisBackend`].
-#[derive(Debug, Clone)]
-struct Lease {
-    id: JobId,
-    name: &'static str,
-    attempt: u32,
-    max_attempts: u32,
 }
 
 impl<S, Args> Service<Task<Args>> for AckService<S>
@@ -880,98 +708,47 @@ where
     }
 
     fn call(&mut self, task: Task<Args>) -> Self::Future {
-        let lease = task.data().get::<Lease>().cloned();
+        let running = task.data().get::<RunningJob>().cloned();
         let handled = self.inner.call(task);
         let shared = self.shared.clone();
         async move {
-            let Some(lease) = lease else {
+            let Some(running) = running else {
                 // Not a job of ours (pushed into the worker by other means): nothing to record.
                 return handled.await.map_err(Into::into);
             };
+            let runtime = shared.runtime.clone();
             let started = Instant::now();
-            // A panic is a failed attempt, not the end of the worker.
-            let result = match AssertUnwindSafe(handled).catch_unwind().await {
-                Ok(result) => result.map_err(Into::into),
-                Err(panic) => {
-                    Err(Box::new(HandlerPanicked(panic_message(panic.as_ref()))) as BoxDynError)
-                }
-            };
-            metrics::histogram!("anb_queue_job_duration_seconds", "job" => lease.name)
-                .record(started.elapsed().as_secs_f64());
-            let outcome = match &result {
-                Ok(_) => {
-                    if shared
-                        .completions
-                        .send(Completion::Done(lease.id.clone()))
-                        .is_ok()
-                    {
-                        "completed"
-                    } else {
-                        "released"
-                    }
-                }
-                Err(error) => {
-                    // In a task of its own, so the failure is recorded even if the worker is
-                    // dropped meanwhile.
+            let handled = handled.map(|result| result.map_err(Into::<BoxDynError>::into));
+            let ended = runtime.run_handler(&running, handled).await;
+            record_duration(running.name, started);
+            // The handler's own answer for apalis, and the queue's view of it.
+            let (answer, ended) = match ended {
+                Ended::Returned(Ok(Ok(response))) => (Ok(response), Ended::Returned(Ok(Ok(())))),
+                Ended::Returned(Ok(Err(error))) => {
                     let failure = Failure::of(error.as_ref());
-                    tokio::spawn(record_failure(shared.clone(), lease.clone(), failure))
-                        .await
-                        .unwrap_or("released")
+                    (Err(error), Ended::Returned(Ok(Err(failure))))
                 }
+                Ended::Returned(Err(panic)) => (
+                    Err(Box::new(HandlerPanicked(panic.clone())) as BoxDynError),
+                    Ended::Returned(Err(panic)),
+                ),
+                Ended::Aborted => (Err(Box::new(HandlerAborted) as BoxDynError), Ended::Aborted),
             };
-            metrics::counter!("anb_queue_jobs_total", "job" => lease.name, "outcome" => outcome)
+            // In a task of its own, so the outcome is recorded even if the worker is dropped
+            // meanwhile.
+            let name = running.name;
+            let outcome = tokio::spawn(async move { runtime.finish(&running, ended).await })
+                .await
+                .unwrap_or("released");
+            metrics::counter!("anb_queue_jobs_total", "job" => name, "outcome" => outcome)
                 .increment(1);
-            result
+            answer
         }
         .boxed()
     }
 }
 
-/// Retries or dead-letters a failed job; returns the outcome's metric label.
-async fn record_failure(shared: Arc<Shared>, lease: Lease, failure: Failure) -> &'static str {
-    let retry = failure.retryable && lease.attempt < lease.max_attempts;
-    let recorded = if retry {
-        let delay = failure
-            .delay
-            .unwrap_or_else(|| shared.backoff.delay(lease.attempt));
-        tracing::warn!(
-            job.name = lease.name, job.id = %lease.id, job.attempt = lease.attempt,
-            error = %failure.message, retry_in_ms = delay.as_millis() as u64,
-            "job failed; will retry"
-        );
-        shared
-            .backend
-            .retry(&shared.owner, &lease.id, delay, &failure.message)
-            .await
-    } else {
-        tracing::error!(
-            job.name = lease.name, job.id = %lease.id, job.attempt = lease.attempt,
-            error = %failure.message, "job failed; dead-lettered"
-        );
-        shared
-            .backend
-            .dead_letter(&shared.owner, &lease.id, &failure.message)
-            .await
-    };
-    match recorded {
-        Ok(()) => shared.settle(&lease.id),
-        Err(error) => tracing::error!(
-            job.id = %lease.id, %error,
-            "recording the failure failed; the lease will expire and the job run again"
-        ),
-    }
-    if retry { "retried" } else { "dead" }
-}
-
 /// A handler's error as the queue records it.
-#[derive(Debug)]
-struct Failure {
-    retryable: bool,
-    /// Set when the handler asked for a delay ([`RetryAfterError`], [`DeferredError`]).
-    delay: Option<Duration>,
-    message: String,
-}
-
 impl Failure {
     fn of(error: &(dyn std::error::Error + 'static)) -> Self {
         if let Some(abort) = error.downcast_ref::<AbortError>() {
@@ -1022,6 +799,11 @@ fn describe(error: &dyn std::error::Error) -> String {
     }
     message
 }
+
+/// The error an aborted handler's attempt ends with (cancelled and not returning in time).
+#[derive(Debug, thiserror::Error)]
+#[error("the handler was aborted after being cancelled")]
+struct HandlerAborted;
 
 /// The error a panicking handler's attempt ends with.
 #[derive(Debug, thiserror::Error)]

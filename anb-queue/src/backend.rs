@@ -13,7 +13,9 @@
 //! - a claimed job is leased to one `owner` until `now + lease`; a lease that runs out makes
 //!   the job claimable again ([`Backend::recover_expired`]), so delivery is at-least-once;
 //! - every lease operation (`complete`, `retry`, `dead_letter`, `release`, `extend`) names the
-//!   owner, and is a no-op for a job whose lease that owner no longer holds;
+//!   owner and the claim's [`Lease`], and is a no-op for a job that claim no longer holds
+//!   (its lease ran out, even if the same worker has claimed the job again since); `extend`
+//!   reports such leases as lost;
 //! - a claim counts an attempt; `release` gives the attempt back;
 //! - a job whose lease expires on its last attempt is dead-lettered rather than retried, so a
 //!   job that kills its worker cannot loop forever.
@@ -108,6 +110,30 @@ pub struct ClaimedJob {
     pub max_attempts: u32,
     /// When the job was enqueued, in milliseconds since the Unix epoch.
     pub enqueued_at_ms: i64,
+    /// The token of this claim, for [`Lease`].
+    pub token: String,
+}
+
+impl ClaimedJob {
+    /// This claim's hold on the job.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// One claim's hold on a job: the job's id and the token its claim was given. Every lease
+/// operation names the lease, and is a no-op when the job is no longer held by that claim
+/// (so a worker that re-claims its own expired job cannot have the old attempt touch the
+/// new one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job's id.
+    pub id: JobId,
+    /// The claim's token (a row's lease token, a Redis lease owner, an SQS receipt handle).
+    pub token: String,
 }
 
 /// What a worker asks for when it claims.
@@ -142,33 +168,39 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError>;
 
     /// Deletes finished jobs.
-    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError>;
+    async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError>;
 
     /// Makes a failed job claimable again after `delay`, keeping `error` as its last error.
     async fn retry(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError>;
 
     /// Moves a job to the dead letters, keeping `error`.
-    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError>;
+    async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError>;
 
     /// Gives leased, unfinished jobs back at once, without counting the attempt.
-    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError>;
+    async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError>;
 
-    /// Extends leases to `lease` from now.
-    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError>;
+    /// Extends leases to `lease` from now. Returns the leases that are lost (expired, or
+    /// the job is held by another claim now), which were not extended.
+    async fn extend(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError>;
 
     /// Stores a running job's progress (0–100) and extends its lease.
     async fn progress(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         percent: u8,
-        lease: Duration,
+        duration: Duration,
     ) -> Result<(), QueueError>;
 
     /// Returns jobs whose lease ran out to the queue (or to the dead letters on their last

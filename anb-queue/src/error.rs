@@ -79,6 +79,13 @@ pub enum QueueError {
         /// How long it was given.
         after: std::time::Duration,
     },
+    /// A lease operation found the job no longer leased to this claim: its lease ran out,
+    /// or another claim holds it now (see [`CancelReason::LeaseLost`](crate::CancelReason)).
+    #[error("the lease of job {job} is lost: it expired or another claim holds the job")]
+    LeaseLost {
+        /// The job's id.
+        job: String,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

@@ -1,11 +1,15 @@
 //! The job model: what a job is, and what a handler sees while running one.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backend::{JobId, SharedBackend},
+    backend::{JobId, Lease, SharedBackend},
     error::QueueError,
 };
 
@@ -33,9 +37,61 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// How many attempts the job gets before it goes to the dead letters.
     const MAX_ATTEMPTS: u32 = 5;
+    /// How long one attempt may run before its handler is cancelled with
+    /// [`CancelReason::Timeout`] and the attempt fails (retryably). `None` (the default)
+    /// leaves it to the worker's [`Worker::timeout`](crate::Worker::timeout), if any.
+    const TIMEOUT: Option<Duration> = None;
+}
+
+/// Why the runtime wants a handler to stop ([`JobContext::cancel_reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The worker is shutting down and the grace period is nearly over. Return soon: the job
+    /// is then released without counting the attempt, whatever the handler returns, and a
+    /// handler still running when the grace ends is aborted and released the same way.
+    Shutdown,
+    /// The job's lease is gone (it ran out, or another claim holds the job now): another
+    /// worker may already run it. The outcome of this attempt is not recorded; the handler
+    /// is aborted after a short moment.
+    LeaseLost,
+    /// The job ran longer than its timeout ([`Job::TIMEOUT`] or
+    /// [`Worker::timeout`](crate::Worker::timeout)). The attempt counts as a retryable
+    /// failure; the handler is aborted after a short moment.
+    Timeout,
+}
+
+/// A running job's cancellation: a token and the reason it fired with (the first wins).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cancellation {
+    token: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+}
+
+impl Cancellation {
+    /// Fires the token with `reason`, unless it already fired for another one.
+    pub(crate) fn fire(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub(crate) fn reason(&self) -> Option<CancelReason> {
+        self.reason.get().copied()
+    }
+
+    pub(crate) async fn fired(&self) {
+        self.token.cancelled().await;
+    }
 }
 
 /// What a handler knows about the job it runs, and how it talks back to the queue.
+///
+/// Two signals reach a running handler:
+/// - [`JobContext::shutdown_requested`]: the worker stopped claiming and is shutting down.
+///   Informational: finish if you can, the grace period is there for it;
+/// - [`JobContext::cancelled`]: the runtime wants the handler to stop now, for the
+///   [`CancelReason`] given by [`JobContext::cancel_reason`]. Return promptly (the result no
+///   longer decides much, see [`CancelReason`]); a handler that does not is aborted.
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub(crate) id: JobId,
@@ -43,9 +99,11 @@ pub struct JobContext {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) owner: String,
-    pub(crate) lease: Duration,
+    pub(crate) lease: Lease,
+    pub(crate) duration: Duration,
     pub(crate) backend: SharedBackend,
-    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) stopping: CancellationToken,
+    pub(crate) cancel: Cancellation,
 }
 
 impl JobContext {
@@ -77,28 +135,57 @@ impl JobContext {
     /// Extends the job's lease to `by` from now.
     ///
     /// The worker already renews the lease of every running job in the background; call this
-    /// before a step known to outlast the configured lease, or to check the job is still ours.
+    /// before a step known to outlast the configured lease, or to check the job is still
+    /// ours: a lease that is gone is [`QueueError::LeaseLost`], and fires
+    /// [`JobContext::cancelled`] with [`CancelReason::LeaseLost`].
     pub async fn extend_lease(&self, by: Duration) -> Result<(), QueueError> {
-        self.backend
-            .extend(&self.owner, std::slice::from_ref(&self.id), by)
-            .await
+        let lost = self
+            .backend
+            .extend(&self.owner, std::slice::from_ref(&self.lease), by)
+            .await?;
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            self.cancel.fire(CancelReason::LeaseLost);
+            Err(QueueError::LeaseLost {
+                job: self.id.to_string(),
+            })
+        }
     }
 
     /// Records the job's progress (0–100) where the backend can keep it, and renews the lease.
     pub async fn report_progress(&self, percent: u8) -> Result<(), QueueError> {
         self.backend
-            .progress(&self.owner, &self.id, percent.min(100), self.lease)
+            .progress(&self.owner, &self.lease, percent.min(100), self.duration)
             .await
     }
 
-    /// Whether the worker is shutting down: a long handler may stop early and return a
-    /// retryable error, so the job is picked up again later.
+    /// Whether the worker is shutting down (it no longer claims jobs). Informational: the
+    /// handler may go on, and should finish within the grace period if it can; it is told by
+    /// [`JobContext::cancelled`] when it must stop.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.stopping.is_cancelled()
     }
 
-    /// Completes when the worker begins to shut down.
+    /// Completes when the worker begins to shut down (see [`JobContext::is_shutting_down`]).
     pub async fn shutdown_requested(&self) {
-        self.shutdown.cancelled().await;
+        self.stopping.cancelled().await;
+    }
+
+    /// Completes when the runtime wants this handler to stop: near the end of the shutdown
+    /// grace period, when the lease was lost, or on timeout ([`JobContext::cancel_reason`]
+    /// says which). Race long steps against it with `tokio::select!`.
+    pub async fn cancelled(&self) {
+        self.cancel.fired().await;
+    }
+
+    /// Whether [`JobContext::cancelled`] has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.reason().is_some()
+    }
+
+    /// Why the handler was asked to stop, once it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.cancel.reason()
     }
 }

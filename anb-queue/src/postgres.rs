@@ -14,7 +14,9 @@ use sqlx::{
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
-    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    backend::{
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+    },
     error::QueueError,
     stats::QueueStats,
 };
@@ -23,7 +25,11 @@ use crate::{
 const CHANNEL: &str = "anb_queue";
 
 /// The schema version this build writes; `setup` upgrades older ones step by step.
-const SCHEMA_VERSION: i32 = 1;
+///
+/// Every step must leave the table usable by the code of the version before it, since
+/// workers of both run side by side during a rolling deploy: add nullable columns and
+/// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
+const SCHEMA_VERSION: i32 = 2;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -57,6 +63,13 @@ const SCHEMA_V1: &[&str] = &[
      FOR EACH STATEMENT EXECUTE FUNCTION anb_queue_notify()",
 ];
 
+/// Version 2: a lease token per claim, so lease operations are fenced by claim, not only by
+/// worker. Code of version 1 ignores the column (its claims leave it as it is; it checks
+/// `locked_by`, which differs between workers, so neither version can settle the other's
+/// claim).
+const SCHEMA_V2: &[&str] =
+    &["ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS lease_token TEXT"];
+
 const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
      SELECT n, p::jsonb, m, now() + d * interval '1 millisecond'
      FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
@@ -77,9 +90,13 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
     let version: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
         .fetch_one(&mut *tx)
         .await?;
-    if version.unwrap_or(0) < SCHEMA_VERSION {
-        for statement in SCHEMA_V1 {
-            sqlx::query(*statement).execute(&mut *tx).await?;
+    let version = version.unwrap_or(0);
+    if version < SCHEMA_VERSION {
+        let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2)];
+        for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
+            for statement in *statements {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
         }
         sqlx::query("DELETE FROM anb_queue_schema")
             .execute(&mut *tx)
@@ -167,9 +184,38 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn row_ids(ids: &[JobId]) -> Vec<i64> {
-    // Ids that do not parse cannot be ours; skipping them makes the operation a no-op for them.
-    ids.iter().filter_map(|id| id.0.parse().ok()).collect()
+/// A lease's row id; an id that does not parse cannot be ours, and the operation is then a
+/// no-op for it.
+pub(crate) fn row_id(lease: &Lease) -> Option<i64> {
+    lease.id.0.parse().ok()
+}
+
+/// Leases as parallel arrays of row ids and tokens (for `UNNEST`).
+fn lease_columns(leases: &[Lease]) -> (Vec<i64>, Vec<&str>) {
+    leases
+        .iter()
+        .filter_map(|lease| Some((row_id(lease)?, lease.token.as_str())))
+        .unzip()
+}
+
+/// A fresh claim's lease token.
+pub(crate) fn claim_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The leases not among those a lease operation touched (by row id and token).
+pub(crate) fn lost_leases(leases: &[Lease], touched: &[(i64, String)]) -> Vec<Lease> {
+    let touched: std::collections::HashSet<(i64, &str)> = touched
+        .iter()
+        .map(|(id, token)| (*id, token.as_str()))
+        .collect();
+    leases
+        .iter()
+        .filter(|lease| {
+            row_id(lease).is_none_or(|id| !touched.contains(&(id, lease.token.as_str())))
+        })
+        .cloned()
+        .collect()
 }
 
 /// The PostgreSQL backend.
@@ -194,8 +240,11 @@ impl PostgresBackend {
         let options = (*pool.connect_options())
             .clone()
             .options([("synchronous_commit", "off"), ("enable_bitmapscan", "off")]);
+        // A lease operation that cannot get a connection soon fails, rather than waiting the
+        // default 30 s: the runtime retries it a few times, then lets the lease lapse.
         let leases = PgPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
         Self {
             pool,
@@ -255,6 +304,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+        let token = claim_token();
         let rows = sqlx::query(
             "WITH picked AS (
                 SELECT id FROM anb_queue_jobs
@@ -264,7 +314,7 @@ impl Backend for PostgresBackend {
                 FOR UPDATE SKIP LOCKED
              )
              UPDATE anb_queue_jobs AS j
-             SET state = 'running', attempts = j.attempts + 1, locked_by = $3,
+             SET state = 'running', attempts = j.attempts + 1, locked_by = $3, lease_token = $5,
                  locked_until = clock_timestamp() + $4 * interval '1 millisecond'
              FROM picked WHERE j.id = picked.id
              RETURNING j.id, j.name, j.payload::text AS payload, j.attempts, j.max_attempts,
@@ -274,6 +324,7 @@ impl Backend for PostgresBackend {
         .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
         .bind(request.owner)
         .bind(millis(request.lease))
+        .bind(&token)
         .fetch_all(&self.leases)
         .await?;
         let mut jobs = rows
@@ -287,6 +338,7 @@ impl Backend for PostgresBackend {
                     max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?)
                         .unwrap_or(0),
                     enqueued_at_ms: row.try_get("enqueued_at_ms")?,
+                    token: token.clone(),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -295,29 +347,39 @@ impl Backend for PostgresBackend {
         Ok(jobs)
     }
 
-    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
-        sqlx::query("DELETE FROM anb_queue_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'")
-            .bind(row_ids(ids))
-            .bind(owner)
-            .execute(&self.leases)
-            .await?;
+    async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
+        let (ids, tokens) = lease_columns(leases);
+        sqlx::query(
+            "DELETE FROM anb_queue_jobs AS j USING UNNEST($1::int8[], $2::text[]) AS l(id, token)
+             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+               AND j.state = 'running'",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(owner)
+        .execute(&self.leases)
+        .await?;
         Ok(())
     }
 
     async fn retry(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
+        let Some(id) = row_id(lease) else {
+            return Ok(());
+        };
         sqlx::query(
             "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = clock_timestamp() + $3 * interval '1 millisecond',
-                 locked_by = NULL, locked_until = NULL, last_error = $4
-             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
+                 locked_by = NULL, locked_until = NULL, last_error = $5
+             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
         )
-        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(id)
+        .bind(&lease.token)
         .bind(owner)
         .bind(millis(delay))
         .bind(error)
@@ -326,14 +388,18 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
+        let Some(id) = row_id(lease) else {
+            return Ok(());
+        };
         sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'dead', dead_at = now(), locked_by = NULL, locked_until = NULL,
-                 last_error = $3
-             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+                 last_error = $4
+             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
         )
-        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(id)
+        .bind(&lease.token)
         .bind(owner)
         .bind(error)
         .execute(&self.leases)
@@ -341,14 +407,18 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+    async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
+        let (ids, tokens) = lease_columns(leases);
         let released = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = now(), attempts = greatest(attempts - 1, 0),
+            "UPDATE anb_queue_jobs AS j
+             SET state = 'ready', run_at = now(), attempts = greatest(j.attempts - 1, 0),
                  locked_by = NULL, locked_until = NULL
-             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
+             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+               AND j.state = 'running'",
         )
-        .bind(row_ids(ids))
+        .bind(&ids)
+        .bind(&tokens)
         .bind(owner)
         .execute(&self.leases)
         .await?;
@@ -358,36 +428,50 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
-    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET locked_until = clock_timestamp() + $3 * interval '1 millisecond'
-             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+    async fn extend(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let (ids, tokens) = lease_columns(leases);
+        let extended: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE anb_queue_jobs AS j
+             SET locked_until = clock_timestamp() + $4 * interval '1 millisecond'
+             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
+             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+               AND j.state = 'running'
+             RETURNING j.id, l.token",
         )
-        .bind(row_ids(ids))
+        .bind(&ids)
+        .bind(&tokens)
         .bind(owner)
         .bind(millis(lease))
-        .execute(&self.leases)
+        .fetch_all(&self.leases)
         .await?;
-        Ok(())
+        Ok(lost_leases(leases, &extended))
     }
 
     async fn progress(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         percent: u8,
-        lease: Duration,
+        duration: Duration,
     ) -> Result<(), QueueError> {
+        let Some(id) = row_id(lease) else {
+            return Ok(());
+        };
         sqlx::query(
             "UPDATE anb_queue_jobs
-             SET progress = $3, locked_until = clock_timestamp() + $4 * interval '1 millisecond'
-             WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'",
+             SET progress = $4, locked_until = clock_timestamp() + $5 * interval '1 millisecond'
+             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
         )
-        .bind(row_ids(std::slice::from_ref(id)))
+        .bind(id)
+        .bind(&lease.token)
         .bind(owner)
         .bind(i16::from(percent))
-        .bind(millis(lease))
+        .bind(millis(duration))
         .execute(&self.leases)
         .await?;
         Ok(())

@@ -111,7 +111,10 @@ impl Queue {
         }
     }
 
-    pub(crate) fn backend(&self) -> &SharedBackend {
+    /// The storage engine under this queue, for tools and tests that drive leases directly
+    /// (claims, lease operations; see [`Backend`]). Applications use the queue's own methods
+    /// and [`Worker`](crate::Worker)s.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
 

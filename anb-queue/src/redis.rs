@@ -28,7 +28,9 @@ use futures::StreamExt;
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
-    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    backend::{
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+    },
     error::QueueError,
     stats::QueueStats,
 };
@@ -102,19 +104,20 @@ end
 return out
 ";
 
-/// Shared Lua helper: whether `owner` holds the lease of job `id`.
+/// Shared Lua helper: whether the claim with lease `token` holds job `id` (a claim's token
+/// names its worker and the claim, so a re-claim by the same worker is another holder).
 const HELD: &str = "
-local function held(prefix, id, owner)
-  return redis.call('HGET', prefix .. 'job:' .. id, 'o') == owner
+local function held(prefix, id, token)
+  return redis.call('HGET', prefix .. 'job:' .. id, 'o') == token
     and redis.call('ZSCORE', prefix .. 'leases', id) ~= false
 end
 ";
 
-/// ARGV: prefix, owner, ids…
+/// ARGV: prefix, then (id, lease token) pairs.
 const COMPLETE: &str = "
-local prefix, owner = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  if held(prefix, ARGV[i], owner) then
+local prefix = ARGV[1]
+for i = 2, #ARGV, 2 do
+  if held(prefix, ARGV[i], ARGV[i + 1]) then
     redis.call('ZREM', prefix .. 'leases', ARGV[i])
     redis.call('DEL', prefix .. 'job:' .. ARGV[i])
   end
@@ -122,7 +125,7 @@ end
 return 0
 ";
 
-/// ARGV: prefix, owner, id, delay_ms, error.
+/// ARGV: prefix, lease token, id, delay_ms, error.
 const RETRY: &str = "
 local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
 if held(prefix, id, owner) then
@@ -135,7 +138,7 @@ end
 return 0
 ";
 
-/// ARGV: prefix, owner, id, error.
+/// ARGV: prefix, lease token, id, error.
 const DEAD_LETTER: &str = "
 local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
 if held(prefix, id, owner) then
@@ -148,13 +151,14 @@ end
 return 0
 ";
 
-/// ARGV: prefix, owner, ids… Gives the attempt back and makes the jobs due now.
+/// ARGV: prefix, then (id, lease token) pairs. Gives the attempt back and makes the jobs
+/// due now.
 const RELEASE: &str = "
-local prefix, owner = ARGV[1], ARGV[2]
+local prefix = ARGV[1]
 local released = 0
-for i = 3, #ARGV do
+for i = 2, #ARGV, 2 do
   local id = ARGV[i]
-  if held(prefix, id, owner) then
+  if held(prefix, id, ARGV[i + 1]) then
     local key = prefix .. 'job:' .. id
     redis.call('ZREM', prefix .. 'leases', id)
     redis.call('HDEL', key, 'o')
@@ -167,17 +171,22 @@ if released > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return released
 ";
 
-/// ARGV: prefix, owner, lease_ms, progress ('' for none), ids…
+/// ARGV: prefix, lease_ms, progress ('' for none), then (id, lease token) pairs. Returns
+/// the ids and tokens of the leases that are lost, as pairs.
 const EXTEND: &str = "
-local prefix, owner, lease, progress = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-for i = 5, #ARGV do
+local prefix, lease, progress = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local lost = {}
+for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  if held(prefix, id, owner) then
+  if held(prefix, id, ARGV[i + 1]) then
     redis.call('ZADD', prefix .. 'leases', 'XX', now + lease, id)
     if progress ~= '' then redis.call('HSET', prefix .. 'job:' .. id, 'pr', progress) end
+  else
+    lost[#lost + 1] = id
+    lost[#lost + 1] = ARGV[i + 1]
   end
 end
-return 0
+return lost
 ";
 
 /// ARGV: prefix, limit. Returns how many expired leases it handled.
@@ -371,6 +380,34 @@ impl RedisBackend {
         })
     }
 
+    /// Extends leases (and stores a progress); returns the leases that are lost.
+    async fn renew(
+        &self,
+        leases: &[Lease],
+        duration: Duration,
+        progress: Option<u8>,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let mut invocation = self.scripts.extend.prepare_invoke();
+        invocation.arg(&self.prefix).arg(millis(duration)).arg(
+            progress
+                .map(|percent| percent.to_string())
+                .unwrap_or_default(),
+        );
+        for lease in leases {
+            invocation.arg(lease.id.as_str()).arg(&lease.token);
+        }
+        let lost: Vec<String> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(lost
+            .chunks_exact(2)
+            .map(|pair| Lease {
+                id: JobId(pair[0].clone()),
+                token: pair[1].clone(),
+            })
+            .collect())
+    }
+
     fn channel(&self) -> String {
         format!("{}wake", self.prefix)
     }
@@ -468,10 +505,12 @@ impl Backend for RedisBackend {
     }
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+        // The job hash's owner field holds the claim's token: the worker and the claim.
+        let token = format!("{}/{}", request.owner, crate::postgres::claim_token());
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .arg(&self.prefix)
-            .arg(request.owner)
+            .arg(&token)
             .arg(millis(request.lease))
             .arg(request.max);
         for name in request.names {
@@ -489,15 +528,16 @@ impl Backend for RedisBackend {
                 attempt: parse_u32(&job[3]),
                 max_attempts: parse_u32(&job[4]),
                 enqueued_at_ms: job[5].parse().unwrap_or(0),
+                token: token.clone(),
             })
             .collect())
     }
 
-    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+    async fn complete(&self, _owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let mut invocation = self.scripts.complete.prepare_invoke();
-        invocation.arg(&self.prefix).arg(owner);
-        for id in ids {
-            invocation.arg(id.as_str());
+        invocation.arg(&self.prefix);
+        for lease in leases {
+            invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
@@ -507,8 +547,8 @@ impl Backend for RedisBackend {
 
     async fn retry(
         &self,
-        owner: &str,
-        id: &JobId,
+        _owner: &str,
+        lease: &Lease,
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
@@ -517,8 +557,8 @@ impl Backend for RedisBackend {
             .retry
             .prepare_invoke()
             .arg(&self.prefix)
-            .arg(owner)
-            .arg(id.as_str())
+            .arg(&lease.token)
+            .arg(lease.id.as_str())
             .arg(millis(delay).min(MAX_DELAY_MS))
             .arg(error)
             .invoke_async(&mut self.connection.clone())
@@ -526,25 +566,30 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        _owner: &str,
+        lease: &Lease,
+        error: &str,
+    ) -> Result<(), QueueError> {
         let _: i64 = self
             .scripts
             .dead_letter
             .prepare_invoke()
             .arg(&self.prefix)
-            .arg(owner)
-            .arg(id.as_str())
+            .arg(&lease.token)
+            .arg(lease.id.as_str())
             .arg(error)
             .invoke_async(&mut self.connection.clone())
             .await?;
         Ok(())
     }
 
-    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+    async fn release(&self, _owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.arg(&self.prefix).arg(owner);
-        for id in ids {
-            invocation.arg(id.as_str());
+        invocation.arg(&self.prefix);
+        for lease in leases {
+            invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
@@ -552,41 +597,25 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.extend.prepare_invoke();
-        invocation
-            .arg(&self.prefix)
-            .arg(owner)
-            .arg(millis(lease))
-            .arg("");
-        for id in ids {
-            invocation.arg(id.as_str());
-        }
-        let _: i64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await?;
-        Ok(())
+    async fn extend(
+        &self,
+        _owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        self.renew(leases, lease, None).await
     }
 
     async fn progress(
         &self,
-        owner: &str,
-        id: &JobId,
+        _owner: &str,
+        lease: &Lease,
         percent: u8,
-        lease: Duration,
+        duration: Duration,
     ) -> Result<(), QueueError> {
-        let _: i64 = self
-            .scripts
-            .extend
-            .prepare_invoke()
-            .arg(&self.prefix)
-            .arg(owner)
-            .arg(millis(lease))
-            .arg(u32::from(percent))
-            .arg(id.as_str())
-            .invoke_async(&mut self.connection.clone())
-            .await?;
-        Ok(())
+        self.renew(std::slice::from_ref(lease), duration, Some(percent))
+            .await
+            .map(drop)
     }
 
     async fn recover_expired(&self) -> Result<u64, QueueError> {

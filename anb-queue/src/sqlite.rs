@@ -15,12 +15,16 @@ use sqlx::{
 use tokio::sync::watch;
 
 use crate::{
-    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    backend::{
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+    },
     error::QueueError,
+    postgres::{claim_token, lost_leases, row_id},
     stats::QueueStats,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// See the PostgreSQL backend: every step keeps the table usable by the previous version.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -43,6 +47,9 @@ const SCHEMA_V1: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS anb_queue_jobs_dead ON anb_queue_jobs (dead_at) WHERE state = 'dead'",
 ];
 
+/// Version 2: a lease token per claim (see the PostgreSQL backend's `SCHEMA_V2`).
+const SCHEMA_V2: &[&str] = &["ALTER TABLE anb_queue_jobs ADD COLUMN lease_token TEXT"];
+
 /// Milliseconds since the Unix epoch: SQLite has no clock type, and all writers of one file
 /// share the host's clock.
 pub(crate) fn now_ms() -> i64 {
@@ -56,9 +63,13 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Ids as a JSON array, so one statement can take a whole batch through `json_each`.
-fn json_ids(ids: &[JobId]) -> String {
-    let numbers: Vec<i64> = ids.iter().filter_map(|id| id.0.parse().ok()).collect();
+/// Leases as a JSON array of `[row id, token]` pairs, so one statement can take a whole
+/// batch through `json_each`.
+fn json_ids(leases: &[Lease]) -> String {
+    let numbers: Vec<(i64, &str)> = leases
+        .iter()
+        .filter_map(|lease| Some((row_id(lease)?, lease.token.as_str())))
+        .collect();
     serde_json::to_string(&numbers).unwrap_or_else(|_| "[]".to_owned())
 }
 
@@ -94,9 +105,14 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
         let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
             .fetch_one(&mut *conn)
             .await?;
-        if version.unwrap_or(0) < SCHEMA_VERSION {
-            for statement in SCHEMA_V1 {
-                sqlx::query(*statement).execute(&mut *conn).await?;
+        let version = version.unwrap_or(0);
+        if version < SCHEMA_VERSION {
+            // One transaction: a step is applied whole or not at all.
+            let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2)];
+            for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
+                for statement in *statements {
+                    sqlx::query(*statement).execute(&mut *conn).await?;
+                }
             }
             sqlx::query("DELETE FROM anb_queue_schema")
                 .execute(&mut *conn)
@@ -208,9 +224,11 @@ impl Backend for SqliteBackend {
                 return Ok(Vec::new());
             }
         }
+        let token = claim_token();
         let rows = sqlx::query(
             "UPDATE anb_queue_jobs
-             SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2
+             SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2,
+                 lease_token = ?6
              WHERE id IN (
                 SELECT id FROM anb_queue_jobs
                 WHERE state = 'ready' AND run_at <= ?3
@@ -225,6 +243,7 @@ impl Backend for SqliteBackend {
         .bind(now)
         .bind(json_names(request.names))
         .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+        .bind(&token)
         .fetch_all(&self.pool)
         .await?;
         let mut jobs = rows
@@ -238,6 +257,7 @@ impl Backend for SqliteBackend {
                     max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts")?)
                         .unwrap_or(0),
                     enqueued_at_ms: row.try_get("enqueued_at")?,
+                    token: token.clone(),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -246,12 +266,13 @@ impl Backend for SqliteBackend {
         Ok(jobs)
     }
 
-    async fn complete(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+    async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         sqlx::query(
             "DELETE FROM anb_queue_jobs
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
         )
-        .bind(json_ids(ids))
+        .bind(json_ids(leases))
         .bind(owner)
         .execute(&self.pool)
         .await?;
@@ -261,16 +282,17 @@ impl Backend for SqliteBackend {
     async fn retry(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
         sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'ready', run_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
         )
-        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(json_ids(std::slice::from_ref(lease)))
         .bind(owner)
         .bind(now_ms().saturating_add(millis(delay)))
         .bind(error)
@@ -279,13 +301,14 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn dead_letter(&self, owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
         sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
         )
-        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(json_ids(std::slice::from_ref(lease)))
         .bind(owner)
         .bind(now_ms())
         .bind(error)
@@ -294,14 +317,15 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn release(&self, owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
+    async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let released = sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
                  locked_by = NULL, locked_until = NULL
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
         )
-        .bind(json_ids(ids))
+        .bind(json_ids(leases))
         .bind(owner)
         .bind(now_ms())
         .execute(&self.pool)
@@ -312,34 +336,42 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn extend(&self, owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
-        sqlx::query(
+    async fn extend(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let extended: Vec<(i64, String)> = sqlx::query_as(
             "UPDATE anb_queue_jobs SET locked_until = ?3
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'
+             RETURNING id, lease_token",
         )
-        .bind(json_ids(ids))
+        .bind(json_ids(leases))
         .bind(owner)
         .bind(now_ms().saturating_add(millis(lease)))
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        Ok(lost_leases(leases, &extended))
     }
 
     async fn progress(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &Lease,
         percent: u8,
-        lease: Duration,
+        duration: Duration,
     ) -> Result<(), QueueError> {
         sqlx::query(
             "UPDATE anb_queue_jobs SET progress = ?3, locked_until = ?4
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND state = 'running'",
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
         )
-        .bind(json_ids(std::slice::from_ref(id)))
+        .bind(json_ids(std::slice::from_ref(lease)))
         .bind(owner)
         .bind(i64::from(percent))
-        .bind(now_ms().saturating_add(millis(lease)))
+        .bind(now_ms().saturating_add(millis(duration)))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -53,7 +53,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::{
-    backend::{Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, NewJob, WorkSignal},
+    backend::{
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease as ClaimLease,
+        NewJob, WorkSignal,
+    },
     error::QueueError,
     sqlite::now_ms,
     stats::QueueStats,
@@ -238,6 +241,18 @@ where
         operation,
         message: DisplayErrorContext(error).to_string(),
     }
+}
+
+/// Whether SQS refused a visibility change because the receipt handle is no longer current
+/// (the message was received again, or is no longer in flight).
+fn is_stale_receipt(
+    error: &aws_sdk_sqs::error::SdkError<
+        aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError,
+    >,
+) -> bool {
+    error.as_service_error().is_some_and(|service| {
+        service.is_receipt_handle_is_invalid() || service.is_message_not_inflight()
+    })
 }
 
 fn build_error(operation: &'static str, error: aws_sdk_sqs::error::BuildError) -> QueueError {
@@ -526,8 +541,15 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn take_lease(&self, id: &JobId) -> Option<Lease> {
-        self.leases().remove(id)
+    /// Takes the lease of a claim, if this process still holds the job under that claim's
+    /// receipt handle: a later receive of the same message (its visibility ran out and it
+    /// came back) replaces the receipt, and the older claim's operations become no-ops.
+    fn take_lease(&self, claim: &ClaimLease) -> Option<Lease> {
+        let mut leases = self.leases();
+        match leases.get(&claim.id) {
+            Some(lease) if lease.receipt == claim.token => leases.remove(&claim.id),
+            _ => None,
+        }
     }
 
     fn check_size(&self, message: &Outgoing) -> Result<(), QueueError> {
@@ -684,19 +706,31 @@ impl Inner {
         Ok(())
     }
 
-    async fn change_visibility(&self, receipts: &[String], timeout: i32) -> Result<(), QueueError> {
+    /// Changes the visibility of messages; returns the indexes (into `receipts`) of those
+    /// SQS refused (an outdated receipt handle: the message is no longer ours).
+    async fn change_visibility(
+        &self,
+        receipts: &[String],
+        timeout: i32,
+    ) -> Result<Vec<usize>, QueueError> {
+        let mut refused = Vec::new();
         if let [receipt] = receipts {
-            self.client
+            let changed = self
+                .client
                 .change_message_visibility()
                 .queue_url(&self.queue_url)
                 .receipt_handle(receipt)
                 .visibility_timeout(timeout)
                 .send()
-                .await
-                .map_err(|error| sqs_error("ChangeMessageVisibility", error))?;
-            return Ok(());
+                .await;
+            match changed {
+                Ok(_) => {}
+                Err(error) if is_stale_receipt(&error) => refused.push(0),
+                Err(error) => return Err(sqs_error("ChangeMessageVisibility", error)),
+            }
+            return Ok(refused);
         }
-        for chunk in receipts.chunks(MAX_BATCH) {
+        for (chunk_index, chunk) in receipts.chunks(MAX_BATCH).enumerate() {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -723,9 +757,12 @@ impl Inner {
                     message = failed.message(),
                     "changing a message's visibility failed"
                 );
+                if let Ok(index) = failed.id().parse::<usize>() {
+                    refused.push(chunk_index * MAX_BATCH + index);
+                }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Receives (long-polling) and sorts out what may run: jobs due later hop on, jobs past
@@ -811,6 +848,7 @@ impl Inner {
                 attempt,
                 max_attempts: lease.job.max_attempts,
                 enqueued_at_ms: lease.job.enqueued_at_ms,
+                token: lease.receipt.clone(),
             });
             self.leases().insert(id, lease);
         }
@@ -854,12 +892,8 @@ impl Inner {
         self.delete(&self.queue_url, &[lease.receipt]).await
     }
 
-    /// Gives messages back: see [`Inner::resend`]. Waits first (for at most a long poll)
-    /// until abandoned long polls have ended, so they cannot take the copies.
-    async fn release(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
-        if leases.is_empty() {
-            return Ok(());
-        }
+    /// Waits (for at most a long poll) until abandoned long polls have ended.
+    async fn wait_for_abandoned_polls(&self) {
         let most = Duration::from_secs(u64::try_from(self.wait_seconds).unwrap_or(0) + 5);
         let _ = tokio::time::timeout(most, async {
             loop {
@@ -871,7 +905,6 @@ impl Inner {
             }
         })
         .await;
-        self.resend(leases).await
     }
 
     /// Gives messages back at once, as fresh copies that keep their attempt count (a
@@ -970,7 +1003,7 @@ impl Backend for SqsBackend {
             if let Err(Ok(unwanted)) = result_tx.send(result) {
                 let leases: Vec<Lease> = unwanted
                     .iter()
-                    .filter_map(|job| inner.take_lease(&job.id))
+                    .filter_map(|job| inner.take_lease(&job.lease()))
                     .collect();
                 if let Err(error) = inner.resend(leases).await {
                     tracing::warn!(%error, "releasing prefetched messages failed; they reappear when their visibility times out");
@@ -987,10 +1020,10 @@ impl Backend for SqsBackend {
         })?
     }
 
-    async fn complete(&self, _owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
-        let receipts: Vec<String> = ids
+    async fn complete(&self, _owner: &str, leases: &[ClaimLease]) -> Result<(), QueueError> {
+        let receipts: Vec<String> = leases
             .iter()
-            .filter_map(|id| self.inner.take_lease(id))
+            .filter_map(|claim| self.inner.take_lease(claim))
             .map(|lease| lease.receipt)
             .collect();
         self.inner.delete(&self.inner.queue_url, &receipts).await
@@ -999,18 +1032,19 @@ impl Backend for SqsBackend {
     async fn retry(
         &self,
         _owner: &str,
-        id: &JobId,
+        claim: &ClaimLease,
         delay: Duration,
         _error: &str,
     ) -> Result<(), QueueError> {
         // SQS keeps no error with a message; the dead letter carries the last one.
-        let Some(lease) = self.inner.take_lease(id) else {
+        let Some(lease) = self.inner.take_lease(claim) else {
             return Ok(());
         };
         if delay < MAX_VISIBILITY {
             self.inner
                 .change_visibility(&[lease.receipt], ceil_seconds(delay))
                 .await
+                .map(drop)
         } else {
             let mut copy = lease.job.clone();
             copy.attempts_before = lease.attempt;
@@ -1026,46 +1060,70 @@ impl Backend for SqsBackend {
         }
     }
 
-    async fn dead_letter(&self, _owner: &str, id: &JobId, error: &str) -> Result<(), QueueError> {
-        let Some(lease) = self.inner.take_lease(id) else {
+    async fn dead_letter(
+        &self,
+        _owner: &str,
+        claim: &ClaimLease,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let Some(lease) = self.inner.take_lease(claim) else {
             return Ok(());
         };
         self.inner.dead_letter(lease, error).await
     }
 
-    async fn release(&self, _owner: &str, ids: &[JobId]) -> Result<(), QueueError> {
-        let leases: Vec<Lease> = ids
-            .iter()
-            .filter_map(|id| self.inner.take_lease(id))
-            .collect();
-        self.inner.release(leases).await
-    }
-
-    async fn extend(&self, _owner: &str, ids: &[JobId], lease: Duration) -> Result<(), QueueError> {
-        let receipts: Vec<String> = {
-            let leases = self.inner.leases();
-            ids.iter()
-                .filter_map(|id| leases.get(id))
-                .map(|lease| lease.receipt.clone())
-                .collect()
-        };
-        if receipts.is_empty() {
+    async fn release(&self, _owner: &str, leases: &[ClaimLease]) -> Result<(), QueueError> {
+        // Wait (for at most a long poll) until abandoned long polls have ended, so they
+        // cannot take the copies; the leases are taken only then, so a caller that gives up
+        // meanwhile still holds them.
+        if leases.is_empty() {
             return Ok(());
         }
-        self.inner
-            .change_visibility(&receipts, visibility_for(lease))
-            .await
+        self.inner.wait_for_abandoned_polls().await;
+        let leases: Vec<Lease> = leases
+            .iter()
+            .filter_map(|claim| self.inner.take_lease(claim))
+            .collect();
+        self.inner.resend(leases).await
+    }
+
+    async fn extend(
+        &self,
+        _owner: &str,
+        leases: &[ClaimLease],
+        lease: Duration,
+    ) -> Result<Vec<ClaimLease>, QueueError> {
+        // A claim holds its job while this process keeps its receipt handle (a later receive
+        // of the message replaces it) and SQS accepts the handle.
+        let (current, mut lost): (Vec<&ClaimLease>, Vec<&ClaimLease>) = {
+            let held = self.inner.leases();
+            leases.iter().partition(|claim| {
+                held.get(&claim.id)
+                    .is_some_and(|lease| lease.receipt == claim.token)
+            })
+        };
+        if !current.is_empty() {
+            let receipts: Vec<String> = current.iter().map(|claim| claim.token.clone()).collect();
+            let refused = self
+                .inner
+                .change_visibility(&receipts, visibility_for(lease))
+                .await?;
+            lost.extend(refused.into_iter().map(|index| current[index]));
+        }
+        Ok(lost.into_iter().cloned().collect())
     }
 
     async fn progress(
         &self,
         owner: &str,
-        id: &JobId,
+        lease: &ClaimLease,
         _percent: u8,
-        lease: Duration,
+        duration: Duration,
     ) -> Result<(), QueueError> {
         // A message cannot carry progress; the call still renews the lease.
-        self.extend(owner, std::slice::from_ref(id), lease).await
+        self.extend(owner, std::slice::from_ref(lease), duration)
+            .await
+            .map(drop)
     }
 
     async fn recover_expired(&self) -> Result<u64, QueueError> {
@@ -1416,8 +1474,8 @@ mod tests {
             );
             assert!(receives <= 5, "at most 10 per receive, took {receives}");
 
-            let ids: Vec<JobId> = claimed.iter().map(|job| job.id.clone()).collect();
-            queue.complete("tests", &ids).await.unwrap();
+            let leases: Vec<ClaimLease> = claimed.iter().map(ClaimedJob::lease).collect();
+            queue.complete("tests", &leases).await.unwrap();
             assert_eq!(
                 queue.requests_sent().unwrap() - after_receive,
                 3,

@@ -1,36 +1,43 @@
-//! The worker runtime: claims jobs, runs their handlers concurrently, records outcomes,
-//! renews leases, recovers jobs of dead workers and shuts down gracefully.
+//! The worker runtime: claims jobs and runs their handlers concurrently; the lease runtime
+//! ([`crate::runtime`]) records outcomes, renews leases, recovers jobs of dead workers and
+//! applies the shutdown rules.
 
 use std::{
-    any::Any,
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     future::Future,
-    panic::AssertUnwindSafe,
     pin::pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::{FutureExt, future::BoxFuture};
 use rand::Rng;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    backend::{ClaimRequest, ClaimedJob, JobId, SharedBackend},
+    backend::{ClaimRequest, ClaimedJob, Lease},
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
+    runtime::{Ended, Failure, LeaseRuntime, record_duration, shutdown_schedule},
     sqlite::now_ms,
 };
 
 type HandlerFn =
     Arc<dyn Fn(String, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+
+/// A registered handler and what its job type says about running it.
+struct Handler {
+    name: &'static str,
+    timeout: Option<Duration>,
+    run: HandlerFn,
+}
 
 /// How failed attempts are spaced: exponential backoff with jitter.
 ///
@@ -91,13 +98,14 @@ impl RetryBackoff {
 /// ```
 pub struct Worker {
     queue: Queue,
-    handlers: HashMap<&'static str, HandlerFn>,
+    handlers: HashMap<&'static str, Handler>,
     name: String,
     concurrency: usize,
     lease: Duration,
     shutdown_grace: Duration,
     backoff: RetryBackoff,
     stats_interval: Duration,
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Worker {
@@ -109,6 +117,7 @@ impl fmt::Debug for Worker {
             .field("lease", &self.lease)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("backoff", &self.backoff)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +135,7 @@ impl Worker {
             shutdown_grace: Duration::from_secs(30),
             backoff: RetryBackoff::default(),
             stats_interval: Duration::from_secs(15),
+            timeout: None,
         }
     }
 
@@ -148,10 +158,25 @@ impl Worker {
         self
     }
 
-    /// How long running jobs get to finish after shutdown begins; the rest are released
-    /// back to the queue without counting the attempt.
+    /// How long running jobs get to finish after shutdown begins (default 30 s).
+    ///
+    /// When shutdown begins the worker stops claiming and handlers are told so
+    /// ([`JobContext::is_shutting_down`]) but go on. Near the end of the grace (a margin of
+    /// a quarter of it, at most 5 s) the handlers still running are cancelled
+    /// ([`JobContext::cancelled`], [`CancelReason::Shutdown`](crate::CancelReason)); at its
+    /// end the rest are aborted. Both kinds are released back to the queue without counting
+    /// the attempt.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// How long one attempt of a job may run, for job types without their own
+    /// [`Job::TIMEOUT`] (default: no limit). On timeout the handler is cancelled with
+    /// [`CancelReason::Timeout`](crate::CancelReason), aborted a moment later if it has not
+    /// returned, and the attempt fails retryably with "timed out after …".
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -192,7 +217,14 @@ impl Worker {
                 }
             }
         });
-        self.handlers.insert(J::NAME, erased);
+        self.handlers.insert(
+            J::NAME,
+            Handler {
+                name: J::NAME,
+                timeout: J::TIMEOUT,
+                run: erased,
+            },
+        );
         self
     }
 
@@ -231,36 +263,13 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// State shared by the claim loop, the job tasks and the background tasks.
+/// What the claim loop and the job tasks share.
 struct Shared {
-    backend: SharedBackend,
-    handlers: HashMap<&'static str, HandlerFn>,
+    runtime: Arc<LeaseRuntime>,
+    handlers: HashMap<&'static str, Handler>,
     names: Vec<&'static str>,
-    owner: String,
-    lease: Duration,
-    backoff: RetryBackoff,
-    /// Jobs leased to this worker and not yet settled in the backend.
-    in_flight: Mutex<HashSet<JobId>>,
-    /// Fired when shutdown begins, so handlers can notice.
-    stopping: CancellationToken,
-}
-
-impl Shared {
-    fn settle(&self, id: &JobId) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(id);
-    }
-
-    fn in_flight_ids(&self) -> Vec<JobId> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
+    /// The worker's timeout, for jobs without their own [`Job::TIMEOUT`].
+    timeout: Option<Duration>,
 }
 
 struct Runtime {
@@ -279,14 +288,10 @@ impl Runtime {
         let owner = format!("{}-{}", worker.name, uuid::Uuid::new_v4());
         Ok(Self {
             shared: Arc::new(Shared {
-                backend,
+                runtime: LeaseRuntime::new(backend, owner, worker.lease, worker.backoff),
                 handlers: worker.handlers,
                 names,
-                owner,
-                lease: worker.lease,
-                backoff: worker.backoff,
-                in_flight: Mutex::new(HashSet::new()),
-                stopping: CancellationToken::new(),
+                timeout: worker.timeout,
             }),
             concurrency: worker.concurrency,
             shutdown_grace: worker.shutdown_grace,
@@ -297,24 +302,19 @@ impl Runtime {
 
     async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), QueueError> {
         let shared = self.shared.clone();
-        let mut signal = shared.backend.subscribe().await?;
-        tracing::info!(owner = %shared.owner, jobs = ?shared.names, concurrency = self.concurrency, "worker started");
+        let runtime = shared.runtime.clone();
+        let backend = runtime.backend.clone();
+        let mut signal = backend.subscribe().await?;
+        tracing::info!(owner = %runtime.owner, jobs = ?shared.names, concurrency = self.concurrency, "worker started");
 
         let background = CancellationToken::new();
-        let (completed_tx, completed_rx) = mpsc::unbounded_channel::<JobId>();
-        let completer = tokio::spawn(complete_in_batches(shared.clone(), completed_rx));
-        let heartbeat = tokio::spawn(renew_leases(shared.clone(), background.clone()));
-        let maintenance = tokio::spawn(maintain(
-            shared.clone(),
-            self.queue.clone(),
-            self.stats_interval,
-            background.clone(),
-        ));
+        let handles =
+            runtime.spawn_background(self.queue.clone(), self.stats_interval, background.clone());
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
         let mut shutdown = pin!(shutdown.fuse());
-        let poll_interval = shared.backend.idle_poll_interval();
+        let poll_interval = backend.idle_poll_interval();
         let polls = self.queue.poll_counter().clone();
 
         loop {
@@ -332,11 +332,11 @@ impl Runtime {
             let request = ClaimRequest {
                 names: &shared.names,
                 max: permits.len(),
-                owner: &shared.owner,
-                lease: shared.lease,
+                owner: &runtime.owner,
+                lease: runtime.lease,
             };
             // Raced against shutdown: a broker's claim may long-poll for many seconds.
-            let claim = shared.backend.claim(request);
+            let claim = backend.claim(request);
             tokio::pin!(claim);
             let claim = tokio::select! {
                 claim = &mut claim => claim,
@@ -345,8 +345,8 @@ impl Runtime {
                     // for their leases to run out. A long poll is abandoned (the backend
                     // gives back what it still receives).
                     if let Ok(Ok(claimed)) = tokio::time::timeout(Duration::from_secs(1), claim).await {
-                        let ids: Vec<JobId> = claimed.into_iter().map(|job| job.id).collect();
-                        if !ids.is_empty() && let Err(error) = shared.backend.release(&shared.owner, &ids).await {
+                        let leases: Vec<Lease> = claimed.iter().map(ClaimedJob::lease).collect();
+                        if !leases.is_empty() && let Err(error) = backend.release(&runtime.owner, &leases).await {
                             tracing::warn!(%error, "releasing jobs claimed during shutdown failed; their leases will expire");
                         }
                     }
@@ -370,10 +370,7 @@ impl Runtime {
             if claimed.is_empty() {
                 drop(permits);
                 polls.checked_due();
-                let wait = idle_wait(
-                    shared.backend.next_due_in(&shared.names).await,
-                    poll_interval,
-                );
+                let wait = idle_wait(backend.next_due_in(&shared.names).await, poll_interval);
                 tokio::select! {
                     changed = signal.changed() => {
                         if changed.is_err() {
@@ -386,27 +383,26 @@ impl Runtime {
                 }
                 continue;
             }
-            {
-                let mut in_flight = shared
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                in_flight.extend(claimed.iter().map(|job| job.id.clone()));
-            }
+            runtime.hold(&claimed);
             for (job, permit) in claimed.into_iter().zip(permits) {
-                tasks.spawn(run_job(shared.clone(), job, permit, completed_tx.clone()));
+                tasks.spawn(run_job(shared.clone(), job, permit));
             }
         }
 
-        tracing::info!(owner = %shared.owner, running = tasks.len(), "worker stopping");
-        shared.stopping.cancel();
-        let grace = tokio::time::sleep(self.shutdown_grace);
-        tokio::pin!(grace);
+        // Stop claiming; running handlers go on through the grace period, told only that
+        // shutdown began, and are cancelled near its end (see `LeaseRuntime`).
+        tracing::info!(owner = %runtime.owner, running = tasks.len(), "worker stopping");
+        runtime.begin_shutdown();
+        let schedule = shutdown_schedule(&runtime, self.shutdown_grace);
+        tokio::pin!(schedule);
+        let mut schedule_done = false;
         loop {
             tokio::select! {
                 joined = tasks.join_next() => if joined.is_none() { break },
-                () = &mut grace => {
-                    tracing::warn!(unfinished = tasks.len(), "shutdown grace period over; releasing unfinished jobs");
+                () = &mut schedule, if !schedule_done => schedule_done = true,
+                // Aborted handlers release their jobs at once; a task stuck past that is
+                // cut off, and what it held is released below.
+                () = tokio::time::sleep(Duration::from_secs(30)), if schedule_done => {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
                     break;
@@ -414,18 +410,14 @@ impl Runtime {
             }
         }
         // Flush completions first, so only truly unfinished jobs are released.
-        drop(completed_tx);
-        let _ = completer.await;
-        let unfinished = shared.in_flight_ids();
-        let outcome = release_unfinished(&shared.backend, &shared.owner, &unfinished, |id| {
-            shared.settle(id)
-        })
-        .await;
+        runtime.flush_completions().await;
+        let outcome = runtime.release_unfinished().await;
         background.cancel();
-        let _ = heartbeat.await;
-        let _ = maintenance.await;
-        tracing::info!(owner = %shared.owner, released = unfinished.len(), "worker stopped");
-        outcome
+        for handle in handles {
+            let _ = handle.await;
+        }
+        tracing::info!(owner = %runtime.owner, released = outcome.as_ref().copied().unwrap_or(0), "worker stopped");
+        outcome.map(drop)
     }
 }
 
@@ -474,230 +466,37 @@ async fn gather_slots(
     }
 }
 
-async fn run_job(
-    shared: Arc<Shared>,
-    job: ClaimedJob,
-    permit: OwnedSemaphorePermit,
-    completed: mpsc::UnboundedSender<JobId>,
-) {
-    let Some((&name, handler)) = shared.handlers.get_key_value(job.name.as_str()) else {
+async fn run_job(shared: Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let runtime = &shared.runtime;
+    let Some(handler) = shared.handlers.get(job.name.as_str()) else {
         // SQL backends only hand out registered names; a broker queue shared by several job
         // types cannot filter, so give the job back for a worker that handles it.
-        tracing::warn!(job.name = %job.name, job.id = %job.id, "no handler for this job; releasing it");
         drop(permit);
-        if let Err(error) = shared
-            .backend
-            .release(&shared.owner, std::slice::from_ref(&job.id))
-            .await
-        {
-            tracing::warn!(%error, "releasing a job without handler failed; its lease will expire");
-        }
-        shared.settle(&job.id);
-        metrics::counter!("anb_queue_jobs_total", "job" => "unknown", "outcome" => "released")
-            .increment(1);
+        runtime.release_stranger(&job).await;
         return;
     };
+    let name = handler.name;
     let span =
         tracing::info_span!("job", job.name = name, job.id = %job.id, job.attempt = job.attempt);
     let waited_ms = now_ms().saturating_sub(job.enqueued_at_ms).max(0);
     metrics::histogram!("anb_queue_job_wait_seconds", "job" => name)
         .record(waited_ms as f64 / 1000.0);
-    let ctx = JobContext {
-        id: job.id.clone(),
-        name,
-        attempt: job.attempt,
-        max_attempts: job.max_attempts,
-        owner: shared.owner.clone(),
-        lease: shared.lease,
-        backend: shared.backend.clone(),
-        shutdown: shared.stopping.child_token(),
-    };
+    let (running, ctx) = runtime.start(&job, name, handler.timeout.or(shared.timeout));
     let started = Instant::now();
-    let result = AssertUnwindSafe(handler(job.payload, ctx))
-        .catch_unwind()
+    let ended = runtime
+        .run_handler(&running, (handler.run)(job.payload, ctx))
         .instrument(span.clone())
-        .await
-        .unwrap_or_else(|panic| Err(JobError::retryable(panic_message(panic.as_ref()))));
-    metrics::histogram!("anb_queue_job_duration_seconds", "job" => name)
-        .record(started.elapsed().as_secs_f64());
-    // The slot frees as soon as the handler is done; settling goes on in the background.
+        .await;
+    record_duration(name, started);
+    // The slot frees as soon as the handler is done; settling goes on meanwhile.
     drop(permit);
-
-    let outcome = match result {
-        Ok(()) => {
-            span.in_scope(|| tracing::debug!("job completed"));
-            // The completer settles it (in a batch) and takes it out of `in_flight`.
-            if completed.send(job.id.clone()).is_ok() {
-                "completed"
-            } else {
-                "released"
-            }
-        }
-        Err(error) => {
-            let retry = error.is_retryable() && job.attempt < job.max_attempts;
-            let settled = if retry {
-                let delay = shared.backoff.delay(job.attempt);
-                span.in_scope(|| {
-                    tracing::warn!(
-                        error = error.message(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "job failed; will retry"
-                    )
-                });
-                shared
-                    .backend
-                    .retry(&shared.owner, &job.id, delay, error.message())
-                    .await
-            } else {
-                span.in_scope(|| {
-                    tracing::error!(error = error.message(), "job failed; dead-lettered")
-                });
-                shared
-                    .backend
-                    .dead_letter(&shared.owner, &job.id, error.message())
-                    .await
-            };
-            match settled {
-                Ok(()) => shared.settle(&job.id),
-                Err(error) => span.in_scope(|| {
-                    tracing::error!(%error, "recording the failure failed; the lease will expire and the job run again")
-                }),
-            }
-            if retry { "retried" } else { "dead" }
-        }
+    let ended = match ended {
+        Ended::Returned(Ok(result)) => Ended::Returned(Ok(result.map_err(Failure::from))),
+        Ended::Returned(Err(panic)) => Ended::Returned(Err(panic)),
+        Ended::Aborted => Ended::Aborted,
     };
+    let outcome = runtime.finish(&running, ended).instrument(span).await;
     metrics::counter!("anb_queue_jobs_total", "job" => name, "outcome" => outcome).increment(1);
-}
-
-/// Gives the jobs a stopping worker still holds back to the queue, settling each on
-/// success; on failure their leases expire and they run again elsewhere.
-pub(crate) async fn release_unfinished(
-    backend: &SharedBackend,
-    owner: &str,
-    unfinished: &[JobId],
-    settle: impl Fn(&JobId),
-) -> Result<(), QueueError> {
-    if unfinished.is_empty() {
-        return Ok(());
-    }
-    match backend.release(owner, unfinished).await {
-        Ok(()) => {
-            unfinished.iter().for_each(settle);
-            metrics::counter!("anb_queue_jobs_released_total").increment(unfinished.len() as u64);
-            Ok(())
-        }
-        Err(error) => {
-            tracing::error!(%error, "releasing unfinished jobs failed; their leases will expire");
-            Err(error)
-        }
-    }
-}
-
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned());
-    format!("handler panicked: {detail}")
-}
-
-/// Deletes completed jobs in batches: whatever finished while the previous batch was being
-/// written goes in the next one, so the database sees few statements under load.
-async fn complete_in_batches(shared: Arc<Shared>, mut completed: mpsc::UnboundedReceiver<JobId>) {
-    const MAX_BATCH: usize = 1000;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let batching = shared.backend.completion_batching();
-    while completed.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Some((full, linger)) = batching {
-            // Top up a partial batch for a moment; a closed channel (shutdown) ends the wait.
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() % full != 0 {
-                let missing = full - batch.len() % full;
-                let more =
-                    tokio::time::timeout_at(deadline, completed.recv_many(&mut batch, missing));
-                if !matches!(more.await, Ok(received) if received > 0) {
-                    break;
-                }
-            }
-        }
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match shared.backend.complete(&shared.owner, &batch).await {
-                Ok(()) => break,
-                Err(error) if attempts < 3 => {
-                    tracing::warn!(%error, jobs = batch.len(), "recording completions failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, jobs = batch.len(), "recording completions failed; these jobs will run again");
-                    break;
-                }
-            }
-        }
-        for id in batch.drain(..) {
-            shared.settle(&id);
-        }
-    }
-}
-
-/// Renews the leases of every job this worker holds, every third of the lease.
-async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(shared.lease / 3);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let held = shared.in_flight_ids();
-        if held.is_empty() {
-            continue;
-        }
-        if let Err(error) = shared
-            .backend
-            .extend(&shared.owner, &held, shared.lease)
-            .await
-        {
-            tracing::warn!(%error, jobs = held.len(), "renewing leases failed");
-        }
-    }
-}
-
-/// Recovers jobs whose worker died, and refreshes the queue depth gauges.
-async fn maintain(
-    shared: Arc<Shared>,
-    queue: Queue,
-    stats_interval: Duration,
-    stop: CancellationToken,
-) {
-    // Expired leases are looked for about twice per lease, so a crashed worker's job waits
-    // at most about 1.5 leases.
-    let mut recover_ticks = tokio::time::interval((shared.lease / 2).min(Duration::from_secs(15)));
-    recover_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stats_ticks = tokio::time::interval(stats_interval);
-    stats_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = recover_ticks.tick() => {
-                match shared.backend.recover_expired().await {
-                    Ok(0) => {}
-                    Ok(recovered) => {
-                        tracing::warn!(recovered, "recovered jobs whose lease expired");
-                        metrics::counter!("anb_queue_jobs_recovered_total").increment(recovered);
-                    }
-                    Err(error) => tracing::warn!(%error, "recovering expired leases failed"),
-                }
-            }
-            _ = stats_ticks.tick() => {
-                if let Err(error) = queue.stats().await {
-                    tracing::warn!(%error, "reading queue statistics failed");
-                }
-            }
-            () = stop.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anb_queue::{
-    Job, JobContext, JobError, Queue, QueueError, QueueStats, RetryBackoff, Worker,
+    CancelReason, Job, JobContext, JobError, Queue, QueueError, QueueStats, RetryBackoff, Worker,
     apalis::ApalisBackend,
 };
 use apalis::prelude::*;
@@ -455,6 +455,76 @@ async fn stop_lets_the_running_job_finish_and_releases_claimed_ones(db: &TestDb)
     assert_eq!(*attempts.lock().unwrap(), vec![1, 1]);
 }
 
+#[derive(Debug, Default)]
+struct CancelProbe {
+    started: tokio::sync::Notify,
+    seen: Mutex<Vec<(bool, Option<CancelReason>)>>,
+}
+
+async fn wait_for_cancel(
+    _job: Slow,
+    ctx: JobContext,
+    probe: Data<Arc<CancelProbe>>,
+) -> Result<(), JobError> {
+    probe.started.notify_one();
+    ctx.shutdown_requested().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled_early = ctx.is_cancelled();
+    ctx.cancelled().await;
+    probe
+        .seen
+        .lock()
+        .unwrap()
+        .push((cancelled_early, ctx.cancel_reason()));
+    Err(JobError::retryable("stopped by the shutdown"))
+}
+
+async fn stop_cancels_a_running_handler_near_the_end_of_the_grace_and_releases_it(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Slow { millis: 0 }).await.unwrap();
+    let probe = Arc::new(CancelProbe::default());
+    let worker = RunningApalis::spawn(|until| {
+        WorkerBuilder::new("cooperative")
+            .backend(
+                ApalisBackend::<Slow>::new(queue.clone()).shutdown_grace(Duration::from_secs(2)),
+            )
+            .data(probe.clone())
+            .build(wait_for_cancel)
+            .run_until(until)
+    });
+    probe.started.notified().await;
+    worker.stop().await;
+    assert_eq!(
+        *probe.seen.lock().unwrap(),
+        vec![(false, Some(CancelReason::Shutdown))],
+        "not cancelled as the stop began, then cancelled for the shutdown"
+    );
+    let counts = stats(&queue).await;
+    assert_eq!(
+        (counts.ready, counts.in_flight, counts.dead),
+        (1, 0, 0),
+        "released, whatever the handler returned"
+    );
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).handle({
+        let attempts = attempts.clone();
+        move |_job: Slow, ctx: JobContext| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(ctx.attempt());
+                Ok(())
+            }
+        }
+    }));
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![1],
+        "the attempt was given back"
+    );
+}
+
 async fn dropped_worker_gives_its_job_back(db: &TestDb) {
     async fn hang(_job: Slow, probe: Data<Arc<StopProbe>>) -> Result<(), JobError> {
         probe.started.notify_one();
@@ -588,6 +658,7 @@ macro_rules! apalis_suite {
                 undecodable_payload_is_dead_lettered,
                 stop_lets_the_running_job_finish_and_releases_claimed_ones,
                 dropped_worker_gives_its_job_back,
+                stop_cancels_a_running_handler_near_the_end_of_the_grace_and_releases_it,
                 heartbeat_keeps_a_long_job_leased,
                 apalis_sink_enqueues_into_the_queue,
             );

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anb_queue::{Job, JobContext, JobError, Queue, QueueError, QueueStats, RetryBackoff, Worker};
+use anb_queue::{
+    CancelReason, Job, JobContext, JobError, Queue, QueueError, QueueStats, RetryBackoff, Worker,
+    backend::{ClaimRequest, ClaimedJob},
+};
 use serde::{Deserialize, Serialize};
 use support::{Engine, RunningWorker, TestDb, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -444,6 +447,8 @@ async fn shutdown_lets_running_jobs_finish(db: &TestDb) {
                         started.notify_one();
                         ctx.shutdown_requested().await;
                         tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                        // The grace is there to be used: nothing asked it to stop.
+                        assert!(!ctx.is_cancelled(), "cancelled at shutdown start");
                         finished.store(true, Ordering::SeqCst);
                         Ok(())
                     }
@@ -506,6 +511,311 @@ async fn shutdown_releases_jobs_still_running_after_the_grace_period(db: &TestDb
     wait_until("queue empty", 60, || is_empty(&queue)).await;
     worker.stop().await;
     assert_eq!(*attempts.lock().unwrap(), vec![1]);
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastChance;
+
+impl Job for LastChance {
+    const NAME: &'static str = "last_chance";
+    const MAX_ATTEMPTS: u32 = 1;
+}
+
+/// What a cooperative handler saw during a shutdown.
+#[derive(Debug, Default)]
+struct ShutdownView {
+    /// Per run: the attempt, whether the cancel token had fired a moment after shutdown
+    /// began, and the reason it fired with in the end.
+    runs: Mutex<Vec<(u32, bool, Option<CancelReason>)>>,
+}
+
+/// A worker whose `LastChance` handler waits for the runtime to cancel it, then fails.
+fn cooperative_worker(
+    queue: &Queue,
+    view: Arc<ShutdownView>,
+    started: Arc<tokio::sync::Notify>,
+) -> Worker {
+    Worker::new(queue.clone())
+        .shutdown_grace(Duration::from_secs(2))
+        .handle(move |_job: LastChance, ctx: JobContext| {
+            let (view, started) = (view.clone(), started.clone());
+            async move {
+                started.notify_one();
+                ctx.shutdown_requested().await;
+                // Shutdown began: the handler may go on, nothing is cancelled yet.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let cancelled_early = ctx.is_cancelled();
+                ctx.cancelled().await;
+                view.runs.lock().unwrap().push((
+                    ctx.attempt(),
+                    cancelled_early,
+                    ctx.cancel_reason(),
+                ));
+                Err(JobError::retryable("stopped by the shutdown"))
+            }
+        })
+}
+
+async fn shutdown_cancels_handlers_near_the_end_of_the_grace_and_gives_the_attempt_back(
+    db: &TestDb,
+) {
+    let queue = db.queue().await;
+    queue.enqueue(&LastChance).await.unwrap();
+    let view = Arc::new(ShutdownView::default());
+    // The job is on its last (only) attempt: three shutdowns in a row must not kill it.
+    for round in 1..=3 {
+        let started = Arc::new(tokio::sync::Notify::new());
+        let worker =
+            RunningWorker::spawn(cooperative_worker(&queue, view.clone(), started.clone()));
+        tokio::time::timeout(Duration::from_secs(60), started.notified())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the job starts"));
+        worker.stop().await;
+        let counts = stats(&queue).await;
+        assert_eq!(
+            (counts.ready, counts.in_flight, counts.dead),
+            (1, 0, 0),
+            "round {round}: released, not dead-lettered nor left leased"
+        );
+    }
+    assert_eq!(
+        *view.runs.lock().unwrap(),
+        vec![(1, false, Some(CancelReason::Shutdown)); 3],
+        "each run was attempt 1, not cancelled as shutdown began, then cancelled for it"
+    );
+    // And it still completes.
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).handle({
+        let attempts = attempts.clone();
+        move |_job: LastChance, ctx: JobContext| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(ctx.attempt());
+                Ok(())
+            }
+        }
+    }));
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1]);
+}
+
+/// Claims `name` jobs as `owner` until one comes (the queue recovering expired leases
+/// meanwhile, as workers do).
+async fn claim_one(queue: &Queue, owner: &str, lease: Duration) -> ClaimedJob {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let claimed = queue
+            .backend()
+            .claim(ClaimRequest {
+                names: &["echo"],
+                max: 1,
+                owner,
+                lease,
+            })
+            .await
+            .unwrap();
+        if let Some(job) = claimed.into_iter().next() {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "no job to claim within 60 s");
+        queue.backend().recover_expired().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn a_stale_claim_cannot_touch_the_job_claimed_again(db: &TestDb) {
+    let queue = db.queue().await;
+    let backend = queue.backend().clone();
+    queue
+        .enqueue(&Echo {
+            n: 1,
+            text: "fenced".into(),
+        })
+        .await
+        .unwrap();
+    let owner = "worker-1";
+    let first = claim_one(&queue, owner, Duration::from_millis(500)).await;
+    assert_eq!(first.attempt, 1);
+    // Its lease runs out (no heartbeat), and the same worker claims the job again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = claim_one(&queue, owner, Duration::from_secs(60)).await;
+    assert_eq!((second.id.clone(), second.attempt), (first.id.clone(), 2));
+    let (old, new) = (first.lease(), second.lease());
+    assert_ne!(old, new, "each claim has a lease of its own");
+
+    // Everything the first attempt still does is a no-op for the second.
+    assert_eq!(
+        backend
+            .extend(owner, std::slice::from_ref(&old), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        vec![old.clone()],
+        "extend reports the old lease lost"
+    );
+    backend
+        .progress(owner, &old, 50, Duration::from_secs(60))
+        .await
+        .unwrap();
+    backend
+        .complete(owner, std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    backend
+        .retry(owner, &old, Duration::ZERO, "stale")
+        .await
+        .unwrap();
+    backend
+        .release(owner, std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    backend.dead_letter(owner, &old, "stale").await.unwrap();
+    let counts = stats(&queue).await;
+    assert_eq!(
+        (counts.ready, counts.in_flight, counts.delayed, counts.dead),
+        (0, 1, 0, 0),
+        "the second claim still holds the only copy of the job"
+    );
+    assert!(
+        backend
+            .extend(owner, std::slice::from_ref(&new), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the current lease is not lost"
+    );
+    backend
+        .complete(owner, std::slice::from_ref(&new))
+        .await
+        .unwrap();
+    assert!(is_empty(&queue).await, "{:?}", stats(&queue).await);
+}
+
+async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_recorded(db: &TestDb) {
+    let queue = db.queue().await;
+    queue
+        .enqueue(&Echo {
+            n: 1,
+            text: "lost".into(),
+        })
+        .await
+        .unwrap();
+    let first_gave_up = Arc::new(tokio::sync::Notify::new());
+    let second_started = Arc::new(tokio::sync::Notify::new());
+    let lease_dropped = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .concurrency(2)
+            // A heartbeat every 40 s: it does not renew the lease this test lets lapse.
+            .lease(Duration::from_secs(120))
+            .handle({
+                let (first_gave_up, second_started, lease_dropped, seen) = (
+                    first_gave_up.clone(),
+                    second_started.clone(),
+                    lease_dropped.clone(),
+                    seen.clone(),
+                );
+                let queue = queue.clone();
+                move |_job: Echo, ctx: JobContext| {
+                    let (first_gave_up, second_started, lease_dropped, seen, queue) = (
+                        first_gave_up.clone(),
+                        second_started.clone(),
+                        lease_dropped.clone(),
+                        seen.clone(),
+                        queue.clone(),
+                    );
+                    async move {
+                        if ctx.attempt() == 1 {
+                            // Let the lease lapse at once; the job comes back to this worker.
+                            ctx.extend_lease(Duration::from_millis(1)).await?;
+                            lease_dropped.notify_one();
+                            second_started.notified().await;
+                            let extended = ctx.extend_lease(Duration::from_secs(60)).await;
+                            assert!(
+                                matches!(extended, Err(QueueError::LeaseLost { .. })),
+                                "{extended:?}"
+                            );
+                            seen.lock().unwrap().push((1, ctx.cancel_reason()));
+                            first_gave_up.notify_one();
+                            // Whatever it returns now is not recorded.
+                            return Ok(());
+                        }
+                        second_started.notify_one();
+                        first_gave_up.notified().await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let counts = queue.stats().await.unwrap();
+                        seen.lock()
+                            .unwrap()
+                            .push((ctx.attempt(), ctx.cancel_reason()));
+                        assert_eq!(
+                            (counts.in_flight, counts.ready),
+                            (1, 0),
+                            "the first attempt's outcome did not settle the second's job"
+                        );
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    lease_dropped.notified().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    queue.backend().recover_expired().await.unwrap();
+    wait_until("job done", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(1, Some(CancelReason::LeaseLost)), (2, None)]
+    );
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hang;
+
+impl Job for Hang {
+    const NAME: &'static str = "hang";
+    const MAX_ATTEMPTS: u32 = 2;
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(300));
+}
+
+async fn a_job_past_its_timeout_is_cancelled_aborted_and_failed(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Hang).await.unwrap();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .retry_backoff(fast_retries())
+            // The job type's own timeout wins over the worker's.
+            .timeout(Duration::from_secs(600))
+            .handle({
+                let reasons = reasons.clone();
+                move |_job: Hang, ctx: JobContext| {
+                    let reasons = reasons.clone();
+                    async move {
+                        ctx.cancelled().await;
+                        reasons
+                            .lock()
+                            .unwrap()
+                            .push((ctx.attempt(), ctx.cancel_reason()));
+                        // Told to stop, it hangs on: the runtime aborts it.
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    worker.stop().await;
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        vec![
+            (1, Some(CancelReason::Timeout)),
+            (2, Some(CancelReason::Timeout))
+        ],
+        "each attempt timed out, and the first one was retried"
+    );
+    let dead = queue.dead_jobs(1).await.unwrap();
+    assert_eq!(dead[0].last_error.as_deref(), Some("timed out after 300ms"));
 }
 
 async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(db: &TestDb) {
@@ -697,6 +1007,10 @@ macro_rules! conformance_suite {
                 heartbeat_keeps_a_long_job_leased,
                 shutdown_lets_running_jobs_finish,
                 shutdown_releases_jobs_still_running_after_the_grace_period,
+                shutdown_cancels_handlers_near_the_end_of_the_grace_and_gives_the_attempt_back,
+                a_stale_claim_cannot_touch_the_job_claimed_again,
+                a_lost_lease_cancels_the_handler_and_its_outcome_is_not_recorded,
+                a_job_past_its_timeout_is_cancelled_aborted_and_failed,
                 transactional_enqueue_commits_and_rolls_back_with_the_caller,
                 job_of_a_killed_worker_process_is_completed_by_another,
                 an_idle_worker_does_not_spin,
@@ -746,4 +1060,83 @@ async fn sqlite_idle_polling_takes_no_write_lock() {
         "idle claims went on while another writer held the lock: {claims} in 2 s"
     );
     db.cleanup().await;
+}
+
+/// A failure that cannot be recorded (the queue unreachable through a closed gate) is tried
+/// a few times, then the job is no longer renewed: its lease lapses and recovery counts the
+/// attempt (here the last, so the job is dead), instead of the job staying leased until the
+/// worker stops and a release giving the attempt back.
+async fn an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(
+    db: TestDb,
+    outage: Duration,
+) {
+    let direct = db.queue().await;
+    let mut gated_url = url::Url::parse(&db.url).unwrap();
+    let target = format!(
+        "{}:{}",
+        gated_url.host_str().unwrap(),
+        gated_url.port().unwrap()
+    );
+    let gate = support::TcpGate::start(&target).await;
+    gated_url.set_port(Some(gate.port)).unwrap();
+    let gated = Queue::connect(gated_url.as_str()).await.unwrap();
+    direct.enqueue(&LastChance).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let (started, gate_closed) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let worker = RunningWorker::spawn(Worker::new(gated).lease(Duration::from_secs(1)).handle({
+        let (attempts, started, gate_closed) =
+            (attempts.clone(), started.clone(), gate_closed.clone());
+        move |_job: LastChance, ctx: JobContext| {
+            let (attempts, started, gate_closed) =
+                (attempts.clone(), started.clone(), gate_closed.clone());
+            async move {
+                attempts.lock().unwrap().push(ctx.attempt());
+                started.notify_one();
+                gate_closed.notified().await;
+                Err(JobError::retryable(
+                    "failed while the queue was unreachable",
+                ))
+            }
+        }
+    }));
+    started.notified().await;
+    gate.close();
+    gate_closed.notify_one();
+    // Long enough for every try of the write to fail (each waits for its client's timeout).
+    tokio::time::sleep(outage).await;
+    gate.open();
+    wait_until("job dead", 60, || async { stats(&direct).await.dead == 1 }).await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1], "never run again");
+    let dead = direct.dead_jobs(1).await.unwrap();
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("lease expired"),
+        "dead by the lapsed lease: {dead:?}"
+    );
+    db.cleanup().await;
+}
+
+mod unrecordable_failure {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = crate::support::TestDb::postgres().await;
+        let outage = std::time::Duration::from_secs(12);
+        crate::an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(db, outage)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        let db = crate::support::TestDb::redis().await;
+        let outage = std::time::Duration::from_secs(36);
+        crate::an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(db, outage)
+            .await;
+    }
 }

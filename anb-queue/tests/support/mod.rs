@@ -2,7 +2,14 @@
 
 #![allow(dead_code)]
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anb_queue::{Job, JobId, Queue, QueueError, Worker};
 use sqlx::{Connection, PgConnection, SqliteConnection};
@@ -389,5 +396,70 @@ where
             "timed out after {seconds} s waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP gate in front of a server, which a test can close (cutting every connection through
+/// it and refusing new ones) and open again: an outage of a real server, seen only by the
+/// clients connected through the gate.
+pub struct TcpGate {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl TcpGate {
+    /// Starts a gate on a free local port, forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let target = target.to_owned();
+        let accept = tokio::spawn({
+            let (open, connections) = (open.clone(), connections.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let pipe = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(pipe.abort_handle());
+                }
+            }
+        });
+        Self {
+            port,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    /// Cuts every connection through the gate and refuses new ones until [`TcpGate::open`].
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpGate {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.close();
     }
 }
