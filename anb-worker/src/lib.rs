@@ -7,6 +7,7 @@ mod media;
 mod options;
 mod pipeline;
 pub mod purge;
+pub mod reconcile;
 mod source;
 
 pub use error::{Rejection, TranscodeError};

@@ -55,6 +55,13 @@ struct RunArgs {
     /// Seconds between passes removing what deleted videos left in storage (0: never).
     #[arg(long, env = "ANB_WORKER_PURGE_INTERVAL", default_value_t = 300)]
     purge_interval: u64,
+    /// Seconds between passes marking failed the videos whose job was dead-lettered (0: never).
+    #[arg(long, env = "ANB_WORKER_RECONCILE_INTERVAL", default_value_t = 60)]
+    reconcile_interval: u64,
+    /// Seconds a claimed job stays leased without a heartbeat; a killed worker's job runs again
+    /// elsewhere about this long after.
+    #[arg(long, env = "ANB_WORKER_LEASE", default_value_t = 30)]
+    lease: u64,
     #[command(flatten)]
     encoder: EncoderArgs,
 }
@@ -196,6 +203,9 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         purge_interval: (args.purge_interval > 0)
             .then(|| std::time::Duration::from_secs(args.purge_interval)),
+        reconcile_interval: (args.reconcile_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.reconcile_interval)),
+        lease: std::time::Duration::from_secs(args.lease.max(1)),
         transcode: args.encoder.options()?,
         ..Default::default()
     };
