@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 /// ANB_STORAGE_URL, ANB_S3_PATH_STYLE, ANB_JWT_SECRET and the AWS SDK's
 /// standard AWS_* settings. Uploads are checked against the API's limits,
 /// ANB_UPLOAD_MAX_BYTES, ANB_UPLOAD_MIN_SECONDS, ANB_UPLOAD_MAX_SECONDS and
-/// ANB_UPLOAD_MIN_SHORT_SIDE (for `transcode` too).
+/// ANB_UPLOAD_MIN_SHORT_SIDE (for `transcode` too), and bounded by ANB_WORKER_MAX_WIDTH,
+/// ANB_WORKER_MAX_HEIGHT, ANB_WORKER_MAX_PIXELS, ANB_WORKER_MAX_FPS, ANB_WORKER_MAX_FRAMES,
+/// ANB_WORKER_WALL_TIME_PER_SECOND and ANB_WORKER_WALL_TIME_MIN.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -108,6 +110,7 @@ impl EncoderArgs {
     fn options(&self) -> anyhow::Result<TranscodeOptions> {
         Ok(TranscodeOptions {
             limits: anb_core::config::UploadLimits::from_env()?,
+            bounds: anb_worker::InputBounds::from_env()?,
             x264_preset: self.preset.clone(),
             crf: self.crf,
             encoder_threads: self.encoder_threads,

@@ -99,6 +99,13 @@ fn run(
     let kept = source.info.duration.min(options.max_kept_duration);
     let expected_source_frames = (kept.as_secs_f64() * f64::from(fps)).round() as u64;
     let bumper_frames = options.bumper_frames();
+    let budget = options
+        .bounds
+        .wall_time_budget(kept + options.bumper_duration * 2);
+    let deadline = Deadline {
+        at: Instant::now() + budget,
+        budget,
+    };
 
     let mut graph = build_graph(&source, options)?;
     let mut writer = VideoWriter::create(output, options)?;
@@ -116,6 +123,7 @@ fn run(
         bumper_frames,
         &mut tracker,
         cancel,
+        deadline,
     )?;
 
     let OpenedSource {
@@ -134,13 +142,23 @@ fn run(
         thumbnail_bytes: None,
         frames: 0,
         end_pts: None,
+        deadline,
     };
     let stop_decoding = AtomicBool::new(false);
     let (decoded, consumed) = std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel(options.decoded_frame_queue);
         let stop = &stop_decoding;
-        let decoding =
-            scope.spawn(move || decode(demuxer, decoder, stream_index, sender, stop, cancel));
+        let max_frames = options.bounds.max_frames;
+        let decoding = scope.spawn(move || {
+            decode(
+                demuxer,
+                decoder,
+                stream_index,
+                sender,
+                (stop, cancel),
+                max_frames,
+            )
+        });
         let consumed = main.consume(receiver, &stop_decoding, cancel);
         // Wake a decoder blocked on a full queue or still reading.
         stop_decoding.store(true, Ordering::Relaxed);
@@ -180,6 +198,7 @@ fn run(
         bumper_frames,
         &mut tracker,
         cancel,
+        deadline,
     )?;
     let frames = writer.finish()?;
     let output_bytes = std::fs::metadata(output)
@@ -199,17 +218,38 @@ fn run(
     })
 }
 
+/// When a job must be done by, from the wall-time budget of the bounds.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn check(&self) -> Result<(), TranscodeError> {
+        if Instant::now() > self.at {
+            return Err(Rejection::TooCostly {
+                budget: self.budget,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
 fn write_bumper(
     writer: &mut VideoWriter,
     bumper: &mut frame::Video,
     frames: u64,
     tracker: &mut ProgressTracker<'_>,
     cancel: &AtomicBool,
+    deadline: Deadline,
 ) -> Result<(), TranscodeError> {
     for _ in 0..frames {
         if cancel.load(Ordering::Relaxed) {
             return Err(TranscodeError::Cancelled);
         }
+        deadline.check()?;
         writer.write(bumper)?;
         tracker.frame_done();
     }
@@ -217,16 +257,21 @@ fn write_bumper(
 }
 
 /// The decoder thread: demux, decode, queue frames until the end of the
-/// stream, until the consumer has all it needs, or until cancelled.
+/// stream, until the consumer has all it needs, or until cancelled. More than
+/// `max_frames` decoded frames refuse the upload.
 fn decode(
     mut demuxer: format::context::Input,
     mut decoder: decoder::Video,
     stream_index: usize,
     frames: SyncSender<frame::Video>,
-    stop: &AtomicBool,
-    cancel: &AtomicBool,
+    (stop, cancel): (&AtomicBool, &AtomicBool),
+    max_frames: u64,
 ) -> Result<(), TranscodeError> {
     let mut bad_packets_in_a_row = 0;
+    let mut counter = FrameCounter {
+        decoded: 0,
+        maximum: max_frames,
+    };
     loop {
         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
             return Ok(());
@@ -258,26 +303,40 @@ fn decode(
             Ok(()) | Err(ffmpeg::Error::InvalidData) => {}
             Err(error) => return Err(input_error("decoding the video", error)),
         }
-        if !forward_decoded(&mut decoder, &frames)? {
+        if !forward_decoded(&mut decoder, &frames, &mut counter)? {
             return Ok(());
         }
     }
     decoder
         .send_eof()
         .map_err(|error| input_error("decoding the video", error))?;
-    forward_decoded(&mut decoder, &frames)?;
+    forward_decoded(&mut decoder, &frames, &mut counter)?;
     Ok(())
+}
+
+/// Decoded frames so far, against the bound.
+struct FrameCounter {
+    decoded: u64,
+    maximum: u64,
 }
 
 /// Sends every frame the decoder has ready; false once the consumer is gone.
 fn forward_decoded(
     decoder: &mut decoder::Video,
     frames: &SyncSender<frame::Video>,
+    counter: &mut FrameCounter,
 ) -> Result<bool, TranscodeError> {
     loop {
         let mut frame = frame::Video::empty();
         match decoder.receive_frame(&mut frame) {
             Ok(()) => {
+                counter.decoded += 1;
+                if counter.decoded > counter.maximum {
+                    return Err(Rejection::TooManyFrames {
+                        maximum: counter.maximum,
+                    }
+                    .into());
+                }
                 let timestamp = frame.timestamp();
                 frame.set_pts(timestamp);
                 if frames.send(frame).is_err() {
@@ -304,6 +363,7 @@ struct MainPart<'a, 'p> {
     frames: u64,
     /// Where the last decoded frame ends, in the stream's time base.
     end_pts: Option<i64>,
+    deadline: Deadline,
 }
 
 /// Whether the filter graph's output is still open.
@@ -326,6 +386,7 @@ impl MainPart<'_, '_> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(TranscodeError::Cancelled);
             }
+            self.deadline.check()?;
             if let Some(pts) = frame.pts() {
                 // The frame lasts until the next one; its packet duration says how long.
                 let duration = frame.packet().duration.max(0);
