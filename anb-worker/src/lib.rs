@@ -12,6 +12,8 @@ mod source;
 
 pub use error::{Rejection, TranscodeError};
 pub use media::png;
-pub use options::{InputBounds, MAX_BUMPERS_TOTAL, TranscodeOptions, X264_PRESETS};
+pub use options::{
+    InputBounds, MAX_BUMPERS_TOTAL, OUTPUT_FRAME_RATES, TranscodeOptions, X264_PRESETS,
+};
 pub use pipeline::{OUTPUT_HEIGHT, OUTPUT_WIDTH, TranscodeReport, transcode};
 pub use source::{DURATION_TOLERANCE, SourceInfo, check_size, inspect};

@@ -33,7 +33,8 @@ pub struct TranscodeOptions {
     pub bounds: InputBounds,
     /// How much of the source is kept, from its first frame.
     pub max_kept_duration: Duration,
-    /// Output frame rate (constant).
+    /// Output frame rate (constant) for sources whose rate does not choose one of
+    /// [`OUTPUT_FRAME_RATES`] ([`Self::output_frame_rate`]).
     pub frame_rate: u32,
     /// Length of each of the opening and the closing bumper.
     pub bumper_duration: Duration,
@@ -164,6 +165,31 @@ impl InputBounds {
     }
 }
 
+/// Output rates the showcase uses (NTSC-family, PAL-family and film cameras), in order of
+/// preference when a source is a multiple of several (120 fps is 4 × 30 and 5 × 24).
+pub const OUTPUT_FRAME_RATES: [u32; 3] = [30, 25, 24];
+
+impl TranscodeOptions {
+    /// The constant output rate for a source of this average rate: the one of
+    /// [`OUTPUT_FRAME_RATES`] it is a whole multiple of (within 2 %, so 23.976 and
+    /// 59.94 count), which keeps motion even (24 → 24; 25, 50 → 25; 30, 60, 120 → 30);
+    /// [`Self::frame_rate`] for anything else (variable or unusual rates, or none declared).
+    pub fn output_frame_rate(&self, source: Option<f64>) -> u32 {
+        let Some(rate) = source.filter(|rate| rate.is_finite() && *rate >= 1.0) else {
+            return self.frame_rate;
+        };
+        OUTPUT_FRAME_RATES
+            .into_iter()
+            .filter_map(|candidate| {
+                let multiple = (rate / f64::from(candidate)).round();
+                let error = (rate - multiple * f64::from(candidate)).abs() / rate;
+                (multiple >= 1.0 && error <= 0.02).then_some((error, candidate))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or(self.frame_rate, |(_, candidate)| candidate)
+    }
+}
+
 /// Opening and closing bumpers together may add at most this much.
 pub const MAX_BUMPERS_TOTAL: Duration = Duration::from_secs(5);
 
@@ -204,9 +230,9 @@ impl TranscodeOptions {
         Ok(())
     }
 
-    /// Frames in one bumper at the output frame rate.
-    pub(crate) fn bumper_frames(&self) -> u64 {
-        (self.bumper_duration.as_secs_f64() * f64::from(self.frame_rate)).round() as u64
+    /// Frames in one bumper at the output frame rate `fps`.
+    pub(crate) fn bumper_frames(&self, fps: u32) -> u64 {
+        (self.bumper_duration.as_secs_f64() * f64::from(fps)).round() as u64
     }
 }
 
@@ -221,7 +247,7 @@ mod tests {
         assert_eq!(options.limits.min_duration, Duration::from_secs(20));
         assert_eq!(options.limits.max_duration, Duration::from_secs(60));
         assert_eq!(options.limits.min_short_side, 1080);
-        assert_eq!(options.bumper_frames(), 60);
+        assert_eq!(options.bumper_frames(30), 60);
     }
 
     #[test]
@@ -251,6 +277,34 @@ mod tests {
             InputBounds::default().wall_time_budget(Duration::from_secs(4)),
             Duration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn the_output_rate_divides_the_source_rate() {
+        let options = TranscodeOptions::default();
+        for (source, output) in [
+            (30.0, 30),
+            (29.97, 30),
+            (60.0, 30),
+            (59.94, 30),
+            (120.0, 30),
+            (240.0, 30),
+            (25.0, 25),
+            (50.0, 25),
+            (100.0, 25),
+            (24.0, 24),
+            (23.976, 24),
+            (48.0, 24),
+            (20.5, 30),
+            (10.0, 30),
+        ] {
+            assert_eq!(
+                options.output_frame_rate(Some(source)),
+                output,
+                "{source} fps"
+            );
+        }
+        assert_eq!(options.output_frame_rate(None), 30);
     }
 
     #[test]
