@@ -45,6 +45,19 @@ pub enum Outcome {
     Repaired,
 }
 
+impl Outcome {
+    /// The outcome's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Rejected(_) => "rejected",
+            Self::Skipped(_) => "skipped",
+            Self::DeletedMidway => "deleted",
+            Self::Repaired => "repaired",
+        }
+    }
+}
+
 impl TranscodeJobs {
     pub fn new(db: Database, storage: Storage, options: TranscodeOptions) -> Self {
         Self {
@@ -64,10 +77,18 @@ impl TranscodeJobs {
             match self.process(&job, Some(&ctx)).await {
                 Ok(outcome) => {
                     tracing::info!(?outcome, "transcode job done");
+                    crate::observability::job_done(outcome.label());
                     Ok(())
                 }
                 Err(error) => {
                     tracing::warn!(%error, "transcode attempt failed");
+                    crate::observability::job_done(
+                        if matches!(error, ProcessError::ShuttingDown) {
+                            "interrupted"
+                        } else {
+                            "retry"
+                        },
+                    );
                     if ctx.is_last_attempt() {
                         let reason = FailureReason::new(format!(
                             "processing failed after {} attempts",
@@ -226,6 +247,7 @@ impl TranscodeJobs {
         let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, mut progress_rx) = watch::channel(0u8);
         let span = tracing::Span::current();
+        let running = crate::observability::EncodeRunning::start();
         let encoding = tokio::task::spawn_blocking({
             let (input, output, thumbnail) =
                 (input.to_owned(), output.to_owned(), thumbnail.to_owned());
@@ -233,7 +255,8 @@ impl TranscodeJobs {
             let cancel = Arc::clone(&cancel);
             move || {
                 let _entered = span.enter();
-                transcode(
+                let _running = running;
+                let result = transcode(
                     &input,
                     &output,
                     Some(&thumbnail),
@@ -246,7 +269,11 @@ impl TranscodeJobs {
                         });
                     },
                     &cancel,
-                )
+                );
+                if let Ok(report) = &result {
+                    crate::observability::encode_finished(report);
+                }
+                result
             }
         });
         tokio::pin!(encoding);

@@ -4,6 +4,7 @@ pub mod art;
 mod error;
 pub mod job;
 mod media;
+pub mod observability;
 mod options;
 mod pipeline;
 pub mod purge;

@@ -60,6 +60,9 @@ struct RunArgs {
     /// Seconds between passes marking failed the videos whose job was dead-lettered (0: never).
     #[arg(long, env = "ANB_WORKER_RECONCILE_INTERVAL", default_value_t = 60)]
     reconcile_interval: u64,
+    /// Address to serve Prometheus `/metrics` and `/health` on, e.g. 0.0.0.0:9100 (off when unset).
+    #[arg(long, env = "ANB_WORKER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds a claimed job stays leased without a heartbeat; a killed worker's job runs again
     /// elsewhere about this long after.
     #[arg(long, env = "ANB_WORKER_LEASE", default_value_t = 30)]
@@ -217,8 +220,36 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        // Serving from the start (before connecting), so a stuck start-up shows as a live
+        // process without metrics rather than a dead one.
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics = match args.metrics_addr {
+            Some(addr) => {
+                let handle = anb_worker::observability::install_recorder()
+                    .map_err(|error| anyhow::anyhow!("installing the metrics recorder: {error}"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding ANB_WORKER_METRICS_ADDR {addr}"))?;
+                tracing::info!(%addr, "serving /metrics and /health");
+                let mut stopped = metrics_stopped;
+                Some(tokio::spawn(anb_worker::observability::serve(
+                    listener,
+                    handle,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let (db, storage, queue) = anb_worker::job::connect(&settings).await?;
-        anb_worker::job::run(db, storage, queue, config, anb_queue::shutdown_signal()).await?;
+        let worked =
+            anb_worker::job::run(db, storage, queue, config, anb_queue::shutdown_signal()).await;
+        stop_metrics.send_replace(true);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        worked?;
         Ok(ExitCode::SUCCESS)
     })
 }
