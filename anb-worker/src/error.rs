@@ -57,6 +57,32 @@ impl TranscodeError {
 pub enum Rejection {
     #[error("the file has no video stream")]
     NoVideoStream,
+    #[error("the file is not an MP4 or MOV video")]
+    NotMp4,
+    #[error("the video is {width}×{height}; it must be at most {max_width}×{max_height} pixels")]
+    FrameTooLarge {
+        width: u32,
+        height: u32,
+        max_width: u32,
+        max_height: u32,
+    },
+    #[error(
+        "the video's frames of {width}×{height} have more than the {max_pixels} pixels allowed"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("the video runs at {rate} frames per second; it must be at most {maximum}")]
+    FrameRateTooHigh { rate: u32, maximum: u32 },
+    #[error("the video has more than the {maximum} frames allowed")]
+    TooManyFrames { maximum: u64 },
+    #[error(
+        "processing the video took longer than the {} s allowed for it",
+        budget.as_secs()
+    )]
+    TooCostly { budget: Duration },
     #[error("the file is not a readable video ({detail})")]
     Unreadable { detail: String },
     #[error("the video's length cannot be determined")]

@@ -40,6 +40,22 @@ pub enum Outcome {
     Skipped(&'static str),
     /// The video was deleted while it was being processed; its outputs were removed.
     DeletedMidway,
+    /// The video was processed but its stored output had gone: it was encoded again and the
+    /// outputs written back, its status (and publication) untouched.
+    Repaired,
+}
+
+impl Outcome {
+    /// The outcome's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Rejected(_) => "rejected",
+            Self::Skipped(_) => "skipped",
+            Self::DeletedMidway => "deleted",
+            Self::Repaired => "repaired",
+        }
+    }
 }
 
 impl TranscodeJobs {
@@ -61,10 +77,18 @@ impl TranscodeJobs {
             match self.process(&job, Some(&ctx)).await {
                 Ok(outcome) => {
                     tracing::info!(?outcome, "transcode job done");
+                    crate::observability::job_done(outcome.label());
                     Ok(())
                 }
                 Err(error) => {
                     tracing::warn!(%error, "transcode attempt failed");
+                    crate::observability::job_done(
+                        if matches!(error, ProcessError::ShuttingDown) {
+                            "interrupted"
+                        } else {
+                            "retry"
+                        },
+                    );
                     if ctx.is_last_attempt() {
                         let reason = FailureReason::new(format!(
                             "processing failed after {} attempts",
@@ -94,22 +118,31 @@ impl TranscodeJobs {
         let Some(video) = self.db.find_video(id).await? else {
             return Ok(Outcome::Skipped("the video was deleted"));
         };
-        match video.status {
+        // A processed video whose output has gone (lost or removed from storage) is encoded
+        // again in place: it stays `processed` and published, as its row already names the
+        // outputs' keys; only the objects are written back.
+        let repair = match video.status {
             VideoStatus::Processed => {
                 if self.storage.exists(&keys.processed()).await? {
                     return Ok(Outcome::Skipped("already processed"));
                 }
+                tracing::warn!("processed video without its output: encoding it again");
+                true
             }
             VideoStatus::Failed => return Ok(Outcome::Skipped("already failed")),
-            VideoStatus::Uploaded | VideoStatus::Processing => {}
-        }
-        match self.db.start_processing(id).await {
-            Ok(_) => {}
-            Err(DbError::VideoNotFound) => return Ok(Outcome::Skipped("the video was deleted")),
-            Err(DbError::IllegalTransition(_)) => {
-                return Ok(Outcome::Skipped("the video left processing"));
+            VideoStatus::Uploaded | VideoStatus::Processing => false,
+        };
+        if !repair {
+            match self.db.start_processing(id).await {
+                Ok(_) => {}
+                Err(DbError::VideoNotFound) => {
+                    return Ok(Outcome::Skipped("the video was deleted"));
+                }
+                Err(DbError::IllegalTransition(_)) => {
+                    return Ok(Outcome::Skipped("the video left processing"));
+                }
+                Err(other) => return Err(other.into()),
             }
-            Err(other) => return Err(other.into()),
         }
 
         let work = tempfile::Builder::new()
@@ -139,7 +172,10 @@ impl TranscodeJobs {
             Err(error) => return Err(error.into()),
         }
 
-        match self.encode(id, &input, &output, &thumbnail, ctx).await? {
+        match self
+            .encode(id, &input, &output, &thumbnail, ctx, !repair)
+            .await?
+        {
             Ok(_report) => {}
             Err(TranscodeError::Cancelled) => {
                 return if self.db.find_video(id).await?.is_none() {
@@ -156,6 +192,14 @@ impl TranscodeJobs {
         self.storage
             .upload_file(&keys.thumbnail(), &thumbnail)
             .await?;
+        if repair {
+            if self.db.find_video(id).await?.is_none() {
+                self.storage.delete(&keys.processed()).await?;
+                self.storage.delete(&keys.thumbnail()).await?;
+                return Ok(Outcome::DeletedMidway);
+            }
+            return Ok(Outcome::Repaired);
+        }
         let outputs = ProcessedOutputs {
             processed_key: keys.processed().as_str().to_owned(),
             thumbnail_key: keys.thumbnail().as_str().to_owned(),
@@ -179,6 +223,12 @@ impl TranscodeJobs {
         match self.db.mark_failed(id, &reason).await {
             Ok(_) => Ok(Outcome::Rejected(reason.to_string())),
             Err(DbError::VideoNotFound) => Ok(Outcome::DeletedMidway),
+            // A processed video being repaired stays processed: it was accepted once, and
+            // rules changed since do not take it back.
+            Err(DbError::IllegalTransition(_)) => {
+                tracing::warn!(%reason, "the original no longer passes the rules; output not repaired");
+                Ok(Outcome::Skipped("the original no longer passes the rules"))
+            }
             Err(other) => Err(other.into()),
         }
     }
@@ -192,10 +242,12 @@ impl TranscodeJobs {
         output: &Path,
         thumbnail: &Path,
         ctx: Option<&JobContext>,
+        record_progress: bool,
     ) -> Result<Result<crate::TranscodeReport, TranscodeError>, ProcessError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (progress_tx, mut progress_rx) = watch::channel(0u8);
         let span = tracing::Span::current();
+        let running = crate::observability::EncodeRunning::start();
         let encoding = tokio::task::spawn_blocking({
             let (input, output, thumbnail) =
                 (input.to_owned(), output.to_owned(), thumbnail.to_owned());
@@ -203,7 +255,8 @@ impl TranscodeJobs {
             let cancel = Arc::clone(&cancel);
             move || {
                 let _entered = span.enter();
-                transcode(
+                let _running = running;
+                let result = transcode(
                     &input,
                     &output,
                     Some(&thumbnail),
@@ -216,7 +269,11 @@ impl TranscodeJobs {
                         });
                     },
                     &cancel,
-                )
+                );
+                if let Ok(report) = &result {
+                    crate::observability::encode_finished(report);
+                }
+                result
             }
         });
         tokio::pin!(encoding);
@@ -233,7 +290,7 @@ impl TranscodeJobs {
                     if changed.is_err() { continue; }
                     let percent = *progress_rx.borrow_and_update();
                     // Every 5 % is plenty for a progress bar and spares the database.
-                    if percent >= recorded.saturating_add(5) || percent == 100 {
+                    if record_progress && (percent >= recorded.saturating_add(5) || percent == 100) {
                         recorded = percent;
                         if let Err(error) = self.db.update_progress(id, percent).await {
                             tracing::debug!(%error, "progress not recorded");
@@ -285,6 +342,12 @@ pub struct WorkerConfig {
     /// How often the objects and rows of deleted videos left behind are removed
     /// ([`crate::purge`]); `None` turns it off.
     pub purge_interval: Option<Duration>,
+    /// How often videos whose job was dead-lettered without a handler to say so are marked
+    /// failed ([`crate::reconcile`]); `None` turns it off.
+    pub reconcile_interval: Option<Duration>,
+    /// How long a claimed job stays leased without a heartbeat (renewed every third of it):
+    /// a killed worker's job runs again elsewhere about this long after.
+    pub lease: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -295,6 +358,8 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             transcode: TranscodeOptions::default(),
             purge_interval: Some(Duration::from_secs(300)),
+            reconcile_interval: Some(Duration::from_secs(60)),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -327,7 +392,8 @@ pub async fn connect(
 
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
 /// jobs get `shutdown_grace` to finish, the rest are released for another worker. Beside the
-/// jobs, removes what deleted videos left behind every `purge_interval`.
+/// jobs, removes what deleted videos left behind every `purge_interval` and marks failed the
+/// videos of dead-lettered jobs every `reconcile_interval`.
 pub async fn run(
     db: Database,
     storage: Storage,
@@ -347,12 +413,24 @@ pub async fn run(
             },
         ))
     });
+    let reconcile = config.reconcile_interval.map(|interval| {
+        let mut stopped = stop_purge.subscribe();
+        tokio::spawn(crate::reconcile::run_periodically(
+            db.clone(),
+            queue.clone(),
+            interval,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let jobs = TranscodeJobs::new(db, storage, config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
     let consumed = anb_queue::Worker::new(queue)
         .name("anb-worker")
         .concurrency(config.concurrency)
         .shutdown_grace(config.shutdown_grace)
+        .lease(config.lease)
         .handle(move |job: TranscodeVideo, ctx: JobContext| {
             let jobs = jobs.clone();
             async move { jobs.handle(job, ctx).await }
@@ -360,10 +438,12 @@ pub async fn run(
         .run_until(shutdown)
         .await;
     stop_purge.send_replace(true);
-    if let Some(purge) = purge
-        && let Err(error) = purge.await
-    {
-        tracing::warn!(%error, "the purge task failed");
+    for (task, name) in [(purge, "purge"), (reconcile, "reconcile")] {
+        if let Some(task) = task
+            && let Err(error) = task.await
+        {
+            tracing::warn!(%error, task = name, "a background task failed");
+        }
     }
     consumed?;
     tracing::info!("worker stopped");

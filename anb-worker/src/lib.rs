@@ -4,13 +4,17 @@ pub mod art;
 mod error;
 pub mod job;
 mod media;
+pub mod observability;
 mod options;
 mod pipeline;
 pub mod purge;
+pub mod reconcile;
 mod source;
 
 pub use error::{Rejection, TranscodeError};
 pub use media::png;
-pub use options::{MAX_BUMPERS_TOTAL, TranscodeOptions, X264_PRESETS};
+pub use options::{
+    InputBounds, MAX_BUMPERS_TOTAL, OUTPUT_FRAME_RATES, TranscodeOptions, X264_PRESETS,
+};
 pub use pipeline::{OUTPUT_HEIGHT, OUTPUT_WIDTH, TranscodeReport, transcode};
 pub use source::{DURATION_TOLERANCE, SourceInfo, check_size, inspect};

@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 /// ANB_STORAGE_URL, ANB_S3_PATH_STYLE, ANB_JWT_SECRET and the AWS SDK's
 /// standard AWS_* settings. Uploads are checked against the API's limits,
 /// ANB_UPLOAD_MAX_BYTES, ANB_UPLOAD_MIN_SECONDS, ANB_UPLOAD_MAX_SECONDS and
-/// ANB_UPLOAD_MIN_SHORT_SIDE (for `transcode` too).
+/// ANB_UPLOAD_MIN_SHORT_SIDE (for `transcode` too), and bounded by ANB_WORKER_MAX_WIDTH,
+/// ANB_WORKER_MAX_HEIGHT, ANB_WORKER_MAX_PIXELS, ANB_WORKER_MAX_FPS, ANB_WORKER_MAX_FRAMES,
+/// ANB_WORKER_WALL_TIME_PER_SECOND and ANB_WORKER_WALL_TIME_MIN.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -55,6 +57,16 @@ struct RunArgs {
     /// Seconds between passes removing what deleted videos left in storage (0: never).
     #[arg(long, env = "ANB_WORKER_PURGE_INTERVAL", default_value_t = 300)]
     purge_interval: u64,
+    /// Seconds between passes marking failed the videos whose job was dead-lettered (0: never).
+    #[arg(long, env = "ANB_WORKER_RECONCILE_INTERVAL", default_value_t = 60)]
+    reconcile_interval: u64,
+    /// Address to serve Prometheus `/metrics` and `/health` on, e.g. 0.0.0.0:9100 (off when unset).
+    #[arg(long, env = "ANB_WORKER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds a claimed job stays leased without a heartbeat; a killed worker's job runs again
+    /// elsewhere about this long after.
+    #[arg(long, env = "ANB_WORKER_LEASE", default_value_t = 30)]
+    lease: u64,
     #[command(flatten)]
     encoder: EncoderArgs,
 }
@@ -101,6 +113,7 @@ impl EncoderArgs {
     fn options(&self) -> anyhow::Result<TranscodeOptions> {
         Ok(TranscodeOptions {
             limits: anb_core::config::UploadLimits::from_env()?,
+            bounds: anb_worker::InputBounds::from_env()?,
             x264_preset: self.preset.clone(),
             crf: self.crf,
             encoder_threads: self.encoder_threads,
@@ -196,6 +209,9 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         purge_interval: (args.purge_interval > 0)
             .then(|| std::time::Duration::from_secs(args.purge_interval)),
+        reconcile_interval: (args.reconcile_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.reconcile_interval)),
+        lease: std::time::Duration::from_secs(args.lease.max(1)),
         transcode: args.encoder.options()?,
         ..Default::default()
     };
@@ -204,8 +220,36 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        // Serving from the start (before connecting), so a stuck start-up shows as a live
+        // process without metrics rather than a dead one.
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let metrics = match args.metrics_addr {
+            Some(addr) => {
+                let handle = anb_worker::observability::install_recorder()
+                    .map_err(|error| anyhow::anyhow!("installing the metrics recorder: {error}"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding ANB_WORKER_METRICS_ADDR {addr}"))?;
+                tracing::info!(%addr, "serving /metrics and /health");
+                let mut stopped = metrics_stopped;
+                Some(tokio::spawn(anb_worker::observability::serve(
+                    listener,
+                    handle,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let (db, storage, queue) = anb_worker::job::connect(&settings).await?;
-        anb_worker::job::run(db, storage, queue, config, anb_queue::shutdown_signal()).await?;
+        let worked =
+            anb_worker::job::run(db, storage, queue, config, anb_queue::shutdown_signal()).await;
+        stop_metrics.send_replace(true);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        worked?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Once;
 
-use ffmpeg_next::{self as ffmpeg, Dictionary, Packet, codec, encoder, format::Pixel, frame};
+use ffmpeg_next::{
+    self as ffmpeg, Dictionary, Packet, codec, encoder, filter, format::Pixel, frame,
+};
 
 use crate::art::RgbaImage;
 use crate::error::{Rejection, TranscodeError};
@@ -80,19 +82,45 @@ pub(crate) fn rgba_frame(image: &RgbaImage) -> frame::Video {
     frame
 }
 
-/// Converts a frame to another pixel format at the same size.
-pub(crate) fn convert(source: &frame::Video, format: Pixel) -> Result<frame::Video, ffmpeg::Error> {
-    let mut scaler = ffmpeg::software::scaling::Context::get(
-        source.format(),
+/// Artwork (RGBA) to the showcase video's colour: 8-bit 4:2:0, BT.709 matrix, limited range.
+/// (The scaler's default matrix is BT.601, which would shift the colours under BT.709 tags.)
+pub(crate) const TO_SHOWCASE: &str = "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p";
+
+/// A showcase frame (BT.709, limited range) to what JPEG viewers assume: BT.601, full range.
+const TO_JPEG: &str =
+    "scale=in_color_matrix=bt709:in_range=tv:out_color_matrix=bt601:out_range=pc,format=yuvj420p";
+
+/// Converts one frame at the same size through `filters` (a filter chain such as
+/// [`TO_SHOWCASE`]), which say the colour conversion explicitly.
+pub(crate) fn convert(source: &frame::Video, filters: &str) -> Result<frame::Video, ffmpeg::Error> {
+    let format = source
+        .format()
+        .descriptor()
+        .map(|descriptor| descriptor.name())
+        .ok_or(ffmpeg::Error::InvalidData)?;
+    let mut graph = filter::Graph::new();
+    let buffer = filter::find("buffer").ok_or(ffmpeg::Error::FilterNotFound)?;
+    let sink = filter::find("buffersink").ok_or(ffmpeg::Error::FilterNotFound)?;
+    let args = format!(
+        "video_size={}x{}:pix_fmt={format}:time_base=1/1:pixel_aspect=1/1",
         source.width(),
-        source.height(),
-        format,
-        source.width(),
-        source.height(),
-        ffmpeg::software::scaling::Flags::BICUBIC,
-    )?;
+        source.height()
+    );
+    graph.add(&buffer, "in", &args)?;
+    graph.add(&sink, "out", "")?;
+    graph.output("in", 0)?.input("out", 0)?.parse(filters)?;
+    graph.validate()?;
+    let mut still = source.clone();
+    still.set_pts(Some(0));
+    let mut input = graph.get("in").expect("just added");
+    input.source().add(&still)?;
+    input.source().flush()?;
     let mut converted = frame::Video::empty();
-    scaler.run(source, &mut converted)?;
+    graph
+        .get("out")
+        .expect("just added")
+        .sink()
+        .frame(&mut converted)?;
     Ok(converted)
 }
 
@@ -129,7 +157,7 @@ fn encode_still(
 /// A baseline JPEG of `frame` (any pixel format), at high quality.
 pub(crate) fn jpeg(frame: &frame::Video) -> Result<Vec<u8>, ffmpeg::Error> {
     // The JPEG encoder wants full-range YUV; the scaler expands the range.
-    let full_range = convert(frame, Pixel::YUVJ420P)?;
+    let full_range = convert(frame, TO_JPEG)?;
     let mut options = Dictionary::new();
     // Fixed quantiser 3 (on FFmpeg's 2–31 scale): sharp, about 100 KiB at 720p.
     options.set("flags", "+qscale");

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use ffmpeg_next::{
-    self as ffmpeg, Dictionary, Packet, Rational, codec, decoder, encoder, filter, format,
+    self as ffmpeg, Dictionary, Packet, Rational, codec, color, decoder, encoder, filter, format,
     format::Pixel, frame, picture,
 };
 
@@ -48,6 +48,10 @@ pub struct TranscodeReport {
     pub thumbnail_bytes: Option<u64>,
     /// Wall time spent.
     pub elapsed: Duration,
+    /// The constant output frame rate chosen for the source.
+    pub frame_rate: u32,
+    /// Whether the source was high dynamic range and tone-mapped to SDR.
+    pub tone_mapped: bool,
 }
 
 /// Transcodes the upload at `input` into the showcase format at `output` (an
@@ -95,18 +99,27 @@ fn run(
     cancel: &AtomicBool,
 ) -> Result<TranscodeReport, TranscodeError> {
     let source = source::open(input, options)?;
-    let fps = options.frame_rate;
+    let fps = options.output_frame_rate(source.info.frame_rate);
     let kept = source.info.duration.min(options.max_kept_duration);
     let expected_source_frames = (kept.as_secs_f64() * f64::from(fps)).round() as u64;
-    let bumper_frames = options.bumper_frames();
+    let bumper_frames = options.bumper_frames(fps);
+    let budget = options
+        .bounds
+        .wall_time_budget(kept + options.bumper_duration * 2);
+    let deadline = Deadline {
+        at: Instant::now() + budget,
+        budget,
+    };
 
-    let mut graph = build_graph(&source, options)?;
-    let mut writer = VideoWriter::create(output, options)?;
+    let tone_map = tone_mapping(&source);
+    let tone_mapped = tone_map.is_some();
+    let mut graph = build_graph(&source, options, fps, tone_map.as_deref())?;
+    let mut writer = VideoWriter::create(output, options, fps)?;
     let mut tracker = ProgressTracker::new(expected_source_frames + 2 * bumper_frames, progress);
 
     let mut bumper = media::convert(
         &media::rgba_frame(&art::bumper_card(OUTPUT_WIDTH, OUTPUT_HEIGHT)),
-        Pixel::YUV420P,
+        media::TO_SHOWCASE,
     )
     .map_err(media_error("drawing the bumper"))?;
 
@@ -116,6 +129,7 @@ fn run(
         bumper_frames,
         &mut tracker,
         cancel,
+        deadline,
     )?;
 
     let OpenedSource {
@@ -134,13 +148,23 @@ fn run(
         thumbnail_bytes: None,
         frames: 0,
         end_pts: None,
+        deadline,
     };
     let stop_decoding = AtomicBool::new(false);
     let (decoded, consumed) = std::thread::scope(|scope| {
         let (sender, receiver) = sync_channel(options.decoded_frame_queue);
         let stop = &stop_decoding;
-        let decoding =
-            scope.spawn(move || decode(demuxer, decoder, stream_index, sender, stop, cancel));
+        let max_frames = options.bounds.max_frames;
+        let decoding = scope.spawn(move || {
+            decode(
+                demuxer,
+                decoder,
+                stream_index,
+                sender,
+                (stop, cancel),
+                max_frames,
+            )
+        });
         let consumed = main.consume(receiver, &stop_decoding, cancel);
         // Wake a decoder blocked on a full queue or still reading.
         stop_decoding.store(true, Ordering::Relaxed);
@@ -180,6 +204,7 @@ fn run(
         bumper_frames,
         &mut tracker,
         cancel,
+        deadline,
     )?;
     let frames = writer.finish()?;
     let output_bytes = std::fs::metadata(output)
@@ -196,7 +221,28 @@ fn run(
         output_bytes,
         thumbnail_bytes,
         elapsed: Duration::ZERO,
+        frame_rate: fps,
+        tone_mapped,
     })
+}
+
+/// When a job must be done by, from the wall-time budget of the bounds.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn check(&self) -> Result<(), TranscodeError> {
+        if Instant::now() > self.at {
+            return Err(Rejection::TooCostly {
+                budget: self.budget,
+            }
+            .into());
+        }
+        Ok(())
+    }
 }
 
 fn write_bumper(
@@ -205,11 +251,13 @@ fn write_bumper(
     frames: u64,
     tracker: &mut ProgressTracker<'_>,
     cancel: &AtomicBool,
+    deadline: Deadline,
 ) -> Result<(), TranscodeError> {
     for _ in 0..frames {
         if cancel.load(Ordering::Relaxed) {
             return Err(TranscodeError::Cancelled);
         }
+        deadline.check()?;
         writer.write(bumper)?;
         tracker.frame_done();
     }
@@ -217,16 +265,21 @@ fn write_bumper(
 }
 
 /// The decoder thread: demux, decode, queue frames until the end of the
-/// stream, until the consumer has all it needs, or until cancelled.
+/// stream, until the consumer has all it needs, or until cancelled. More than
+/// `max_frames` decoded frames refuse the upload.
 fn decode(
     mut demuxer: format::context::Input,
     mut decoder: decoder::Video,
     stream_index: usize,
     frames: SyncSender<frame::Video>,
-    stop: &AtomicBool,
-    cancel: &AtomicBool,
+    (stop, cancel): (&AtomicBool, &AtomicBool),
+    max_frames: u64,
 ) -> Result<(), TranscodeError> {
     let mut bad_packets_in_a_row = 0;
+    let mut counter = FrameCounter {
+        decoded: 0,
+        maximum: max_frames,
+    };
     loop {
         if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
             return Ok(());
@@ -258,26 +311,40 @@ fn decode(
             Ok(()) | Err(ffmpeg::Error::InvalidData) => {}
             Err(error) => return Err(input_error("decoding the video", error)),
         }
-        if !forward_decoded(&mut decoder, &frames)? {
+        if !forward_decoded(&mut decoder, &frames, &mut counter)? {
             return Ok(());
         }
     }
     decoder
         .send_eof()
         .map_err(|error| input_error("decoding the video", error))?;
-    forward_decoded(&mut decoder, &frames)?;
+    forward_decoded(&mut decoder, &frames, &mut counter)?;
     Ok(())
+}
+
+/// Decoded frames so far, against the bound.
+struct FrameCounter {
+    decoded: u64,
+    maximum: u64,
 }
 
 /// Sends every frame the decoder has ready; false once the consumer is gone.
 fn forward_decoded(
     decoder: &mut decoder::Video,
     frames: &SyncSender<frame::Video>,
+    counter: &mut FrameCounter,
 ) -> Result<bool, TranscodeError> {
     loop {
         let mut frame = frame::Video::empty();
         match decoder.receive_frame(&mut frame) {
             Ok(()) => {
+                counter.decoded += 1;
+                if counter.decoded > counter.maximum {
+                    return Err(Rejection::TooManyFrames {
+                        maximum: counter.maximum,
+                    }
+                    .into());
+                }
                 let timestamp = frame.timestamp();
                 frame.set_pts(timestamp);
                 if frames.send(frame).is_err() {
@@ -304,6 +371,7 @@ struct MainPart<'a, 'p> {
     frames: u64,
     /// Where the last decoded frame ends, in the stream's time base.
     end_pts: Option<i64>,
+    deadline: Deadline,
 }
 
 /// Whether the filter graph's output is still open.
@@ -326,6 +394,7 @@ impl MainPart<'_, '_> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(TranscodeError::Cancelled);
             }
+            self.deadline.check()?;
             if let Some(pts) = frame.pts() {
                 // The frame lasts until the next one; its packet duration says how long.
                 let duration = frame.packet().duration.max(0);
@@ -401,11 +470,50 @@ impl MainPart<'_, '_> {
     }
 }
 
+/// The filters that bring a high-dynamic-range source (PQ or HLG transfer, as
+/// phones record HDR) to SDR BT.709, when the system's libavfilter has them
+/// (`zscale`, from libzimg, and `tonemap`): linear light, BT.709 primaries,
+/// Hable's curve, then BT.709 transfer and matrix in limited range. `None` for
+/// an SDR source, or when the filters are missing: the source is then only
+/// converted with the BT.709 matrix (10 bits dithered to 8), which keeps it
+/// watchable but flat and dull.
+fn tone_mapping(source: &OpenedSource) -> Option<String> {
+    use color::{Primaries, Space, TransferCharacteristic};
+    let transfer = match source.decoder.color_transfer_characteristic() {
+        TransferCharacteristic::SMPTE2084 => "smpte2084",
+        TransferCharacteristic::ARIB_STD_B67 => "arib-std-b67",
+        _ => return None,
+    };
+    if filter::find("zscale").is_none() || filter::find("tonemap").is_none() {
+        tracing::warn!(
+            "HDR source but this FFmpeg lacks zscale/tonemap: converting without tone mapping"
+        );
+        return None;
+    }
+    // HDR video is BT.2020 in practice; say so when the file does not.
+    let primaries = match source.decoder.color_primaries() {
+        Primaries::BT709 => "709",
+        _ => "2020",
+    };
+    let matrix = match source.decoder.color_space() {
+        Space::BT709 => "709",
+        Space::BT2020CL => "2020_cl",
+        _ => "2020_ncl",
+    };
+    Some(format!(
+        "zscale=tin={transfer}:pin={primaries}:min={matrix}:t=linear:npl=100,format=gbrpf32le,\
+         zscale=p=709,tonemap=tonemap=hable:desat=0,zscale=t=709:m=709:r=limited,format=yuv420p,"
+    ))
+}
+
 /// Builds the filter graph: trim to the kept length, constant frame rate,
-/// upright, fit into 1280×720 with square pixels, pad, watermark.
+/// upright, fit into 1280×720 with square pixels, BT.709 colour (tone-mapped
+/// when `tone_map` is given), pad, watermark.
 fn build_graph(
     source: &OpenedSource,
     options: &TranscodeOptions,
+    fps: u32,
+    tone_map: Option<&str>,
 ) -> Result<filter::Graph, TranscodeError> {
     let graph_error = media_error("building the filter graph");
     let mut graph = filter::Graph::new();
@@ -437,7 +545,7 @@ fn build_graph(
         "video_size={}x{}:pix_fmt=rgba:time_base=1/{}:pixel_aspect=1/1",
         watermark.width(),
         watermark.height(),
-        options.frame_rate
+        fps
     );
     graph
         .add(&buffer, "logo", &logo_args)
@@ -462,14 +570,21 @@ fn build_graph(
     };
     let display_width = f64::from(display_width) * f64::from(sar_num) / f64::from(sar_den);
     let (scaled_width, scaled_height) = fit(display_width, f64::from(display_height));
-    let kept_frames =
-        (options.max_kept_duration.as_secs_f64() * f64::from(options.frame_rate)).round() as u64;
+    let kept_frames = (options.max_kept_duration.as_secs_f64() * f64::from(fps)).round() as u64;
+    // Output is BT.709, limited range, 8-bit 4:2:0 whatever the source: the scaler converts
+    // from the matrix and range each frame declares (BT.601 when it declares none), or the
+    // tone mapper takes over for HDR. The watermark is converted with the same matrix, so
+    // its colours survive.
+    let colour = match tone_map {
+        Some(tone_map) => format!(",{tone_map}"),
+        None => ":out_color_matrix=bt709:out_range=tv,format=yuv420p,".to_owned(),
+    };
     let spec = format!(
         "[in]setpts=PTS-STARTPTS,fps={fps},trim=end_frame={kept_frames},{upright}\
-         scale={scaled_width}:{scaled_height}:flags=bicubic,setsar=1,\
+         scale={scaled_width}:{scaled_height}:flags=bicubic{colour}setsar=1,\
          pad={OUTPUT_WIDTH}:{OUTPUT_HEIGHT}:{pad_x}:{pad_y}:color=black[main];\
-         [main][logo]overlay=x=W-w-{WATERMARK_MARGIN}:y={WATERMARK_MARGIN}:format=yuv420:eof_action=repeat[out]",
-        fps = options.frame_rate,
+         [logo]scale=out_color_matrix=bt709:out_range=tv,format=yuva420p[mark];\
+         [main][mark]overlay=x=W-w-{WATERMARK_MARGIN}:y={WATERMARK_MARGIN}:format=yuv420:eof_action=repeat[out]",
         pad_x = (OUTPUT_WIDTH - scaled_width) / 4 * 2,
         pad_y = (OUTPUT_HEIGHT - scaled_height) / 4 * 2,
     );
@@ -528,13 +643,13 @@ struct VideoWriter {
 }
 
 impl VideoWriter {
-    fn create(path: &Path, options: &TranscodeOptions) -> Result<Self, TranscodeError> {
+    fn create(path: &Path, options: &TranscodeOptions, fps: u32) -> Result<Self, TranscodeError> {
         let mut muxer = format::output_as(path, "mp4")
             .map_err(|error| output_error("creating the output", error))?;
         let codec = encoder::find_by_name("libx264")
             .ok_or(ffmpeg::Error::EncoderNotFound)
             .map_err(media_error("finding libx264"))?;
-        let encoder_time_base = Rational::new(1, options.frame_rate as i32);
+        let encoder_time_base = Rational::new(1, fps as i32);
         let mut setup = codec::context::Context::new_with_codec(codec)
             .encoder()
             .video()
@@ -544,7 +659,12 @@ impl VideoWriter {
         setup.set_format(Pixel::YUV420P);
         setup.set_aspect_ratio((1, 1));
         setup.set_time_base(encoder_time_base);
-        setup.set_frame_rate(Some((options.frame_rate as i32, 1)));
+        setup.set_frame_rate(Some((fps as i32, 1)));
+        // Tagged as what the filter graph produces, in the bitstream and the container.
+        setup.set_color_primaries(color::Primaries::BT709);
+        setup.set_color_transfer_characteristic(color::TransferCharacteristic::BT709);
+        setup.set_colorspace(color::Space::BT709);
+        setup.set_color_range(color::Range::MPEG);
 
         let mut x264 = Dictionary::new();
         x264.set("preset", &options.x264_preset);
@@ -568,7 +688,7 @@ impl VideoWriter {
             .map_err(media_error("adding the video stream"))?;
         stream.set_parameters(&encoder);
         stream.set_time_base(encoder_time_base);
-        stream.set_avg_frame_rate((options.frame_rate as i32, 1));
+        stream.set_avg_frame_rate((fps as i32, 1));
 
         let mut mux_options = Dictionary::new();
         // Fast start: the index (moov) goes before the media data once finished.

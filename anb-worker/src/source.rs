@@ -4,15 +4,25 @@ use std::path::Path;
 use std::time::Duration;
 
 use ffmpeg_next::{
-    self as ffmpeg, Rational, codec, decoder, format, format::stream::Disposition, media,
-    packet::side_data,
+    self as ffmpeg, Dictionary, Rational, codec, decoder, format, format::stream::Disposition,
+    media, packet::side_data,
 };
 
 use anb_core::config::UploadLimits;
 
 use crate::error::{Rejection, TranscodeError};
 use crate::media::input_error;
-use crate::options::TranscodeOptions;
+use crate::options::{InputBounds, TranscodeOptions};
+
+/// The one demuxer the pipeline opens: FFmpeg's MOV/MP4 family (ISO base media files, as
+/// phones record them). Nothing else is probed into use, so a playlist or an image sequence
+/// named `.mp4` never reaches a demuxer that would follow references or read other files.
+const DEMUXER: &str = "mov,mp4,m4a,3gp,3g2,mj2";
+
+/// Box types an ISO base media file may start with.
+const FIRST_BOXES: [&[u8; 4]; 8] = [
+    b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid",
+];
 
 /// Container durations are rounded in various ways (a "20 s" phone clip may say
 /// 19.98 s); the duration rules allow this much either side.
@@ -66,7 +76,7 @@ pub(crate) fn open(
         })?
         .len();
     check_size(bytes, &options.limits)?;
-    let input = format::input(path).map_err(|error| input_error("opening the input", error))?;
+    let input = open_container(path)?;
 
     // Cover art in an audio file is a "video" stream too; it does not count.
     let stream = input
@@ -112,6 +122,8 @@ pub(crate) fn open(
         }
         .into());
     }
+    // Before any frame is decoded: a huge frame is what exhausts memory.
+    check_bounds(width, height, frame_rate, &options.bounds)?;
     let sample_aspect_ratio = match decoder.aspect_ratio() {
         ratio if ratio.numerator() > 0 && ratio.denominator() > 0 => ratio,
         _ => Rational::new(1, 1),
@@ -148,6 +160,68 @@ pub(crate) fn open(
         sample_aspect_ratio,
         info,
     })
+}
+
+/// Opens `path` with the MOV/MP4 demuxer only and the local-file protocol only.
+fn open_container(path: &Path) -> Result<format::context::Input, TranscodeError> {
+    let mut head = [0u8; 8];
+    let read = std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read(&mut file, &mut head))
+        .map_err(|source| TranscodeError::Io {
+            context: "reading the input",
+            source,
+        })?;
+    if read < head.len() || !FIRST_BOXES.iter().any(|kind| head[4..8] == kind[..]) {
+        return Err(Rejection::NotMp4.into());
+    }
+    let mut options = Dictionary::new();
+    options.set("format_whitelist", DEMUXER);
+    options.set("protocol_whitelist", "file");
+    let input = match format::input_with_dictionary(path, options) {
+        Ok(input) => input,
+        // FFmpeg's answer when the probed demuxer is not on the whitelist.
+        Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EINVAL => {
+            return Err(Rejection::NotMp4.into());
+        }
+        Err(error) => return Err(input_error("opening the input", error)),
+    };
+    if input.format().name() != DEMUXER {
+        return Err(Rejection::NotMp4.into());
+    }
+    Ok(input)
+}
+
+/// Refuses a source whose frames or frame rate are beyond the worker's bounds.
+fn check_bounds(
+    width: u32,
+    height: u32,
+    frame_rate: Option<f64>,
+    bounds: &InputBounds,
+) -> Result<(), Rejection> {
+    if width > bounds.max_width || height > bounds.max_height {
+        return Err(Rejection::FrameTooLarge {
+            width,
+            height,
+            max_width: bounds.max_width,
+            max_height: bounds.max_height,
+        });
+    }
+    if u64::from(width) * u64::from(height) > bounds.max_pixels {
+        return Err(Rejection::TooManyPixels {
+            width,
+            height,
+            max_pixels: bounds.max_pixels,
+        });
+    }
+    if let Some(rate) = frame_rate
+        && rate > f64::from(bounds.max_frame_rate) + 0.5
+    {
+        return Err(Rejection::FrameRateTooHigh {
+            rate: rate.round().min(f64::from(u32::MAX)) as u32,
+            maximum: bounds.max_frame_rate,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a source larger than the limits allow. The job handler calls this

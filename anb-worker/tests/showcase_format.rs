@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 
-/// Output frame rate and bumper length of the default options.
+/// Output frame rate (of 30 fps sources) and bumper length of the default options.
 const FPS: f64 = 30.0;
 const BUMPERS: f64 = 4.0;
 
@@ -21,6 +21,10 @@ fn video_stream(probe: &serde_json::Value) -> &serde_json::Value {
 }
 
 fn assert_showcase_video(path: &std::path::Path, expected_seconds: f64) {
+    assert_showcase_video_at(path, expected_seconds, FPS);
+}
+
+fn assert_showcase_video_at(path: &std::path::Path, expected_seconds: f64, fps: f64) {
     let probe = probe(path);
     let stream = video_stream(&probe);
     assert_eq!(stream["codec_name"], "h264");
@@ -30,11 +34,12 @@ fn assert_showcase_video(path: &std::path::Path, expected_seconds: f64) {
         (Some(1280), Some(720))
     );
     assert_eq!(stream["sample_aspect_ratio"], "1:1");
-    assert_eq!(stream["r_frame_rate"], "30/1");
-    assert_eq!(stream["avg_frame_rate"], "30/1");
+    let rate = format!("{fps}/1");
+    assert_eq!(stream["r_frame_rate"], rate.as_str());
+    assert_eq!(stream["avg_frame_rate"], rate.as_str());
     let duration = number(&stream["duration"]);
     assert!(
-        (duration - expected_seconds).abs() <= 1.0 / FPS + 1e-6,
+        (duration - expected_seconds).abs() <= 1.0 / fps + 1e-6,
         "duration {duration} s, expected {expected_seconds} s ± one frame"
     );
     assert_eq!(
@@ -54,7 +59,7 @@ fn assert_showcase_video(path: &std::path::Path, expected_seconds: f64) {
 #[test]
 fn a_long_landscape_upload_is_cut_to_30_seconds_with_bumpers_watermark_and_thumbnail() {
     let dir = tempfile::tempdir().unwrap();
-    // 35 s at 25 fps with an audio track: trimmed, converted to 30 fps, audio dropped.
+    // 35 s at 25 fps with an audio track: trimmed, kept at 25 fps, audio dropped.
     let input = dir.path().join("landscape.mp4");
     ffmpeg(&[
         "-f",
@@ -86,9 +91,10 @@ fn a_long_landscape_upload_is_cut_to_30_seconds_with_bumpers_watermark_and_thumb
 
     assert_eq!(report.source.width, 1920);
     assert_eq!(report.source.height, 1080);
-    assert_eq!(report.source_frames, 900, "exactly 30 s at 30 fps");
-    assert_eq!(report.frames, 900 + 2 * 60, "plus two 2 s bumpers");
-    assert_showcase_video(&output, 30.0 + BUMPERS);
+    assert_eq!(report.frame_rate, 25, "a 25 fps source stays at 25 fps");
+    assert_eq!(report.source_frames, 750, "exactly 30 s at 25 fps");
+    assert_eq!(report.frames, 750 + 2 * 50, "plus two 2 s bumpers");
+    assert_showcase_video_at(&output, 30.0 + BUMPERS, 25.0);
 
     assert_eq!(progress.last(), Some(&100), "progress ends at 100");
     assert!(

@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             let worker_config = anb_worker::job::WorkerConfig {
                 transcode: anb_worker::TranscodeOptions {
                     limits: api_settings.upload.clone(),
+                    bounds: anb_worker::InputBounds::from_env()?,
                     ..Default::default()
                 },
                 ..Default::default()

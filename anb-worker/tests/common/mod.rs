@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod platform;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

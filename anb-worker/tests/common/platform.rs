@@ -56,13 +56,24 @@ impl Platform {
             .unwrap()
     }
 
-    /// Stores a generated upload and records it, as the API does.
+    /// Stores a generated upload (a flat colour: cheap to encode) and records it, as the API does.
     pub async fn upload(&self, owner: &User, seconds: u32, size: (u32, u32)) -> TranscodeVideo {
+        self.upload_from(owner, "color", seconds, size).await
+    }
+
+    /// Stores an upload generated from the lavfi `source` (`color`, `testsrc2`…) and records it.
+    pub async fn upload_from(
+        &self,
+        owner: &User,
+        source: &str,
+        seconds: u32,
+        size: (u32, u32),
+    ) -> TranscodeVideo {
         let id = VideoId::new();
         let fixture = video_fixture(
             self.dir.path(),
             &format!("{id}.mp4"),
-            "color",
+            source,
             size,
             30,
             seconds,
