@@ -11,7 +11,8 @@ gate this script runs) and a scratch local storage directory, and measures:
    a 10 MB JSON body to log-in (raw sockets, `Content-Length` declared, no
    `Expect: 100-continue`, the whole body sent before the answer is read);
 2. the answer time of an authenticated request while the database is out
-   (the gate cuts every connection and hangs up new ones), and the time to
+   (the gate cuts every connection and hangs up new ones), then while it is
+   partitioned (connections stay up, nothing gets through), and the time to
    recover once it reopens.
 
 Standard library only; traffic to 127.0.0.1 only, bounded in count and time.
@@ -42,6 +43,7 @@ class Gate:
     def __init__(self, target):
         self.target = target
         self.open = True
+        self.silent = False
         self.conns = []
         self.lock = threading.Lock()
         self.listener = socket.socket()
@@ -54,6 +56,10 @@ class Gate:
     def _accept(self):
         while True:
             client, _ = self.listener.accept()
+            if self.silent:
+                with self.lock:
+                    self.conns.append(client)  # held open, never answered
+                continue
             if not self.open:
                 client.close()
                 continue
@@ -67,10 +73,11 @@ class Gate:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst):
+    def _pipe(self, src, dst):
         try:
             while data := src.recv(65536):
+                while self.silent:
+                    time.sleep(0.05)  # a network that drops packets
                 dst.sendall(data)
         except OSError:
             pass
@@ -90,8 +97,13 @@ class Gate:
                     pass
             self.conns = []
 
+    def black_hole(self):
+        """Connections stay up but nothing gets through (a partition)."""
+        self.silent = True
+
     def reopen(self):
         self.open = True
+        self.silent = False
 
 
 def http(port, method, path, body=None, token=None, timeout=60):
@@ -221,6 +233,17 @@ def main():
                 status, code = type(e).__name__, None
             print(f"database outage, request {attempt + 1}: {status} {code} after "
                   f"{time.monotonic() - started:.2f} s")
+        gate.reopen()
+        assert http(port, "GET", "/api/videos", token=token)[0] == 200
+        gate.black_hole()
+        started = time.monotonic()
+        try:
+            status, body = http(port, "GET", "/api/videos", token=token, timeout=90)
+            code = (body or {}).get("code")
+        except OSError as e:
+            status, code = type(e).__name__, None
+        print(f"database partition (nothing gets through): {status} {code} after "
+              f"{time.monotonic() - started:.2f} s")
         gate.reopen()
         started = time.monotonic()
         while time.monotonic() - started < 60:
