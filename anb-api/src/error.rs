@@ -10,6 +10,9 @@ use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaRespon
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{Enum, Object};
 
+/// What a 503 asks clients to wait before retrying.
+pub const RETRY_AFTER_OUTAGE_SECS: u64 = 5;
+
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -49,6 +52,11 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     RateLimited,
+    /// The request body is larger than the route accepts.
+    PayloadTooLarge,
+    /// A dependency (database, storage, queue) is unreachable or saturated;
+    /// retry after `Retry-After` seconds.
+    ServiceUnavailable,
     InternalError,
 }
 
@@ -78,6 +86,8 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited => "rate_limited",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::ServiceUnavailable => "service_unavailable",
             Self::InternalError => "internal_error",
         }
     }
@@ -144,10 +154,20 @@ pub enum ApiError {
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 413: the body is over the route's limit (checked while it streams).
+    #[error("request body over {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: u64 },
     /// 429: rate limited; retry after this many seconds.
     #[error("rate limited for {retry_after_secs}s")]
     TooManyRequests { retry_after_secs: u64 },
-    /// 500: a bug or an unreachable dependency. Logged, never shown.
+    /// 503: a dependency is down or saturated; retry after this many seconds.
+    /// The cause is logged, never shown.
+    #[error("unavailable: {cause}")]
+    Unavailable {
+        retry_after_secs: u64,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// 500: a bug. Logged, never shown.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -181,6 +201,14 @@ impl ApiError {
         }
     }
 
+    /// A dependency that is down or saturated: 503 with `Retry-After`.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable {
+            retry_after_secs: RETRY_AFTER_OUTAGE_SECS,
+            cause: cause.into(),
+        }
+    }
+
     /// Wraps an unexpected error; its text is logged, not sent.
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Internal(error.into())
@@ -207,6 +235,8 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -233,6 +263,20 @@ impl ApiError {
                 format!("Demasiadas solicitudes. Intenta de nuevo en {retry_after_secs} s."),
                 Vec::new(),
             ),
+            Self::PayloadTooLarge { limit_bytes } => (
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "El cuerpo de la solicitud supera el máximo de {} KiB.",
+                    limit_bytes / 1024
+                ),
+                Vec::new(),
+            ),
+            Self::Unavailable { .. } => (
+                ErrorCode::ServiceUnavailable,
+                "El servicio no está disponible en este momento. Intenta de nuevo en unos segundos."
+                    .to_owned(),
+                Vec::new(),
+            ),
             Self::Internal(_) => (
                 ErrorCode::InternalError,
                 "Error interno del servidor.".to_owned(),
@@ -257,16 +301,26 @@ impl poem::error::ResponseError for ApiError {
     }
 
     fn as_response(&self) -> Response {
-        if let Self::Internal(source) = self {
+        match self {
             // The only place internals go: the log, inside the request's span.
-            tracing::error!(error = %source, debug = ?source, "internal error");
+            Self::Internal(source) => {
+                tracing::error!(error = %source, debug = ?source, "internal error");
+            }
+            Self::Unavailable { cause, .. } => {
+                tracing::warn!(error = %cause, "dependency unavailable");
+            }
+            _ => {}
         }
         let body = self.problem().to_json_string();
         let mut response = Response::builder()
             .status(self.status())
             .content_type(PROBLEM_JSON)
             .body(body);
-        if let Self::TooManyRequests { retry_after_secs } = self {
+        if let Self::TooManyRequests { retry_after_secs }
+        | Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
@@ -315,20 +369,36 @@ impl From<anb_core::db::DbError> for ApiError {
             ),
             // The caller's account vanished between authentication and now.
             DbError::UserNotFound => crate::security::invalid_token(),
+            outage if outage.is_unavailable() => Self::unavailable(outage),
             other => Self::internal(other),
         }
     }
 }
 
 impl From<anb_core::storage::StorageError> for ApiError {
+    /// The store failing or out of reach is an outage (503); anything else
+    /// reaching the edge is a bug.
     fn from(error: anb_core::storage::StorageError) -> Self {
-        Self::internal(error)
+        use anb_core::storage::StorageError;
+        match error {
+            StorageError::Backend { .. } => Self::unavailable(error),
+            other => Self::internal(other),
+        }
     }
 }
 
 impl From<anb_queue::QueueError> for ApiError {
+    /// The queue's store failing or out of reach is an outage (503); a job
+    /// the queue cannot take is a bug.
     fn from(error: anb_queue::QueueError) -> Self {
-        Self::internal(error)
+        use anb_queue::QueueError;
+        match error {
+            QueueError::Database(source) => anb_core::db::DbError::Sqlx(source).into(),
+            QueueError::Redis(_) | QueueError::Sqs { .. } | QueueError::Timeout { .. } => {
+                Self::unavailable(error)
+            }
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -400,12 +470,13 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
         401 => "Missing, invalid or expired bearer token, or bad credentials",
         403 => "The caller does not own the resource",
         404 => "Not found (a malformed id is not found too)",
+        413 => "The request body is larger than the operation accepts",
         429 => "Rate limited; retry after `Retry-After` seconds",
         500 => "Internal error",
         503 => "A dependency is unavailable",
         _ => "Error",
     };
-    let headers = if status == 429 {
+    let headers = if status == 429 || status == 503 {
         vec![MetaHeader {
             name: "Retry-After".to_owned(),
             description: Some("Seconds to wait before retrying".to_owned()),
@@ -429,7 +500,7 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
 }
 
 /// Declares the error side of an operation: which problem statuses it
-/// documents (500 is always added). Handlers return
+/// documents (500 and 503 are always added). Handlers return
 /// `Result<SuccessResponse, ThisType>` and convert [`ApiError`] with `?`
 /// inside an inner function or `.map_err(Into::into)`.
 macro_rules! problems {
@@ -463,11 +534,15 @@ macro_rules! problems {
 }
 pub(crate) use problems;
 
-/// Problem responses for the given statuses plus 500.
+/// Problem responses for the given statuses plus 500, and 503 (every
+/// operation answers it while a dependency is down).
 pub fn problem_meta_responses(statuses: &[u16]) -> MetaResponses {
     let mut responses: Vec<MetaResponse> =
         statuses.iter().map(|s| problem_meta_response(*s)).collect();
     responses.push(problem_meta_response(500));
+    if !statuses.contains(&503) {
+        responses.push(problem_meta_response(503));
+    }
     MetaResponses { responses }
 }
 

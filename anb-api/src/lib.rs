@@ -7,15 +7,19 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{EndpointExt, Route, Server, get};
 use poem_openapi::OpenApiService;
 
+pub mod body_limit;
 pub mod error;
+pub mod headers;
 pub mod media_check;
 pub mod observability;
 pub mod rate_limit;
 mod relay;
 pub mod routes;
+pub mod runtime;
 pub mod security;
 pub mod settings;
 pub mod state;
+pub mod transport;
 pub mod upload;
 
 pub use settings::ApiSettings;
@@ -60,6 +64,17 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let trusted_proxies = state.api.trusted_proxies.clone();
+    let cors = headers::cors(&state.api.cors_origins);
+    let body_limits = body_limit::BodyLimits {
+        default: body_limit::JSON_BODY_LIMIT,
+        upload_path: "/api/videos/upload",
+        upload: state
+            .api
+            .upload
+            .max_bytes
+            .saturating_add(upload::FORM_OVERHEAD),
+        upload_file: state.api.upload.max_bytes,
+    };
     let observability = observability::Observability::new(
         documented_paths()
             .into_iter()
@@ -71,24 +86,52 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .data(state)
-        .with(rate_limit::ClientIpMiddleware { trusted_proxies })
+        .with(body_limits)
+        .with(rate_limit::ClientIpMiddleware {
+            trusted_proxies: trusted_proxies.clone(),
+        })
         .with(observability)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .with(headers::SecurityHeaders { trusted_proxies })
 }
 
 /// Serves the application on an already bound listener until `shutdown`
 /// resolves, then lets in-flight requests finish (up to 10 s). When uploads
 /// write their jobs into the outbox, the outbox relay runs beside the server
 /// and stops after it, so the jobs of the last requests are published too.
+/// Connections get the default [`TransportLimits`](transport::TransportLimits).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    serve_with(
+        listener,
+        state,
+        transport::TransportLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with the given connection timeouts and lingering close.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: transport::TransportLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let connections = transport::Connections::default();
+    let acceptor = transport::GuardedAcceptor::new(
+        TcpAcceptor::from_tokio(listener)?,
+        limits,
+        connections.clone(),
+    );
     tracing::info!(addr = ?acceptor.local_addr(), "API listening");
     let relay = relay::spawn(&state);
+    let app = app(state).with(transport::TrackRequests { connections });
     let served = Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(GRACE_PERIOD))
+        .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
         .await;
     if let Some(relay) = relay {
         relay.stop().await;

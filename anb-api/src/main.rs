@@ -27,9 +27,12 @@ enum Command {
     Openapi,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<()> {
+    // Stopping must not wait on blocking work still running (see `runtime`).
+    anb_api::runtime::block_on(run(Cli::parse()), anb_api::runtime::TEARDOWN)?
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Openapi) = cli.command {
         print!("{}", anb_api::openapi_json());
         return Ok(());

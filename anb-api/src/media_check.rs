@@ -5,11 +5,18 @@
 //! media data, so a check costs a few reads whatever the file's size.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::settings::UploadLimits;
+
+mod boxes;
+
+pub use boxes::{BoxError, WalkLimits};
 
 /// Why a file was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,6 +47,72 @@ pub struct VideoFacts {
     pub height: u32,
 }
 
+/// Runs [`check_mp4`] on the blocking pool, at most `concurrency` checks at
+/// once and each within a deadline. A check past its deadline is answered as
+/// a refusal while its thread finishes on its own; it keeps its slot until
+/// then, so whatever a file does to the parser, it holds at most the cores
+/// the cap allows.
+#[derive(Debug, Clone)]
+pub struct MediaChecker {
+    slots: Arc<Semaphore>,
+    deadline: Duration,
+    slot_wait: Duration,
+}
+
+/// Why a check gave no facts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Rejected(#[from] MediaRejection),
+    /// Every slot stayed busy for the whole wait: try again later.
+    #[error("every media check slot is busy")]
+    Busy,
+}
+
+impl Default for MediaChecker {
+    /// One check per CPU, 10 s each, waiting up to 5 s for a slot.
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::new(cpus, Duration::from_secs(10), Duration::from_secs(5))
+    }
+}
+
+impl MediaChecker {
+    pub fn new(concurrency: usize, deadline: Duration, slot_wait: Duration) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            deadline,
+            slot_wait,
+        }
+    }
+
+    /// Checks the file at `path` against `limits`.
+    pub async fn check(
+        &self,
+        path: PathBuf,
+        limits: UploadLimits,
+    ) -> Result<VideoFacts, CheckError> {
+        let slot = tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| CheckError::Busy)?
+            .map_err(|_| CheckError::Busy)?;
+        let check = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            check_mp4(&path, &limits)
+        });
+        match tokio::time::timeout(self.deadline, check).await {
+            Ok(Ok(result)) => Ok(result?),
+            // `check_mp4` catches the parser's panics; anything else is a bug
+            // about this file, not a reason to fail the process.
+            Ok(Err(_)) => Err(MediaRejection::NotMp4("the check failed".into()).into()),
+            Err(_) => {
+                tracing::warn!(deadline = ?self.deadline, "media check ran past its deadline");
+                Err(MediaRejection::NotMp4("the check ran past its deadline".into()).into())
+            }
+        }
+    }
+}
+
 /// Reads the facts of the MP4 file at `path` and checks them against `limits`.
 /// Blocking: call from a blocking thread.
 pub fn check_mp4(path: &Path, limits: &UploadLimits) -> Result<VideoFacts, MediaRejection> {
@@ -66,7 +139,10 @@ pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
     let not_mp4 = |reason: String| MediaRejection::NotMp4(reason);
     let mut file = File::open(path).map_err(|e| not_mp4(format!("unreadable: {e}")))?;
     let size = file.metadata().map_err(|e| not_mp4(e.to_string()))?.len();
-    check_top_level_boxes(&mut file, size)?;
+    // Lying box sizes make the parser loop forever: the walk proves the tree
+    // well formed first.
+    boxes::walk(&mut BufReader::new(&mut file), size, WalkLimits::default())
+        .map_err(|e| not_mp4(e.to_string()))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| not_mp4(e.to_string()))?;
     // The parser is given untrusted input: a panic in it is a rejection,
@@ -85,12 +161,14 @@ pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
         return Err(MediaRejection::NoVideoTrack);
     }
     // The movie header's duration covers every track; the video track's own
-    // is what players show, so prefer it when it is set.
-    let timescale = track.timescale();
-    let duration = if timescale > 0 && track.trak.mdia.mdhd.duration > 0 {
-        track.duration()
-    } else if parsed.timescale() > 0 {
-        parsed.duration()
+    // is what players show, so prefer it when it is set. Both are computed
+    // here: the parser's own arithmetic overflows on crafted durations.
+    let mdhd = &track.trak.mdia.mdhd;
+    let mvhd = &parsed.moov.mvhd;
+    let duration = if mdhd.timescale > 0 && mdhd.duration > 0 {
+        ticks_to_duration(mdhd.duration, mdhd.timescale)
+    } else if mvhd.timescale > 0 {
+        ticks_to_duration(mvhd.duration, mvhd.timescale)
     } else {
         return Err(not_mp4("no timescale".into()));
     };
@@ -101,45 +179,14 @@ pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
     })
 }
 
-/// An MP4 file starts with an `ftyp` box, and its top-level boxes tile the
-/// file. Checking that first keeps lying box sizes away from the parser.
-fn check_top_level_boxes(file: &mut File, size: u64) -> Result<(), MediaRejection> {
-    let mut offset = 0u64;
-    let mut first = true;
-    let mut saw_moov = false;
-    while offset < size {
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| MediaRejection::NotMp4(e.to_string()))?;
-        let mut header = [0u8; 16];
-        let available = (size - offset).min(16) as usize;
-        if available < 8 {
-            return Err(MediaRejection::NotMp4("truncated box header".into()));
-        }
-        file.read_exact(&mut header[..available])
-            .map_err(|e| MediaRejection::NotMp4(e.to_string()))?;
-        let small = u64::from(u32::from_be_bytes([
-            header[0], header[1], header[2], header[3],
-        ]));
-        let kind = &header[4..8];
-        let box_size = match small {
-            0 => size - offset, // extends to the end of the file
-            1 if available >= 16 => u64::from_be_bytes(header[8..16].try_into().expect("8 bytes")),
-            _ => small,
-        };
-        if first && kind != b"ftyp" {
-            return Err(MediaRejection::NotMp4("no ftyp box at the start".into()));
-        }
-        if box_size < 8 || box_size > size - offset {
-            return Err(MediaRejection::NotMp4("box larger than the file".into()));
-        }
-        saw_moov |= kind == b"moov";
-        first = false;
-        offset += box_size;
-    }
-    if !saw_moov {
-        return Err(MediaRejection::NotMp4("no moov box".into()));
-    }
-    Ok(())
+/// `ticks / timescale` seconds, exact and without overflow for any input.
+fn ticks_to_duration(ticks: u64, timescale: u32) -> Duration {
+    let timescale = u64::from(timescale.max(1));
+    let nanos = u128::from(ticks % timescale) * 1_000_000_000 / u128::from(timescale);
+    Duration::new(
+        ticks / timescale,
+        u32::try_from(nanos).expect("below one second"),
+    )
 }
 
 #[cfg(test)]
@@ -166,6 +213,17 @@ mod tests {
             read_facts(empty.path()),
             Err(MediaRejection::NotMp4(_))
         ));
+    }
+
+    #[test]
+    fn durations_are_exact_and_never_overflow() {
+        assert_eq!(ticks_to_duration(90_000, 1000), Duration::from_secs(90));
+        assert_eq!(ticks_to_duration(1, 4), Duration::from_millis(250));
+        assert_eq!(
+            ticks_to_duration(u64::MAX, 1),
+            Duration::from_secs(u64::MAX)
+        );
+        assert!(ticks_to_duration(u64::MAX, 90_000) > Duration::from_secs(3600));
     }
 
     #[test]

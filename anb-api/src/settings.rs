@@ -10,6 +10,7 @@
 //! | `ANB_RATE_LIMIT_VOTE_PER_USER` | `60/min` | votes per user |
 //! | `ANB_RATE_LIMIT_VOTE_PER_IP` | `600/min` | votes per client IP (many people may share one) |
 //! | `ANB_TRUSTED_PROXIES` | none | comma-separated IPs or CIDRs (e.g. the load balancer's subnets) whose `X-Forwarded-For` is believed |
+//! | `ANB_CORS_ORIGINS` | none | comma-separated origins (e.g. `https://app.example.com`) of front-ends on other origins that browsers may let call the API |
 //! | `ANB_UPLOAD_MAX_BYTES` | `104857600` | largest accepted upload (100 MB) |
 //! | `ANB_UPLOAD_MIN_SECONDS` / `ANB_UPLOAD_MAX_SECONDS` | `20` / `60` | accepted duration |
 //! | `ANB_UPLOAD_MIN_SHORT_SIDE` | `1080` | smallest accepted shorter side of the frame, in pixels |
@@ -107,6 +108,8 @@ pub struct ApiSettings {
     /// Peers whose `X-Forwarded-For` header is trusted.
     pub trusted_proxies: Vec<IpNet>,
     pub upload: UploadLimits,
+    /// Origins allowed to call the API from a browser (CORS); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl ApiSettings {
@@ -139,10 +142,15 @@ impl ApiSettings {
         };
         // The worker reads the same variables through the same type.
         let upload = UploadLimits::from_lookup(&lookup)?;
+        let cors_origins = match get("ANB_CORS_ORIGINS") {
+            None => Vec::new(),
+            Some(raw) => crate::headers::parse_origins("ANB_CORS_ORIGINS", &raw)?,
+        };
         Ok(Self {
             rate_limits,
             trusted_proxies,
             upload,
+            cors_origins,
         })
     }
 }

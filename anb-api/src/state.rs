@@ -13,6 +13,7 @@ use anb_queue::{Outbox, Queue, QueueError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::ApiError;
+use crate::media_check::MediaChecker;
 use crate::observability::prometheus_handle;
 use crate::rate_limit::RateLimiters;
 use crate::security::{AuthUser, invalid_token};
@@ -49,6 +50,8 @@ pub struct AppStateInner {
     /// Password hashing, one at a time per CPU.
     pub passwords: Passwords,
     pub limiters: RateLimiters,
+    /// Upload content checks, bounded in number and time.
+    pub media_checks: MediaChecker,
     pub metrics: PrometheusHandle,
 }
 
@@ -82,7 +85,7 @@ impl AppState {
     /// that transaction. Sets up the queue's and the outbox's tables, but does
     /// not apply the application's migrations: see [`AppState::migrate`].
     pub async fn connect(settings: Settings, api: ApiSettings) -> Result<Self, StartupError> {
-        let db = Database::connect(settings.database_url.as_str()).await?;
+        let db = Database::connect_with(settings.database_url.as_str(), &settings.pool).await?;
         let storage = Storage::from_url(
             &settings.storage_url,
             settings.s3_path_style,
@@ -123,6 +126,7 @@ impl AppState {
             tokens: TokenKeys::new(&settings.jwt_secret),
             passwords: Passwords::per_cpu(),
             limiters: RateLimiters::new(&api.rate_limits),
+            media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),
             settings,
             api,
@@ -144,12 +148,7 @@ impl AppState {
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, ApiError> {
         let claims = self.tokens.verify(token).map_err(|_| invalid_token())?;
         let user_id: UserId = claims.sub.parse().map_err(|_| invalid_token())?;
-        match self
-            .db
-            .find_user(user_id)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        match self.db.find_user(user_id).await.map_err(ApiError::from)? {
             Some(_) => Ok(AuthUser { user_id }),
             None => Err(invalid_token()),
         }

@@ -116,15 +116,30 @@ impl JwtSecret {
     }
 
     /// A random secret for the embedded default, kept in `path` so tokens
-    /// survive a restart.
+    /// survive a restart. The file is readable by its owner only (mode
+    /// 0600), and an existing one is tightened to that.
     pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+        let owner_only = || std::fs::Permissions::from_mode(0o600);
         if let Ok(existing) = std::fs::read(path)
             && existing.len() >= Self::MIN_BYTES
         {
+            std::fs::set_permissions(path, owner_only())?;
             return Ok(Self(existing));
         }
         let secret: [u8; 48] = rand::random();
-        std::fs::write(path, secret)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // `mode` applies only when the file is created.
+        file.set_permissions(owner_only())?;
+        file.write_all(&secret)?;
+        file.sync_all()?;
         Ok(Self(secret.to_vec()))
     }
 
@@ -240,6 +255,9 @@ pub struct Settings {
     pub s3_path_style: bool,
     pub jwt_secret: JwtSecret,
     pub http_addr: SocketAddr,
+    /// The database pool: `ANB_DB_ACQUIRE_TIMEOUT_SECS` (default 3) bounds
+    /// how long a request waits for a connection during an outage.
+    pub pool: crate::db::PoolSettings,
 }
 
 impl Settings {
@@ -295,6 +313,19 @@ impl Settings {
             "ANB_HTTP_ADDR",
             &get("ANB_HTTP_ADDR").unwrap_or_else(|| Self::DEFAULT_HTTP_ADDR.to_owned()),
         )?;
+        let mut pool = crate::db::PoolSettings::default();
+        if let Some(raw) = get("ANB_DB_ACQUIRE_TIMEOUT_SECS") {
+            let secs: u64 = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|secs| (1..=300).contains(secs))
+                .ok_or_else(|| ConfigError::Invalid {
+                    var: "ANB_DB_ACQUIRE_TIMEOUT_SECS",
+                    reason: format!("expected whole seconds from 1 to 300, got {raw:?}"),
+                })?;
+            pool.acquire_timeout = Duration::from_secs(secs);
+        }
         Ok(Self {
             database_url,
             queue_url,
@@ -302,6 +333,7 @@ impl Settings {
             s3_path_style,
             jwt_secret,
             http_addr,
+            pool,
         })
     }
 
@@ -317,6 +349,7 @@ impl Settings {
             s3_path_style: false,
             jwt_secret: JwtSecret::load_or_create(&data_dir.join("jwt-secret"))?,
             http_addr,
+            pool: crate::db::PoolSettings::default(),
         })
     }
 }
@@ -471,5 +504,19 @@ mod tests {
         assert_eq!(first.expose(), second.expose());
         assert!(first.expose().len() >= JwtSecret::MIN_BYTES);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_secret_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt-secret");
+        JwtSecret::load_or_create(&path).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        // A secret left world-readable by an older version is tightened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        JwtSecret::load_or_create(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 }

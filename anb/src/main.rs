@@ -28,8 +28,13 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Stopping must not wait on blocking work still running (a stuck check
+    // or transcode step): the runtime's teardown is bounded.
+    anb_api::runtime::block_on(run(), anb_api::runtime::TEARDOWN)?
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode, problems};
-use crate::media_check::{MediaRejection, check_mp4};
+use crate::media_check::{CheckError, MediaRejection};
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
 use crate::state::{AppState, JobDelivery};
@@ -325,11 +325,14 @@ async fn upload_video(
             .ok_or_else(|| ApiError::invalid_field("is_public", "debe ser true o false"))?,
     };
 
-    let path = received.file.to_path_buf();
-    let check = tokio::task::spawn_blocking(move || check_mp4(&path, &limits))
+    state
+        .media_checks
+        .check(received.file.to_path_buf(), limits)
         .await
-        .map_err(ApiError::internal)?;
-    check.map_err(rejection)?;
+        .map_err(|error| match error {
+            CheckError::Rejected(refused) => rejection(refused),
+            CheckError::Busy => ApiError::unavailable(CheckError::Busy),
+        })?;
 
     let video_id = VideoId::new();
     let original = VideoKeys::new(video_id.as_uuid()).original();

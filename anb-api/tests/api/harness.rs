@@ -54,9 +54,38 @@ pub struct TestAppBuilder {
     upload: UploadLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
     broker: Option<Broker>,
+    transport: anb_api::transport::TransportLimits,
+    database_through: Option<std::net::SocketAddr>,
+    storage_through: Option<std::net::SocketAddr>,
+    cors_origins: Vec<String>,
 }
 
 impl TestAppBuilder {
+    /// Origins allowed to call the API from a browser.
+    pub fn cors_origins(mut self, origins: &[&str]) -> Self {
+        self.cors_origins = origins.iter().map(|o| o.to_string()).collect();
+        self
+    }
+
+    /// The connection timeouts and lingering close of the server.
+    pub fn transport(mut self, limits: anb_api::transport::TransportLimits) -> Self {
+        self.transport = limits;
+        self
+    }
+
+    /// Reaches the database through `addr` (a gate the test controls)
+    /// instead of directly. PostgreSQL only.
+    pub fn database_through(mut self, addr: std::net::SocketAddr) -> Self {
+        self.database_through = Some(addr);
+        self
+    }
+
+    /// Reaches the S3-compatible server through `addr`. S3 only.
+    pub fn storage_through(mut self, addr: std::net::SocketAddr) -> Self {
+        self.storage_through = Some(addr);
+        self
+    }
+
     /// Puts the queue on a fresh queue of `broker` instead of the database:
     /// uploads then go through the outbox and its relay.
     pub fn broker(mut self, broker: Broker) -> Self {
@@ -97,6 +126,15 @@ impl TestAppBuilder {
                 format!("s3://{}", unique_name("anb-api-test-")),
             ),
         };
+        let database_url = match self.database_through {
+            Some(gate) => {
+                let mut url = url::Url::parse(&database_url).unwrap();
+                url.set_host(Some(&gate.ip().to_string())).unwrap();
+                url.set_port(Some(gate.port())).unwrap();
+                url.to_string()
+            }
+            None => database_url,
+        };
         let broker = match self.broker {
             Some(kind) => Some(TestBroker::start(kind).await),
             None => None,
@@ -115,13 +153,14 @@ impl TestAppBuilder {
             rate_limits: self.rate_limits,
             trusted_proxies: self.trusted_proxies,
             upload: self.upload,
+            cors_origins: self.cors_origins,
         };
         let db = Database::connect(&database_url)
             .await
             .unwrap_or_else(|e| panic!("database {database_url} unreachable: {e}"));
         let storage = match &settings.storage_url {
             anb_core::config::StorageUrl::S3 { bucket, .. } => {
-                Storage::S3(fresh_s3_bucket(bucket).await)
+                Storage::S3(fresh_s3_bucket(bucket, self.storage_through).await)
             }
             anb_core::config::StorageUrl::Local(_) => {
                 Storage::from_url(&settings.storage_url, false, JWT_SECRET.as_bytes())
@@ -151,8 +190,9 @@ impl TestAppBuilder {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let server_state = state.clone();
+        let transport = self.transport;
         let server = tokio::spawn(async move {
-            anb_api::serve(listener, server_state, async {
+            anb_api::serve_with(listener, server_state, transport, async {
                 let _ = stopped.await;
             })
             .await
@@ -194,25 +234,32 @@ async fn fresh_postgres_database() -> String {
 }
 
 /// A fresh bucket on the S3-compatible server; fails loudly if it is down.
-async fn fresh_s3_bucket(bucket: &str) -> S3Storage {
-    let endpoint = aws_endpoint();
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .force_path_style(true)
-        .build();
-    let client = aws_sdk_s3::Client::from_conf(config);
+/// The storage reaches the server through `through` when given.
+async fn fresh_s3_bucket(bucket: &str, through: Option<std::net::SocketAddr>) -> S3Storage {
+    let client = s3_client(&aws_endpoint());
     client
         .create_bucket()
         .bucket(bucket)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("S3-compatible server at {endpoint} (ANB_TEST_AWS_ENDPOINT) refused to create a bucket: {e:?}"));
-    S3Storage::new(client, bucket, "")
+        .unwrap_or_else(|e| panic!("S3-compatible server at {} (ANB_TEST_AWS_ENDPOINT) refused to create a bucket: {e:?}", aws_endpoint()));
+    match through {
+        Some(gate) => S3Storage::new(s3_client(&format!("http://{gate}")), bucket, ""),
+        None => S3Storage::new(client, bucket, ""),
+    }
+}
+
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// The API on a real port.
@@ -252,6 +299,10 @@ impl TestApp {
             upload: UploadLimits::default(),
             trusted_proxies: Vec::new(),
             broker: None,
+            transport: anb_api::transport::TransportLimits::default(),
+            database_through: None,
+            storage_through: None,
+            cors_origins: Vec::new(),
         }
     }
 

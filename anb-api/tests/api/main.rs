@@ -8,10 +8,14 @@
 
 mod auth;
 mod broker;
+mod crafted_mp4;
 mod fixtures;
 mod harness;
 mod ops;
+mod outage;
 mod outbox;
 mod public;
+mod security_headers;
+mod transport;
 mod upload;
 mod videos;

@@ -62,6 +62,38 @@ impl DbError {
     }
 }
 
+impl DbError {
+    /// Whether the database is out of reach or out of connections — an
+    /// outage to retry later, not a bug: no free connection in time, a
+    /// closed pool, a broken connection (or one cut while it was being set
+    /// up, which reads as a protocol error), or the server saying it cannot
+    /// serve (connection exceptions, shutting down, too many clients).
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Sqlx(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db_error) => db_error.code().is_some_and(|code| {
+                // SQLSTATE class 08 (connection exception), 57P0x (operator
+                // intervention: shutdown, cannot connect now), 53300 (too
+                // many connections); SQLite's 5 and 6 (busy, locked).
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code == "5"
+                    || code == "6"
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// The kind of constraint a failed statement violated, if any.
 pub(crate) fn violated_constraint(error: &sqlx::Error) -> Option<ErrorKind> {
     error.as_database_error().map(|db_error| db_error.kind())

@@ -108,11 +108,14 @@ pub struct PoolSettings {
 }
 
 impl Default for PoolSettings {
+    /// A request waits at most 3 s for a connection: during an outage the
+    /// caller answers "unavailable, retry" quickly instead of stacking up
+    /// waits.
     fn default() -> Self {
         Self {
             max_connections: 10,
-            acquire_timeout: Duration::from_secs(30),
-            sqlite_busy_timeout: Duration::from_secs(30),
+            acquire_timeout: Duration::from_secs(3),
+            sqlite_busy_timeout: Duration::from_secs(5),
         }
     }
 }
