@@ -53,6 +53,7 @@ pub struct TestAppBuilder {
     rate_limits: RateLimits,
     upload: UploadLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
+    password_hash_queue: usize,
     broker: Option<Broker>,
 }
 
@@ -76,6 +77,12 @@ impl TestAppBuilder {
 
     pub fn upload_limits(mut self, limits: UploadLimits) -> Self {
         self.upload = limits;
+        self
+    }
+
+    /// How many logins and sign-ups may wait for a hashing slot.
+    pub fn password_hash_queue(mut self, queue: usize) -> Self {
+        self.password_hash_queue = queue;
         self
     }
 
@@ -115,6 +122,7 @@ impl TestAppBuilder {
             rate_limits: self.rate_limits,
             trusted_proxies: self.trusted_proxies,
             upload: self.upload,
+            password_hash_queue: self.password_hash_queue,
         };
         let db = Database::connect(&database_url)
             .await
@@ -251,6 +259,8 @@ impl TestApp {
             rate_limits: RateLimits::unlimited(),
             upload: UploadLimits::default(),
             trusted_proxies: Vec::new(),
+            // Tests that flood on purpose set their own.
+            password_hash_queue: usize::MAX,
             broker: None,
         }
     }

@@ -10,6 +10,7 @@ mod auth;
 mod broker;
 mod fixtures;
 mod harness;
+mod hostile;
 mod ops;
 mod outbox;
 mod public;
