@@ -23,8 +23,12 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ErrorCode {
     /// One or more fields are invalid; see `errors`.
     ValidationFailed,
-    /// The request could not be parsed (bad JSON, missing field, bad content type).
+    /// The request could not be understood (e.g. a broken multipart body).
     MalformedRequest,
+    /// The JSON body is empty, not JSON, nested too deeply, or not an object.
+    MalformedJson,
+    /// The body's `Content-Type` is not the one the operation takes.
+    UnsupportedMediaType,
     /// A query parameter is missing or out of range.
     InvalidQuery,
     DuplicateEmail,
@@ -57,6 +61,12 @@ pub enum ErrorCode {
     /// A dependency (database, storage, queue) is unreachable or saturated;
     /// retry after `Retry-After` seconds.
     ServiceUnavailable,
+    /// A trusted proxy forwarded the request without a readable client
+    /// address in `X-Forwarded-For`.
+    InvalidForwardedFor,
+    /// The server is saturated (e.g. every password-hashing slot is busy
+    /// and the line is full); retry after `Retry-After` seconds.
+    Overloaded,
     InternalError,
 }
 
@@ -66,6 +76,8 @@ impl ErrorCode {
         match self {
             Self::ValidationFailed => "validation_failed",
             Self::MalformedRequest => "malformed_request",
+            Self::MalformedJson => "malformed_json",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidQuery => "invalid_query",
             Self::DuplicateEmail => "duplicate_email",
             Self::PasswordsDiffer => "passwords_differ",
@@ -88,6 +100,8 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
             Self::ServiceUnavailable => "service_unavailable",
+            Self::InvalidForwardedFor => "invalid_forwarded_for",
+            Self::Overloaded => "overloaded",
             Self::InternalError => "internal_error",
         }
     }
@@ -157,6 +171,9 @@ pub enum ApiError {
     /// 413: the body is over the route's limit (checked while it streams).
     #[error("request body over {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: u64 },
+    /// 415: the body is not of the media type the operation takes.
+    #[error("unsupported media type (expected {expected})")]
+    UnsupportedMediaType { expected: &'static str },
     /// 429: rate limited; retry after this many seconds.
     #[error("rate limited for {retry_after_secs}s")]
     TooManyRequests { retry_after_secs: u64 },
@@ -167,6 +184,10 @@ pub enum ApiError {
         retry_after_secs: u64,
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// 503: too busy to take this request now; retry after this many
+    /// seconds. Answered at once instead of queueing without bound.
+    #[error("overloaded; retry in {retry_after_secs}s")]
+    Overloaded { retry_after_secs: u64 },
     /// 500: a bug. Logged, never shown.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -234,9 +255,11 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -258,6 +281,11 @@ impl ApiError {
                 "Método no permitido para este recurso.".to_owned(),
                 Vec::new(),
             ),
+            Self::UnsupportedMediaType { expected } => (
+                ErrorCode::UnsupportedMediaType,
+                format!("El cuerpo de la solicitud debe enviarse como {expected}."),
+                Vec::new(),
+            ),
             Self::TooManyRequests { retry_after_secs } => (
                 ErrorCode::RateLimited,
                 format!("Demasiadas solicitudes. Intenta de nuevo en {retry_after_secs} s."),
@@ -277,6 +305,11 @@ impl ApiError {
                     .to_owned(),
                 Vec::new(),
             ),
+            Self::Overloaded { retry_after_secs } => (
+                ErrorCode::Overloaded,
+                format!("El servidor está ocupado. Intenta de nuevo en {retry_after_secs} s."),
+                Vec::new(),
+            ),
             Self::Internal(_) => (
                 ErrorCode::InternalError,
                 "Error interno del servidor.".to_owned(),
@@ -286,12 +319,28 @@ impl ApiError {
         let status = self.status();
         Problem {
             problem_type: format!("tag:anb-rising-stars,2026:problem:{}", code.as_str()),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            title: title(status).to_owned(),
             status: status.as_u16(),
             detail,
             code,
             errors,
         }
+    }
+}
+
+/// The problem document's `title`: the status, in the contract's language.
+fn title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "Solicitud no válida",
+        401 => "No autenticado",
+        403 => "Acceso denegado",
+        404 => "No encontrado",
+        405 => "Método no permitido",
+        413 => "Contenido demasiado grande",
+        415 => "Tipo de contenido no admitido",
+        429 => "Demasiadas solicitudes",
+        503 => "Servicio no disponible",
+        _ => "Error interno del servidor",
     }
 }
 
@@ -317,6 +366,7 @@ impl poem::error::ResponseError for ApiError {
             .content_type(PROBLEM_JSON)
             .body(body);
         if let Self::TooManyRequests { retry_after_secs }
+        | Self::Overloaded { retry_after_secs }
         | Self::Unavailable {
             retry_after_secs, ..
         } = self
@@ -375,6 +425,18 @@ impl From<anb_core::db::DbError> for ApiError {
     }
 }
 
+impl From<anb_core::auth::AuthError> for ApiError {
+    fn from(error: anb_core::auth::AuthError) -> Self {
+        match error {
+            // A hash takes tens of milliseconds: the line is shorter by then.
+            anb_core::auth::AuthError::Busy => Self::Overloaded {
+                retry_after_secs: 1,
+            },
+            other => Self::internal(other),
+        }
+    }
+}
+
 impl From<anb_core::storage::StorageError> for ApiError {
     /// The store failing or out of reach is an outage (503); anything else
     /// reaching the edge is a bug.
@@ -423,44 +485,92 @@ impl From<Vec<anb_core::domain::FieldError>> for ApiError {
 
 /// Turns any error that reached the edge into a problem response: ours as
 /// they are, the framework's (unparsable request, unknown route, missing
-/// token…) into the matching problem, anything else into a logged 500.
+/// token…) into the matching Spanish problem, anything else into a logged
+/// 500. This is the one place where the framework's errors are translated;
+/// their English texts never reach a client.
 pub fn problem_response(error: poem::Error) -> Response {
-    if let Some(api_error) = error.downcast_ref::<ApiError>() {
-        return poem::error::ResponseError::as_response(api_error);
+    framework_error(error).into_response()
+}
+
+/// [`problem_response`] for a request to `path`: a 405 also says, in
+/// `Allow`, which methods the resource does answer (RFC 9110 §15.5.6).
+pub fn problem_response_at(path: &str, error: poem::Error) -> Response {
+    let mut response = problem_response(error);
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allowed) = crate::routes::allowed_methods(path)
+    {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
-    if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
+    response
+}
+
+/// The [`ApiError`] a framework error stands for.
+fn framework_error(error: poem::Error) -> ApiError {
+    use poem_openapi::error::{
+        AuthorizationError, ContentTypeError, ParseMultipartError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
+    };
+    let error = match error.downcast::<ApiError>() {
+        Ok(ours) => return ours,
+        Err(error) => error,
+    };
+    if let Some(param) = error.downcast_ref::<ParseParamError>() {
+        // The reason is the framework's English: the rule of the parameter
+        // goes out instead.
         return ApiError::Validation {
             code: ErrorCode::InvalidQuery,
-            errors: vec![FieldError::new(param.name, param.reason.clone())],
-        }
-        .into_response();
+            errors: vec![FieldError::new(
+                param.name,
+                crate::routes::params::rule_of(param.name),
+            )],
+        };
+    }
+    if error.is::<ParsePathError>() {
+        // A path that does not parse names nothing that exists.
+        return ApiError::not_found(ErrorCode::NotFound, "Recurso no encontrado.");
+    }
+    if error.is::<ContentTypeError>() {
+        return ApiError::UnsupportedMediaType {
+            expected: "multipart/form-data",
+        };
+    }
+    if error.is::<ParseMultipartError>() || error.is::<ParseRequestPayloadError>() {
+        return ApiError::bad_request(
+            ErrorCode::MalformedRequest,
+            "El cuerpo de la solicitud no tiene el formato que espera esta operación.",
+        );
+    }
+    if error.is::<AuthorizationError>() {
+        return missing_token();
     }
     let status = error.status();
-    let api_error = match status {
-        StatusCode::BAD_REQUEST
-        | StatusCode::UNSUPPORTED_MEDIA_TYPE
-        | StatusCode::UNPROCESSABLE_ENTITY
-        | StatusCode::LENGTH_REQUIRED => {
-            // poem-openapi's parse errors name the field and the reason and
-            // carry nothing internal.
-            ApiError::bad_request(ErrorCode::MalformedRequest, error.to_string())
-        }
+    match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::bad_request(
             ErrorCode::FileTooLarge,
             "La solicitud supera el tamaño máximo permitido.",
         ),
-        StatusCode::UNAUTHORIZED => ApiError::unauthorized(
-            ErrorCode::MissingToken,
-            "Se requiere un token de acceso (Authorization: Bearer <token>).",
-        ),
+        StatusCode::UNAUTHORIZED => missing_token(),
         StatusCode::NOT_FOUND => ApiError::not_found(ErrorCode::NotFound, "Recurso no encontrado."),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        },
         _ if status.is_client_error() => {
-            ApiError::bad_request(ErrorCode::MalformedRequest, error.to_string())
+            // Logged in English for operators; the client gets a Spanish text.
+            tracing::debug!(%error, %status, "request refused by the framework");
+            ApiError::bad_request(ErrorCode::MalformedRequest, "La solicitud no es válida.")
         }
         _ => ApiError::internal(error.to_string()),
-    };
-    api_error.into_response()
+    }
+}
+
+fn missing_token() -> ApiError {
+    ApiError::unauthorized(
+        ErrorCode::MissingToken,
+        "Se requiere un token de acceso (Authorization: Bearer <token>).",
+    )
 }
 
 /// The OpenAPI description of a problem response for `status`.
@@ -473,7 +583,8 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
         413 => "The request body is larger than the operation accepts",
         429 => "Rate limited; retry after `Retry-After` seconds",
         500 => "Internal error",
-        503 => "A dependency is unavailable",
+        415 => "The body is not of the media type the operation takes",
+        503 => "Unavailable or saturated; retry after `Retry-After` seconds",
         _ => "Error",
     };
     let headers = if status == 429 || status == 503 {
@@ -534,15 +645,14 @@ macro_rules! problems {
 }
 pub(crate) use problems;
 
-/// Problem responses for the given statuses plus 500, and 503 (every
-/// operation answers it while a dependency is down).
+/// Problem responses for the given statuses plus those any operation can
+/// answer: 400 (e.g. a trusted proxy that names no client address), 500 and
+/// 503 (saturated or a dependency down).
 pub fn problem_meta_responses(statuses: &[u16]) -> MetaResponses {
-    let mut responses: Vec<MetaResponse> =
-        statuses.iter().map(|s| problem_meta_response(*s)).collect();
-    responses.push(problem_meta_response(500));
-    if !statuses.contains(&503) {
-        responses.push(problem_meta_response(503));
-    }
+    let mut statuses: Vec<u16> = statuses.iter().copied().chain([400, 500, 503]).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let responses = statuses.into_iter().map(problem_meta_response).collect();
     MetaResponses { responses }
 }
 

@@ -10,7 +10,7 @@ use poem::http::HeaderValue;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use tracing::Instrument;
 
-use crate::error::problem_response;
+use crate::error::problem_response_at;
 
 /// Header carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -101,7 +101,7 @@ impl<E: Endpoint> Endpoint for ObservabilityEndpoint<E> {
         let mut response = async {
             let response = match self.inner.call(req).await {
                 Ok(output) => output.into_response(),
-                Err(error) => problem_response(error),
+                Err(error) => problem_response_at(&path, error),
             };
             tracing::info!(
                 status = response.status().as_u16(),

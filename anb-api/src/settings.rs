@@ -5,7 +5,8 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `ANB_RATE_LIMIT_LOGIN_PER_IP` | `60/min` | login attempts per client IP |
-//! | `ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT` | `20/min` | login attempts per email |
+//! | `ANB_LOGIN_BACKOFF` | `5` | failed logins in a row per account and client IP before each further attempt waits 1 s, 2 s, 4 s… (at most 15 min), or `off` |
+//! | `ANB_PASSWORD_HASH_QUEUE` | `16` | logins and sign-ups that may wait for a password-hashing slot (one per CPU); beyond that they are answered 503 with `Retry-After` at once |
 //! | `ANB_RATE_LIMIT_SIGNUP_PER_IP` | `30/min` | sign-ups per client IP |
 //! | `ANB_RATE_LIMIT_VOTE_PER_USER` | `60/min` | votes per user |
 //! | `ANB_RATE_LIMIT_VOTE_PER_IP` | `600/min` | votes per client IP (many people may share one) |
@@ -48,13 +49,18 @@ impl Rate {
         let count: NonZeroU32 = count
             .trim()
             .parse()
-            .map_err(|_| invalid("the count must be a positive integer"))?;
+            .map_err(|_| invalid("the count must be a positive integer below 2^32"))?;
         let period = match unit.trim() {
             "s" | "sec" => Duration::from_secs(1),
             "min" | "m" => Duration::from_secs(60),
             "h" | "hour" => Duration::from_secs(3600),
             _ => return Err(invalid("unknown unit")),
         };
+        // The limiter refills one request per `period / count`: it must be
+        // at least a nanosecond.
+        if (period / count.get()).is_zero() {
+            return Err(invalid("more than one request per nanosecond"));
+        }
         Ok(Some(Self { count, period }))
     }
 
@@ -66,11 +72,20 @@ impl Rate {
     }
 }
 
+/// When failed logins start to back off (see
+/// [`LoginFailures`](crate::rate_limit::LoginFailures)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginBackoff {
+    /// Failures in a row (per account and client IP) before the first wait.
+    pub free_failures: u32,
+}
+
 /// Rate limits of the fraud-sensitive operations; `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     pub login_per_ip: Option<Rate>,
-    pub login_per_account: Option<Rate>,
+    /// Back-off after failed logins per account and client IP.
+    pub login_backoff: Option<LoginBackoff>,
     pub signup_per_ip: Option<Rate>,
     pub vote_per_user: Option<Rate>,
     pub vote_per_ip: Option<Rate>,
@@ -80,7 +95,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         Self {
             login_per_ip: Some(Rate::per_minute(60)),
-            login_per_account: Some(Rate::per_minute(20)),
+            login_backoff: Some(LoginBackoff { free_failures: 5 }),
             signup_per_ip: Some(Rate::per_minute(30)),
             vote_per_user: Some(Rate::per_minute(60)),
             vote_per_ip: Some(Rate::per_minute(600)),
@@ -93,7 +108,7 @@ impl RateLimits {
     pub fn unlimited() -> Self {
         Self {
             login_per_ip: None,
-            login_per_account: None,
+            login_backoff: None,
             signup_per_ip: None,
             vote_per_user: None,
             vote_per_ip: None,
@@ -101,10 +116,15 @@ impl RateLimits {
     }
 }
 
+/// How many logins and sign-ups may wait for a password-hashing slot.
+pub const DEFAULT_PASSWORD_HASH_QUEUE: usize = 16;
+
 /// The API's own settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub rate_limits: RateLimits,
+    /// Password hashes that may wait for a slot before further ones are shed.
+    pub password_hash_queue: usize,
     /// Peers whose `X-Forwarded-For` header is trusted.
     pub trusted_proxies: Vec<IpNet>,
     pub upload: UploadLimits,
@@ -128,10 +148,10 @@ impl ApiSettings {
         let defaults = RateLimits::default();
         let rate_limits = RateLimits {
             login_per_ip: rate("ANB_RATE_LIMIT_LOGIN_PER_IP", defaults.login_per_ip)?,
-            login_per_account: rate(
-                "ANB_RATE_LIMIT_LOGIN_PER_ACCOUNT",
-                defaults.login_per_account,
-            )?,
+            login_backoff: match get("ANB_LOGIN_BACKOFF") {
+                None => defaults.login_backoff,
+                Some(raw) => parse_backoff("ANB_LOGIN_BACKOFF", &raw)?,
+            },
             signup_per_ip: rate("ANB_RATE_LIMIT_SIGNUP_PER_IP", defaults.signup_per_ip)?,
             vote_per_user: rate("ANB_RATE_LIMIT_VOTE_PER_USER", defaults.vote_per_user)?,
             vote_per_ip: rate("ANB_RATE_LIMIT_VOTE_PER_IP", defaults.vote_per_ip)?,
@@ -139,6 +159,13 @@ impl ApiSettings {
         let trusted_proxies = match get("ANB_TRUSTED_PROXIES") {
             None => Vec::new(),
             Some(raw) => parse_networks("ANB_TRUSTED_PROXIES", &raw)?,
+        };
+        let password_hash_queue = match get("ANB_PASSWORD_HASH_QUEUE") {
+            None => DEFAULT_PASSWORD_HASH_QUEUE,
+            Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                var: "ANB_PASSWORD_HASH_QUEUE",
+                reason: format!("{raw:?} is not a whole number (0 or more)"),
+            })?,
         };
         // The worker reads the same variables through the same type.
         let upload = UploadLimits::from_lookup(&lookup)?;
@@ -148,11 +175,36 @@ impl ApiSettings {
         };
         Ok(Self {
             rate_limits,
+            password_hash_queue,
             trusted_proxies,
             upload,
             cors_origins,
         })
     }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            rate_limits: RateLimits::default(),
+            password_hash_queue: DEFAULT_PASSWORD_HASH_QUEUE,
+            trusted_proxies: Vec::new(),
+            upload: UploadLimits::default(),
+        }
+    }
+}
+
+/// Parses `N` (failures before the back-off starts) or `off`.
+fn parse_backoff(var: &'static str, raw: &str) -> Result<Option<LoginBackoff>, ConfigError> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let free_failures = raw.parse().map_err(|_| ConfigError::Invalid {
+        var,
+        reason: format!("{raw:?}: expected a number of failures (e.g. 5) or off"),
+    })?;
+    Ok(Some(LoginBackoff { free_failures }))
 }
 
 /// Parses a comma-separated list of IP addresses and CIDR networks.
@@ -220,6 +272,10 @@ mod tests {
             ("ANB_RATE_LIMIT_VOTE_PER_IP", "0/s"),
             ("ANB_TRUSTED_PROXIES", "alb.internal"),
             ("ANB_UPLOAD_MAX_BYTES", "-1"),
+            ("ANB_RATE_LIMIT_VOTE_PER_IP", "2000000000/s"),
+            ("ANB_RATE_LIMIT_LOGIN_PER_IP", "99999999999/min"),
+            ("ANB_LOGIN_BACKOFF", "-3"),
+            ("ANB_PASSWORD_HASH_QUEUE", "many"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");

@@ -47,7 +47,7 @@ pub struct AppStateInner {
     /// How a job reaches `queue` from the transaction of the row it is about.
     pub delivery: JobDelivery,
     pub tokens: TokenKeys,
-    /// Password hashing, one at a time per CPU.
+    /// Password hashing, one at a time per CPU, with a bounded waiting line.
     pub passwords: Passwords,
     pub limiters: RateLimiters,
     /// Upload content checks, bounded in number and time.
@@ -124,7 +124,7 @@ impl AppState {
     ) -> Self {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
-            passwords: Passwords::per_cpu(),
+            passwords: Passwords::per_cpu(api.password_hash_queue),
             limiters: RateLimiters::new(&api.rate_limits),
             media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),

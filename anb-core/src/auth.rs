@@ -2,7 +2,7 @@
 //!
 //! Hashing is CPU- and memory-heavy on purpose, so it only happens through
 //! [`Passwords`], which runs it on the blocking pool a bounded number of
-//! times at once.
+//! times at once, with a bounded line of callers waiting for a turn.
 
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
@@ -27,6 +27,10 @@ pub enum AuthError {
     /// Hashing itself failed (e.g. parameters rejected).
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// Every hashing slot is busy and the line waiting for one is full: the
+    /// caller should answer "try again shortly" at once rather than queue.
+    #[error("password hashing is saturated")]
+    Busy,
     /// The token could not be created.
     #[error("token could not be signed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
@@ -38,7 +42,10 @@ pub enum AuthError {
 
 /// Hashes and verifies passwords with argon2id (OWASP parameters: 19 MiB,
 /// 2 passes) on tokio's blocking pool, at most as many at once as it has
-/// slots; callers beyond that wait their turn. Each slot keeps its 19 MiB
+/// slots; up to `queue` callers beyond that wait their turn, and any more are
+/// refused at once with [`AuthError::Busy`] (load shedding: under a flood a
+/// login either runs within a few hash times or is told to come back, and
+/// the waiting line, hence everyone's wait, stays bounded). Each slot keeps its 19 MiB
 /// work area for the next hash instead of handing it back to the allocator
 /// (which would keep freed areas resident, one per thread arena), so the
 /// memory hashing ever takes is the slots' work areas, allocated once.
@@ -51,6 +58,10 @@ pub struct Passwords(Arc<Slots>);
 struct Slots {
     count: usize,
     permits: Arc<Semaphore>,
+    /// How many callers may wait for a permit.
+    queue: usize,
+    /// How many are waiting now.
+    waiting: AtomicUsize,
     /// The work areas of the slots not in use.
     idle: Mutex<Vec<WorkArea>>,
     /// Work areas allocated so far: at most `count`, since an area is taken
@@ -69,20 +80,37 @@ impl std::fmt::Debug for WorkArea {
 }
 
 impl Passwords {
-    /// At most `slots` hashes or verifications at once.
-    pub fn new(slots: NonZeroUsize) -> Self {
+    /// At most `slots` hashes or verifications at once, and at most `queue`
+    /// callers waiting for one.
+    pub fn new(slots: NonZeroUsize, queue: usize) -> Self {
         Self(Arc::new(Slots {
             count: slots.get(),
             permits: Arc::new(Semaphore::new(slots.get())),
+            queue,
+            waiting: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             allocated: AtomicUsize::new(0),
         }))
     }
 
     /// One slot per CPU available to the process (as its CPU quota allows),
-    /// so hashing never waits for a CPU and its memory is bounded by design.
-    pub fn per_cpu() -> Self {
-        Self::new(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    /// so hashing never waits for a CPU and its memory is bounded by design;
+    /// at most `queue` callers wait for one.
+    pub fn per_cpu(queue: usize) -> Self {
+        Self::new(
+            std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            queue,
+        )
+    }
+
+    /// How many callers are waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.0.waiting.load(Ordering::SeqCst)
+    }
+
+    /// How many slots are in use now.
+    pub fn busy_slots(&self) -> usize {
+        self.0.count - self.0.permits.available_permits()
     }
 
     /// How many hashes or verifications may run at once.
@@ -124,16 +152,30 @@ impl Passwords {
     }
 
     /// Runs `work` with a slot's work area on the blocking pool once a slot
-    /// is free.
+    /// is free, or refuses it with [`AuthError::Busy`] when the line of
+    /// callers waiting for a slot is full.
     async fn run<T, F>(&self, work: F) -> Result<T, AuthError>
     where
         T: Send + 'static,
         F: FnOnce(&mut WorkArea) -> T + Send + 'static,
     {
-        let permit = Arc::clone(&self.0.permits)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let permits = Arc::clone(&self.0.permits);
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let ahead = self.0.waiting.fetch_add(1, Ordering::SeqCst);
+                // Leaves the line however this ends (turn, refusal, or a
+                // caller that stops waiting).
+                let _in_line = LeaveLine(&self.0.waiting);
+                if ahead >= self.0.queue {
+                    return Err(AuthError::Busy);
+                }
+                permits
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
         let passwords = self.clone();
         // The permit moves into the blocking task and is released when the
         // work ends: should the caller stop waiting (a client that hangs
@@ -159,6 +201,15 @@ impl Passwords {
         // Nothing panics while holding the lock, but a poisoned vector of
         // work areas would still be sound to use.
         self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A place in the line for a hashing slot, given up when dropped.
+struct LeaveLine<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -372,7 +423,36 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn passwords(slots: usize) -> Passwords {
-        Passwords::new(NonZeroUsize::new(slots).unwrap())
+        Passwords::new(NonZeroUsize::new(slots).unwrap(), usize::MAX)
+    }
+
+    #[tokio::test]
+    async fn a_full_line_for_hashing_is_refused_at_once() {
+        let passwords = Passwords::new(NonZeroUsize::MIN, 1);
+        let running = tokio::spawn({
+            let passwords = passwords.clone();
+            async move { passwords.hash("first password".into()).await }
+        });
+        while passwords.busy_slots() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = tokio::spawn({
+            let passwords = passwords.clone();
+            async move { passwords.hash("second password".into()).await }
+        });
+        while passwords.waiting() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // One running, one waiting: a third is shed, not queued.
+        assert!(matches!(
+            passwords.hash("third password".into()).await,
+            Err(AuthError::Busy)
+        ));
+        assert_eq!(passwords.waiting(), 1);
+        running.await.unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(passwords.waiting(), 0);
+        passwords.hash("fourth password".into()).await.unwrap();
     }
 
     #[tokio::test]

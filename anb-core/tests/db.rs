@@ -114,6 +114,7 @@ on_both_engines!(
     ping_answers,
     signed_up_user_can_be_found,
     email_is_unique_whatever_its_case,
+    stored_emails_are_brought_to_nfc,
     concurrent_duplicate_sign_ups_give_one_user,
     duplicate_sign_up_leaves_the_callers_transaction_usable,
     video_row_commits_or_rolls_back_with_the_callers_transaction,
@@ -269,6 +270,71 @@ async fn email_is_unique_whatever_its_case(db: Database) {
         .create_user(&signup_form("ANA@Example.com", "Other", "Cali"), "hash")
         .await;
     assert!(matches!(again, Err(DbError::DuplicateEmail)), "{again:?}");
+}
+
+/// Puts `email` into a user's row as it was before addresses were normalised.
+async fn store_email(db: &Database, user: &User, email: &str) {
+    match db {
+        Database::Postgres(pool) => {
+            sqlx::query("UPDATE users SET email = $1 WHERE id = $2")
+                .bind(email)
+                .bind(user.id.as_uuid())
+                .execute(pool)
+                .await
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query("UPDATE users SET email = $1 WHERE id = $2")
+                .bind(email)
+                .bind(user.id.as_uuid())
+                .execute(pool)
+                .await
+        }
+    }
+    .unwrap();
+}
+
+/// Runs the `nfc_emails` migration step again over the current rows.
+async fn run_nfc_emails_step(db: &Database) {
+    match db {
+        Database::Postgres(pool) => {
+            sqlx::raw_sql(include_str!(
+                "../../migrations/postgres/20261202000100_nfc_emails.sql"
+            ))
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query("INSERT INTO pending_data_steps (name) VALUES ('nfc_emails')")
+                .execute(pool)
+                .await
+                .unwrap();
+            db.migrate().await.unwrap();
+        }
+    }
+}
+
+async fn stored_emails_are_brought_to_nfc(db: Database) {
+    let jose = sign_up(&db, "jose@example.com", "José", "Cali").await;
+    let zoe = sign_up(&db, "zo\u{e9}@example.com", "Zoé", "Cali").await;
+    let zoe_again = sign_up(&db, "zoe@example.com", "Zoe", "Cali").await;
+    // Rows written before addresses were normalised: one decomposed
+    // address, and one that differs from another account's only by that.
+    store_email(&db, &jose, "jose\u{301}@example.com").await;
+    store_email(&db, &zoe_again, "zoe\u{301}@example.com").await;
+
+    run_nfc_emails_step(&db).await;
+
+    let email_of = async |user: &User| db.find_user(user.id).await.unwrap().unwrap().email;
+    assert_eq!(email_of(&jose).await, "jos\u{e9}@example.com");
+    let login = Email::parse("JOSE\u{301}@example.com").unwrap();
+    let found = db.find_credentials(&login).await.unwrap().expect("found");
+    assert_eq!(found.user_id, jose.id);
+    // Two accounts for one address: neither is changed, nothing is lost.
+    assert_eq!(email_of(&zoe).await, "zo\u{e9}@example.com");
+    assert_eq!(email_of(&zoe_again).await, "zoe\u{301}@example.com");
+    // The step ran once: the SQLite marker is gone, migrating again is a no-op.
+    db.migrate().await.unwrap();
 }
 
 async fn concurrent_duplicate_sign_ups_give_one_user(db: Database) {

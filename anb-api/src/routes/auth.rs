@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode, problems};
 use crate::rate_limit::ClientIp;
+use crate::routes::json::JsonBody;
+use crate::routes::params::EmailField;
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
 use crate::state::AppState;
@@ -17,24 +19,29 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct AuthApi;
 
-/// The sign-up form.
+/// The sign-up form. Names, city and country need a letter; values are
+/// compared and stored in Unicode NFC, trimmed.
 #[derive(Debug, Object)]
 pub struct SignupRequest {
     /// 2–50 characters.
+    #[oai(validator(min_length = 2, max_length = 50))]
     pub first_name: String,
     /// 2–50 characters.
+    #[oai(validator(min_length = 2, max_length = 50))]
     pub last_name: String,
     /// A valid address, unique regardless of case.
-    pub email: String,
+    pub email: EmailField,
     /// 8–128 characters.
-    #[oai(write_only)]
+    #[oai(write_only, validator(min_length = 8, max_length = 128))]
     pub password1: String,
     /// Must equal `password1`.
-    #[oai(write_only)]
+    #[oai(write_only, validator(min_length = 8, max_length = 128))]
     pub password2: String,
     /// 2–50 characters.
+    #[oai(validator(min_length = 2, max_length = 50))]
     pub city: String,
     /// 2–50 characters.
+    #[oai(validator(min_length = 2, max_length = 50))]
     pub country: String,
 }
 
@@ -53,13 +60,17 @@ pub enum SignupResponse {
 
 problems!(
     /// Sign-up failures.
-    SignupProblems: 400, 429
+    SignupProblems: 400, 415, 429, 503
 );
 
 #[derive(Debug, Object)]
 pub struct LoginRequest {
+    /// Any text: an address no account has gets the same 401 as a wrong
+    /// password.
+    #[oai(validator(max_length = 254))]
     pub email: String,
-    #[oai(write_only)]
+    /// At most 128 characters.
+    #[oai(write_only, validator(max_length = 128))]
     pub password: String,
 }
 
@@ -82,7 +93,7 @@ pub enum LoginResponse {
 
 problems!(
     /// Login failures (the same 401 for an unknown email and a wrong password).
-    LoginProblems: 400, 401, 429
+    LoginProblems: 400, 401, 415, 429, 503
 );
 
 /// The caller's profile.
@@ -116,13 +127,13 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         client: Data<&ClientIp>,
-        body: Json<SignupRequest>,
+        body: JsonBody<SignupRequest>,
     ) -> Result<SignupResponse, SignupProblems> {
         state.limiters.signup_per_ip.check(&client.0.0)?;
         let form = SignUpForm {
             first_name: body.0.first_name,
             last_name: body.0.last_name,
-            email: body.0.email,
+            email: body.0.email.0,
             password1: body.0.password1,
             password2: body.0.password2,
             city: body.0.city,
@@ -134,7 +145,7 @@ impl AuthApi {
             .passwords
             .hash(password)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let user = state
             .db
             .create_user(&signup, &hash)
@@ -152,7 +163,7 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         client: Data<&ClientIp>,
-        body: Json<LoginRequest>,
+        body: JsonBody<LoginRequest>,
     ) -> Result<LoginResponse, LoginProblems> {
         state.limiters.login_per_ip.check(&client.0.0)?;
         let bad_credentials =
@@ -160,11 +171,9 @@ impl AuthApi {
         // A malformed address cannot belong to anyone: same answer as a
         // wrong password, after the same amount of work.
         let email = Email::parse(&body.0.email).ok();
+        let failures = &state.limiters.login_failures;
         if let Some(email) = &email {
-            state
-                .limiters
-                .login_per_account
-                .check(&email.as_str().to_owned())?;
+            failures.check(email.as_str(), client.0.0)?;
         }
         let credentials = match &email {
             Some(email) => state
@@ -181,10 +190,16 @@ impl AuthApi {
             .passwords
             .verify(body.0.password, hash)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         let Some(user_id) = user_id.filter(|_| matches) else {
+            if let Some(email) = &email {
+                failures.failed(email.as_str(), client.0.0);
+            }
             return Err(bad_credentials().into());
         };
+        if let Some(email) = &email {
+            failures.succeeded(email.as_str(), client.0.0);
+        }
         let token = state
             .tokens
             .issue(&user_id.to_string())

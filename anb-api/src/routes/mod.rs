@@ -5,8 +5,10 @@ use time::{OffsetDateTime, UtcOffset};
 
 pub mod auth;
 pub mod health;
+pub mod json;
 pub mod me;
 pub mod media;
+pub mod params;
 pub mod public;
 pub mod videos;
 
@@ -46,4 +48,50 @@ pub fn apis() -> Apis {
         public::PublicApi,
         health::HealthApi,
     )
+}
+
+/// The methods the resource at `path` answers, for the `Allow` header of a
+/// 405 (RFC 9110 §15.5.6): read from the OpenAPI document, so it is exactly
+/// what the document declares (plus `HEAD`, which poem answers wherever
+/// `GET` is). `None` when no route matches.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    use std::sync::OnceLock;
+    type Routes = Vec<(Vec<String>, String)>;
+    static ROUTES: OnceLock<Routes> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&crate::api_service().spec())
+            .expect("the generated document is JSON");
+        let mut routes: Routes = Vec::new();
+        for (template, operations) in spec["paths"].as_object().into_iter().flatten() {
+            let mut methods: Vec<String> = operations
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(method, _)| method.to_uppercase())
+                .collect();
+            if methods.iter().any(|m| m == "GET") {
+                methods.push("HEAD".to_owned());
+            }
+            let segments = template.split('/').map(str::to_owned).collect();
+            routes.push((segments, methods.join(", ")));
+        }
+        routes.push((
+            vec![String::new(), "openapi.json".into()],
+            "GET, HEAD".into(),
+        ));
+        routes
+    });
+    if path.starts_with("/media/") || path == "/docs" || path.starts_with("/docs/") {
+        return Some("GET, HEAD");
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    routes
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
+                })
+        })
+        .map(|(_, methods)| methods.as_str())
 }

@@ -1,6 +1,5 @@
 //! The public showcase: published videos, votes and rankings.
 
-use anb_core::domain::{CityKey, Pagination};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -8,8 +7,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorCode, problems};
+use crate::error::{ApiError, problems};
 use crate::rate_limit::ClientIp;
+use crate::routes::params::{CityFilter, Limit, Page, VideoIdParam, pagination};
 use crate::routes::videos::parse_video_id;
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
@@ -91,13 +91,6 @@ problems!(
     RankingsProblems: 400
 );
 
-fn pagination(page: Option<i64>, limit: Option<i64>) -> Result<Pagination, ApiError> {
-    Pagination::new(page, limit).map_err(|e| ApiError::Validation {
-        code: ErrorCode::InvalidQuery,
-        errors: vec![crate::error::FieldError::new(e.field(), e.to_string())],
-    })
-}
-
 #[OpenApi(tag = "ApiTags::Public")]
 impl PublicApi {
     /// Published videos with their players, newest first.
@@ -110,11 +103,11 @@ impl PublicApi {
         &self,
         state: Data<&AppState>,
         /// Page number, from 1.
-        page: Query<Option<i64>>,
+        page: Query<Option<Page>>,
         /// Page size, 1–100 (default 20).
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
     ) -> Result<PublicVideosResponse, PublicVideosProblems> {
-        let pagination = pagination(page.0, limit.0)?;
+        let pagination = pagination(page.0, limit.0);
         let listed = state
             .db
             .list_public_videos(pagination)
@@ -148,7 +141,7 @@ impl PublicApi {
         state: Data<&AppState>,
         client: Data<&ClientIp>,
         auth: BearerAuth,
-        video_id: Path<String>,
+        video_id: Path<VideoIdParam>,
     ) -> Result<VoteResponse, VoteProblems> {
         let id = parse_video_id(&video_id)?;
         state
@@ -175,24 +168,16 @@ impl PublicApi {
     async fn rankings(
         &self,
         state: Data<&AppState>,
-        /// Only players of this city (case and accents ignored).
-        city: Query<Option<String>>,
+        /// Only players of this city (case, accents and punctuation ignored;
+        /// at most 100 characters, with a letter or digit).
+        city: Query<Option<CityFilter>>,
         /// Page number, from 1.
-        page: Query<Option<i64>>,
+        page: Query<Option<Page>>,
         /// Page size, 1–100 (default 20).
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Limit>>,
     ) -> Result<RankingsResponse, RankingsProblems> {
-        let pagination = pagination(page.0, limit.0)?;
-        let city = match city.0.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(raw) if raw.chars().count() > 100 => {
-                return Err(invalid_city("es demasiado largo").into());
-            }
-            Some(raw) => Some(
-                CityKey::from_filter(raw)
-                    .ok_or_else(|| invalid_city("no contiene letras ni números"))?,
-            ),
-        };
+        let pagination = pagination(page.0, limit.0);
+        let city = city.0.and_then(|filter| filter.0);
         let entries = state
             .db
             .rankings(city.as_ref(), pagination)
@@ -210,12 +195,5 @@ impl PublicApi {
                 })
                 .collect(),
         )))
-    }
-}
-
-fn invalid_city(message: &str) -> ApiError {
-    ApiError::Validation {
-        code: ErrorCode::InvalidQuery,
-        errors: vec![crate::error::FieldError::new("city", message)],
     }
 }

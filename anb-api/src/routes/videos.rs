@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode, problems};
 use crate::media_check::{CheckError, MediaRejection};
+use crate::routes::params::VideoIdParam;
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
 use crate::state::{AppState, JobDelivery};
@@ -61,7 +62,7 @@ pub enum UploadResponse {
 problems!(
     /// Upload failures: not an MP4, too large, too short or long, too low a
     /// resolution, a bad title.
-    UploadProblems: 400, 401
+    UploadProblems: 400, 401, 415
 );
 
 /// A video in the owner's list.
@@ -147,8 +148,8 @@ problems!(
 );
 
 /// A malformed id names no video: 404, like an unknown one.
-pub(crate) fn parse_video_id(raw: &str) -> Result<VideoId, ApiError> {
-    raw.parse().map_err(|_| ApiError::video_not_found())
+pub(crate) fn parse_video_id(param: &VideoIdParam) -> Result<VideoId, ApiError> {
+    param.0.ok_or_else(ApiError::video_not_found)
 }
 
 #[OpenApi(tag = "ApiTags::Videos")]
@@ -204,7 +205,7 @@ impl VideosApi {
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        video_id: Path<String>,
+        video_id: Path<VideoIdParam>,
     ) -> Result<DetailResponse, DetailProblems> {
         let id = parse_video_id(&video_id)?;
         let video = state
@@ -229,7 +230,7 @@ impl VideosApi {
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        video_id: Path<String>,
+        video_id: Path<VideoIdParam>,
     ) -> Result<DeleteResponse, DeleteProblems> {
         let id = parse_video_id(&video_id)?;
         let deleted = state
@@ -276,7 +277,7 @@ impl VideosApi {
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
-        video_id: Path<String>,
+        video_id: Path<VideoIdParam>,
     ) -> Result<DetailResponse, PublishProblems> {
         let id = parse_video_id(&video_id)?;
         let video = state

@@ -1,6 +1,6 @@
 //! Contract rows 1 and 2 (sign-up, login), the profile, tokens and login limits.
 
-use anb_api::settings::{Rate, RateLimits};
+use anb_api::settings::{LoginBackoff, RateLimits};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -149,7 +149,8 @@ async fn malformed_login_is_400() {
     let missing_password = app
         .post_json("/api/auth/login", None, &json!({"email": "a@example.com"}))
         .await;
-    assert_problem(missing_password, 400, "malformed_request").await;
+    let problem = assert_problem(missing_password, 400, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
     let not_json = app
         .client
         .post(app.url("/api/auth/login"))
@@ -158,7 +159,7 @@ async fn malformed_login_is_400() {
         .send()
         .await
         .unwrap();
-    assert_problem(not_json, 400, "malformed_request").await;
+    assert_problem(not_json, 400, "malformed_json").await;
 }
 
 #[tokio::test]
@@ -214,23 +215,41 @@ async fn missing_forged_or_foreign_tokens_are_401() {
     assert_problem(response, 401, "invalid_token").await;
 }
 
+/// Logs in from `ip`, as a trusted proxy (the test client on 127.0.0.1)
+/// forwarding that client would.
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn login_attempts_per_account_are_rate_limited_with_retry_after() {
+async fn failed_logins_back_off_per_account_and_address_without_locking_the_owner_out() {
     let app = TestApp::builder()
         .rate_limits(RateLimits {
-            login_per_account: Some(Rate::per_minute(3)),
+            login_backoff: Some(LoginBackoff { free_failures: 3 }),
             ..RateLimits::unlimited()
         })
+        .trusted_proxies(&["127.0.0.1/32"])
         .spawn()
         .await;
-    let player = app.player().await; // one login used
-    for _ in 0..2 {
-        assert_eq!(
-            app.login(&player.email, "wrong-password").await.status(),
-            401
-        );
+    let player = app.player().await;
+    let (attacker, home) = ("203.0.113.9", "198.51.100.7");
+    // Successful logins never count: the owner logs in as often as they like.
+    for _ in 0..5 {
+        let ok = login_from(&app, home, &player.email, &player.password).await;
+        assert_eq!(ok.status(), 200);
     }
-    let limited = app.login(&player.email, &player.password).await;
+    for _ in 0..3 {
+        let wrong = login_from(&app, attacker, &player.email, "wrong-password").await;
+        assert_problem(wrong, 401, "invalid_credentials").await;
+    }
+    // The fourth attempt from that address waits, even with the right password.
+    let limited = login_from(&app, attacker, &player.email, &player.password).await;
     let retry_after: u64 = limited.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -238,7 +257,43 @@ async fn login_attempts_per_account_are_rate_limited_with_retry_after() {
         .unwrap();
     assert!(retry_after >= 1);
     assert_problem(limited, 429, "rate_limited").await;
-    // Another account is not affected.
+    // The owner, from their own address, is not locked out.
+    let ok = login_from(&app, home, &player.email, &player.password).await;
+    assert_eq!(ok.status(), 200);
+    // Neither is another account from the attacker's address.
     let other = app.player().await;
-    assert_eq!(app.login(&other.email, &other.password).await.status(), 200);
+    let ok = login_from(&app, attacker, &other.email, &other.password).await;
+    assert_eq!(ok.status(), 200);
+    // The address in other letter case is the same account, and the same wait.
+    let limited = login_from(&app, attacker, &player.email.to_uppercase(), "x").await;
+    assert_problem(limited, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn a_login_flood_beyond_the_hashing_line_is_shed_with_503_and_retry_after() {
+    let app = TestApp::builder().password_hash_queue(0).spawn().await;
+    let player = app.player().await;
+    let attempts = (0..24).map(|_| app.login(&player.email, "wrong-password"));
+    let responses = futures::future::join_all(attempts).await;
+    let mut shed = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            401 => {}
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_problem(response, 503, "overloaded").await;
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    assert!(
+        shed > 0,
+        "with no waiting line, concurrent logins beyond the slots are shed"
+    );
+    // Once the flood is over, logins are served again.
+    assert_eq!(
+        app.login(&player.email, &player.password).await.status(),
+        200
+    );
 }

@@ -53,6 +53,7 @@ pub struct TestAppBuilder {
     rate_limits: RateLimits,
     upload: UploadLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
+    password_hash_queue: usize,
     broker: Option<Broker>,
     transport: anb_api::transport::TransportLimits,
     database_through: Option<std::net::SocketAddr>,
@@ -108,6 +109,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// How many logins and sign-ups may wait for a hashing slot.
+    pub fn password_hash_queue(mut self, queue: usize) -> Self {
+        self.password_hash_queue = queue;
+        self
+    }
+
     pub fn trusted_proxies(mut self, proxies: &[&str]) -> Self {
         self.trusted_proxies = proxies.iter().map(|p| p.parse().unwrap()).collect();
         self
@@ -154,6 +161,7 @@ impl TestAppBuilder {
             trusted_proxies: self.trusted_proxies,
             upload: self.upload,
             cors_origins: self.cors_origins,
+            password_hash_queue: self.password_hash_queue,
         };
         let db = Database::connect(&database_url)
             .await
@@ -298,6 +306,8 @@ impl TestApp {
             rate_limits: RateLimits::unlimited(),
             upload: UploadLimits::default(),
             trusted_proxies: Vec::new(),
+            // Tests that flood on purpose set their own.
+            password_hash_queue: usize::MAX,
             broker: None,
             transport: anb_api::transport::TransportLimits::default(),
             database_through: None,

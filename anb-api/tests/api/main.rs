@@ -11,6 +11,7 @@ mod broker;
 mod crafted_mp4;
 mod fixtures;
 mod harness;
+mod hostile;
 mod ops;
 mod outage;
 mod outbox;

@@ -223,7 +223,8 @@ impl Database {
             Self::Sqlite(pool) => {
                 configured(sqlx::migrate!("../migrations/sqlite"))
                     .run(pool)
-                    .await?
+                    .await?;
+                users::run_pending_sqlite_steps(pool).await?;
             }
         }
         Ok(())

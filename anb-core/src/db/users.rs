@@ -118,3 +118,61 @@ pub(crate) fn on_missing_user(error: sqlx::Error) -> DbError {
         _ => DbError::Sqlx(error),
     }
 }
+
+/// The data steps SQLite migrations leave for the application because SQL
+/// cannot do them there (see `pending_data_steps` in the SQLite migrations).
+/// Each runs in one transaction with the removal of its marker, so it runs
+/// exactly once.
+pub(crate) async fn run_pending_sqlite_steps(pool: &sqlx::SqlitePool) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    let pending: Vec<String> = sqlx::query_scalar("SELECT name FROM pending_data_steps")
+        .fetch_all(&mut *tx)
+        .await?;
+    for step in pending {
+        match step.as_str() {
+            "nfc_emails" => nfc_emails_sqlite(&mut tx).await?,
+            other => {
+                return Err(DbError::CorruptData(format!(
+                    "unknown pending data step {other:?} (a newer release wrote it?)"
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM pending_data_steps WHERE name = ?")
+            .bind(&step)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What the PostgreSQL migration `nfc_emails` does in SQL: every stored
+/// address to NFC, except where two accounts' addresses differ only in
+/// their normalisation (neither is changed; see that migration).
+async fn nfc_emails_sqlite(tx: &mut sqlx::SqliteConnection) -> Result<(), DbError> {
+    use std::collections::HashMap;
+    use unicode_normalization::UnicodeNormalization;
+    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, email FROM users")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut by_normal_form: HashMap<String, Vec<(Uuid, String)>> = HashMap::new();
+    for (id, email) in rows {
+        by_normal_form
+            .entry(email.nfc().collect())
+            .or_default()
+            .push((id, email));
+    }
+    for (normal, accounts) in by_normal_form {
+        let [(id, email)] = accounts.as_slice() else {
+            continue;
+        };
+        if *email != normal {
+            sqlx::query("UPDATE users SET email = ? WHERE id = ?")
+                .bind(&normal)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -34,12 +34,28 @@ impl CityKey {
 
     fn normalise(raw: &str) -> Self {
         // deunicode transliterates to ASCII ("São Paulo" → "Sao Paulo"),
-        // so comparing the ASCII-lowercase words is accent- and case-blind.
-        let ascii = deunicode::deunicode(raw);
-        let words: Vec<String> = ascii
-            .split(|c: char| !c.is_ascii_alphanumeric())
+        // so comparing the lower-case words is accent- and case-blind. A
+        // letter or digit it has no readable transliteration for is kept
+        // (lower-cased), so every name with a letter has a non-empty key
+        // and can be found by the filter.
+        let mut folded = String::with_capacity(raw.len());
+        for c in super::text::nfc(raw).chars() {
+            if c.is_ascii() {
+                folded.push(c);
+                continue;
+            }
+            match deunicode::deunicode_char(c) {
+                Some(ascii) if ascii.chars().any(|a| a.is_ascii_alphanumeric()) => {
+                    folded.push_str(ascii)
+                }
+                _ if c.is_alphanumeric() => folded.extend(c.to_lowercase()),
+                _ => folded.push(' '),
+            }
+        }
+        let words: Vec<String> = folded
+            .split(|c: char| !c.is_alphanumeric())
             .filter(|word| !word.is_empty())
-            .map(str::to_ascii_lowercase)
+            .map(str::to_lowercase)
             .collect();
         Self(words.join(" "))
     }
@@ -82,6 +98,19 @@ mod tests {
     #[test]
     fn different_cities_stay_different() {
         assert_ne!(CityKey::from_filter("Cali"), CityKey::from_filter("Cúcuta"));
+    }
+
+    #[test]
+    fn every_city_with_a_letter_has_a_key() {
+        for city in ["東京", "Zürich", "Ōsaka", "Kraków", "ᏣᎳᎩ"] {
+            let city = City::parse(city).unwrap();
+            assert!(!CityKey::of(&city).as_str().is_empty(), "{city}");
+        }
+        // NFC and NFD spellings are one city.
+        assert_eq!(
+            CityKey::from_filter("Bogota\u{301}"),
+            CityKey::from_filter("Bogot\u{e1}")
+        );
     }
 
     #[test]

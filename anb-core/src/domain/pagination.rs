@@ -30,6 +30,9 @@ impl Pagination {
     pub const DEFAULT_LIMIT: u32 = 20;
     pub const MIN_LIMIT: u32 = 1;
     pub const MAX_LIMIT: u32 = 100;
+    /// The highest page number accepted (so every offset fits a signed
+    /// 64-bit SQL integer with room to spare).
+    pub const MAX_PAGE: u32 = i32::MAX as u32;
 
     /// Validates the optional `page` and `limit` query parameters; absent
     /// ones take their defaults (page 1, limit 20).
@@ -38,7 +41,7 @@ impl Pagination {
             None => 1,
             Some(page) => u32::try_from(page)
                 .ok()
-                .filter(|page| *page >= 1)
+                .filter(|page| (1..=Self::MAX_PAGE).contains(page))
                 .ok_or(InvalidPagination::Page)?,
         };
         let limit = match limit {

@@ -7,8 +7,9 @@ use email_address::{EmailAddress, Options};
 
 use super::text::{FieldError, FieldErrors, InvalidValue, bounded_text_type};
 
-/// A syntactically valid e-mail address, stored lower-cased so that
-/// uniqueness is case-insensitive.
+/// A syntactically valid e-mail address, stored in Unicode NFC and
+/// lower-cased, so that uniqueness ignores case and the precomposed and
+/// decomposed spellings of one address are one account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -16,10 +17,11 @@ impl Email {
     /// The longest address SMTP can carry (RFC 5321 path limit).
     pub const MAX_CHARS: usize = 254;
 
-    /// Trims, checks the address (with a top-level domain, no display name)
-    /// and lower-cases it.
+    /// Normalises (NFC), trims, checks the address (with a top-level domain,
+    /// no display name) and lower-cases it.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let trimmed = raw.trim();
+        let normalised = super::text::nfc(raw);
+        let trimmed = normalised.trim();
         if trimmed.chars().count() > Self::MAX_CHARS {
             return Err(InvalidValue::InvalidEmail);
         }
@@ -29,7 +31,8 @@ impl Email {
             .without_domain_literal();
         EmailAddress::parse_with_options(trimmed, options)
             .map_err(|_| InvalidValue::InvalidEmail)?;
-        Ok(Self(trimmed.to_lowercase()))
+        // Lower-casing can decompose a character again: normalise once more.
+        Ok(Self(super::text::nfc(&trimmed.to_lowercase())))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,16 +61,16 @@ impl AsRef<str> for Email {
 
 bounded_text_type!(
     /// A first or last name: 2–50 characters.
-    PersonName, 2, 50
+    PersonName, 2, 50, Letter
 );
 bounded_text_type!(
     /// A city as the player wrote it: 2–50 characters. Rankings compare its
     /// [`CityKey`](super::CityKey).
-    City, 2, 50
+    City, 2, 50, Letter
 );
 bounded_text_type!(
     /// A country: 2–50 characters.
-    Country, 2, 50
+    Country, 2, 50, Letter
 );
 
 /// A plain-text password of 8–128 characters, on its way to the hasher.
@@ -222,6 +225,23 @@ mod tests {
         assert_eq!(
             Email::parse("  Ana@Example.COM ").unwrap().as_str(),
             "ana@example.com"
+        );
+    }
+
+    #[test]
+    fn nfc_and_nfd_spellings_are_one_email() {
+        let composed = Email::parse("jos\u{e9}@example.com").unwrap();
+        let decomposed = Email::parse("JOSE\u{301}@Example.com").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_str(), "jos\u{e9}@example.com");
+    }
+
+    #[test]
+    fn cities_without_a_letter_and_invisible_names_are_refused() {
+        assert_eq!(City::parse("--"), Err(InvalidValue::NoLetter));
+        assert_eq!(
+            PersonName::parse("\u{200B}\u{200B}\u{200B}"),
+            Err(InvalidValue::TooShort { min: 2 })
         );
     }
 

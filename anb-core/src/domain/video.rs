@@ -9,7 +9,7 @@ use super::text::bounded_text_type;
 
 bounded_text_type!(
     /// A video title: 5–100 characters.
-    VideoTitle, 5, 100
+    VideoTitle, 5, 100, LetterOrDigit
 );
 
 /// Where a video is in its processing.
