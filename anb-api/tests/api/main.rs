@@ -15,3 +15,4 @@ mod outbox;
 mod public;
 mod upload;
 mod videos;
+mod web;
