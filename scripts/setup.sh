@@ -65,6 +65,24 @@ ensure_python_tools() {
   fi
 }
 
+# Node.js (20 or newer) and the browser tests' npm dependencies, installed
+# exactly as e2e/package-lock.json pins them into e2e/node_modules (git-ignored).
+ensure_browser_test_tools() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    install_packages nodejs npm
+  fi
+  local major; major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$major" -ge 20 ] || die "the browser tests need Node.js 20 or newer (found $(node --version))"
+  local e2e="$ANB_ROOT/e2e" stamp="$ANB_ROOT/e2e/node_modules/.installed-from"
+  local wanted; wanted=$(sha256sum "$e2e/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    say "installing the browser tests' npm packages (playwright-core)"
+    (cd "$e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) \
+      || die "npm ci in e2e/ failed"
+    echo "$wanted" >"$stamp"
+  fi
+}
+
 # --- services the tests talk to -------------------------------------------------
 ANB_STARTED=()
 

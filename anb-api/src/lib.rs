@@ -21,6 +21,7 @@ pub mod settings;
 pub mod state;
 pub mod transport;
 pub mod upload;
+pub mod web;
 
 pub use settings::ApiSettings;
 pub use state::{AppState, JobDelivery, StartupError};
@@ -57,8 +58,8 @@ fn documented_paths() -> Vec<String> {
 }
 
 /// The whole HTTP application over `state`: the API, local media, the
-/// document and interactive docs, with request ids, metrics, client-IP
-/// resolution and problem-details errors on every route.
+/// document and interactive docs, and the web app at `/`, with request ids,
+/// metrics, client-IP resolution and problem-details errors on every route.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = api_service();
     let docs = api.swagger_ui();
@@ -78,13 +79,14 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let observability = observability::Observability::new(
         documented_paths()
             .into_iter()
-            .chain(["/openapi.json".to_owned(), "/media/{key}".to_owned()]),
+            .chain(["/openapi.json".to_owned(), "/media/{key}".to_owned()])
+            .chain(web::PAGES.iter().map(|page| (*page).to_owned())),
     );
-    Route::new()
-        .nest("/", api)
+    let routes = web::routes(Route::new().nest("/", api))
         .at("/media/*key", get(routes::media::media))
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", spec);
+    web::with_root_page(routes)
         .data(state)
         .with(body_limits)
         .with(rate_limit::ClientIpMiddleware {

@@ -4,15 +4,21 @@ use anb_core::domain::UserId;
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
-/// The authenticated caller, taken only from a verified access token whose
-/// user still exists.
+/// The authenticated caller, taken only from a verified, unrevoked access
+/// token whose user still exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthUser {
     pub user_id: UserId,
+    /// The presented token's id (`jti`), which a log-out revokes.
+    pub token_id: Uuid,
+    /// When the presented token expires.
+    pub expires_at: OffsetDateTime,
 }
 
 /// `Authorization: Bearer <jwt>` from `POST /api/auth/login`.

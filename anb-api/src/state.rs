@@ -11,6 +11,7 @@ use anb_core::domain::UserId;
 use anb_core::storage::{ObjectKey, Storage, StorageError};
 use anb_queue::{Outbox, Queue, QueueError};
 use metrics_exporter_prometheus::PrometheusHandle;
+use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::media_check::MediaChecker;
@@ -143,14 +144,29 @@ impl AppState {
         self.db.migrate().await
     }
 
-    /// Checks a bearer token and that its user still exists (tokens of
-    /// deleted users stop working at once).
+    /// Checks a bearer token, that its user still exists (tokens of deleted
+    /// users stop working at once) and that it was not revoked by a log-out.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, ApiError> {
         let claims = self.tokens.verify(token).map_err(|_| invalid_token())?;
         let user_id: UserId = claims.sub.parse().map_err(|_| invalid_token())?;
-        match self.db.find_user(user_id).await.map_err(ApiError::from)? {
-            Some(_) => Ok(AuthUser { user_id }),
-            None => Err(invalid_token()),
+        let token_id = claims.token_id().ok_or_else(invalid_token)?;
+        let expires_at = OffsetDateTime::from_unix_timestamp(
+            i64::try_from(claims.exp).map_err(|_| invalid_token())?,
+        )
+        .map_err(|_| invalid_token())?;
+        if self
+            .db
+            .token_accepted(user_id, token_id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Ok(AuthUser {
+                user_id,
+                token_id,
+                expires_at,
+            })
+        } else {
+            Err(invalid_token())
         }
     }
 

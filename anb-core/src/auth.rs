@@ -314,6 +314,16 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, seconds since the Unix epoch.
     pub exp: u64,
+    /// The token's own id (a UUID), so that this one token can be revoked
+    /// on log-out while the user's other tokens keep working.
+    pub jti: String,
+}
+
+impl Claims {
+    /// The token id, if it is a UUID (ours always are).
+    pub fn token_id(&self) -> Option<uuid::Uuid> {
+        self.jti.parse().ok()
+    }
 }
 
 /// A freshly issued token and its lifetime in seconds.
@@ -377,6 +387,7 @@ impl TokenKeys {
             aud: Self::AUDIENCE.to_owned(),
             iat: issued_at,
             exp: issued_at + Self::LIFETIME_SECS,
+            jti: uuid::Uuid::new_v4().to_string(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(AuthError::Signing)?;

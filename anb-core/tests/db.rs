@@ -113,6 +113,7 @@ on_both_engines!(
     migrations_can_run_again,
     ping_answers,
     signed_up_user_can_be_found,
+    revoked_token_is_refused_and_pruned_once_expired,
     email_is_unique_whatever_its_case,
     stored_emails_are_brought_to_nfc,
     concurrent_duplicate_sign_ups_give_one_user,
@@ -262,6 +263,44 @@ async fn signed_up_user_can_be_found(db: Database) {
     let unknown = Email::parse("nobody@example.com").unwrap();
     assert!(db.find_credentials(&unknown).await.unwrap().is_none());
     assert!(db.find_user(UserId::new()).await.unwrap().is_none());
+}
+
+async fn revoked_tokens_count(db: &Database) -> i64 {
+    let sql = "SELECT COUNT(*) FROM revoked_tokens";
+    match db {
+        Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+    }
+}
+
+async fn revoked_token_is_refused_and_pruned_once_expired(db: Database) {
+    let user = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+    let (kept, revoked, stale) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    assert!(db.token_accepted(user.id, kept).await.unwrap());
+    assert!(db.token_accepted(user.id, revoked).await.unwrap());
+    // Unknown user: refused whatever the token.
+    assert!(!db.token_accepted(UserId::new(), kept).await.unwrap());
+
+    let in_an_hour = anb_core::db::now() + time::Duration::hours(1);
+    let an_hour_ago = anb_core::db::now() - time::Duration::hours(1);
+    db.revoke_token(user.id, stale, an_hour_ago).await.unwrap();
+    assert_eq!(revoked_tokens_count(&db).await, 1);
+
+    db.revoke_token(user.id, revoked, in_an_hour).await.unwrap();
+    db.revoke_token(user.id, revoked, in_an_hour).await.unwrap();
+    assert!(!db.token_accepted(user.id, revoked).await.unwrap());
+    assert!(db.token_accepted(user.id, kept).await.unwrap());
+    // The stale revocation went with the next log-out; the live one stays once.
+    assert_eq!(revoked_tokens_count(&db).await, 1);
+
+    assert!(matches!(
+        db.revoke_token(UserId::new(), kept, in_an_hour).await,
+        Err(DbError::UserNotFound)
+    ));
 }
 
 async fn email_is_unique_whatever_its_case(db: Database) {

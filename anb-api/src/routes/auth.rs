@@ -1,4 +1,4 @@
-//! Accounts: sign-up, login and the caller's profile.
+//! Accounts: sign-up, login, log-out and the caller's profile.
 
 use anb_core::domain::{Email, SignUp, SignUpForm};
 use poem::web::Data;
@@ -119,6 +119,23 @@ problems!(
     ProfileProblems: 401
 );
 
+#[derive(Debug, Object)]
+pub struct LoggedOut {
+    pub message: String,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum LogoutResponse {
+    /// The presented token is revoked: from now on it gets 401 everywhere.
+    #[oai(status = 200)]
+    Ok(Json<LoggedOut>),
+}
+
+problems!(
+    /// Log-out failures (an unusable or already revoked token).
+    LogoutProblems: 401
+);
+
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Create a player account.
@@ -208,6 +225,24 @@ impl AuthApi {
             access_token: token.token,
             token_type: "Bearer".into(),
             expires_in: token.expires_in,
+        })))
+    }
+
+    /// End the session: revoke the presented token until it would expire.
+    /// The caller's other tokens keep working.
+    #[oai(path = "/api/auth/logout", method = "post", operation_id = "logout")]
+    async fn logout(
+        &self,
+        state: Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<LogoutResponse, LogoutProblems> {
+        state
+            .db
+            .revoke_token(auth.0.user_id, auth.0.token_id, auth.0.expires_at)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(LogoutResponse::Ok(Json(LoggedOut {
+            message: "Sesión cerrada exitosamente.".into(),
         })))
     }
 

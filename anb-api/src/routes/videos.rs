@@ -75,6 +75,20 @@ pub struct VideoSummary {
     pub processed_at: Option<OffsetDateTime>,
     /// Playable URL of the processed video, once processed (expires).
     pub processed_url: Option<String>,
+    /// Its thumbnail (a JPEG), once processed (expires).
+    pub thumbnail_url: Option<String>,
+    /// Encoding progress, 0–100 (poll the list while `status` is
+    /// `uploaded` or `processing`).
+    pub progress_percent: u8,
+    /// Why processing failed, when `status` is `failed`.
+    pub failure_reason: Option<String>,
+    /// Whether the owner wants it published once processed.
+    pub is_public: bool,
+    /// Whether it is listed publicly and open for votes (then it cannot be
+    /// deleted).
+    pub published: bool,
+    /// Votes received while published.
+    pub votes: i64,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -186,10 +200,16 @@ impl VideosApi {
             items.push(VideoSummary {
                 video_id: video.id.as_uuid(),
                 processed_url: state.media_url(video.processed_key.as_deref()).await,
+                thumbnail_url: state.media_url(video.thumbnail_key.as_deref()).await,
+                published: video.is_published(),
                 title: video.title,
                 status: video.status.into(),
                 uploaded_at: utc(video.uploaded_at),
                 processed_at: video.processed_at.map(utc),
+                progress_percent: video.progress_percent,
+                failure_reason: video.failure_reason,
+                is_public: video.is_public,
+                votes: video.votes,
             });
         }
         Ok(ListResponse::Ok(Json(items)))

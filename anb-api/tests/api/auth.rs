@@ -297,3 +297,90 @@ async fn a_login_flood_beyond_the_hashing_line_is_shed_with_503_and_retry_after(
         200
     );
 }
+
+/// Logs in twice, logs one token out, and checks that it is refused on every
+/// authenticated endpoint while the other keeps working.
+async fn logout_revokes_only_the_presented_token(app: TestApp) {
+    let player = app.player().await;
+    let second = app.login(&player.email, &player.password).await;
+    let second: Value = second.json().await.unwrap();
+    let kept = second["access_token"].as_str().unwrap().to_owned();
+    let video_id = app.uploaded_video(&player, false).await;
+
+    let response = app
+        .post_json("/api/auth/logout", Some(&player.token), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "Sesión cerrada exitosamente.");
+
+    let revoked = Some(player.token.as_str());
+    for path in [
+        "/api/auth/me".to_owned(),
+        "/api/videos".to_owned(),
+        format!("/api/videos/{video_id}"),
+        "/api/me/votes".to_owned(),
+    ] {
+        assert_problem(app.get(&path, revoked).await, 401, "invalid_token").await;
+    }
+    assert_problem(
+        app.delete(&format!("/api/videos/{video_id}"), revoked)
+            .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.post_json(
+            &format!("/api/videos/{video_id}/publish"),
+            revoked,
+            &json!({}),
+        )
+        .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    let clip = crate::fixtures::mp4(crate::fixtures::VALID_PORTRAIT).await;
+    assert_problem(
+        app.upload(revoked, clip, "Otra jugada", None).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.post_json("/api/auth/logout", revoked, &json!({})).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    // The same player's other session is untouched.
+    assert_eq!(app.get("/api/auth/me", Some(&kept)).await.status(), 200);
+    assert_eq!(app.get("/api/videos", Some(&kept)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn logout_revokes_only_the_presented_token_on_sqlite() {
+    logout_revokes_only_the_presented_token(TestApp::spawn().await).await;
+}
+
+#[tokio::test]
+async fn logout_revokes_only_the_presented_token_on_postgres_and_s3() {
+    let app = TestApp::builder()
+        .backend(crate::harness::Backend::PostgresS3)
+        .spawn()
+        .await;
+    logout_revokes_only_the_presented_token(app).await;
+}
+
+#[tokio::test]
+async fn logout_without_a_token_is_401() {
+    let app = TestApp::spawn().await;
+    assert_problem(
+        app.post_json("/api/auth/logout", None, &json!({})).await,
+        401,
+        "missing_token",
+    )
+    .await;
+}

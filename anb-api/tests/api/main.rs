@@ -20,3 +20,4 @@ mod security_headers;
 mod transport;
 mod upload;
 mod videos;
+mod web;

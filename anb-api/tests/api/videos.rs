@@ -2,7 +2,7 @@
 //! the main flow on PostgreSQL + S3.
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::fixtures;
 use crate::harness::{Backend, TestApp, assert_problem};
@@ -94,6 +94,72 @@ async fn own_videos_are_listed_newest_first_and_empty_is_an_empty_array() {
     assert!(list[0]["processed_url"].is_null());
 
     assert_problem(app.get("/api/videos", None).await, 401, "missing_token").await;
+}
+
+#[tokio::test]
+async fn the_list_tells_progress_failure_thumbnail_publication_and_votes() {
+    let app = TestApp::spawn().await;
+    let player = app.player().await;
+    let published = app.uploaded_video(&player, true).await;
+    let private = app.uploaded_video(&player, false).await;
+    let failing = app.uploaded_video(&player, false).await;
+    let encoding = app.uploaded_video(&player, false).await;
+    app.process(&published).await;
+    app.process(&private).await;
+    let id = |raw: &str| raw.parse::<anb_core::domain::VideoId>().unwrap();
+    app.state.db.start_processing(id(&encoding)).await.unwrap();
+    app.state
+        .db
+        .update_progress(id(&encoding), 42)
+        .await
+        .unwrap();
+    let reason = anb_core::domain::FailureReason::new("El video no se pudo decodificar.");
+    app.state
+        .db
+        .mark_failed(id(&failing), &reason)
+        .await
+        .unwrap();
+    let voter = app.player().await;
+    assert_eq!(app.vote(Some(&voter.token), &published).await.status(), 200);
+
+    let list: Vec<Value> = app
+        .get("/api/videos", Some(&player.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by_id = |wanted: &str| {
+        list.iter()
+            .find(|v| v["video_id"] == wanted)
+            .unwrap_or_else(|| panic!("{wanted} listed"))
+    };
+    let v = by_id(&published);
+    assert_eq!(
+        (
+            &v["published"],
+            &v["is_public"],
+            &v["votes"],
+            &v["progress_percent"]
+        ),
+        (&json!(true), &json!(true), &json!(1), &json!(100)),
+        "{v}"
+    );
+    assert!(v["thumbnail_url"].as_str().unwrap().starts_with("/media/"));
+    assert!(v["failure_reason"].is_null());
+    let v = by_id(&private);
+    assert_eq!(
+        (&v["published"], &v["is_public"]),
+        (&json!(false), &json!(false))
+    );
+    let v = by_id(&encoding);
+    assert_eq!(
+        (&v["status"], &v["progress_percent"]),
+        (&json!("processing"), &json!(42))
+    );
+    assert!(v["thumbnail_url"].is_null());
+    let v = by_id(&failing);
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["failure_reason"], "El video no se pudo decodificar.");
 }
 
 #[tokio::test]

@@ -72,6 +72,7 @@ mod error;
 mod models;
 mod rankings;
 mod time;
+mod tokens;
 mod users;
 mod videos;
 mod votes;
@@ -82,6 +83,9 @@ pub use models::{
     Video,
 };
 pub use time::now;
+
+use ::time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::domain::{CityKey, Email, FailureReason, Pagination, SignUp, UserId, VideoId};
 
@@ -388,6 +392,17 @@ operations! {
 
     /// The id and password hash for a login attempt, if the address is registered.
     read fn find_credentials(email: &Email) -> Option<Credentials>;
+
+    // ---- access tokens ----
+
+    /// Whether a token of `user` with id `token_id` may still be used: the
+    /// user exists and the token was not revoked.
+    read fn token_accepted(user: UserId, token_id: Uuid) -> bool;
+
+    /// Revokes one token of `user` until `expires_at` (when it would stop
+    /// working anyway); revocations already past their expiry are pruned.
+    /// Revoking a revoked token changes nothing.
+    write fn revoke_token(user: UserId, token_id: Uuid, expires_at: OffsetDateTime) -> ();
 
     // ---- videos (owner) ----
 
