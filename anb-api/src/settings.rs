@@ -190,6 +190,7 @@ impl Default for ApiSettings {
             password_hash_queue: DEFAULT_PASSWORD_HASH_QUEUE,
             trusted_proxies: Vec::new(),
             upload: UploadLimits::default(),
+            cors_origins: Vec::new(),
         }
     }
 }

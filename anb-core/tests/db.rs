@@ -320,6 +320,7 @@ async fn store_email(db: &Database, user: &User, email: &str) {
                 .bind(user.id.as_uuid())
                 .execute(pool)
                 .await
+                .unwrap();
         }
         Database::Sqlite(pool) => {
             sqlx::query("UPDATE users SET email = $1 WHERE id = $2")
@@ -327,9 +328,9 @@ async fn store_email(db: &Database, user: &User, email: &str) {
                 .bind(user.id.as_uuid())
                 .execute(pool)
                 .await
+                .unwrap();
         }
     }
-    .unwrap();
 }
 
 /// Runs the `nfc_emails` migration step again over the current rows.

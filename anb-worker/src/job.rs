@@ -12,7 +12,7 @@ use anb_core::db::{Database, DbError, ProcessedOutputs};
 use anb_core::domain::{FailureReason, VideoId, VideoStatus};
 use anb_core::jobs::TranscodeVideo;
 use anb_core::storage::{ObjectKey, Storage, StorageError, VideoKeys};
-use anb_queue::{JobContext, JobError};
+use anb_queue::{CancelReason, JobContext, JobError};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -89,7 +89,13 @@ impl TranscodeJobs {
                             "retry"
                         },
                     );
-                    if ctx.is_last_attempt() {
+                    // A shutdown or a lost lease is never the video's failure: the queue
+                    // releases the job (its attempt given back) or another worker holds it.
+                    let interrupted = matches!(
+                        ctx.cancel_reason(),
+                        Some(CancelReason::Shutdown | CancelReason::LeaseLost)
+                    );
+                    if ctx.is_last_attempt() && !interrupted {
                         let reason = FailureReason::new(format!(
                             "processing failed after {} attempts",
                             ctx.attempt()
@@ -306,7 +312,9 @@ impl TranscodeJobs {
                         cancel.store(true, Ordering::Relaxed);
                     }
                 }
-                () = async { match ctx { Some(ctx) => ctx.shutdown_requested().await, None => std::future::pending().await } } => {
+                // The queue fires this near the end of a shutdown's grace period (not when shutdown
+                // begins, so a running encode gets the whole grace), on a lost lease, or on timeout.
+                () = async { match ctx { Some(ctx) => ctx.cancelled().await, None => std::future::pending().await } } => {
                     cancel.store(true, Ordering::Relaxed);
                 }
             }
