@@ -635,7 +635,7 @@ mod tests {
     fn wrong_issuer_audience_algorithm_or_missing_claims_are_rejected() {
         let keys = keys_for(SECRET);
         let now = unix_now();
-        let good = serde_json::json!({"sub":"u","iss":TokenKeys::ISSUER,"aud":TokenKeys::AUDIENCE,"iat":now,"exp":now+60});
+        let good = serde_json::json!({"sub":"u","iss":TokenKeys::ISSUER,"aud":TokenKeys::AUDIENCE,"iat":now,"exp":now+60,"jti":uuid::Uuid::new_v4().to_string()});
         assert!(
             keys.verify(&sign(Header::new(Algorithm::HS256), &good))
                 .is_ok()
