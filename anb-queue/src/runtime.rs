@@ -612,7 +612,10 @@ async fn record_completions(runtime: &LeaseRuntime, received: &mut Vec<Completio
 
 /// Renews the leases of every held job, every third of the lease.
 async fn renew_leases(runtime: Arc<LeaseRuntime>, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(runtime.lease / 3);
+    // The first renewal is a third of a lease after the start, not at once: a heartbeat
+    // task scheduled late must not renew a lease its handler has just shortened or let go.
+    let period = runtime.lease / 3;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -693,10 +693,6 @@ async fn a_stale_claim_cannot_touch_the_job_claimed_again(db: &TestDb) {
 
 async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_recorded(db: &TestDb) {
     let queue = db.queue().await;
-    // Known gap: on Redis the re-claim after the lapsed lease does not complete yet.
-    if queue.kind() == anb_queue::BackendKind::Redis {
-        return;
-    }
     queue
         .enqueue(&Echo {
             n: 1,
@@ -908,11 +904,6 @@ async fn an_idle_worker_does_not_spin(db: &TestDb) {
 const CRASH_CHILD_URL: &str = "ANB_QUEUE_CRASH_CHILD_URL";
 
 async fn job_of_a_killed_worker_process_is_completed_by_another(db: &TestDb) {
-    // Known gap: on SQS the other worker does not complete the job since the one lease
-    // runtime; being fixed.
-    if db.queue().await.kind() == anb_queue::BackendKind::Sqs {
-        return;
-    }
     let queue = db.queue().await;
     queue.enqueue(&Slow { millis: 600_000 }).await.unwrap();
 
@@ -972,10 +963,18 @@ async fn job_of_a_killed_worker_process_is_completed_by_another(db: &TestDb) {
     })
     .await;
     worker.stop().await;
-    assert_eq!(
-        *attempts.lock().unwrap(),
-        vec![2],
-        "redelivered as the second attempt"
+    let attempts = attempts.lock().unwrap().clone();
+    // On SQS the killed process's last long poll stays open on the server and can take the
+    // redelivery into a closed connection: SQS counts that receive, so the job may come to
+    // the other worker as its third attempt. It still runs exactly once more.
+    let expected = if queue.kind() == anb_queue::BackendKind::Sqs {
+        2..=3
+    } else {
+        2..=2
+    };
+    assert!(
+        attempts.len() == 1 && expected.contains(&attempts[0]),
+        "redelivered once, as attempt {expected:?}: {attempts:?}"
     );
 }
 
@@ -1142,7 +1141,6 @@ mod unrecordable_failure {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "known gap: the Redis client's reconnect outlasts the lease in this case"]
     async fn redis() {
         let db = crate::support::TestDb::redis().await;
         let outage = std::time::Duration::from_secs(36);
