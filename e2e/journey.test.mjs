@@ -215,6 +215,8 @@ test('a player uploads, another votes, the ranking moves, log-out ends each sess
   await signUp(page, carlos);
   await logIn(page, carlos.email);
   await page.waitForURL('**/mis-videos');
+  // Loaded before leaving: a navigation aborts the page's requests in flight.
+  await page.getByText('Aún no has subido videos.').waitFor();
   await open(page, '/rankings');
   const anaRow = page.locator('table.ranking tbody tr', { hasText: 'Ana Gómez' });
   assert.equal((await anaRow.locator('td.num').textContent()).trim(), '0');
