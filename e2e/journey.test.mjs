@@ -303,6 +303,56 @@ test('a player uploads, another votes, the ranking moves, log-out ends each sess
   console.log(`screenshots: ${SCREENSHOTS}; anb serve's output: ${server.logPath}`);
 });
 
+test('a player publishes a private video and deletes another', async () => {
+  const context = await browser.newContext({ viewport: DESKTOP, locale: 'es-CO' });
+  const page = await context.newPage();
+  const dialogs = [];
+  page.on('dialog', (dialog) => {
+    dialogs.push(dialog.message());
+    dialog.accept();
+  });
+  watcher = watch(page);
+  const lucia = { first: 'Lucía', last: 'Ramírez', email: 'lucia.ramirez@example.com', city: 'Medellín' };
+  await signUp(page, lucia);
+  await logIn(page, lucia.email);
+  await page.waitForURL('**/mis-videos');
+  await page.getByText('Aún no has subido videos.').waitFor();
+
+  // Two private uploads: one to publish by hand, one to delete.
+  for (const title of ['Jugada privada para publicar', 'Jugada que voy a borrar']) {
+    await open(page, '/subir');
+    await page.getByLabel('Título').fill(title);
+    await chooseFile(page, clips.valid);
+    await page.getByLabel('Publicarlo para votación cuando termine el procesamiento').uncheck();
+    await page.getByRole('button', { name: 'Subir video' }).click();
+    await page.getByText('Video subido correctamente. Procesamiento en curso.').waitFor({ timeout: 120_000 });
+  }
+
+  await open(page, '/mis-videos');
+  const doomed = page.locator('.my-video', { hasText: 'Jugada que voy a borrar' });
+  await doomed.getByRole('button', { name: 'Eliminar' }).click();
+  await page.getByText('El video ha sido eliminado exitosamente.').waitFor();
+  await doomed.waitFor({ state: 'detached' });
+  assert.equal(dialogs.length, 1, 'deleting asks first');
+  assert.match(dialogs[0], /¿Eliminar «Jugada que voy a borrar»\?/);
+
+  const kept = page.locator('.my-video', { hasText: 'Jugada privada para publicar' });
+  await kept.and(page.locator('[data-status="processed"]')).waitFor({ timeout: 600_000 });
+  await kept.getByText('Privado: publícalo para que el público pueda votar.').waitFor();
+  await shoot(page, '19-mis-videos-privado');
+  await kept.getByRole('button', { name: 'Publicar' }).click();
+  await page.getByText('Video publicado', { exact: false }).first().waitFor();
+  await kept.getByText(/^Publicado: participa en las votaciones/).waitFor();
+  assert.equal(await kept.getByRole('button', { name: 'Eliminar' }).count(), 0, 'a published video cannot be deleted');
+
+  await open(page, '/galeria');
+  await page.locator('.video-card', { hasText: 'Jugada privada para publicar' }).getByRole('button', { name: 'Es tu video' }).waitFor();
+  assert.equal(await page.locator('.video-card', { hasText: 'Jugada que voy a borrar' }).count(), 0);
+
+  assert.deepEqual(watcher.problems(), [], 'no uncaught exception, failed request or unexpected console error');
+  await context.close();
+});
+
 test('every page answers with security headers and hashed, cacheable assets', async () => {
   const response = await fetch(`${server.base}/galeria`);
   assert.equal(response.status, 200);
