@@ -194,12 +194,23 @@ test('a player uploads, another votes, the ranking moves, log-out ends each sess
   await page.getByRole('link', { name: 'Ver mis videos' }).click();
   const card = page.locator('.my-video').first();
   await card.waitFor();
+  // The processing bar, sampled as the page polls (its node changes with the status).
+  await page.evaluate(() => {
+    window.processingProgress = [];
+    const sample = setInterval(() => {
+      const bar = document.querySelector('.my-video progress');
+      if (bar) window.processingProgress.push(Number(bar.value));
+      else if (document.querySelector('.my-video[data-status="processed"]')) clearInterval(sample);
+    }, 200);
+  });
   if (['uploaded', 'processing'].includes(await card.getAttribute('data-status'))) {
     await shoot(page, '09-mis-videos-procesando');
   }
   await page.locator('.my-video[data-status="processed"]').waitFor({ timeout: 600_000 });
   // Seen within one poll (2 s) of the worker's last write.
   const processingSeconds = (Date.now() - uploadAnswered) / 1000;
+  const processingSeen = [...new Set(await page.evaluate(() => window.processingProgress))];
+  assert.deepEqual([...processingSeen].sort((a, b) => a - b), processingSeen, 'the processing bar never moves back');
   await card.locator('text=Publicado').first().waitFor();
   assert.equal(await card.getByRole('button', { name: 'Eliminar' }).count(), 0, 'a published video cannot be deleted');
 
@@ -299,7 +310,8 @@ test('a player uploads, another votes, the ranking moves, log-out ends each sess
   const megabytes = (clips.validBytes / 1_000_000).toFixed(1);
   console.log(`upload of the ${megabytes} MB clip through the browser: bytes sent in ${sentSeconds.toFixed(2)} s, `
     + `server's answer after ${answerSeconds.toFixed(2)} s (bar took ${between.length} values between 0 and 100 %)`);
-  console.log(`from the upload's answer to "processed" on "mis videos": ${processingSeconds.toFixed(1)} s`);
+  console.log(`from the upload's answer to "processed" on "mis videos": ${processingSeconds.toFixed(1)} s `
+    + `(processing bar seen at ${processingSeen.join(', ')} %)`);
   console.log(`screenshots: ${SCREENSHOTS}; anb serve's output: ${server.logPath}`);
 });
 
