@@ -4,7 +4,7 @@
 // the test did not provoke on purpose.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { closeSync, mkdtempSync, mkdirSync, openSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -36,21 +36,28 @@ async function freePort() {
   });
 }
 
-/** Starts `anb serve` on a free port over a temporary data directory. */
+/**
+ * Starts `anb serve` on a free port over a temporary data directory; its
+ * output (the worker's FFmpeg lines among it) goes to `logPath`.
+ */
 export async function startServer() {
   const binary = process.env.ANB_E2E_BINARY ?? join(ROOT, 'target', 'debug', 'anb');
   if (!existsSync(binary)) throw new Error(`${binary} not found: build it first (cargo build -p anb)`);
   const dataDir = mkdtempSync(join(tmpdir(), 'anb-e2e-'));
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
+  const logPath = join(ROOT, 'target', 'browser-tests-serve.log');
+  mkdirSync(dirname(logPath), { recursive: true });
+  const log = openSync(logPath, 'w');
   const child = spawn(binary, ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', dataDir], {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
-    stdio: ['ignore', 'inherit', 'inherit'],
+    stdio: ['ignore', log, log],
   });
+  closeSync(log);
   const exited = new Promise((done) => child.once('exit', done));
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`anb serve exited with ${child.exitCode}`);
+    if (child.exitCode !== null) throw new Error(`anb serve exited with ${child.exitCode} (see ${logPath})`);
     try {
       const response = await fetch(`${base}/health`);
       if (response.ok) break;
@@ -62,6 +69,7 @@ export async function startServer() {
   }
   return {
     base,
+    logPath,
     async stop() {
       child.kill('SIGTERM');
       await exited;
@@ -108,11 +116,13 @@ export function makeClips(dir, { seconds = 21, megabytes = 50 } = {}) {
  * Watches a page: collects uncaught exceptions, failed requests, error
  * responses and console errors. `provoked(statuses, work)` allows answers
  * with those statuses (and Chromium's console line for them) while `work`
- * runs; anything else left in `problems()` fails the test.
+ * runs, `leave(work)` the old page's cancelled loads while the test
+ * navigates; anything else left in `problems()` fails the test.
  */
 export function watch(page) {
   const problems = [];
   let allowed = [];
+  let leaving = false;
   const allowedStatus = (status) => allowed.includes(status);
   page.on('pageerror', (error) => problems.push(`uncaught exception: ${error.message}`));
   page.on('requestfailed', (request) => {
@@ -120,6 +130,8 @@ export function watch(page) {
     // The browser itself cancels media downloads it no longer needs (a
     // video leaving the page, a range it will not read).
     if (failure === 'net::ERR_ABORTED' && request.resourceType() === 'media') return;
+    // Going to another address cancels what the page it leaves still loads.
+    if (failure === 'net::ERR_ABORTED' && leaving) return;
     problems.push(`request failed: ${request.method()} ${request.url()} (${failure})`);
   });
   page.on('response', (response) => {
@@ -142,6 +154,16 @@ export function watch(page) {
         // Console lines can trail the response a little.
         await page.waitForTimeout(150);
         allowed = [];
+      }
+    },
+    /** Runs `work` (a navigation the test starts), allowing the old page's cancelled loads. */
+    async leave(work) {
+      leaving = true;
+      try {
+        return await work();
+      } finally {
+        await page.waitForTimeout(150);
+        leaving = false;
       }
     },
     problems: () => problems.splice(0),

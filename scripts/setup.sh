@@ -10,8 +10,9 @@ ANB_BUILD_PACKAGES=(
   libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev
   libswscale-dev libswresample-dev libavutil-dev
 )
+# chromium (Debian's) runs the web app's browser tests; playwright-core never downloads a browser.
 # shellcheck disable=SC2034 # used by the scripts that source this file
-ANB_TEST_PACKAGES=(ffmpeg python3-venv curl postgresql redis-server shellcheck)
+ANB_TEST_PACKAGES=(ffmpeg python3-venv curl postgresql redis-server shellcheck chromium)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -68,6 +69,9 @@ ensure_python_tools() {
 # Node.js (20 or newer) and the browser tests' npm dependencies, installed
 # exactly as e2e/package-lock.json pins them into e2e/node_modules (git-ignored).
 ensure_browser_test_tools() {
+  local chromium="${ANB_E2E_CHROMIUM:-/usr/bin/chromium}"
+  [ -x "$chromium" ] || die "the browser tests need Debian's chromium at $chromium (apt-get install chromium, or set ANB_E2E_CHROMIUM)"
+  "$chromium" --version >/dev/null 2>&1 || die "$chromium does not run ($chromium --version failed)"
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     install_packages nodejs npm
   fi

@@ -126,6 +126,12 @@ document.addEventListener('click', (event) => {
   navigate(url.pathname + url.search);
 });
 
+// A message from the last page gives way once the person acts on this one.
+document.addEventListener('submit', () => {
+  flashBox.replaceChildren();
+  flashBox.className = 'flash';
+}, true);
+
 window.addEventListener('popstate', render);
 
 window.addEventListener(SESSION_ENDED, (event) => {

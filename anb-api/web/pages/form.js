@@ -3,17 +3,46 @@
 
 import { h } from '../dom.js';
 
-/** A labelled input with a slot for its error. */
+const NO_FILE = 'Ningún archivo';
+
+/**
+ * A file input the page can word in Spanish whatever the browser's own
+ * language: the native input (transparent, over the whole box, so a click,
+ * a drop or the keyboard reach it) above a button-like text and the chosen
+ * file's name.
+ */
+function filePicker(input) {
+  const name = h('span', { class: 'file-name', 'aria-hidden': 'true' }, NO_FILE);
+  const show = () => {
+    name.textContent = input.files?.[0]?.name ?? NO_FILE;
+  };
+  input.addEventListener('change', show);
+  // form.reset() empties the input without a change event.
+  input.addEventListener('reset-view', show);
+  return h('div', { class: 'file-picker' },
+    input,
+    h('span', { class: 'file-button', 'aria-hidden': 'true' }, 'Elegir archivo'),
+    name,
+  );
+}
+
+/** A labelled input with a slot for its error; the hint sits under the input. */
 export function field({ name, label, type = 'text', hint, ...attrs }) {
   const id = `f-${name}`;
   const hintId = hint ? `${id}-hint` : null;
   const input = h('input', { id, name, type, 'aria-describedby': hintId, ...attrs });
   return h('div', { class: 'field', 'data-field': name },
     h('label', { for: id }, label),
+    type === 'file' ? filePicker(input) : input,
     hint ? h('p', { class: 'hint', id: hintId }, hint) : null,
-    input,
     h('p', { class: 'field-error', id: `${id}-error`, hidden: true }),
   );
+}
+
+/** Resets `form` and the views that follow its inputs (file names). */
+export function resetForm(form) {
+  form.reset();
+  for (const input of form.querySelectorAll('input[type="file"]')) input.dispatchEvent(new Event('reset-view'));
 }
 
 /** A summary box for errors that belong to no field. */

@@ -91,7 +91,7 @@ function videoCard(video, { refresh, status }) {
     ? h('video', { controls: true, preload: 'metadata', playsinline: true, poster: video.thumbnail_url, src: video.processed_url, 'aria-labelledby': titleId })
     : video.thumbnail_url
       ? h('img', { src: video.thumbnail_url, alt: `Miniatura de ${video.title}` })
-      : h('div', { class: 'placeholder', 'aria-hidden': 'true' }, pending ? '⏳' : '⚠');
+      : h('div', { class: `placeholder${pending ? ' pending' : ''}`, 'aria-hidden': 'true' }, pending ? 'Preparando el video…' : 'Sin vista previa');
 
   const actions = h('div', { class: 'actions' });
   if (video.status === 'processed' && !video.published) {

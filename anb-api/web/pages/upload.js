@@ -1,6 +1,6 @@
 import { uploadVideo } from '../api.js';
 import { formatMegabytes, h, pageTitle } from '../dom.js';
-import { clearErrors, field, formAlert, showErrors } from './form.js';
+import { clearErrors, field, formAlert, resetForm, showErrors } from './form.js';
 
 // The platform's default limits; the server checks them again (and the
 // duration and resolution), and its message is shown when it refuses.
@@ -16,10 +16,11 @@ function checkFile(file) {
 }
 
 export function uploadPage(main) {
+  const progressLabel = h('label', { for: 'upload-progress' }, 'Enviando el video');
   const progress = h('progress', { id: 'upload-progress', max: 100, value: 0 });
   const progressText = h('span', { id: 'upload-progress-text', class: 'progress-text' }, '');
   const progressBox = h('div', { class: 'progress-row upload-progress', hidden: true },
-    h('label', { for: 'upload-progress' }, 'Enviando el video'),
+    progressLabel,
     progress,
     progressText,
   );
@@ -54,6 +55,7 @@ export function uploadPage(main) {
     button.disabled = true;
     form.setAttribute('aria-busy', 'true');
     progressBox.hidden = false;
+    progressLabel.textContent = 'Enviando el video';
     progress.value = 0;
     progressText.textContent = `0 % · 0,0 MB de ${formatMegabytes(file.size)}`;
     try {
@@ -63,7 +65,8 @@ export function uploadPage(main) {
         progressText.textContent = `${percent} % · ${formatMegabytes(sent)} de ${formatMegabytes(total)}`;
       });
       progress.value = 100;
-      form.reset();
+      resetForm(form);
+      progressLabel.textContent = 'Video enviado';
       result.append(
         h('p', { class: 'flash flash-success' }, data?.message ?? 'Video subido.'),
         h('p', {}, h('a', { class: 'button primary', href: '/mis-videos' }, 'Ver mis videos')),
@@ -76,7 +79,7 @@ export function uploadPage(main) {
       const fieldName = error.problem?.errors?.[0]?.field;
       // Refusals of the file itself (type, size, duration, resolution) belong next to it.
       const fileCodes = ['invalid_file_type', 'file_too_large', 'duration_out_of_range', 'resolution_too_low'];
-      if (fileCodes.includes(error.code)) showErrors(form, { video_file: error.message }, error.message);
+      if (fileCodes.includes(error.code)) showErrors(form, { video_file: error.message }, 'El servidor rechazó el archivo: revisa el campo marcado.');
       else if (fieldName) showErrors(form, error, error.message);
       else showErrors(form, {}, error.message);
     } finally {
