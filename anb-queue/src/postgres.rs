@@ -29,7 +29,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -70,8 +70,15 @@ const SCHEMA_V1: &[&str] = &[
 const SCHEMA_V2: &[&str] =
     &["ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS lease_token TEXT"];
 
+/// Version 3: payloads are stored as the text they were given. `jsonb` refuses `\u0000`
+/// (which JSON allows and serde writes for a NUL in a string), so such a job failed on
+/// PostgreSQL only; the queue never looks inside a payload. Code of version 2 still works
+/// on it: its `p::jsonb` is assigned to the text column by PostgreSQL's I/O cast, and it
+/// reads `payload::text`.
+const SCHEMA_V3: &[&str] = &["ALTER TABLE anb_queue_jobs ALTER COLUMN payload TYPE TEXT"];
+
 const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
-     SELECT n, p::jsonb, m, now() + d * interval '1 millisecond'
+     SELECT n, p, m, now() + d * interval '1 millisecond'
      FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
      ORDER BY o
      RETURNING id";
@@ -92,7 +99,7 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
         .await?;
     let version = version.unwrap_or(0);
     if version < SCHEMA_VERSION {
-        let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2)];
+        let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
                 sqlx::query(*statement).execute(&mut *tx).await?;

@@ -90,15 +90,19 @@ local out = {}
 for k = 1, math.min(max, #candidates) do
   local id, name = candidates[k][1], candidates[k][3]
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', prefix .. 'q:' .. name, id)
   if redis.call('EXISTS', key) == 1 then
+    -- The lease first, the ready entry last: a server that refuses a write midway (out of
+    -- memory) leaves the job both ready and leased, to be claimed again, never neither.
+    redis.call('ZADD', prefix .. 'leases', now + lease, id)
     local attempt = redis.call('HINCRBY', key, 'a', 1)
     redis.call('HSET', key, 'o', owner)
-    redis.call('ZADD', prefix .. 'leases', now + lease, id)
+    redis.call('ZREM', prefix .. 'q:' .. name, id)
     local fields = redis.call('HMGET', key, 'p', 'm', 'e')
     for _, value in ipairs({id, name, fields[1], tostring(attempt), fields[2], fields[3]}) do
       out[#out + 1] = value
     end
+  else
+    redis.call('ZREM', prefix .. 'q:' .. name, id)
   end
 end
 return out
@@ -130,10 +134,10 @@ const RETRY: &str = "
 local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
 if held(prefix, id, owner) then
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', prefix .. 'leases', id)
-  redis.call('HDEL', key, 'o')
-  redis.call('HSET', key, 'err', ARGV[5])
   redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now + tonumber(ARGV[4]), id)
+  redis.call('HSET', key, 'err', ARGV[5])
+  redis.call('HDEL', key, 'o')
+  redis.call('ZREM', prefix .. 'leases', id)
 end
 return 0
 ";
@@ -143,10 +147,10 @@ const DEAD_LETTER: &str = "
 local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
 if held(prefix, id, owner) then
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', prefix .. 'leases', id)
-  redis.call('HDEL', key, 'o')
-  redis.call('HSET', key, 'err', ARGV[4])
   redis.call('ZADD', prefix .. 'dead', now, id)
+  redis.call('HSET', key, 'err', ARGV[4])
+  redis.call('HDEL', key, 'o')
+  redis.call('ZREM', prefix .. 'leases', id)
 end
 return 0
 ";
@@ -160,10 +164,10 @@ for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if held(prefix, id, ARGV[i + 1]) then
     local key = prefix .. 'job:' .. id
-    redis.call('ZREM', prefix .. 'leases', id)
-    redis.call('HDEL', key, 'o')
-    redis.call('HINCRBY', key, 'a', -1)
     redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now, id)
+    redis.call('HINCRBY', key, 'a', -1)
+    redis.call('HDEL', key, 'o')
+    redis.call('ZREM', prefix .. 'leases', id)
     released = released + 1
   end
 end
@@ -196,18 +200,18 @@ local expired = redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', '(' .. n
 local requeued = 0
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', prefix .. 'leases', id)
   local job = redis.call('HMGET', key, 'n', 'a', 'm')
   if job[1] then
-    redis.call('HDEL', key, 'o')
-    redis.call('HSET', key, 'err', 'lease expired: the worker stopped renewing it (crashed or stalled)')
     if tonumber(job[2]) >= tonumber(job[3]) then
       redis.call('ZADD', prefix .. 'dead', now, id)
     else
       redis.call('ZADD', prefix .. 'q:' .. job[1], now, id)
       requeued = requeued + 1
     end
+    redis.call('HSET', key, 'err', 'lease expired: the worker stopped renewing it (crashed or stalled)')
+    redis.call('HDEL', key, 'o')
   end
+  redis.call('ZREM', prefix .. 'leases', id)
 end
 if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return #expired

@@ -107,6 +107,40 @@ async fn delivers_jobs_with_their_payload(db: &TestDb) {
     assert_eq!(seen, sent.into_iter().collect());
 }
 
+/// A payload is opaque JSON text: whatever serde writes arrives as it was sent, on every
+/// backend. PostgreSQL's `jsonb` refused `\u0000` (a NUL in a string), so such a job could
+/// not be enqueued there.
+async fn payloads_arrive_exactly_as_sent(db: &TestDb) {
+    let queue = db.queue().await;
+    let texts = [
+        "nul \u{0} inside".to_owned(),
+        "\u{0}".to_owned(),
+        "quotes \" and backslash \\ and emoji 🏀".to_owned(),
+        "control \u{1} \u{1f} tab\tnewline\n".to_owned(),
+        "é".repeat(20_000),
+    ];
+    let sent: Vec<Echo> = texts
+        .iter()
+        .enumerate()
+        .map(|(n, text)| Echo {
+            n: n as u32,
+            text: text.clone(),
+        })
+        .collect();
+    queue.enqueue(&sent[0]).await.unwrap();
+    queue.enqueue_bulk(&sent[1..]).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("every job handled", 60, || async {
+        seen.lock().unwrap().len() >= sent.len()
+    })
+    .await;
+    worker.stop().await;
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|job| job.n);
+    assert_eq!(seen, sent);
+}
+
 async fn bulk_enqueue_delivers_every_job_once(db: &TestDb) {
     let queue = db.queue().await;
     let jobs: Vec<Echo> = (0..500)
@@ -1003,6 +1037,7 @@ macro_rules! conformance_suite {
         mod $backend {
             conformance_suite!(@cases $backend:
                 delivers_jobs_with_their_payload,
+                payloads_arrive_exactly_as_sent,
                 bulk_enqueue_delivers_every_job_once,
                 delayed_job_waits_for_its_time,
                 retryable_failure_is_retried_until_success,
@@ -1041,6 +1076,81 @@ conformance_suite!(postgres);
 conformance_suite!(sqlite);
 conformance_suite!(redis);
 conformance_suite!(sqs);
+
+/// Rolling deploy across PostgreSQL schema version 3 (payload `jsonb` → `text`): a queue of
+/// version 2 with a job in it is upgraded by a new worker's `setup`, and the statements of
+/// version 2's code (its insert casts to `jsonb`, its claim reads `payload::text`) still
+/// work on the upgraded table beside the new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_still_work() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    drop(db.queue().await);
+    // Back to version 2 as it was: a jsonb payload, with one job written by version 2's insert.
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let old_insert = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
+         SELECT n, p::jsonb, m, now() + d * interval '1 millisecond'
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) AS t(n, p, m, d)
+         RETURNING id";
+    for statement in [
+        "ALTER TABLE anb_queue_jobs ALTER COLUMN payload TYPE JSONB USING payload::jsonb",
+        "UPDATE anb_queue_schema SET version = 2",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let before = serde_json::to_string(&Echo {
+        n: 1,
+        text: "written by version 2".into(),
+    })
+    .unwrap();
+    let insert_one = |payload: String| {
+        sqlx::query(old_insert)
+            .bind(vec![Echo::NAME.to_owned()])
+            .bind(vec![payload])
+            .bind(vec![5_i32])
+            .bind(vec![0_i64])
+    };
+    insert_one(before).execute(&mut conn).await.unwrap();
+
+    // A new worker's queue upgrades it; version 2's insert still works, and so does a
+    // payload that jsonb refused.
+    let queue = db.queue().await;
+    let version: i32 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 3);
+    let during = serde_json::to_string(&Echo {
+        n: 2,
+        text: "written by version 2 after the upgrade".into(),
+    })
+    .unwrap();
+    insert_one(during).execute(&mut conn).await.unwrap();
+    let nul = Echo {
+        n: 3,
+        text: "nul \u{0}".into(),
+    };
+    queue.enqueue(&nul).await.unwrap();
+    let old_read: Vec<String> =
+        sqlx::query_scalar("SELECT payload::text FROM anb_queue_jobs ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(old_read.len(), 3, "{old_read:?}");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("three jobs handled", 60, || async {
+        seen.lock().unwrap().len() >= 3
+    })
+    .await;
+    worker.stop().await;
+    let mut seen: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 3]);
+    conn.close().await.unwrap();
+    db.cleanup().await;
+}
 
 /// SQLite has one write lock per file: idle workers polling for jobs of other processes must
 /// not take it, or every poll queues behind (and ahead of) the writers they wait for.
