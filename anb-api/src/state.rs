@@ -126,7 +126,7 @@ impl AppState {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
             passwords: Passwords::per_cpu(api.password_hash_queue),
-            limiters: RateLimiters::new(&api.rate_limits),
+            limiters: RateLimiters::new(&api.rate_limits, api.uploads.rate_per_user),
             media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),
             settings,

@@ -18,6 +18,7 @@ mod outbox;
 mod public;
 mod security_headers;
 mod transport;
+mod upload_policy;
 mod upload;
 mod videos;
 mod web;
