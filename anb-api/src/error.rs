@@ -648,7 +648,7 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
         409 => "Conflicts with a request still in progress; retry after `Retry-After` seconds",
         422 => "Understood but not doable as asked (see `code`)",
         404 => "Not found (a malformed id is not found too)",
-        413 => "The request body is larger than the operation accepts",
+        413 => "The request body is larger than the operation accepts (64 KiB of JSON)",
         429 => "Rate limited; retry after `Retry-After` seconds",
         500 => "Internal error",
         415 => "The body is not of the media type the operation takes",

@@ -53,8 +53,7 @@ pub fn openapi_json() -> String {
             let mut spec: serde_json::Value = serde_json::from_str(&api_service().spec())
                 .expect("the generated document is JSON");
             close_forms(&mut spec);
-            let mut json =
-                serde_json::to_string_pretty(&spec).expect("a JSON value serializes");
+            let mut json = serde_json::to_string_pretty(&spec).expect("a JSON value serializes");
             json.push('\n');
             json
         })

@@ -183,7 +183,10 @@ impl UploadPolicy {
             None => Ok(default),
             Some(raw) => number(var, &raw).map(Duration::from_secs),
         };
-        let max_videos = match limit("ANB_UPLOAD_QUOTA_VIDEOS", defaults.quota.max_videos.map(u64::from))? {
+        let max_videos = match limit(
+            "ANB_UPLOAD_QUOTA_VIDEOS",
+            defaults.quota.max_videos.map(u64::from),
+        )? {
             None => None,
             Some(count) => Some(u32::try_from(count).map_err(|_| ConfigError::Invalid {
                 var: "ANB_UPLOAD_QUOTA_VIDEOS",
@@ -355,10 +358,13 @@ mod tests {
             ("ANB_UPLOAD_SWEEP_GRACE", "120"),
         ])
         .unwrap();
-        assert_eq!(s.uploads.rate_per_user, Some(Rate {
-            count: NonZeroU32::new(3).unwrap(),
-            period: Duration::from_secs(60),
-        }));
+        assert_eq!(
+            s.uploads.rate_per_user,
+            Some(Rate {
+                count: NonZeroU32::new(3).unwrap(),
+                period: Duration::from_secs(60),
+            })
+        );
         assert_eq!(s.uploads.quota.max_bytes, None);
         assert_eq!(s.uploads.quota.max_videos, Some(7));
         assert_eq!(s.uploads.idempotency_ttl, Duration::from_secs(60));

@@ -58,7 +58,7 @@ pub enum SignupResponse {
 
 problems!(
     /// Sign-up failures.
-    SignupProblems: 400, 415, 429, 503
+    SignupProblems: 400, 413, 415, 429, 503
 );
 
 #[derive(Debug, Object)]
@@ -91,7 +91,7 @@ pub enum LoginResponse {
 
 problems!(
     /// Login failures (the same 401 for an unknown email and a wrong password).
-    LoginProblems: 400, 401, 415, 429, 503
+    LoginProblems: 400, 401, 413, 415, 429, 503
 );
 
 /// The caller's profile.

@@ -6,7 +6,9 @@
 
 use std::borrow::Cow;
 
-use anb_core::domain::{City, CityKey, Country, Email, Pagination, PersonName, VideoId, VideoTitle};
+use anb_core::domain::{
+    City, CityKey, Country, Email, Pagination, PersonName, VideoId, VideoTitle,
+};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{
     ParseError, ParseFromJSON, ParseFromMultipartField, ParseFromParameter, ParseResult, ToJSON,
@@ -293,7 +295,8 @@ impl IdempotencyKeyParam {
         let Some(line) = lines.next() else {
             return Ok(None);
         };
-        let refused = || crate::error::ApiError::invalid_field(IDEMPOTENCY_KEY, rule_of(IDEMPOTENCY_KEY));
+        let refused =
+            || crate::error::ApiError::invalid_field(IDEMPOTENCY_KEY, rule_of(IDEMPOTENCY_KEY));
         if lines.next().is_some() {
             return Err(crate::error::ApiError::invalid_field(
                 IDEMPOTENCY_KEY,

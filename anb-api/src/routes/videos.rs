@@ -368,7 +368,12 @@ async fn upload_video(
     let is_public = match received.is_public.as_deref() {
         None | Some("true") => true,
         Some("false") => false,
-        Some(_) => return Err(ApiError::invalid_field("is_public", "debe ser true o false")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "is_public",
+                "debe ser true o false",
+            ));
+        }
     };
 
     state

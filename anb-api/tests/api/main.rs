@@ -18,7 +18,7 @@ mod outbox;
 mod public;
 mod security_headers;
 mod transport;
-mod upload_policy;
 mod upload;
+mod upload_policy;
 mod videos;
 mod web;

@@ -41,10 +41,9 @@ async fn upload_with_key(
     title: &str,
 ) -> Response {
     let bytes = fixtures::mp4(fixtures::VALID_PORTRAIT).await;
-    let form = Form::new().text("title", title.to_owned()).part(
-        "video_file",
-        Part::bytes(bytes).file_name("clip.mp4"),
-    );
+    let form = Form::new()
+        .text("title", title.to_owned())
+        .part("video_file", Part::bytes(bytes).file_name("clip.mp4"));
     let mut request = app
         .client
         .post(app.url("/api/videos/upload"))
@@ -121,7 +120,10 @@ async fn retried_uploads_return_the_first_answer(backend: Backend) {
     let other = upload_with_key(&app, &player, Some(&key), "Otra jugada distinta").await;
     let problem = assert_problem(other, 422, "idempotency_key_reused").await;
     assert!(
-        problem["detail"].as_str().unwrap().contains("clave de idempotencia"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("clave de idempotencia"),
         "{problem}"
     );
     assert_eq!(videos_of(&app, &player).await.len(), 1);
@@ -162,7 +164,8 @@ async fn an_answer_is_kept_only_until_its_key_expires() {
     )
     .await;
     let player = app.player().await;
-    let (first, _) = created(upload_with_key(&app, &player, Some("k-1"), "Mi mejor jugada").await).await;
+    let (first, _) =
+        created(upload_with_key(&app, &player, Some("k-1"), "Mi mejor jugada").await).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (later, replayed) =
         created(upload_with_key(&app, &player, Some("k-1"), "Mi mejor jugada").await).await;
@@ -177,7 +180,10 @@ async fn a_malformed_idempotency_key_is_refused_by_name() {
     for key in ["con espacio", &"k".repeat(256), "clave-ñ"] {
         let response = upload_with_key(&app, &player, Some(key), "Mi mejor jugada").await;
         let problem = assert_problem(response, 400, "validation_failed").await;
-        assert_eq!(problem["errors"][0]["field"], "Idempotency-Key", "{problem}");
+        assert_eq!(
+            problem["errors"][0]["field"], "Idempotency-Key",
+            "{problem}"
+        );
     }
     // Two lines of the header are two keys: which one would the retry mean?
     let bytes = fixtures::mp4(fixtures::VALID_PORTRAIT).await;
@@ -196,7 +202,10 @@ async fn a_malformed_idempotency_key_is_refused_by_name() {
         .await
         .unwrap();
     let problem = assert_problem(response, 400, "validation_failed").await;
-    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key", "{problem}");
+    assert_eq!(
+        problem["errors"][0]["field"], "Idempotency-Key",
+        "{problem}"
+    );
     crate::upload::assert_nothing_left(&app, &player).await;
 }
 
@@ -216,12 +225,22 @@ async fn uploads_beyond_the_per_player_rate_get_429_with_retry_after() {
     let player = app.player().await;
     for _ in 0..2 {
         let response = app
-            .upload(Some(&player.token), b"not a video".to_vec(), "Mi mejor jugada", None)
+            .upload(
+                Some(&player.token),
+                b"not a video".to_vec(),
+                "Mi mejor jugada",
+                None,
+            )
             .await;
         assert_problem(response, 400, "invalid_file_type").await;
     }
     let response = app
-        .upload(Some(&player.token), b"not a video".to_vec(), "Mi mejor jugada", None)
+        .upload(
+            Some(&player.token),
+            b"not a video".to_vec(),
+            "Mi mejor jugada",
+            None,
+        )
         .await;
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
@@ -230,11 +249,21 @@ async fn uploads_beyond_the_per_player_rate_get_429_with_retry_after() {
         .unwrap();
     assert!((1..=1800).contains(&retry_after), "{retry_after}");
     let problem = assert_problem(response, 429, "rate_limited").await;
-    assert!(problem["detail"].as_str().unwrap().starts_with("Demasiadas"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Demasiadas")
+    );
     // The rate is per player.
     let other = app.player().await;
     let response = app
-        .upload(Some(&other.token), b"not a video".to_vec(), "Mi mejor jugada", None)
+        .upload(
+            Some(&other.token),
+            b"not a video".to_vec(),
+            "Mi mejor jugada",
+            None,
+        )
         .await;
     assert_problem(response, 400, "invalid_file_type").await;
 }
@@ -257,13 +286,22 @@ async fn uploads_past_the_quota_are_refused(backend: Backend) {
     let (first, _) = created(upload_with_key(&app, &player, None, "Mi mejor jugada").await).await;
     let second = upload_with_key(&app, &player, None, "Mi mejor jugada").await;
     let problem = assert_problem(second, 403, "upload_quota_exceeded").await;
-    assert!(problem["detail"].as_str().unwrap().contains("cuota"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cuota"),
+        "{problem}"
+    );
     assert_eq!(videos_of(&app, &player).await.len(), 1);
-    assert_eq!(stored_folders(&app).await.len(), 1, "nothing stored for the refusal");
+    assert_eq!(
+        stored_folders(&app).await.len(),
+        1,
+        "nothing stored for the refusal"
+    );
 
     // Deleting frees the room.
     let id = first["video_id"].as_str().unwrap();
-    let deleted = app.delete(&format!("/api/videos/{id}"), Some(&player.token)).await;
+    let deleted = app
+        .delete(&format!("/api/videos/{id}"), Some(&player.token))
+        .await;
     assert_eq!(deleted.status(), StatusCode::OK);
     created(upload_with_key(&app, &player, None, "Mi mejor jugada").await).await;
 
@@ -285,7 +323,13 @@ async fn uploads_past_the_quota_are_refused(backend: Backend) {
     }
     let third = upload_with_key(&app, &player, None, "Mi mejor jugada").await;
     let problem = assert_problem(third, 403, "upload_quota_exceeded").await;
-    assert!(problem["detail"].as_str().unwrap().contains("máximo de 2 videos"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("máximo de 2 videos"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -350,9 +394,10 @@ async fn the_sweep_removes_what_never_became_a_video(backend: Backend) {
     assert_eq!(stored_folders(&app).await.len(), 4);
 
     // Within the grace period nothing goes.
-    let report = anb_core::uploads::sweep(&app.state.db, &app.state.storage, Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let report =
+        anb_core::uploads::sweep(&app.state.db, &app.state.storage, Duration::from_secs(3600))
+            .await
+            .unwrap();
     assert_eq!((report.stale_uploads, report.orphaned_folders), (0, 0));
     assert_eq!(stored_folders(&app).await.len(), 4);
 

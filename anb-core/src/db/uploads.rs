@@ -54,10 +54,12 @@ impl Conn<'_> {
                     .fetch_optional(&mut **c)
                     .await?
             }
-            Conn::Sqlite(c) => sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = $1")
-                .bind(owner.as_uuid())
-                .fetch_optional(&mut **c)
-                .await?,
+            Conn::Sqlite(c) => {
+                sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = $1")
+                    .bind(owner.as_uuid())
+                    .fetch_optional(&mut **c)
+                    .await?
+            }
         };
         found.map(drop).ok_or(DbError::UserNotFound)
     }

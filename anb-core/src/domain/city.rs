@@ -138,7 +138,9 @@ mod tests {
     #[test]
     fn the_filter_pattern_accepts_exactly_what_the_filter_does() {
         let pattern = regex::Regex::new(CityKey::filter_pattern()).unwrap();
-        let alphabet = ['a', 'É', '7', '-', ' ', '\u{A0}', '\u{200B}', '\n', '€', '½'];
+        let alphabet = [
+            'a', 'É', '7', '-', ' ', '\u{A0}', '\u{200B}', '\n', '€', '½',
+        ];
         let mut texts = vec![String::new()];
         for _ in 0..3 {
             let longer: Vec<String> = texts

@@ -220,7 +220,10 @@ pub(crate) fn class_body(belongs: impl Fn(char) -> bool) -> String {
         }
         run = match run {
             // Surrogates are not chars, so a run may jump over them.
-            Some((first, last)) if char::from_u32(u32::from(last) + 1) == Some(c) || (u32::from(last) == 0xD7FF && u32::from(c) == 0xE000) => {
+            Some((first, last))
+                if char::from_u32(u32::from(last) + 1) == Some(c)
+                    || (u32::from(last) == 0xD7FF && u32::from(c) == 0xE000) =>
+            {
                 Some((first, c))
             }
             Some(done) => {
@@ -243,7 +246,10 @@ pub(crate) fn class_body(belongs: impl Fn(char) -> bool) -> String {
 /// the same character predicates, so the document and the server cannot
 /// drift apart.
 pub fn text_pattern(readable: Readable, min: usize) -> String {
-    assert!(min >= 2, "the pattern spells out a first and a last character");
+    assert!(
+        min >= 2,
+        "the pattern spells out a first and a last character"
+    );
     let padding = class_body(is_padding);
     let control = class_body(char::is_control);
     let pad = format!("[{padding}]*");
@@ -452,18 +458,24 @@ mod tests {
         // white space, invisible formatting, controls that are white space
         // and one that is not.
         let alphabet = [
-            'a', 'É', '\u{301}', '7', '-', ' ', '\u{A0}', '\u{200B}', '\n', '\u{0}', '\u{1F600}',
+            'a',
+            'É',
+            '\u{301}',
+            '7',
+            '-',
+            ' ',
+            '\u{A0}',
+            '\u{200B}',
+            '\n',
+            '\u{0}',
+            '\u{1F600}',
         ];
         for (readable, min, max) in [(Readable::Letter, 2, 3), (Readable::LetterOrDigit, 3, 4)] {
             let pattern = regex::Regex::new(&text_pattern(readable, min)).unwrap();
             for text in strings(&alphabet, max + 1) {
                 let by_rule = bounded_text(&text, min, max, readable).is_ok();
                 let by_schema = pattern.is_match(&text) && text.chars().count() <= max;
-                assert_eq!(
-                    by_schema,
-                    by_rule,
-                    "{readable:?} {min}..{max}: {text:?}"
-                );
+                assert_eq!(by_schema, by_rule, "{readable:?} {min}..{max}: {text:?}");
             }
         }
     }
