@@ -16,7 +16,9 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::error::QuotaExceeded;
+use sqlx::error::ErrorKind;
+
+use super::error::{QuotaExceeded, violated_constraint};
 use super::time::{DbTime, now};
 use super::users::on_missing_user;
 use super::{
@@ -132,7 +134,11 @@ impl Conn<'_> {
             fingerprint,
             DbTime(at),
         )
-        .map_err(on_missing_user)?;
+        .map_err(|error| match violated_constraint(&error) {
+            // Only if the lock above did not hold (it always should).
+            Some(ErrorKind::UniqueViolation) => DbError::IdempotencyKeyInProgress,
+            _ => on_missing_user(error),
+        })?;
         Ok(UploadBegun::Started)
     }
 
