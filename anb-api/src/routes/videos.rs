@@ -82,15 +82,19 @@ pub struct VideoSummary {
     pub title: String,
     pub status: VideoStatusDto,
     pub uploaded_at: OffsetDateTime,
+    #[oai(nullable)]
     pub processed_at: Option<OffsetDateTime>,
     /// Playable URL of the processed video, once processed (expires).
+    #[oai(nullable)]
     pub processed_url: Option<String>,
     /// Its thumbnail (a JPEG), once processed (expires).
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     /// Encoding progress, 0–100 (poll the list while `status` is
     /// `uploaded` or `processing`).
     pub progress_percent: u8,
     /// Why processing failed, when `status` is `failed`.
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// Whether the owner wants it published once processed.
     pub is_public: bool,
@@ -120,19 +124,25 @@ pub struct VideoDetail {
     pub title: String,
     pub status: VideoStatusDto,
     pub uploaded_at: OffsetDateTime,
+    #[oai(nullable)]
     pub processed_at: Option<OffsetDateTime>,
     /// Playable URL of the untouched upload (expires).
+    #[oai(nullable)]
     pub original_url: Option<String>,
     /// Playable URL of the processed video, once processed (expires).
+    #[oai(nullable)]
     pub processed_url: Option<String>,
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     pub votes: i64,
     /// Whether the owner wants it published once processed.
     pub is_public: bool,
     /// Whether it is listed publicly and open for votes.
     pub published: bool,
+    #[oai(nullable)]
     pub published_at: Option<OffsetDateTime>,
     /// Why processing failed, when `status` is `failed`.
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// Encoding progress, 0–100.
     pub progress_percent: u8,
