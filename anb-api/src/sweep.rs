@@ -38,13 +38,26 @@ pub(crate) fn spawn(state: &AppState) -> Option<RunningSweep> {
 /// One pass, logged; a failure waits for the next pass.
 async fn run_once(state: &AppState, grace: Duration) {
     match anb_core::uploads::sweep(&state.db, &state.storage, grace).await {
-        Ok(report) => tracing::info!(
-            stale_uploads = report.stale_uploads,
-            orphaned_folders = report.orphaned_folders,
-            expired_answers = report.expired_answers,
-            "upload clean-up pass"
-        ),
-        Err(error) => tracing::warn!(%error, "upload clean-up pass failed; retried next interval"),
+        Ok(report) => {
+            tracing::info!(
+                stale_uploads = report.stale_uploads,
+                orphaned_folders = report.orphaned_folders,
+                expired_answers = report.expired_answers,
+                "upload clean-up pass"
+            );
+            for (what, count) in [
+                ("stale_upload", report.stale_uploads),
+                ("orphaned_folder", report.orphaned_folders),
+                ("expired_answer", report.expired_answers),
+            ] {
+                metrics::counter!("anb_upload_cleanup_removed_total", "what" => what)
+                    .increment(count);
+            }
+        }
+        Err(error) => {
+            metrics::counter!("anb_upload_cleanup_failures_total").increment(1);
+            tracing::warn!(%error, "upload clean-up pass failed; retried next interval");
+        }
     }
 }
 

@@ -475,4 +475,18 @@ async fn the_api_runs_the_sweep_periodically() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The pass counts what it removed once it is done.
+    let counted = |metrics: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with("anb_upload_cleanup_removed_total{what=\"orphaned_folder\"} 1"))
+    };
+    loop {
+        let metrics = app.get("/metrics", None).await.text().await.unwrap();
+        if counted(&metrics) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
