@@ -526,6 +526,17 @@ impl From<anb_queue::QueueError> for ApiError {
     }
 }
 
+impl From<anb_core::uploads::UploadError> for ApiError {
+    fn from(error: anb_core::uploads::UploadError) -> Self {
+        use anb_core::uploads::UploadError;
+        match error {
+            UploadError::Db(error) => error.into(),
+            UploadError::Storage(error) => error.into(),
+            UploadError::Queue(error) => error.into(),
+        }
+    }
+}
+
 impl From<Vec<anb_core::domain::FieldError>> for ApiError {
     fn from(errors: Vec<anb_core::domain::FieldError>) -> Self {
         let only_passwords_differ = errors

@@ -1,4 +1,6 @@
-//! The clean-up of uploads that never became videos.
+//! Uploads: the use case that stores an original and records its video
+//! with its job ([`store_upload`]), and the clean-up of uploads that never
+//! became videos ([`sweep`]).
 //!
 //! An upload is recorded as in progress before its original is stored, and
 //! the record goes in the transaction that records its video
@@ -13,11 +15,141 @@
 //! [`Transaction::finish_upload`]: crate::db::Transaction::finish_upload
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::db::{Database, DbError};
-use crate::domain::VideoId;
+use crate::db::{
+    Database, DbError, FinishedUpload, NewVideo, UploadAnswer, UploadBegun, UploadStart,
+};
+use crate::domain::{VideoId, VideoTitle};
+use crate::jobs::TranscodeVideo;
 use crate::storage::{ObjectKey, Storage, StorageError, VideoKeys};
+
+/// How a job reaches the queue from the transaction that writes the row it
+/// is about: either way it commits or rolls back with that row.
+#[derive(Debug, Clone)]
+pub enum JobDelivery {
+    /// The queue lives in the application's database: the job is enqueued
+    /// in the transaction itself.
+    SameDatabase,
+    /// The queue is elsewhere (SQS, Redis, another database): the job is
+    /// written into this outbox in the transaction, and a relay
+    /// ([`anb_queue::Outbox::relay`]) publishes it, retrying while the queue
+    /// is unreachable.
+    Outbox(anb_queue::Outbox),
+}
+
+/// Where an upload's video and job go.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadTargets<'a> {
+    pub db: &'a Database,
+    pub storage: &'a Storage,
+    pub queue: &'a anb_queue::Queue,
+    pub delivery: &'a JobDelivery,
+}
+
+/// A checked upload, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct CheckedUpload<'a> {
+    /// Who, which video, how large, under which key and quota.
+    pub start: UploadStart,
+    /// The file, already checked.
+    pub file: &'a Path,
+    pub title: VideoTitle,
+    pub is_public: bool,
+    /// How long the answer is kept for retries under the start's key.
+    pub answer_ttl: Duration,
+}
+
+/// How [`store_upload`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored, recorded and queued.
+    Created(UploadAnswer),
+    /// The same request under the same key was answered before: its answer,
+    /// with nothing stored.
+    Replayed(UploadAnswer),
+}
+
+/// Why [`store_upload`] failed. Nothing it wrote is left but what the
+/// clean-up removes (an original or a record it could not remove at once).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Queue(#[from] anb_queue::QueueError),
+}
+
+/// Records the upload as in progress (or finds its earlier answer), stores
+/// the original, then commits its video row, its transcode job and its
+/// answer in one transaction that ends the record. A failure after the
+/// record removes the stored original, then the record; what cannot be
+/// removed then, [`sweep`] removes after its grace period.
+pub async fn store_upload(
+    to: UploadTargets<'_>,
+    upload: CheckedUpload<'_>,
+) -> Result<Stored, UploadError> {
+    let start = &upload.start;
+    if let UploadBegun::Replay(answer) = to.db.begin_upload(start).await? {
+        return Ok(Stored::Replayed(answer));
+    }
+    let original = ObjectKey::parse(start.original_key.clone())?;
+    let recorded = async {
+        to.storage.upload_file(&original, upload.file).await?;
+        let job = TranscodeVideo {
+            video_id: start.video_id,
+            original_key: start.original_key.clone(),
+        };
+        let mut tx = to.db.begin().await?;
+        let task_id = match to.delivery {
+            JobDelivery::SameDatabase => tx.enqueue(to.queue, &job).await?.to_string(),
+            JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, &job).await?.to_string(),
+        };
+        tx.finish_upload(&FinishedUpload {
+            video: NewVideo {
+                id: start.video_id,
+                owner_id: start.owner_id,
+                title: upload.title.clone(),
+                is_public: upload.is_public,
+                original_key: start.original_key.clone(),
+            },
+            original_bytes: start.original_bytes,
+            task_id: task_id.clone(),
+            idempotency: start
+                .idempotency
+                .clone()
+                .map(|key| (key, crate::db::now() + upload.answer_ttl)),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok::<_, UploadError>(task_id)
+    }
+    .await;
+    match recorded {
+        Ok(task_id) => Ok(Stored::Created(UploadAnswer {
+            video_id: start.video_id,
+            task_id,
+        })),
+        Err(error) => {
+            abandon(to, start.video_id, &original).await;
+            Err(error)
+        }
+    }
+}
+
+/// Removes what a failed upload stored, then its record in progress.
+async fn abandon(to: UploadTargets<'_>, video_id: VideoId, original: &ObjectKey) {
+    if let Err(error) = to.storage.delete(original).await {
+        tracing::error!(%error, key = %original, "original of a failed upload left for the clean-up");
+        return;
+    }
+    if let Err(error) = to.db.abandon_upload(video_id).await {
+        tracing::warn!(%error, "record of a failed upload left for the clean-up");
+    }
+}
 
 /// How many stale uploads one pass handles at most (the next pass takes the rest).
 const STALE_BATCH: u32 = 500;

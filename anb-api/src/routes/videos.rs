@@ -1,9 +1,9 @@
 //! A player's own videos: upload, list, detail, delete, publish.
 
-use anb_core::db::{FinishedUpload, IdempotencyKey, NewVideo, UploadBegun, UploadStart, Video};
+use anb_core::db::{IdempotencyKey, UploadAnswer, UploadStart, Video};
 use anb_core::domain::{VideoId, VideoStatus, VideoTitle};
-use anb_core::jobs::TranscodeVideo;
 use anb_core::storage::{ObjectKey, VideoKeys};
+use anb_core::uploads::{CheckedUpload, Stored, UploadTargets, store_upload};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
@@ -16,7 +16,7 @@ use crate::media_check::{CheckError, MediaRejection};
 use crate::routes::params::{IdempotencyKeyParam, VideoIdParam};
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
-use crate::state::{AppState, JobDelivery};
+use crate::state::AppState;
 use crate::upload::UploadRequest;
 
 /// The caller's videos.
@@ -358,11 +358,9 @@ async fn detail(state: &AppState, video: Video) -> VideoDetail {
     }
 }
 
-/// Receive → check → record as in progress → store → record the video and
-/// enqueue its job atomically. Every failure leaves nothing behind: the
-/// temporary file goes when dropped; a stored original whose row and job
-/// could not be committed is deleted, and its record in progress with it
-/// (if that fails too, the clean-up removes both after its grace period).
+/// Parse, check, call [`store_upload`], map: the form is received within its
+/// bounds, its fields and file checked, then the use case records, stores
+/// and commits (see there for what a failure leaves).
 async fn upload_video(
     state: &AppState,
     auth: BearerAuth,
@@ -385,7 +383,6 @@ async fn upload_video(
             ));
         }
     };
-
     state
         .media_checks
         .check(received.file.to_path_buf(), limits)
@@ -396,97 +393,48 @@ async fn upload_video(
         })?;
 
     let video_id = VideoId::new();
-    let original = VideoKeys::new(video_id.as_uuid()).original();
-    let idempotency = idempotency_key.map(|key| IdempotencyKey {
-        key,
-        fingerprint: received.fingerprint(),
-    });
     let start = UploadStart {
         video_id,
         owner_id: owner,
-        original_key: original.as_str().to_owned(),
+        original_key: VideoKeys::new(video_id.as_uuid())
+            .original()
+            .as_str()
+            .to_owned(),
         original_bytes: received.size,
-        idempotency: idempotency.clone(),
+        idempotency: idempotency_key.map(|key| IdempotencyKey {
+            key,
+            fingerprint: received.fingerprint(),
+        }),
         quota: state.api.uploads.quota,
     };
-    if let UploadBegun::Replay(answer) = state.db.begin_upload(&start).await? {
-        return Ok(accepted(answer.video_id, answer.task_id, true));
-    }
-    if let Err(error) = state.storage.upload_file(&original, &received.file).await {
-        abandon(state, video_id, &original).await;
-        return Err(error.into());
-    }
-    let original_bytes = received.size;
-    drop(received);
-
-    let job = TranscodeVideo {
-        video_id,
-        original_key: original.as_str().to_owned(),
+    let targets = UploadTargets {
+        db: &state.db,
+        storage: &state.storage,
+        queue: &state.queue,
+        delivery: &state.delivery,
     };
-    let upload = FinishedUpload {
-        video: NewVideo {
-            id: video_id,
-            owner_id: owner,
-            title,
-            is_public,
-            original_key: original.as_str().to_owned(),
-        },
-        original_bytes,
-        task_id: String::new(),
-        idempotency: idempotency
-            .map(|key| (key, anb_core::db::now() + state.api.uploads.idempotency_ttl)),
+    let upload = CheckedUpload {
+        start,
+        file: &received.file,
+        title,
+        is_public,
+        answer_ttl: state.api.uploads.idempotency_ttl,
     };
-    match record_and_enqueue(state, upload, &job).await {
-        Ok(task_id) => Ok(accepted(video_id, task_id, false)),
-        Err(error) => {
-            abandon(state, video_id, &original).await;
-            Err(error)
-        }
-    }
+    Ok(match store_upload(targets, upload).await? {
+        Stored::Created(answer) => accepted(answer, false),
+        Stored::Replayed(answer) => accepted(answer, true),
+    })
 }
 
-fn accepted(video_id: VideoId, task_id: String, replayed: bool) -> UploadResponse {
+fn accepted(answer: UploadAnswer, replayed: bool) -> UploadResponse {
     UploadResponse::Created(
         Json(UploadAccepted {
             message: "Video subido correctamente. Procesamiento en curso.".into(),
-            task_id,
-            video_id: video_id.as_uuid(),
+            task_id: answer.task_id,
+            video_id: answer.video_id.as_uuid(),
         }),
         replayed.then_some(true),
     )
-}
-
-/// Removes what an upload that failed after [`begin_upload`] stored, then
-/// its record in progress; what cannot be removed now the clean-up removes
-/// later.
-///
-/// [`begin_upload`]: anb_core::db::Database::begin_upload
-async fn abandon(state: &AppState, video_id: VideoId, original: &ObjectKey) {
-    if let Err(error) = state.storage.delete(original).await {
-        tracing::error!(%error, key = %original, "original of a failed upload left for the clean-up");
-        return;
-    }
-    if let Err(error) = state.db.abandon_upload(video_id).await {
-        tracing::warn!(%error, "record of a failed upload left for the clean-up");
-    }
-}
-
-/// Inserts the video row and its job in one transaction: the job goes to the
-/// queue directly when the queue shares the database, else into the outbox,
-/// whose relay publishes it once committed (even if the queue is down now).
-async fn record_and_enqueue(
-    state: &AppState,
-    mut upload: FinishedUpload,
-    job: &TranscodeVideo,
-) -> Result<String, ApiError> {
-    let mut tx = state.db.begin().await?;
-    upload.task_id = match &state.delivery {
-        JobDelivery::SameDatabase => tx.enqueue(&state.queue, job).await?.to_string(),
-        JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, job).await?.to_string(),
-    };
-    tx.finish_upload(&upload).await?;
-    tx.commit().await?;
-    Ok(upload.task_id)
 }
 
 fn rejection(rejection: MediaRejection) -> ApiError {

@@ -490,3 +490,73 @@ async fn the_api_runs_the_sweep_periodically() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The use case's failure path: the original is stored, then the commit
+/// fails (here: a video row with that id already exists). The original and
+/// the record in progress are removed; nothing is queued.
+async fn a_failed_commit_leaves_neither_original_nor_record(backend: Backend) {
+    use anb_core::uploads::{CheckedUpload, UploadTargets, store_upload};
+    let app = app_on(backend, no_limits()).await;
+    let player = app.player().await;
+    let owner: UserId = player.user_id.parse().unwrap();
+    let taken = VideoId::new();
+    app.state
+        .db
+        .insert_video(&NewVideo {
+            id: taken,
+            owner_id: owner,
+            title: VideoTitle::parse("Ya existe").unwrap(),
+            is_public: false,
+            original_key: "videos/elsewhere/original.mp4".into(),
+        })
+        .await
+        .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"checked bytes").unwrap();
+    let original = VideoKeys::new(taken.as_uuid()).original();
+    let result = store_upload(
+        UploadTargets {
+            db: &app.state.db,
+            storage: &app.state.storage,
+            queue: &app.state.queue,
+            delivery: &app.state.delivery,
+        },
+        CheckedUpload {
+            start: UploadStart {
+                video_id: taken,
+                owner_id: owner,
+                original_key: original.as_str().to_owned(),
+                original_bytes: 13,
+                idempotency: None,
+                quota: UploadQuota::default(),
+            },
+            file: file.path(),
+            title: VideoTitle::parse("Mi mejor jugada").unwrap(),
+            is_public: true,
+            answer_ttl: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(!app.state.storage.exists(&original).await.unwrap());
+    let far_future = anb_core::db::now() + Duration::from_secs(3600);
+    assert!(
+        app.state
+            .db
+            .stale_uploads(far_future, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(app.state.queue.stats().await.unwrap().ready, 0);
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_neither_original_nor_record_on_the_embedded_default() {
+    a_failed_commit_leaves_neither_original_nor_record(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_neither_original_nor_record_on_postgres_and_s3() {
+    a_failed_commit_leaves_neither_original_nor_record(Backend::PostgresS3).await;
+}
