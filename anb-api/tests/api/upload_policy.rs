@@ -207,6 +207,16 @@ async fn a_malformed_idempotency_key_is_refused_by_name() {
         "{problem}"
     );
     crate::upload::assert_nothing_left(&app, &player).await;
+
+    // Path and SQL text is just an opaque key.
+    let hostile = "../../etc/passwd';DELETE/**/FROM/**/videos;--";
+    let (first, _) =
+        created(upload_with_key(&app, &player, Some(hostile), "Mi mejor jugada").await).await;
+    let (again, replayed) =
+        created(upload_with_key(&app, &player, Some(hostile), "Mi mejor jugada").await).await;
+    assert_eq!(again["video_id"], first["video_id"]);
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(videos_of(&app, &player).await.len(), 1);
 }
 
 #[tokio::test]
