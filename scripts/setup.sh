@@ -49,8 +49,11 @@ ensure_rust() {
   fi
 }
 
-# The S3- and SQS-compatible test server, in a virtual environment inside the
-# repository (git-ignored).
+# The schemathesis release scripts/schemathesis runs.
+ANB_SCHEMATHESIS_VERSION=4.32.5
+
+# The S3- and SQS-compatible test server and the Python test tools, in a
+# virtual environment inside the repository (git-ignored).
 ensure_python_tools() {
   local venv="$ANB_ROOT/.venv"
   if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
@@ -59,6 +62,13 @@ ensure_python_tools() {
     # Pinned: a newer cfn-lint may start rejecting what this one accepts.
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'cfn-lint==1.58.0' \
       || die "pip install into .venv failed"
+  fi
+  # The OpenAPI conformance run (scripts/schemathesis). Pinned: its checks
+  # and its generator change between releases.
+  if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $ANB_SCHEMATHESIS_VERSION" ]; then
+    say "installing schemathesis $ANB_SCHEMATHESIS_VERSION into .venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$ANB_SCHEMATHESIS_VERSION" \
+      || die "pip install schemathesis failed"
   fi
   # Plots of the worker-scaling simulation.
   if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then

@@ -64,6 +64,15 @@ pub enum ErrorCode {
     /// A trusted proxy forwarded the request without a readable client
     /// address in `X-Forwarded-For`.
     InvalidForwardedFor,
+    /// The `Idempotency-Key` was used before by the same player with another
+    /// request (another file, title or flag): use a new key.
+    IdempotencyKeyReused,
+    /// An upload with this `Idempotency-Key` is still in progress: retry
+    /// after `Retry-After` seconds to get its answer.
+    IdempotencyKeyInProgress,
+    /// The upload would take the player past their storage quota (bytes or
+    /// videos kept): delete videos first.
+    UploadQuotaExceeded,
     /// The server is saturated (e.g. every password-hashing slot is busy
     /// and the line is full); retry after `Retry-After` seconds.
     Overloaded,
@@ -101,6 +110,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::ServiceUnavailable => "service_unavailable",
             Self::InvalidForwardedFor => "invalid_forwarded_for",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
+            Self::UploadQuotaExceeded => "upload_quota_exceeded",
             Self::Overloaded => "overloaded",
             Self::InternalError => "internal_error",
         }
@@ -165,6 +177,17 @@ pub enum ApiError {
     /// 404.
     #[error("{code:?}: {detail}")]
     NotFound { code: ErrorCode, detail: String },
+    /// 409: the request conflicts with one in progress; retry after this
+    /// many seconds.
+    #[error("{code:?}: {detail}")]
+    Conflict {
+        code: ErrorCode,
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// 422: understood, but cannot be done as asked.
+    #[error("{code:?}: {detail}")]
+    Unprocessable { code: ErrorCode, detail: String },
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -255,6 +278,8 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -275,7 +300,9 @@ impl ApiError {
             Self::BadRequest { code, detail }
             | Self::Unauthorized { code, detail }
             | Self::Forbidden { code, detail }
-            | Self::NotFound { code, detail } => (*code, detail.clone(), Vec::new()),
+            | Self::NotFound { code, detail }
+            | Self::Conflict { code, detail, .. }
+            | Self::Unprocessable { code, detail } => (*code, detail.clone(), Vec::new()),
             Self::MethodNotAllowed => (
                 ErrorCode::MethodNotAllowed,
                 "Método no permitido para este recurso.".to_owned(),
@@ -336,8 +363,10 @@ fn title(status: StatusCode) -> &'static str {
         403 => "Acceso denegado",
         404 => "No encontrado",
         405 => "Método no permitido",
+        409 => "Conflicto",
         413 => "Contenido demasiado grande",
         415 => "Tipo de contenido no admitido",
+        422 => "Solicitud no procesable",
         429 => "Demasiadas solicitudes",
         503 => "Servicio no disponible",
         _ => "Error interno del servidor",
@@ -366,6 +395,9 @@ impl poem::error::ResponseError for ApiError {
             .content_type(PROBLEM_JSON)
             .body(body);
         if let Self::TooManyRequests { retry_after_secs }
+        | Self::Conflict {
+            retry_after_secs, ..
+        }
         | Self::Overloaded { retry_after_secs }
         | Self::Unavailable {
             retry_after_secs, ..
@@ -417,6 +449,36 @@ impl From<anb_core::db::DbError> for ApiError {
                 ErrorCode::VideoNotProcessed,
                 "Un video cuyo procesamiento falló no puede publicarse.",
             ),
+            DbError::IdempotencyKeyReused => Self::Unprocessable {
+                code: ErrorCode::IdempotencyKeyReused,
+                detail: "La clave de idempotencia ya se usó con otra solicitud distinta \
+                         (otro archivo, título o visibilidad). Usa una clave nueva."
+                    .into(),
+            },
+            DbError::IdempotencyKeyInProgress => Self::Conflict {
+                code: ErrorCode::IdempotencyKeyInProgress,
+                detail: "Una subida con esta clave de idempotencia aún está en curso. \
+                         Intenta de nuevo en unos segundos para obtener su respuesta."
+                    .into(),
+                retry_after_secs: 2,
+            },
+            DbError::QuotaExceeded(exceeded) => Self::forbidden(
+                ErrorCode::UploadQuotaExceeded,
+                match exceeded {
+                    anb_core::db::QuotaExceeded::Bytes { used, max, .. } => format!(
+                        "Has alcanzado tu cuota de almacenamiento: usas {} MB de {} MB. \
+                         Elimina videos para subir otros.",
+                        used / (1024 * 1024),
+                        max / (1024 * 1024)
+                    ),
+                    anb_core::db::QuotaExceeded::Videos { max, .. } => format!(
+                        "Has alcanzado el máximo de {max} videos. Elimina videos para subir otros."
+                    ),
+                },
+            ),
+            // The clean-up gave the upload up while it was being recorded:
+            // nothing was kept, the client may send it again.
+            DbError::UploadAbandoned => Self::unavailable(error),
             // The caller's account vanished between authentication and now.
             DbError::UserNotFound => crate::security::invalid_token(),
             outage if outage.is_unavailable() => Self::unavailable(outage),
@@ -460,6 +522,17 @@ impl From<anb_queue::QueueError> for ApiError {
                 Self::unavailable(error)
             }
             other => Self::internal(other),
+        }
+    }
+}
+
+impl From<anb_core::uploads::UploadError> for ApiError {
+    fn from(error: anb_core::uploads::UploadError) -> Self {
+        use anb_core::uploads::UploadError;
+        match error {
+            UploadError::Db(error) => error.into(),
+            UploadError::Storage(error) => error.into(),
+            UploadError::Queue(error) => error.into(),
         }
     }
 }
@@ -520,7 +593,11 @@ fn framework_error(error: poem::Error) -> ApiError {
         // The reason is the framework's English: the rule of the parameter
         // goes out instead.
         return ApiError::Validation {
-            code: ErrorCode::InvalidQuery,
+            code: if crate::routes::params::is_header(param.name) {
+                ErrorCode::ValidationFailed
+            } else {
+                ErrorCode::InvalidQuery
+            },
             errors: vec![FieldError::new(
                 param.name,
                 crate::routes::params::rule_of(param.name),
@@ -578,16 +655,18 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
     let description = match status {
         400 => "Invalid request (see `code` and `errors`)",
         401 => "Missing, invalid or expired bearer token, or bad credentials",
-        403 => "The caller does not own the resource",
+        403 => "The caller does not own the resource, or is over a quota",
+        409 => "Conflicts with a request still in progress; retry after `Retry-After` seconds",
+        422 => "Understood but not doable as asked (see `code`)",
         404 => "Not found (a malformed id is not found too)",
-        413 => "The request body is larger than the operation accepts",
+        413 => "The request body is larger than the operation accepts (64 KiB of JSON)",
         429 => "Rate limited; retry after `Retry-After` seconds",
         500 => "Internal error",
         415 => "The body is not of the media type the operation takes",
         503 => "Unavailable or saturated; retry after `Retry-After` seconds",
         _ => "Error",
     };
-    let headers = if status == 429 || status == 503 {
+    let headers = if status == 409 || status == 429 || status == 503 {
         vec![MetaHeader {
             name: "Retry-After".to_owned(),
             description: Some("Seconds to wait before retrying".to_owned()),

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod security;
 pub mod settings;
 pub mod state;
+mod sweep;
 pub mod transport;
 pub mod upload;
 pub mod web;
@@ -40,11 +41,49 @@ pub fn api_service() -> OpenApiService<routes::Apis, ()> {
     )
 }
 
-/// The OpenAPI document as pretty JSON, as checked in under `openapi/`.
+/// The OpenAPI document as pretty JSON, as served at `/openapi.json` and
+/// checked in under `openapi/`: poem-openapi's, with what it cannot say
+/// itself added — a form takes no field but those it declares
+/// (`additionalProperties: false`, as the upload reader refuses any other).
 pub fn openapi_json() -> String {
-    let mut json = api_service().spec();
-    json.push('\n');
-    json
+    use std::sync::OnceLock;
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| {
+            let mut spec: serde_json::Value = serde_json::from_str(&api_service().spec())
+                .expect("the generated document is JSON");
+            close_forms(&mut spec);
+            let mut json = serde_json::to_string_pretty(&spec).expect("a JSON value serializes");
+            json.push('\n');
+            json
+        })
+        .clone()
+}
+
+/// Sets `additionalProperties: false` on every multipart form schema.
+fn close_forms(spec: &mut serde_json::Value) {
+    let operations = spec["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut());
+    for operation in operations {
+        if let Some(schema) = operation
+            .pointer_mut("/requestBody/content/multipart~1form-data/schema")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert("additionalProperties".into(), false.into());
+        }
+    }
+}
+
+/// Serves [`openapi_json`].
+#[poem::handler]
+fn openapi_document() -> poem::Response {
+    poem::Response::builder()
+        .content_type("application/json; charset=utf-8")
+        .body(openapi_json())
 }
 
 /// The path templates of the document (`/api/videos/{video_id}`…).
@@ -63,7 +102,6 @@ fn documented_paths() -> Vec<String> {
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = api_service();
     let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
     let trusted_proxies = state.api.trusted_proxies.clone();
     let cors = headers::cors(&state.api.cors_origins);
     let body_limits = body_limit::BodyLimits {
@@ -85,7 +123,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let routes = web::routes(Route::new().nest("/", api))
         .at("/media/*key", get(routes::media::media))
         .nest("/docs", docs)
-        .at("/openapi.json", spec);
+        .at("/openapi.json", get(openapi_document));
     web::with_root_page(routes)
         .data(state)
         .with(body_limits)
@@ -131,12 +169,16 @@ pub async fn serve_with(
     );
     tracing::info!(addr = ?acceptor.local_addr(), "API listening");
     let relay = relay::spawn(&state);
+    let sweep = sweep::spawn(&state);
     let app = app(state).with(transport::TrackRequests { connections });
     let served = Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
         .await;
     if let Some(relay) = relay {
         relay.stop().await;
+    }
+    if let Some(sweep) = sweep {
+        sweep.stop().await;
     }
     served
 }

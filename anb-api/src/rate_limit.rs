@@ -171,11 +171,14 @@ pub struct RateLimiters {
     pub signup_per_ip: KeyedLimit<IpAddr>,
     pub vote_per_user: KeyedLimit<String>,
     pub vote_per_ip: KeyedLimit<IpAddr>,
+    /// Uploads per player ([`UploadPolicy`](crate::settings::UploadPolicy)).
+    pub upload_per_user: KeyedLimit<String>,
 }
 
 impl RateLimiters {
-    pub fn new(limits: &RateLimits) -> Self {
+    pub fn new(limits: &RateLimits, upload_per_user: Option<crate::settings::Rate>) -> Self {
         Self {
+            upload_per_user: KeyedLimit::new(upload_per_user),
             login_per_ip: KeyedLimit::new(limits.login_per_ip),
             login_failures: LoginFailures::new(limits.login_backoff),
             signup_per_ip: KeyedLimit::new(limits.signup_per_ip),

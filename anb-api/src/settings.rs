@@ -15,6 +15,12 @@
 //! | `ANB_UPLOAD_MAX_BYTES` | `104857600` | largest accepted upload (100 MB) |
 //! | `ANB_UPLOAD_MIN_SECONDS` / `ANB_UPLOAD_MAX_SECONDS` | `20` / `60` | accepted duration |
 //! | `ANB_UPLOAD_MIN_SHORT_SIDE` | `1080` | smallest accepted shorter side of the frame, in pixels |
+//! | `ANB_UPLOAD_RATE_PER_USER` | `20/h` | uploads per player (a rate, as above) |
+//! | `ANB_UPLOAD_QUOTA_BYTES` | `2147483648` | bytes of originals a player may keep (live videos and uploads in progress; 2 GiB), or `off` |
+//! | `ANB_UPLOAD_QUOTA_VIDEOS` | `50` | videos a player may keep (live, or in progress), or `off` |
+//! | `ANB_UPLOAD_IDEMPOTENCY_TTL` | `86400` | seconds an upload's answer is kept for retries under its `Idempotency-Key` |
+//! | `ANB_UPLOAD_SWEEP_INTERVAL` | `3600` | seconds between passes of the clean-up of uploads that never became videos; `0` turns it off |
+//! | `ANB_UPLOAD_SWEEP_GRACE` | `3600` | seconds an upload may stay in progress, or an original without a video row, before the clean-up removes it |
 //!
 //! A rate is `<count>/s`, `<count>/min` or `<count>/h` (a burst of `count`
 //! is allowed, refilled at that rate), or `off`. The defaults are far above
@@ -116,6 +122,97 @@ impl RateLimits {
     }
 }
 
+/// The per-player rules of uploads beyond the file's own limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPolicy {
+    /// Uploads per player; `None` is unlimited.
+    pub rate_per_user: Option<Rate>,
+    /// What a player may keep stored.
+    pub quota: anb_core::db::UploadQuota,
+    /// How long an upload's answer is kept for retries under its key.
+    pub idempotency_ttl: Duration,
+    /// Time between clean-up passes; `None` runs none.
+    pub sweep_interval: Option<Duration>,
+    /// How old an upload in progress, or an original nothing names, must be
+    /// before the clean-up removes it (longer than any upload takes).
+    pub sweep_grace: Duration,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        Self {
+            rate_per_user: Some(Rate {
+                count: NonZeroU32::new(20).expect("non-zero"),
+                period: Duration::from_secs(3600),
+            }),
+            quota: anb_core::db::UploadQuota {
+                max_bytes: Some(2 * 1024 * 1024 * 1024),
+                max_videos: Some(50),
+            },
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Some(Duration::from_secs(3600)),
+            sweep_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl UploadPolicy {
+    /// No rate, no quota (most tests and benchmarks); the rest as default.
+    pub fn unlimited() -> Self {
+        Self {
+            rate_per_user: None,
+            quota: anb_core::db::UploadQuota::default(),
+            ..Self::default()
+        }
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let number = |var: &'static str, raw: &str| {
+            raw.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                var,
+                reason: format!("{raw:?} is not a whole number (0 or more)"),
+            })
+        };
+        let limit = |var: &'static str, default: Option<u64>| match get(var) {
+            None => Ok(default),
+            Some(raw) if raw.trim().eq_ignore_ascii_case("off") => Ok(None),
+            Some(raw) => number(var, &raw).map(Some),
+        };
+        let seconds = |var: &'static str, default: Duration| match get(var) {
+            None => Ok(default),
+            Some(raw) => number(var, &raw).map(Duration::from_secs),
+        };
+        let max_videos = match limit(
+            "ANB_UPLOAD_QUOTA_VIDEOS",
+            defaults.quota.max_videos.map(u64::from),
+        )? {
+            None => None,
+            Some(count) => Some(u32::try_from(count).map_err(|_| ConfigError::Invalid {
+                var: "ANB_UPLOAD_QUOTA_VIDEOS",
+                reason: format!("{count} is above {}", u32::MAX),
+            })?),
+        };
+        let sweep_interval = seconds(
+            "ANB_UPLOAD_SWEEP_INTERVAL",
+            defaults.sweep_interval.unwrap_or_default(),
+        )?;
+        Ok(Self {
+            rate_per_user: match get("ANB_UPLOAD_RATE_PER_USER") {
+                None => defaults.rate_per_user,
+                Some(raw) => Rate::parse("ANB_UPLOAD_RATE_PER_USER", &raw)?,
+            },
+            quota: anb_core::db::UploadQuota {
+                max_bytes: limit("ANB_UPLOAD_QUOTA_BYTES", defaults.quota.max_bytes)?,
+                max_videos,
+            },
+            idempotency_ttl: seconds("ANB_UPLOAD_IDEMPOTENCY_TTL", defaults.idempotency_ttl)?,
+            sweep_interval: (!sweep_interval.is_zero()).then_some(sweep_interval),
+            sweep_grace: seconds("ANB_UPLOAD_SWEEP_GRACE", defaults.sweep_grace)?,
+        })
+    }
+}
+
 /// How many logins and sign-ups may wait for a password-hashing slot.
 pub const DEFAULT_PASSWORD_HASH_QUEUE: usize = 16;
 
@@ -128,6 +225,8 @@ pub struct ApiSettings {
     /// Peers whose `X-Forwarded-For` header is trusted.
     pub trusted_proxies: Vec<IpNet>,
     pub upload: UploadLimits,
+    /// Per-player upload rate and quota, retries, clean-up.
+    pub uploads: UploadPolicy,
     /// Origins allowed to call the API from a browser (CORS); none by default.
     pub cors_origins: Vec<String>,
 }
@@ -173,11 +272,13 @@ impl ApiSettings {
             None => Vec::new(),
             Some(raw) => crate::headers::parse_origins("ANB_CORS_ORIGINS", &raw)?,
         };
+        let uploads = UploadPolicy::from_lookup(get)?;
         Ok(Self {
             rate_limits,
             password_hash_queue,
             trusted_proxies,
             upload,
+            uploads,
             cors_origins,
         })
     }
@@ -190,6 +291,7 @@ impl Default for ApiSettings {
             password_hash_queue: DEFAULT_PASSWORD_HASH_QUEUE,
             trusted_proxies: Vec::new(),
             upload: UploadLimits::default(),
+            uploads: UploadPolicy::default(),
             cors_origins: Vec::new(),
         }
     }
@@ -241,7 +343,33 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.rate_limits, RateLimits::default());
         assert_eq!(s.upload, UploadLimits::default());
+        assert_eq!(s.uploads, UploadPolicy::default());
         assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn upload_policy_parses() {
+        let s = settings(&[
+            ("ANB_UPLOAD_RATE_PER_USER", "3/min"),
+            ("ANB_UPLOAD_QUOTA_BYTES", "off"),
+            ("ANB_UPLOAD_QUOTA_VIDEOS", "7"),
+            ("ANB_UPLOAD_IDEMPOTENCY_TTL", "60"),
+            ("ANB_UPLOAD_SWEEP_INTERVAL", "0"),
+            ("ANB_UPLOAD_SWEEP_GRACE", "120"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.uploads.rate_per_user,
+            Some(Rate {
+                count: NonZeroU32::new(3).unwrap(),
+                period: Duration::from_secs(60),
+            })
+        );
+        assert_eq!(s.uploads.quota.max_bytes, None);
+        assert_eq!(s.uploads.quota.max_videos, Some(7));
+        assert_eq!(s.uploads.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(s.uploads.sweep_interval, None);
+        assert_eq!(s.uploads.sweep_grace, Duration::from_secs(120));
     }
 
     #[test]
@@ -277,6 +405,10 @@ mod tests {
             ("ANB_RATE_LIMIT_LOGIN_PER_IP", "99999999999/min"),
             ("ANB_LOGIN_BACKOFF", "-3"),
             ("ANB_PASSWORD_HASH_QUEUE", "many"),
+            ("ANB_UPLOAD_RATE_PER_USER", "lots"),
+            ("ANB_UPLOAD_QUOTA_BYTES", "2GB"),
+            ("ANB_UPLOAD_QUOTA_VIDEOS", "99999999999"),
+            ("ANB_UPLOAD_SWEEP_GRACE", "-1"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");

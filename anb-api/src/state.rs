@@ -9,7 +9,7 @@ use anb_core::config::Settings;
 use anb_core::db::{Database, DbError};
 use anb_core::domain::UserId;
 use anb_core::storage::{ObjectKey, Storage, StorageError};
-use anb_queue::{Outbox, Queue, QueueError};
+use anb_queue::{Queue, QueueError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use time::OffsetDateTime;
 
@@ -56,19 +56,8 @@ pub struct AppStateInner {
     pub metrics: PrometheusHandle,
 }
 
-/// How a job reaches the queue from the transaction that writes the row it
-/// is about: either way it commits or rolls back with that row.
-#[derive(Debug, Clone)]
-pub enum JobDelivery {
-    /// The queue lives in the application's database: the job is enqueued
-    /// in the transaction itself.
-    SameDatabase,
-    /// The queue is elsewhere (SQS, Redis, another database): the job is
-    /// written into this outbox in the transaction, and the relay that
-    /// [`serve`](crate::serve) runs publishes it, retrying while the queue is
-    /// unreachable.
-    Outbox(Outbox),
-}
+/// How uploads' jobs reach the queue (defined with the upload use case).
+pub use anb_core::uploads::JobDelivery;
 
 impl Deref for AppState {
     type Target = AppStateInner;
@@ -126,7 +115,7 @@ impl AppState {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
             passwords: Passwords::per_cpu(api.password_hash_queue),
-            limiters: RateLimiters::new(&api.rate_limits),
+            limiters: RateLimiters::new(&api.rate_limits, api.uploads.rate_per_user),
             media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),
             settings,

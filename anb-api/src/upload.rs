@@ -14,24 +14,69 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 use poem::{Request, RequestBody};
-use poem_openapi::payload::Payload;
-use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
-use poem_openapi::types::multipart::Upload;
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::routes::params::TitleField;
+use crate::settings::UploadLimits;
 
-/// The fields of `POST /api/videos/upload`, for the document only.
-#[derive(Debug, poem_openapi::Multipart)]
-#[allow(dead_code)]
-struct UploadFormDoc {
-    /// The MP4 video: at most 100 MB, 20–60 s, shorter side ≥ 1080 px.
-    video_file: Upload,
-    /// 5–100 characters.
-    title: String,
-    /// Publish for voting once processed (default true).
-    is_public: Option<bool>,
+/// The schema of the form in the document: every field the server reads,
+/// with the limits it enforces (those of [`UploadLimits::default`]; a
+/// deployment that changes `ANB_UPLOAD_*` changes them), and no other field
+/// (the document post-processing in [`crate::openapi_json`] closes it with
+/// `additionalProperties: false`).
+fn form_schema() -> MetaSchema {
+    use std::sync::OnceLock;
+    static FILE: OnceLock<String> = OnceLock::new();
+    let limits = UploadLimits::default();
+    let file = FILE.get_or_init(|| {
+        format!(
+            "The MP4 video (`video/mp4`): at most {} bytes ({} MB), {}–{} s long, the shorter \
+             side of the frame at least {} px. Checked after it is received: a file outside \
+             these limits is refused with 400 (`file_too_large`, `invalid_file_type`, \
+             `duration_out_of_range`, `resolution_too_low`).",
+            limits.max_bytes,
+            limits.max_bytes / (1024 * 1024),
+            limits.min_duration.as_secs(),
+            limits.max_duration.as_secs(),
+            limits.min_short_side,
+        )
+    });
+    let title = MetaSchema {
+        description: Some(
+            "5–100 characters, a letter or number at least; white space and invisible \
+             formatting at either end are trimmed.",
+        ),
+        ..match TitleField::schema_ref() {
+            MetaSchemaRef::Inline(schema) => *schema,
+            MetaSchemaRef::Reference(_) => unreachable!("text fields are inline"),
+        }
+    };
+    MetaSchema {
+        required: vec!["video_file", "title"],
+        properties: vec![
+            (
+                "video_file",
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    description: Some(file.as_str()),
+                    ..MetaSchema::new_with_format("string", "binary")
+                })),
+            ),
+            ("title", MetaSchemaRef::Inline(Box::new(title))),
+            (
+                "is_public",
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    description: Some("Publish for voting once processed."),
+                    default: Some(true.into()),
+                    ..MetaSchema::new("boolean")
+                })),
+            ),
+        ],
+        ..MetaSchema::new("object")
+    }
 }
 
 /// The form's fields; any other name is refused.
@@ -65,8 +110,37 @@ pub struct ReceivedUpload {
     /// The file's bytes, deleted when dropped.
     pub file: tempfile::TempPath,
     pub size: u64,
+    /// SHA-256 of the file's bytes.
+    pub file_sha256: [u8; 32],
     pub title: Option<String>,
     pub is_public: Option<String>,
+}
+
+impl ReceivedUpload {
+    /// A digest of everything the form held, as sent (file, title, flag):
+    /// what tells a retry of this request from another one under the same
+    /// `Idempotency-Key`.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        digest.update(self.file_sha256);
+        for text in [&self.title, &self.is_public] {
+            match text {
+                // Length-prefixed, so no two forms give the same input.
+                Some(text) => {
+                    digest.update([1]);
+                    digest.update((text.len() as u64).to_be_bytes());
+                    digest.update(text.as_bytes());
+                }
+                None => digest.update([0]),
+            }
+        }
+        digest
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
 }
 
 impl UploadRequest {
@@ -125,12 +199,13 @@ impl UploadRequest {
                 }
             }
         }
-        let Some((file, size)) = file else {
+        let Some((file, size, file_sha256)) = file else {
             return Err(ApiError::invalid_field("video_file", "es obligatorio"));
         };
         Ok(ReceivedUpload {
             file,
             size,
+            file_sha256,
             title,
             is_public,
         })
@@ -270,7 +345,8 @@ async fn receive_file(
     mut field: multer::Field<'static>,
     max_bytes: u64,
     headers: &PartHeaders,
-) -> Result<(tempfile::TempPath, u64), ApiError> {
+) -> Result<(tempfile::TempPath, u64, [u8; 32]), ApiError> {
+    use sha2::{Digest, Sha256};
     let temp =
         tokio::task::spawn_blocking(|| tempfile::Builder::new().prefix("anb-upload-").tempfile())
             .await
@@ -279,6 +355,7 @@ async fn receive_file(
     let (std_file, path) = temp.into_parts();
     let mut out = tokio::fs::File::from_std(std_file);
     let mut size: u64 = 0;
+    let mut digest = Sha256::new();
     // Dropping `path` on an early return deletes what was written so far.
     while let Some(chunk) = field
         .chunk()
@@ -289,10 +366,11 @@ async fn receive_file(
         if size > max_bytes {
             return Err(too_large(max_bytes));
         }
+        digest.update(&chunk);
         out.write_all(&chunk).await.map_err(ApiError::internal)?;
     }
     out.flush().await.map_err(ApiError::internal)?;
-    Ok((path, size))
+    Ok((path, size, digest.finalize().into()))
 }
 
 async fn read_text(
@@ -357,16 +435,17 @@ impl<'a> ApiExtractor<'a> for UploadRequest {
     type ParamType = ();
     type ParamRawType = ();
 
-    fn register(registry: &mut Registry) {
-        <UploadFormDoc as Payload>::register(registry);
-    }
+    fn register(_registry: &mut Registry) {}
 
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
-            description: Some("The video and its title, as multipart/form-data"),
+            description: Some(
+                "The video and its title, as multipart/form-data: only these fields, each at \
+                 most once; text fields at most 4 KiB, part headers at most 16 KiB.",
+            ),
             content: vec![MetaMediaType {
-                content_type: <UploadFormDoc as Payload>::CONTENT_TYPE,
-                schema: <UploadFormDoc as Payload>::schema_ref(),
+                content_type: "multipart/form-data",
+                schema: MetaSchemaRef::Inline(Box::new(form_schema())),
             }],
             required: true,
         })

@@ -79,3 +79,69 @@ fn every_contract_status_is_documented() {
         }
     }
 }
+
+#[test]
+fn the_document_declares_the_rules_the_server_enforces() {
+    use anb_core::domain::{City, CityKey, Country, PersonName, VideoTitle};
+    let doc: serde_json::Value = serde_json::from_str(&anb_api::openapi_json()).unwrap();
+    // The text rules, as the domain checks them.
+    let signup = &doc["components"]["schemas"]["SignupRequest"]["properties"];
+    for (field, pattern) in [
+        ("first_name", PersonName::pattern()),
+        ("last_name", PersonName::pattern()),
+        ("city", City::pattern()),
+        ("country", Country::pattern()),
+    ] {
+        assert_eq!(signup[field]["pattern"], pattern, "{field}");
+        assert_eq!(signup[field]["minLength"], 2, "{field}");
+        assert_eq!(signup[field]["maxLength"], 50, "{field}");
+    }
+    let rankings = &doc["paths"]["/api/public/rankings"]["get"]["parameters"];
+    let city = rankings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "city")
+        .unwrap();
+    assert_eq!(city["schema"]["pattern"], CityKey::filter_pattern());
+
+    // The upload form: its fields and no other, the title's rule, the key.
+    let upload = &doc["paths"]["/api/videos/upload"]["post"];
+    let form = &upload["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert_eq!(form["additionalProperties"], false);
+    let fields: Vec<&str> = form["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["video_file", "title", "is_public"]);
+    assert_eq!(form["required"], serde_json::json!(["video_file", "title"]));
+    assert_eq!(form["properties"]["video_file"]["format"], "binary");
+    assert_eq!(
+        form["properties"]["title"]["pattern"],
+        VideoTitle::pattern()
+    );
+    assert_eq!(form["properties"]["title"]["maxLength"], 100);
+    assert_eq!(form["properties"]["is_public"]["type"], "boolean");
+    let key = upload["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .expect("the Idempotency-Key header is declared");
+    assert_eq!(key["in"], "header");
+    assert_eq!(key["schema"]["maxLength"], 255);
+
+    // The refusals of each operation.
+    for status in ["403", "409", "422", "429"] {
+        assert!(upload["responses"][status].is_object(), "upload {status}");
+    }
+    assert!(upload["responses"]["409"]["headers"]["Retry-After"].is_object());
+    for path in ["/api/auth/signup", "/api/auth/login"] {
+        assert!(
+            doc["paths"][path]["post"]["responses"]["413"].is_object(),
+            "{path} 413"
+        );
+    }
+}

@@ -6,3 +6,4 @@ pub mod db;
 pub mod domain;
 pub mod jobs;
 pub mod storage;
+pub mod uploads;

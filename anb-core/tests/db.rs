@@ -6,7 +6,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use anb_core::db::{Database, DbError, NewVideo, ProcessedOutputs, User, Video};
+use anb_core::db::{
+    Database, DbError, FinishedUpload, IdempotencyKey, NewVideo, ProcessedOutputs, QuotaExceeded,
+    UploadBegun, UploadQuota, UploadStart, User, Video,
+};
 use anb_core::domain::{
     CityKey, Email, FailureReason, IllegalTransition, Pagination, SignUp, SignUpForm, UserId,
     VideoId, VideoStatus, VideoTitle,
@@ -138,7 +141,168 @@ on_both_engines!(
     deleted_video_is_refused_to_the_worker,
     published_video_cannot_be_deleted,
     removing_a_voted_video_updates_the_rankings,
+    concurrent_uploads_under_one_key_become_one_video,
+    concurrent_uploads_cannot_both_pass_the_quota,
+    an_upload_record_ends_with_its_video_or_its_abandonment,
 );
+
+// ---------------------------------------------------------------- uploads
+
+fn upload_start(owner: &User, key: Option<&str>, quota: UploadQuota) -> UploadStart {
+    let video_id = VideoId::new();
+    UploadStart {
+        video_id,
+        owner_id: owner.id,
+        original_key: format!("videos/{video_id}/original.mp4"),
+        original_bytes: 1000,
+        idempotency: key.map(|key| IdempotencyKey {
+            key: key.to_owned(),
+            fingerprint: "same request".to_owned(),
+        }),
+        quota,
+    }
+}
+
+fn finished(start: &UploadStart, task_id: &str) -> FinishedUpload {
+    FinishedUpload {
+        video: NewVideo {
+            id: start.video_id,
+            owner_id: start.owner_id,
+            title: VideoTitle::parse("Mi mejor jugada").unwrap(),
+            is_public: false,
+            original_key: start.original_key.clone(),
+        },
+        original_bytes: start.original_bytes,
+        task_id: task_id.to_owned(),
+        idempotency: start.idempotency.clone().map(|key| {
+            (
+                key,
+                anb_core::db::now() + std::time::Duration::from_secs(3600),
+            )
+        }),
+    }
+}
+
+/// Eight requests under one key at once, each finishing if it began: one
+/// video; the others were told the key is in progress or got its answer.
+async fn concurrent_uploads_under_one_key_become_one_video(db: Database) {
+    const RACERS: usize = 8;
+    let owner = sign_up(&db, "keys@example.com", "Ana", "Cali").await;
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (db, start, owner) = (db.clone(), start.clone(), owner.clone());
+            tokio::spawn(async move {
+                let upload = upload_start(&owner, Some("one-key"), UploadQuota::default());
+                start.wait().await;
+                match db.begin_upload(&upload).await? {
+                    UploadBegun::Started => {
+                        db.finish_upload(&finished(&upload, &i.to_string())).await?;
+                        Ok::<_, DbError>(Some(upload.video_id))
+                    }
+                    UploadBegun::Replay(_) => Ok(None),
+                }
+            })
+        })
+        .collect();
+    let mut videos = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(Some(video)) => videos.push(video),
+            Ok(None) | Err(DbError::IdempotencyKeyInProgress) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(videos.len(), 1, "{videos:?}");
+    assert_eq!(db.list_user_videos(owner.id).await.unwrap().len(), 1);
+    // Afterwards the key answers with that video.
+    let retry = upload_start(&owner, Some("one-key"), UploadQuota::default());
+    match db.begin_upload(&retry).await.unwrap() {
+        UploadBegun::Replay(answer) => assert_eq!(answer.video_id, videos[0]),
+        other => panic!("{other:?}"),
+    }
+    // Another request under it is refused.
+    let mut other = upload_start(&owner, Some("one-key"), UploadQuota::default());
+    other.idempotency.as_mut().unwrap().fingerprint = "another request".into();
+    assert!(matches!(
+        db.begin_upload(&other).await,
+        Err(DbError::IdempotencyKeyReused)
+    ));
+}
+
+/// Eight uploads at once with room for three: three begin, the rest are
+/// over the quota, counting the uploads in progress.
+async fn concurrent_uploads_cannot_both_pass_the_quota(db: Database) {
+    const RACERS: usize = 8;
+    let owner = sign_up(&db, "quota@example.com", "Ana", "Cali").await;
+    let quota = UploadQuota {
+        max_bytes: Some(3000),
+        max_videos: Some(5),
+    };
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (db, start, owner) = (db.clone(), start.clone(), owner.clone());
+            tokio::spawn(async move {
+                let upload = upload_start(&owner, None, quota);
+                start.wait().await;
+                db.begin_upload(&upload).await
+            })
+        })
+        .collect();
+    let mut begun = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(UploadBegun::Started) => begun += 1,
+            Err(DbError::QuotaExceeded(QuotaExceeded::Bytes { max: 3000, .. })) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(begun, 3);
+    // And by count.
+    let counted = sign_up(&db, "count@example.com", "Ana", "Cali").await;
+    let by_count = UploadQuota {
+        max_bytes: None,
+        max_videos: Some(1),
+    };
+    let first = upload_start(&counted, None, by_count);
+    db.begin_upload(&first).await.unwrap();
+    db.finish_upload(&finished(&first, "1")).await.unwrap();
+    assert!(matches!(
+        db.begin_upload(&upload_start(&counted, None, by_count))
+            .await,
+        Err(DbError::QuotaExceeded(QuotaExceeded::Videos {
+            count: 1,
+            max: 1
+        }))
+    ));
+}
+
+async fn an_upload_record_ends_with_its_video_or_its_abandonment(db: Database) {
+    let owner = sign_up(&db, "records@example.com", "Ana", "Cali").await;
+    let kept = upload_start(&owner, None, UploadQuota::default());
+    let dropped = upload_start(&owner, None, UploadQuota::default());
+    for upload in [&kept, &dropped] {
+        db.begin_upload(upload).await.unwrap();
+        assert!(db.video_folder_in_use(upload.video_id).await.unwrap());
+    }
+    let far_future = anb_core::db::now() + std::time::Duration::from_secs(60);
+    assert_eq!(db.stale_uploads(far_future, 10).await.unwrap().len(), 2);
+    db.finish_upload(&finished(&kept, "1")).await.unwrap();
+    assert!(db.abandon_upload(dropped.video_id).await.unwrap());
+    assert!(db.stale_uploads(far_future, 10).await.unwrap().is_empty());
+    assert!(
+        db.video_folder_in_use(kept.video_id).await.unwrap(),
+        "the video row"
+    );
+    assert!(!db.video_folder_in_use(dropped.video_id).await.unwrap());
+    // An abandoned upload cannot be recorded any more.
+    assert!(matches!(
+        db.finish_upload(&finished(&dropped, "2")).await,
+        Err(DbError::UploadAbandoned)
+    ));
+    assert_eq!(db.list_user_videos(owner.id).await.unwrap().len(), 1);
+}
 
 // ---------------------------------------------------------------- helpers
 

@@ -345,6 +345,7 @@ storage_suite!(
     deleting_a_video_folder_removes_only_that_video,
     a_key_below_an_object_is_simply_missing,
     the_readiness_check_passes_on_a_working_store,
+    listing_gives_the_objects_under_a_prefix_with_their_times,
 );
 
 async fn a_20_mib_body_streamed_in_small_chunks_round_trips(store: TestStore) {
@@ -562,6 +563,43 @@ async fn deleting_a_video_folder_removes_only_that_video(store: TestStore) {
     storage.delete_prefix(doomed.folder()).await.unwrap();
 }
 
+async fn listing_gives_the_objects_under_a_prefix_with_their_times(store: TestStore) {
+    let storage = &store.storage;
+    let videos = ObjectKey::parse("videos").unwrap();
+    assert!(storage.list(&videos).await.unwrap().is_empty());
+    let before = SystemTime::now() - Duration::from_secs(60);
+    let one = VideoKeys::new(uuid::Uuid::new_v4());
+    let two = VideoKeys::new(uuid::Uuid::new_v4());
+    for key in [one.original(), one.thumbnail(), two.original()] {
+        storage.upload(&key, &b"bytes"[..], 1024).await.unwrap();
+    }
+    // Not under the prefix: not listed.
+    let elsewhere = ObjectKey::parse("exports/videos.json").unwrap();
+    storage.upload(&elsewhere, &b"{}"[..], 1024).await.unwrap();
+
+    let listed = storage.list(&videos).await.unwrap();
+    let mut keys: Vec<String> = listed.iter().map(|o| o.key.to_string()).collect();
+    keys.sort();
+    let mut expected = vec![
+        one.original().to_string(),
+        one.thumbnail().to_string(),
+        two.original().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    let after = SystemTime::now() + Duration::from_secs(60);
+    for object in &listed {
+        assert!(
+            (before..after).contains(&object.modified),
+            "{}: {:?}",
+            object.key,
+            object.modified
+        );
+    }
+    // One folder only.
+    assert_eq!(storage.list(one.folder()).await.unwrap().len(), 2);
+}
+
 async fn a_key_below_an_object_is_simply_missing(store: TestStore) {
     // On S3 keys are flat; on disk "a/b.mp4/c" would go through a file.
     let storage = &store.storage;
@@ -672,6 +710,10 @@ async fn s3_keys_are_stored_under_the_configured_prefix() {
         store.contents().await,
         vec![format!("tenant/media/{}", keys.original())]
     );
+    // Listed as the store's own keys, without the prefix.
+    let listed = store.storage.list(keys.folder()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, keys.original());
     store.storage.delete_prefix(keys.folder()).await.unwrap();
     assert_eq!(store.contents().await, Vec::<String>::new());
 }

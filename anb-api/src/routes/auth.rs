@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ErrorCode, problems};
 use crate::rate_limit::ClientIp;
 use crate::routes::json::JsonBody;
-use crate::routes::params::EmailField;
+use crate::routes::params::{CityField, CountryField, EmailField, NameField};
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
 use crate::state::AppState;
@@ -19,16 +19,16 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct AuthApi;
 
-/// The sign-up form. Names, city and country need a letter; values are
-/// compared and stored in Unicode NFC, trimmed.
+/// The sign-up form. Names, city and country need a letter (Unicode
+/// category L); white space and invisible formatting at either end are
+/// trimmed, what is left must have 2–50 characters and no control
+/// characters. Values are stored in Unicode NFC.
 #[derive(Debug, Object)]
 pub struct SignupRequest {
-    /// 2–50 characters.
-    #[oai(validator(min_length = 2, max_length = 50))]
-    pub first_name: String,
-    /// 2–50 characters.
-    #[oai(validator(min_length = 2, max_length = 50))]
-    pub last_name: String,
+    /// 2–50 characters, a letter at least.
+    pub first_name: NameField,
+    /// 2–50 characters, a letter at least.
+    pub last_name: NameField,
     /// A valid address, unique regardless of case.
     pub email: EmailField,
     /// 8–128 characters.
@@ -37,12 +37,10 @@ pub struct SignupRequest {
     /// Must equal `password1`.
     #[oai(write_only, validator(min_length = 8, max_length = 128))]
     pub password2: String,
-    /// 2–50 characters.
-    #[oai(validator(min_length = 2, max_length = 50))]
-    pub city: String,
-    /// 2–50 characters.
-    #[oai(validator(min_length = 2, max_length = 50))]
-    pub country: String,
+    /// 2–50 characters, a letter at least.
+    pub city: CityField,
+    /// 2–50 characters, a letter at least.
+    pub country: CountryField,
 }
 
 #[derive(Debug, Object)]
@@ -60,7 +58,7 @@ pub enum SignupResponse {
 
 problems!(
     /// Sign-up failures.
-    SignupProblems: 400, 415, 429, 503
+    SignupProblems: 400, 413, 415, 429, 503
 );
 
 #[derive(Debug, Object)]
@@ -93,7 +91,7 @@ pub enum LoginResponse {
 
 problems!(
     /// Login failures (the same 401 for an unknown email and a wrong password).
-    LoginProblems: 400, 401, 415, 429, 503
+    LoginProblems: 400, 401, 413, 415, 429, 503
 );
 
 /// The caller's profile.
@@ -148,13 +146,13 @@ impl AuthApi {
     ) -> Result<SignupResponse, SignupProblems> {
         state.limiters.signup_per_ip.check(&client.0.0)?;
         let form = SignUpForm {
-            first_name: body.0.first_name,
-            last_name: body.0.last_name,
+            first_name: body.0.first_name.0,
+            last_name: body.0.last_name.0,
             email: body.0.email.0,
             password1: body.0.password1,
             password2: body.0.password2,
-            city: body.0.city,
-            country: body.0.country,
+            city: body.0.city.0,
+            country: body.0.country.0,
         };
         let signup = SignUp::parse(&form).map_err(|errors| ApiError::from(errors.into_vec()))?;
         let password = signup.password.expose_secret().to_owned();

@@ -6,10 +6,13 @@
 
 use std::borrow::Cow;
 
-use anb_core::domain::{CityKey, Email, Pagination, VideoId};
+use anb_core::domain::{
+    City, CityKey, Country, Email, Pagination, PersonName, VideoId, VideoTitle,
+};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{
-    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
+    ParseError, ParseFromJSON, ParseFromMultipartField, ParseFromParameter, ParseResult, ToJSON,
+    Type,
 };
 use serde_json::Value;
 
@@ -49,8 +52,20 @@ pub fn rule_of(name: &str) -> String {
             "debe tener como máximo {} caracteres y al menos una letra o un número",
             CityFilter::MAX_CHARS
         ),
+        IDEMPOTENCY_KEY => format!(
+            "debe tener entre 1 y {} caracteres ASCII visibles (sin espacios)",
+            IdempotencyKeyParam::MAX_CHARS
+        ),
         _ => "el valor no es válido".to_owned(),
     }
+}
+
+/// The name of the upload's idempotency header.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Whether the parameter `name` is a header (not a query parameter).
+pub fn is_header(name: &str) -> bool {
+    name == IDEMPOTENCY_KEY
 }
 
 fn integer_rule(min: u32, max: u32) -> String {
@@ -131,6 +146,7 @@ parameter_type!(
     CityFilter,
     MetaSchema {
         max_length: Some(CityFilter::MAX_CHARS),
+        pattern: Some(CityKey::filter_pattern().to_owned()),
         ..MetaSchema::new("string")
     }
 );
@@ -177,6 +193,130 @@ impl ParseFromJSON for EmailField {
 impl ToJSON for EmailField {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.0.clone()))
+    }
+}
+
+/// Declares a text field of a body checked by the domain type `$rule`: its
+/// schema carries the rule's lengths and its pattern (the domain's own
+/// regular expression, built from the predicates it checks), so the
+/// document describes exactly what the server accepts. The value is taken
+/// as sent; `$rule::parse` checks and normalises it.
+macro_rules! text_field {
+    ($(#[$doc:meta])* $name:ident, $rule:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        parameter_type!(
+            $name,
+            MetaSchema {
+                min_length: Some(<$rule>::MIN_CHARS),
+                max_length: Some(<$rule>::MAX_CHARS),
+                pattern: Some(<$rule>::pattern().to_owned()),
+                ..MetaSchema::new("string")
+            }
+        );
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value {
+                    Some(Value::String(text)) => Ok(Self(text)),
+                    _ => Err(ParseError::custom("debe ser un texto")),
+                }
+            }
+        }
+
+        impl ParseFromMultipartField for $name {
+            async fn parse_from_multipart(
+                field: Option<poem::web::Field>,
+            ) -> ParseResult<Self> {
+                match field {
+                    Some(field) => field.text().await.map(Self).map_err(ParseError::custom),
+                    None => Err(ParseError::custom("es obligatorio")),
+                }
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+text_field!(
+    /// A first or last name (a letter at least).
+    NameField,
+    PersonName
+);
+text_field!(
+    /// A city (a letter at least).
+    CityField,
+    City
+);
+text_field!(
+    /// A country (a letter at least).
+    CountryField,
+    Country
+);
+text_field!(
+    /// A video title (a letter or number at least).
+    TitleField,
+    VideoTitle
+);
+
+/// `Idempotency-Key`: a client-chosen key that makes a retried upload
+/// return the first answer (e.g. a UUID), 1–255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKeyParam(pub String);
+
+impl IdempotencyKeyParam {
+    pub const MAX_CHARS: usize = 255;
+}
+
+parameter_type!(
+    IdempotencyKeyParam,
+    MetaSchema {
+        min_length: Some(1),
+        max_length: Some(IdempotencyKeyParam::MAX_CHARS),
+        pattern: Some("^[!-~]+$".to_owned()),
+        ..MetaSchema::new("string")
+    }
+);
+
+impl IdempotencyKeyParam {
+    /// The key among `headers`, if sent: refused unless it is one line of
+    /// visible ASCII within the length.
+    pub fn from_headers(
+        headers: &poem::http::HeaderMap,
+    ) -> Result<Option<Self>, crate::error::ApiError> {
+        let mut lines = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(line) = lines.next() else {
+            return Ok(None);
+        };
+        let refused =
+            || crate::error::ApiError::invalid_field(IDEMPOTENCY_KEY, rule_of(IDEMPOTENCY_KEY));
+        if lines.next().is_some() {
+            return Err(crate::error::ApiError::invalid_field(
+                IDEMPOTENCY_KEY,
+                "se envió más de una vez",
+            ));
+        }
+        let text = line.to_str().map_err(|_| refused())?;
+        Self::parse_from_parameter(text)
+            .map(Some)
+            .map_err(|_| refused())
+    }
+}
+
+impl ParseFromParameter for IdempotencyKeyParam {
+    fn parse_from_parameter(raw: &str) -> ParseResult<Self> {
+        let visible = raw.bytes().all(|b| b.is_ascii_graphic());
+        if raw.is_empty() || raw.len() > Self::MAX_CHARS || !visible {
+            return Err(ParseError::custom(rule_of(IDEMPOTENCY_KEY)));
+        }
+        Ok(Self(raw.to_owned()))
     }
 }
 

@@ -29,7 +29,9 @@ pub struct PublicVideoDto {
     pub player_name: String,
     pub city: String,
     /// Playable URL of the processed video (expires).
+    #[oai(nullable)]
     pub processed_url: Option<String>,
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     pub votes: i64,
     pub published_at: OffsetDateTime,

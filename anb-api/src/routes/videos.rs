@@ -1,11 +1,11 @@
 //! A player's own videos: upload, list, detail, delete, publish.
 
-use anb_core::db::{NewVideo, Video};
+use anb_core::db::{IdempotencyKey, UploadAnswer, UploadStart, Video};
 use anb_core::domain::{VideoId, VideoStatus, VideoTitle};
-use anb_core::jobs::TranscodeVideo;
 use anb_core::storage::{ObjectKey, VideoKeys};
+use anb_core::uploads::{CheckedUpload, Stored, UploadTargets, store_upload};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use time::OffsetDateTime;
@@ -13,10 +13,10 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode, problems};
 use crate::media_check::{CheckError, MediaRejection};
-use crate::routes::params::VideoIdParam;
+use crate::routes::params::{IdempotencyKeyParam, VideoIdParam};
 use crate::routes::{ApiTags, utc};
 use crate::security::BearerAuth;
-use crate::state::{AppState, JobDelivery};
+use crate::state::AppState;
 use crate::upload::UploadRequest;
 
 /// The caller's videos.
@@ -54,15 +54,25 @@ pub struct UploadAccepted {
 
 #[derive(Debug, ApiResponse)]
 pub enum UploadResponse {
-    /// Stored and queued for processing.
+    /// Stored and queued for processing; or, for a retry under the same
+    /// `Idempotency-Key`, the first request's answer again (nothing new is
+    /// stored).
     #[oai(status = 201)]
-    Created(Json<UploadAccepted>),
+    Created(
+        Json<UploadAccepted>,
+        /// `true` when this is the answer to an earlier request with the
+        /// same `Idempotency-Key`.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
+    ),
 }
 
 problems!(
     /// Upload failures: not an MP4, too large, too short or long, too low a
-    /// resolution, a bad title.
-    UploadProblems: 400, 401, 415
+    /// resolution, a bad title (400); over the player's quota (403,
+    /// `upload_quota_exceeded`); the `Idempotency-Key` still in progress (409)
+    /// or used with another request (422); too many uploads (429).
+    UploadProblems: 400, 401, 403, 409, 415, 422, 429
 );
 
 /// A video in the owner's list.
@@ -72,15 +82,19 @@ pub struct VideoSummary {
     pub title: String,
     pub status: VideoStatusDto,
     pub uploaded_at: OffsetDateTime,
+    #[oai(nullable)]
     pub processed_at: Option<OffsetDateTime>,
     /// Playable URL of the processed video, once processed (expires).
+    #[oai(nullable)]
     pub processed_url: Option<String>,
     /// Its thumbnail (a JPEG), once processed (expires).
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     /// Encoding progress, 0–100 (poll the list while `status` is
     /// `uploaded` or `processing`).
     pub progress_percent: u8,
     /// Why processing failed, when `status` is `failed`.
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// Whether the owner wants it published once processed.
     pub is_public: bool,
@@ -110,19 +124,25 @@ pub struct VideoDetail {
     pub title: String,
     pub status: VideoStatusDto,
     pub uploaded_at: OffsetDateTime,
+    #[oai(nullable)]
     pub processed_at: Option<OffsetDateTime>,
     /// Playable URL of the untouched upload (expires).
+    #[oai(nullable)]
     pub original_url: Option<String>,
     /// Playable URL of the processed video, once processed (expires).
+    #[oai(nullable)]
     pub processed_url: Option<String>,
+    #[oai(nullable)]
     pub thumbnail_url: Option<String>,
     pub votes: i64,
     /// Whether the owner wants it published once processed.
     pub is_public: bool,
     /// Whether it is listed publicly and open for votes.
     pub published: bool,
+    #[oai(nullable)]
     pub published_at: Option<OffsetDateTime>,
     /// Why processing failed, when `status` is `failed`.
+    #[oai(nullable)]
     pub failure_reason: Option<String>,
     /// Encoding progress, 0–100.
     pub progress_percent: u8,
@@ -168,7 +188,9 @@ pub(crate) fn parse_video_id(param: &VideoIdParam) -> Result<VideoId, ApiError> 
 
 #[OpenApi(tag = "ApiTags::Videos")]
 impl VideosApi {
-    /// Upload a video (multipart: `video_file`, `title`, optional `is_public`).
+    /// Upload a video (multipart: `video_file`, `title`, optional
+    /// `is_public`). Send an `Idempotency-Key` to make retries safe: a retry
+    /// with the same key and the same form gets the first answer again.
     #[oai(
         path = "/api/videos/upload",
         method = "post",
@@ -178,9 +200,17 @@ impl VideosApi {
         &self,
         state: Data<&AppState>,
         auth: BearerAuth,
+        /// A key of the client's choosing (e.g. a UUID), the same on every
+        /// retry of one upload. Its answer is kept for 24 hours by default.
+        #[oai(name = "Idempotency-Key")]
+        _idempotency_key: Header<Option<IdempotencyKeyParam>>,
+        request: &poem::Request,
         form: UploadRequest,
     ) -> Result<UploadResponse, UploadProblems> {
-        Ok(upload_video(&state, auth, form).await?)
+        // Read from the raw header lines: the parameter above documents it,
+        // but skips a value that is not text instead of refusing it.
+        let key = IdempotencyKeyParam::from_headers(request.headers())?;
+        Ok(upload_video(&state, auth, key.map(|key| key.0), form).await?)
     }
 
     /// The caller's videos, newest first.
@@ -328,24 +358,31 @@ async fn detail(state: &AppState, video: Video) -> VideoDetail {
     }
 }
 
-/// Receive → check → store → record and enqueue atomically. Every failure
-/// leaves nothing behind: the temporary file goes when dropped, the stored
-/// original is deleted if the row and job could not be committed.
+/// Parse, check, call [`store_upload`], map: the form is received within its
+/// bounds, its fields and file checked, then the use case records, stores
+/// and commits (see there for what a failure leaves).
 async fn upload_video(
     state: &AppState,
     auth: BearerAuth,
+    idempotency_key: Option<String>,
     form: UploadRequest,
 ) -> Result<UploadResponse, ApiError> {
+    let owner = auth.user_id();
+    state.limiters.upload_per_user.check(&owner.to_string())?;
     let limits = state.api.upload.clone();
     let received = form.receive(limits.max_bytes).await?;
     let title = VideoTitle::parse(received.title.as_deref().unwrap_or(""))
         .map_err(|problem| ApiError::invalid_field("title", problem.to_string()))?;
-    let is_public = match received.is_public.as_deref().map(str::trim) {
-        None | Some("") => true,
-        Some(raw) => parse_bool(raw)
-            .ok_or_else(|| ApiError::invalid_field("is_public", "debe ser true o false"))?,
+    let is_public = match received.is_public.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "is_public",
+                "debe ser true o false",
+            ));
+        }
     };
-
     state
         .media_checks
         .check(received.file.to_path_buf(), limits)
@@ -356,60 +393,48 @@ async fn upload_video(
         })?;
 
     let video_id = VideoId::new();
-    let original = VideoKeys::new(video_id.as_uuid()).original();
-    state.storage.upload_file(&original, &received.file).await?;
-    drop(received);
-
-    let job = TranscodeVideo {
+    let start = UploadStart {
         video_id,
-        original_key: original.as_str().to_owned(),
+        owner_id: owner,
+        original_key: VideoKeys::new(video_id.as_uuid())
+            .original()
+            .as_str()
+            .to_owned(),
+        original_bytes: received.size,
+        idempotency: idempotency_key.map(|key| IdempotencyKey {
+            key,
+            fingerprint: received.fingerprint(),
+        }),
+        quota: state.api.uploads.quota,
     };
-    let new_video = NewVideo {
-        id: video_id,
-        owner_id: auth.user_id(),
+    let targets = UploadTargets {
+        db: &state.db,
+        storage: &state.storage,
+        queue: &state.queue,
+        delivery: &state.delivery,
+    };
+    let upload = CheckedUpload {
+        start,
+        file: &received.file,
         title,
         is_public,
-        original_key: original.as_str().to_owned(),
+        answer_ttl: state.api.uploads.idempotency_ttl,
     };
-    match record_and_enqueue(state, &new_video, &job).await {
-        Ok(task_id) => Ok(UploadResponse::Created(Json(UploadAccepted {
+    Ok(match store_upload(targets, upload).await? {
+        Stored::Created(answer) => accepted(answer, false),
+        Stored::Replayed(answer) => accepted(answer, true),
+    })
+}
+
+fn accepted(answer: UploadAnswer, replayed: bool) -> UploadResponse {
+    UploadResponse::Created(
+        Json(UploadAccepted {
             message: "Video subido correctamente. Procesamiento en curso.".into(),
-            task_id,
-            video_id: video_id.as_uuid(),
-        }))),
-        Err(error) => {
-            if let Err(e) = state.storage.delete(&original).await {
-                tracing::error!(error = %e, key = %original, "orphaned upload could not be removed");
-            }
-            Err(error)
-        }
-    }
-}
-
-/// Inserts the video row and its job in one transaction: the job goes to the
-/// queue directly when the queue shares the database, else into the outbox,
-/// whose relay publishes it once committed (even if the queue is down now).
-async fn record_and_enqueue(
-    state: &AppState,
-    video: &NewVideo,
-    job: &TranscodeVideo,
-) -> Result<String, ApiError> {
-    let mut tx = state.db.begin().await?;
-    tx.insert_video(video).await?;
-    let task_id = match &state.delivery {
-        JobDelivery::SameDatabase => tx.enqueue(&state.queue, job).await?.to_string(),
-        JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, job).await?.to_string(),
-    };
-    tx.commit().await?;
-    Ok(task_id)
-}
-
-fn parse_bool(raw: &str) -> Option<bool> {
-    match raw.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
+            task_id: answer.task_id,
+            video_id: answer.video_id.as_uuid(),
+        }),
+        replayed.then_some(true),
+    )
 }
 
 fn rejection(rejection: MediaRejection) -> ApiError {

@@ -52,6 +52,7 @@ pub struct TestAppBuilder {
     backend: Backend,
     rate_limits: RateLimits,
     upload: UploadLimits,
+    uploads: anb_api::settings::UploadPolicy,
     trusted_proxies: Vec<ipnet::IpNet>,
     password_hash_queue: usize,
     broker: Option<Broker>,
@@ -109,6 +110,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// The per-player upload rate, quota, retries and clean-up (by default
+    /// none of the limits, and no clean-up loop).
+    pub fn upload_policy(mut self, policy: anb_api::settings::UploadPolicy) -> Self {
+        self.uploads = policy;
+        self
+    }
+
     /// How many logins and sign-ups may wait for a hashing slot.
     pub fn password_hash_queue(mut self, queue: usize) -> Self {
         self.password_hash_queue = queue;
@@ -160,6 +168,7 @@ impl TestAppBuilder {
             rate_limits: self.rate_limits,
             trusted_proxies: self.trusted_proxies,
             upload: self.upload,
+            uploads: self.uploads,
             cors_origins: self.cors_origins,
             password_hash_queue: self.password_hash_queue,
         };
@@ -305,6 +314,10 @@ impl TestApp {
             backend: Backend::Embedded,
             rate_limits: RateLimits::unlimited(),
             upload: UploadLimits::default(),
+            uploads: anb_api::settings::UploadPolicy {
+                sweep_interval: None,
+                ..anb_api::settings::UploadPolicy::unlimited()
+            },
             trusted_proxies: Vec::new(),
             // Tests that flood on purpose set their own.
             password_hash_queue: usize::MAX,

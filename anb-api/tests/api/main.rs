@@ -19,5 +19,6 @@ mod public;
 mod security_headers;
 mod transport;
 mod upload;
+mod upload_policy;
 mod videos;
 mod web;

@@ -34,6 +34,18 @@ pub enum DbError {
     /// A failed video can never be published.
     #[error("a video in status `{status}` cannot be published")]
     NotPublishable { status: VideoStatus },
+    /// The player's `Idempotency-Key` was used before with another request.
+    #[error("this idempotency key was used with another request")]
+    IdempotencyKeyReused,
+    /// An upload under this player's `Idempotency-Key` is still in progress.
+    #[error("an upload with this idempotency key is in progress")]
+    IdempotencyKeyInProgress,
+    /// The upload's record in progress is gone: the clean-up gave it up.
+    #[error("the upload was abandoned before it could be recorded")]
+    UploadAbandoned,
+    /// The upload would take the player past their quota.
+    #[error("upload quota exceeded: {0}")]
+    QuotaExceeded(QuotaExceeded),
     /// The video's status does not allow the requested change.
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
@@ -49,6 +61,17 @@ pub enum DbError {
     /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+}
+
+/// Which limit of an [`UploadQuota`](super::UploadQuota) an upload would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    /// Stored bytes: `used` already, `max` allowed, `wanted` more asked for.
+    #[error("{used} bytes stored, {wanted} more would pass the {max}-byte quota")]
+    Bytes { used: u64, wanted: u64, max: u64 },
+    /// Videos kept: `count` already, `max` allowed.
+    #[error("{count} videos kept, the quota is {max}")]
+    Videos { count: u64, max: u32 },
 }
 
 impl DbError {

@@ -73,14 +73,16 @@ mod models;
 mod rankings;
 mod time;
 mod tokens;
+mod uploads;
 mod users;
 mod videos;
 mod votes;
 
-pub use error::DbError;
+pub use error::{DbError, QuotaExceeded};
 pub use models::{
-    Credentials, DeletedVideo, NewVideo, Page, ProcessedOutputs, PublicVideo, RankingEntry, User,
-    Video,
+    Credentials, DeletedVideo, FinishedUpload, IdempotencyKey, NewVideo, Page, ProcessedOutputs,
+    PublicVideo, RankingEntry, StaleUpload, UploadAnswer, UploadBegun, UploadQuota, UploadStart,
+    User, Video,
 };
 pub use time::now;
 
@@ -460,6 +462,36 @@ operations! {
 
     /// `uploaded`/`processing` → `failed` with the reason.
     write fn mark_failed(id: VideoId, reason: &FailureReason) -> Video;
+
+    // ---- uploads ----
+
+    /// Records an upload whose file passed its checks as in progress, before
+    /// its original is stored — unless its `Idempotency-Key` was already
+    /// answered for the same request ([`UploadBegun::Replay`]: store nothing).
+    /// Errors: [`DbError::IdempotencyKeyReused`] (the key went with another
+    /// request), [`DbError::IdempotencyKeyInProgress`],
+    /// [`DbError::QuotaExceeded`], [`DbError::UserNotFound`].
+    write fn begin_upload(upload: &UploadStart) -> UploadBegun;
+
+    /// Records the video of an upload in progress (and the answer under its
+    /// key) and ends the upload's record; in the transaction that enqueues
+    /// its job. [`DbError::UploadAbandoned`] when the record is gone (the
+    /// clean-up gave the upload up: its original is being removed).
+    write fn finish_upload(upload: &FinishedUpload) -> Video;
+
+    /// Ends the record of an upload that will not become a video (its
+    /// original was removed, or is about to be). `false` when there was none.
+    write fn abandon_upload(video: VideoId) -> bool;
+
+    /// Uploads in progress since before `started_before`, oldest first.
+    read fn stale_uploads(started_before: OffsetDateTime, limit: u32) -> Vec<StaleUpload>;
+
+    /// Whether anything names the video: a row (live or deleted) or an upload
+    /// in progress.
+    read fn video_folder_in_use(video: VideoId) -> bool;
+
+    /// Drops the `Idempotency-Key` answers past their expiry; gives how many.
+    write fn prune_upload_answers() -> u64;
 
     // ---- public ----
 

@@ -139,3 +139,71 @@ impl DeletedVideo {
             .chain(self.thumbnail_key.as_deref())
     }
 }
+
+/// What a client's `Idempotency-Key` ties an upload to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// A digest of everything the request held (file, title, flag): a retry
+    /// carries the same; another request under the same key does not.
+    pub fingerprint: String,
+}
+
+/// Limits on what one player may keep stored; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UploadQuota {
+    /// Bytes of originals of live videos plus uploads in progress.
+    pub max_bytes: Option<u64>,
+    /// Live videos plus uploads in progress.
+    pub max_videos: Option<u32>,
+}
+
+/// An upload whose file passed its checks, about to be stored.
+#[derive(Debug, Clone)]
+pub struct UploadStart {
+    pub video_id: VideoId,
+    pub owner_id: UserId,
+    pub original_key: String,
+    pub original_bytes: u64,
+    pub idempotency: Option<IdempotencyKey>,
+    pub quota: UploadQuota,
+}
+
+/// The answer an upload got, kept for retries under its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadAnswer {
+    pub video_id: VideoId,
+    /// Id of the processing job.
+    pub task_id: String,
+}
+
+/// How [`begin_upload`](super::Database::begin_upload) went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadBegun {
+    /// Recorded as in progress: store the original, then
+    /// [`finish_upload`](super::Transaction::finish_upload).
+    Started,
+    /// The same request was already answered under this key: give the
+    /// answer again and store nothing.
+    Replay(UploadAnswer),
+}
+
+/// An upload whose original is stored, to record with its job.
+#[derive(Debug, Clone)]
+pub struct FinishedUpload {
+    pub video: NewVideo,
+    pub original_bytes: u64,
+    /// Id of the job enqueued in the same transaction.
+    pub task_id: String,
+    /// The client's key, if any, and until when its answer is kept.
+    pub idempotency: Option<(IdempotencyKey, OffsetDateTime)>,
+}
+
+/// An upload in progress for longer than it should be (its process died or
+/// its commit failed): its original, if stored, has no video row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleUpload {
+    pub video_id: VideoId,
+    pub original_key: String,
+}

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::text::Readable;
 use super::user::City;
 
 /// A city name folded for comparison: accents transliterated, letters
@@ -16,11 +17,26 @@ impl CityKey {
         Self::normalise(city.as_str())
     }
 
-    /// The key of a filter value typed by a client. `None` when nothing
-    /// comparable is left (empty, or only punctuation).
+    /// The key of a filter value typed by a client. `None` when it has no
+    /// letter or number (Unicode categories L, N) to compare: empty, only
+    /// punctuation or symbols ([`filter_pattern`](Self::filter_pattern)).
     pub fn from_filter(raw: &str) -> Option<Self> {
+        if !raw.chars().any(|c| Readable::LetterOrDigit.accepts(c)) {
+            return None;
+        }
         let key = Self::normalise(raw);
         (!key.0.is_empty()).then_some(key)
+    }
+
+    /// The regular expression (ECMA-262) of a filter parameter: blank
+    /// (white space only: no filter) or with a letter or number somewhere.
+    pub fn filter_pattern() -> &'static str {
+        static PATTERN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PATTERN.get_or_init(|| {
+            let space = super::text::class_body(char::is_whitespace);
+            let wanted = Readable::LetterOrDigit.class();
+            format!(r"^(?:[{space}]*|[\s\S]*{wanted}[\s\S]*)$")
+        })
     }
 
     /// Rebuilds a key read back from storage (already normalised).
@@ -117,6 +133,26 @@ mod tests {
     fn nothing_comparable_is_no_key() {
         assert_eq!(CityKey::from_filter("  -- "), None);
         assert_eq!(CityKey::from_filter(""), None);
+    }
+
+    #[test]
+    fn the_filter_pattern_accepts_exactly_what_the_filter_does() {
+        let pattern = regex::Regex::new(CityKey::filter_pattern()).unwrap();
+        let alphabet = [
+            'a', 'É', '7', '-', ' ', '\u{A0}', '\u{200B}', '\n', '€', '½',
+        ];
+        let mut texts = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+                .collect();
+            texts.extend(longer);
+        }
+        for text in texts {
+            let by_filter = text.trim().is_empty() || CityKey::from_filter(&text).is_some();
+            assert_eq!(pattern.is_match(&text), by_filter, "{text:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,6 @@ mod video;
 pub use city::CityKey;
 pub use ids::{InvalidId, UserId, VideoId};
 pub use pagination::{InvalidPagination, Pagination};
-pub use text::{FieldError, FieldErrors, InvalidValue};
+pub use text::{FieldError, FieldErrors, InvalidValue, Readable, text_pattern};
 pub use user::{City, Country, Email, Password, PersonName, SignUp, SignUpForm};
 pub use video::{FailureReason, IllegalTransition, UnknownStatus, VideoStatus, VideoTitle};

@@ -3,9 +3,10 @@
 //! per-field error report.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use unicode_normalization::UnicodeNormalization;
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 /// Why a single value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,11 +109,32 @@ impl std::error::Error for FieldErrors {}
 
 /// What a text must contain besides its length to mean something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Readable {
-    /// At least one letter (names, places).
+pub enum Readable {
+    /// At least one letter, Unicode category L (names, places).
     Letter,
-    /// At least one letter or digit (titles).
+    /// At least one letter or number, categories L or N (titles).
     LetterOrDigit,
+}
+
+impl Readable {
+    pub(crate) fn accepts(self, c: char) -> bool {
+        let group = c.general_category_group();
+        match self {
+            Self::Letter => group == GeneralCategoryGroup::Letter,
+            Self::LetterOrDigit => matches!(
+                group,
+                GeneralCategoryGroup::Letter | GeneralCategoryGroup::Number
+            ),
+        }
+    }
+
+    /// The characters that count, as a regular-expression class.
+    pub(crate) fn class(self) -> &'static str {
+        match self {
+            Self::Letter => r"[\p{L}]",
+            Self::LetterOrDigit => r"[\p{L}\p{N}]",
+        }
+    }
 }
 
 /// Whether `c` is invisible formatting (zero-width space and joiners,
@@ -121,44 +143,149 @@ pub(crate) fn is_format(c: char) -> bool {
     c.general_category() == GeneralCategory::Format
 }
 
+/// Whether `c` is trimmed from both ends of a text: white space (Unicode
+/// `White_Space`, as [`str::trim`] reads it) or invisible formatting.
+pub(crate) fn is_padding(c: char) -> bool {
+    c.is_whitespace() || is_format(c)
+}
+
 /// `raw` in Unicode NFC, so that the precomposed and the decomposed
 /// spellings of "é" are one and the same text when compared or stored.
 pub(crate) fn nfc(raw: &str) -> String {
     raw.nfc().collect()
 }
 
-/// Normalises `raw` to NFC, trims white space and invisible formatting at
-/// both ends, and checks its length in characters (not bytes, so accented
-/// names count as people read them), that it holds no control characters
-/// and that it has something readable in it: a value made only of
-/// zero-width characters or punctuation is refused.
+/// Checks `raw` and gives the text to store. The rule reads the text as it
+/// was sent, as a JSON Schema does (so [`text_pattern`] and `maxLength`
+/// describe it exactly): at most `max` characters as sent (characters, not
+/// bytes, so accented names count as people read them); white space and
+/// invisible formatting at both ends are trimmed, and what is left must have
+/// at least `min` characters, no control
+/// characters, and something readable — a value made only of zero-width
+/// characters or punctuation is refused. The stored text is the trimmed
+/// text in NFC.
 pub(crate) fn bounded_text(
     raw: &str,
     min: usize,
     max: usize,
     readable: Readable,
 ) -> Result<String, InvalidValue> {
-    let normalised = nfc(raw);
-    let trimmed = normalised.trim_matches(|c: char| c.is_whitespace() || is_format(c));
-    let chars = trimmed.chars().count();
-    if chars < min {
-        return Err(InvalidValue::TooShort { min });
-    }
-    if chars > max {
+    // The upper bound counts the text as sent, as `maxLength` does; the
+    // lower one what is left once trimmed.
+    if raw.chars().count() > max {
         return Err(InvalidValue::TooLong { max });
+    }
+    let trimmed = raw.trim_matches(is_padding);
+    if trimmed.chars().count() < min {
+        return Err(InvalidValue::TooShort { min });
     }
     if trimmed.chars().any(char::is_control) {
         return Err(InvalidValue::ControlCharacters);
     }
-    match readable {
-        Readable::Letter if !trimmed.chars().any(char::is_alphabetic) => {
-            Err(InvalidValue::NoLetter)
-        }
-        Readable::LetterOrDigit if !trimmed.chars().any(char::is_alphanumeric) => {
-            Err(InvalidValue::NoLetterOrDigit)
-        }
-        _ => Ok(trimmed.to_owned()),
+    if !trimmed.chars().any(|c| readable.accepts(c)) {
+        return Err(match readable {
+            Readable::Letter => InvalidValue::NoLetter,
+            Readable::LetterOrDigit => InvalidValue::NoLetterOrDigit,
+        });
     }
+    Ok(nfc(trimmed))
+}
+
+/// The characters of `0..=U+10FFFF` for which `belongs` holds, as the body
+/// of a regular-expression class (`\uXXXX` escapes in the Basic Multilingual
+/// Plane, the characters themselves beyond it: the one spelling ECMA-262,
+/// Python and Rust engines all read).
+pub(crate) fn class_body(belongs: impl Fn(char) -> bool) -> String {
+    fn push(out: &mut String, c: char) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if u32::from(c) <= 0xFFFF {
+            let _ = write!(out, "\\u{:04X}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    let mut out = String::new();
+    let mut run: Option<(char, char)> = None;
+    let flush = |out: &mut String, (first, last): (char, char)| {
+        push(out, first);
+        if last != first {
+            out.push('-');
+            push(out, last);
+        }
+    };
+    for c in (0..=0x10_FFFF_u32).filter_map(char::from_u32) {
+        if !belongs(c) {
+            continue;
+        }
+        run = match run {
+            // Surrogates are not chars, so a run may jump over them.
+            Some((first, last))
+                if char::from_u32(u32::from(last) + 1) == Some(c)
+                    || (u32::from(last) == 0xD7FF && u32::from(c) == 0xE000) =>
+            {
+                Some((first, c))
+            }
+            Some(done) => {
+                flush(&mut out, done);
+                Some((c, c))
+            }
+            None => Some((c, c)),
+        };
+    }
+    if let Some(done) = run {
+        flush(&mut out, done);
+    }
+    out
+}
+
+/// The regular expression (ECMA-262 syntax, as OpenAPI's `pattern` takes
+/// it) that a text meets exactly when [`bounded_text`] with at least `min`
+/// characters (`min` ≥ 2) and the `readable` rule accepts it; the upper
+/// bound is left to `maxLength`, which counts the padding too. Built from
+/// the same character predicates, so the document and the server cannot
+/// drift apart.
+pub fn text_pattern(readable: Readable, min: usize) -> String {
+    assert!(
+        min >= 2,
+        "the pattern spells out a first and a last character"
+    );
+    let padding = class_body(is_padding);
+    let control = class_body(char::is_control);
+    let pad = format!("[{padding}]*");
+    // A character the trimmed text may start or end with, and any other.
+    let edge = format!("[^{padding}{control}]");
+    let inner = format!("[^{control}]");
+    let wanted = readable.class();
+    let at_least = |n: usize| match n {
+        0 => "*".to_owned(),
+        n => format!("{{{n},}}"),
+    };
+    let exactly = |n: usize| match n {
+        0 => String::new(),
+        1 => String::new(),
+        n => format!("{{{n}}}"),
+    };
+    // The first wanted character is at position `k` of the trimmed text.
+    // Either `k` alone makes the length (k ≥ min - 1) …
+    let mut branches = vec![format!(
+        "{edge}{inner}{}{wanted}(?:{inner}*{edge})?",
+        at_least(min - 2)
+    )];
+    // … or what follows it makes up the rest.
+    for k in 0..=min - 2 {
+        let prefix = match k {
+            0 => String::new(),
+            1 => edge.clone(),
+            k => format!("{edge}{inner}{}", exactly(k - 1)),
+        };
+        let rest = min - 1 - k;
+        branches.push(format!(
+            "{prefix}{wanted}{inner}{}{edge}",
+            at_least(rest - 1)
+        ));
+    }
+    format!("^{pad}(?:{}){pad}$", branches.join("|"))
 }
 
 /// Declares a newtype over a trimmed, length-bounded string.
@@ -184,6 +311,18 @@ macro_rules! bounded_text_type {
                     $crate::domain::text::Readable::$readable,
                 )
                 .map(Self)
+            }
+
+            /// The regular expression of the rule, for the API's document
+            /// (see [`text_pattern`](crate::domain::text_pattern)).
+            pub fn pattern() -> &'static str {
+                static PATTERN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                PATTERN.get_or_init(|| {
+                    $crate::domain::text_pattern(
+                        $crate::domain::Readable::$readable,
+                        Self::MIN_CHARS,
+                    )
+                })
             }
 
             pub fn as_str(&self) -> &str {
@@ -297,6 +436,59 @@ mod tests {
         let stored = bounded_text(decomposed, 2, 10, Readable::Letter).unwrap();
         assert_eq!(stored, "Jos\u{e9}");
         assert_eq!(stored.chars().count(), 4);
+    }
+
+    /// Every string up to `len` characters over `alphabet`.
+    fn strings(alphabet: &[char], len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn the_pattern_accepts_exactly_what_the_rule_accepts() {
+        // Letters (one decomposed), a digit, punctuation, inner and outer
+        // white space, invisible formatting, controls that are white space
+        // and one that is not.
+        let alphabet = [
+            'a',
+            'É',
+            '\u{301}',
+            '7',
+            '-',
+            ' ',
+            '\u{A0}',
+            '\u{200B}',
+            '\n',
+            '\u{0}',
+            '\u{1F600}',
+        ];
+        for (readable, min, max) in [(Readable::Letter, 2, 3), (Readable::LetterOrDigit, 3, 4)] {
+            let pattern = regex::Regex::new(&text_pattern(readable, min)).unwrap();
+            for text in strings(&alphabet, max + 1) {
+                let by_rule = bounded_text(&text, min, max, readable).is_ok();
+                let by_schema = pattern.is_match(&text) && text.chars().count() <= max;
+                assert_eq!(by_schema, by_rule, "{readable:?} {min}..{max}: {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_pattern_compiles_with_every_minimum_in_use() {
+        for min in 2..=5 {
+            for readable in [Readable::Letter, Readable::LetterOrDigit] {
+                let pattern = regex::Regex::new(&text_pattern(readable, min)).unwrap();
+                assert!(pattern.is_match(&format!("  {}  ", "ñ".repeat(min))));
+                assert!(!pattern.is_match(&"ñ".repeat(min - 1)));
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::body::{LimitedBody, TempFile};
 use super::error::is_missing;
-use super::{ObjectKey, ObjectReader, StorageError, UrlSigner};
+use super::{ObjectKey, ObjectReader, StorageError, StoredObject, UrlSigner};
 
 /// Name of the directory under the root that holds uploads in progress. Keys
 /// cannot start with '.', so no object ever lands there.
@@ -177,6 +177,44 @@ impl LocalStorage {
         }
         self.prune_empty_parents(&dir).await;
         Ok(())
+    }
+
+    pub(crate) async fn list(&self, prefix: &ObjectKey) -> Result<Vec<StoredObject>, StorageError> {
+        let mut listed = Vec::new();
+        let mut dirs = vec![self.path_of(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(StorageError::backend("list", e)),
+            };
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StorageError::backend("list", e))?
+            {
+                let path = entry.path();
+                let metadata = entry
+                    .metadata()
+                    .await
+                    .map_err(|e| StorageError::backend("list", e))?;
+                if metadata.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                // Only what is a valid key under the root is an object.
+                let key = path
+                    .strip_prefix(&self.root)
+                    .ok()
+                    .and_then(Path::to_str)
+                    .and_then(|k| ObjectKey::parse(k).ok());
+                if let Some(key) = key {
+                    let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    listed.push(StoredObject { key, modified });
+                }
+            }
+        }
+        Ok(listed)
     }
 
     pub(crate) fn url(&self, key: &ObjectKey, ttl: Duration) -> String {

@@ -189,6 +189,15 @@ impl Storage {
         }
     }
 
+    /// Every object under `prefix/`, with when it was last written (for
+    /// clean-up tasks; the order is unspecified).
+    pub async fn list(&self, prefix: &ObjectKey) -> Result<Vec<StoredObject>, StorageError> {
+        match self {
+            Self::S3(s3) => s3.list(prefix).await,
+            Self::Local(local) => local.list(prefix).await,
+        }
+    }
+
     /// A URL that plays `key` for `ttl` (at most [`MAX_URL_TTL`], at least one
     /// second): an absolute presigned S3 URL, or for local storage a signed
     /// path starting with [`UrlSigner::PATH_PREFIX`] that the API serves.
@@ -217,6 +226,14 @@ impl Storage {
             Self::S3(_) => None,
         }
     }
+}
+
+/// An object found by [`Storage::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: ObjectKey,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
 }
 
 /// An object opened for reading.

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncRead;
 
 use super::body::LimitedBody;
-use super::{ObjectKey, ObjectReader, StorageError};
+use super::{ObjectKey, ObjectReader, StorageError, StoredObject};
 
 /// Objects in an S3 bucket, under an optional key prefix.
 ///
@@ -321,6 +321,37 @@ impl S3Storage {
             self.delete_batch(prefix, batch).await?;
         }
         Ok(())
+    }
+
+    pub(crate) async fn list(&self, prefix: &ObjectKey) -> Result<Vec<StoredObject>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}/", self.s3_key(prefix)))
+            .into_paginator()
+            .send();
+        let mut listed = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error("listing a prefix", prefix, e))?;
+            for object in page.contents() {
+                // Keys this store did not write (not under its prefix, or not
+                // a valid key) are none of its business.
+                let Some(key) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix(self.prefix.as_str()))
+                    .and_then(|k| ObjectKey::parse(k).ok())
+                else {
+                    continue;
+                };
+                let modified = object
+                    .last_modified()
+                    .and_then(|at| std::time::SystemTime::try_from(*at).ok())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                listed.push(StoredObject { key, modified });
+            }
+        }
+        Ok(listed)
     }
 
     async fn delete_batch(

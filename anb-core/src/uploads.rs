@@ -1,0 +1,238 @@
+//! Uploads: the use case that stores an original and records its video
+//! with its job ([`store_upload`]), and the clean-up of uploads that never
+//! became videos ([`sweep`]).
+//!
+//! An upload is recorded as in progress before its original is stored, and
+//! the record goes in the transaction that records its video
+//! ([`Database::begin_upload`], [`Transaction::finish_upload`]). So once a
+//! grace period has passed (longer than any upload takes to go from storage
+//! to commit), a stored original is garbage when nothing in the database
+//! names its video: no video row (live, or deleted and waiting for its purge)
+//! and no upload in progress. [`sweep`] removes those, and the uploads in
+//! progress older than the grace period with their originals (their process
+//! died, or their commit failed and the object could not be removed then).
+//!
+//! [`Transaction::finish_upload`]: crate::db::Transaction::finish_upload
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::db::{
+    Database, DbError, FinishedUpload, NewVideo, UploadAnswer, UploadBegun, UploadStart,
+};
+use crate::domain::{VideoId, VideoTitle};
+use crate::jobs::TranscodeVideo;
+use crate::storage::{ObjectKey, Storage, StorageError, VideoKeys};
+
+/// How a job reaches the queue from the transaction that writes the row it
+/// is about: either way it commits or rolls back with that row.
+#[derive(Debug, Clone)]
+pub enum JobDelivery {
+    /// The queue lives in the application's database: the job is enqueued
+    /// in the transaction itself.
+    SameDatabase,
+    /// The queue is elsewhere (SQS, Redis, another database): the job is
+    /// written into this outbox in the transaction, and a relay
+    /// ([`anb_queue::Outbox::relay`]) publishes it, retrying while the queue
+    /// is unreachable.
+    Outbox(anb_queue::Outbox),
+}
+
+/// Where an upload's video and job go.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadTargets<'a> {
+    pub db: &'a Database,
+    pub storage: &'a Storage,
+    pub queue: &'a anb_queue::Queue,
+    pub delivery: &'a JobDelivery,
+}
+
+/// A checked upload, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct CheckedUpload<'a> {
+    /// Who, which video, how large, under which key and quota.
+    pub start: UploadStart,
+    /// The file, already checked.
+    pub file: &'a Path,
+    pub title: VideoTitle,
+    pub is_public: bool,
+    /// How long the answer is kept for retries under the start's key.
+    pub answer_ttl: Duration,
+}
+
+/// How [`store_upload`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored, recorded and queued.
+    Created(UploadAnswer),
+    /// The same request under the same key was answered before: its answer,
+    /// with nothing stored.
+    Replayed(UploadAnswer),
+}
+
+/// Why [`store_upload`] failed. Nothing it wrote is left but what the
+/// clean-up removes (an original or a record it could not remove at once).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Queue(#[from] anb_queue::QueueError),
+}
+
+/// Records the upload as in progress (or finds its earlier answer), stores
+/// the original, then commits its video row, its transcode job and its
+/// answer in one transaction that ends the record. A failure after the
+/// record removes the stored original, then the record; what cannot be
+/// removed then, [`sweep`] removes after its grace period.
+pub async fn store_upload(
+    to: UploadTargets<'_>,
+    upload: CheckedUpload<'_>,
+) -> Result<Stored, UploadError> {
+    let start = &upload.start;
+    if let UploadBegun::Replay(answer) = to.db.begin_upload(start).await? {
+        return Ok(Stored::Replayed(answer));
+    }
+    let original = ObjectKey::parse(start.original_key.clone())?;
+    let recorded = async {
+        to.storage.upload_file(&original, upload.file).await?;
+        let job = TranscodeVideo {
+            video_id: start.video_id,
+            original_key: start.original_key.clone(),
+        };
+        let mut tx = to.db.begin().await?;
+        let task_id = match to.delivery {
+            JobDelivery::SameDatabase => tx.enqueue(to.queue, &job).await?.to_string(),
+            JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, &job).await?.to_string(),
+        };
+        tx.finish_upload(&FinishedUpload {
+            video: NewVideo {
+                id: start.video_id,
+                owner_id: start.owner_id,
+                title: upload.title.clone(),
+                is_public: upload.is_public,
+                original_key: start.original_key.clone(),
+            },
+            original_bytes: start.original_bytes,
+            task_id: task_id.clone(),
+            idempotency: start
+                .idempotency
+                .clone()
+                .map(|key| (key, crate::db::now() + upload.answer_ttl)),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok::<_, UploadError>(task_id)
+    }
+    .await;
+    match recorded {
+        Ok(task_id) => Ok(Stored::Created(UploadAnswer {
+            video_id: start.video_id,
+            task_id,
+        })),
+        Err(error) => {
+            abandon(to, start.video_id, &original).await;
+            Err(error)
+        }
+    }
+}
+
+/// Removes what a failed upload stored, then its record in progress.
+async fn abandon(to: UploadTargets<'_>, video_id: VideoId, original: &ObjectKey) {
+    if let Err(error) = to.storage.delete(original).await {
+        tracing::error!(%error, key = %original, "original of a failed upload left for the clean-up");
+        return;
+    }
+    if let Err(error) = to.db.abandon_upload(video_id).await {
+        tracing::warn!(%error, "record of a failed upload left for the clean-up");
+    }
+}
+
+/// How many stale uploads one pass handles at most (the next pass takes the rest).
+const STALE_BATCH: u32 = 500;
+
+/// What one [`sweep`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Uploads in progress older than the grace period, with their originals.
+    pub stale_uploads: u64,
+    /// Video folders in storage that nothing in the database names.
+    pub orphaned_folders: u64,
+    /// Expired `Idempotency-Key` answers.
+    pub expired_answers: u64,
+}
+
+/// Why a sweep stopped early (what it removed before stays removed).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// One pass of the clean-up: removes what uploads left behind for longer
+/// than `grace` (see the module documentation). Safe to run from several
+/// processes at once.
+pub async fn sweep(
+    db: &Database,
+    storage: &Storage,
+    grace: Duration,
+) -> Result<SweepReport, SweepError> {
+    let mut report = SweepReport::default();
+    let cutoff = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+
+    // Uploads in progress for too long: the record goes first, so a commit
+    // arriving late finds it gone and fails instead of recording a video
+    // whose original is being removed; the original goes next (if that
+    // fails, the folder is an orphan the next step finds).
+    let started_before = crate::db::now() - grace;
+    for stale in db.stale_uploads(started_before, STALE_BATCH).await? {
+        if !db.abandon_upload(stale.video_id).await? {
+            continue;
+        }
+        report.stale_uploads += 1;
+        match ObjectKey::parse(stale.original_key.clone()) {
+            Ok(key) => storage.delete(&key).await?,
+            Err(error) => tracing::warn!(%error, "stale upload with an invalid key"),
+        }
+        storage
+            .delete_prefix(VideoKeys::new(stale.video_id.as_uuid()).folder())
+            .await?;
+    }
+
+    // Folders nothing names, untouched for the grace period.
+    let videos = ObjectKey::parse("videos").expect("a valid key");
+    let mut newest: HashMap<VideoId, SystemTime> = HashMap::new();
+    for object in storage.list(&videos).await? {
+        let Some(id) = object
+            .key
+            .as_str()
+            .split('/')
+            .nth(1)
+            .and_then(|segment| segment.parse::<VideoId>().ok())
+        else {
+            continue;
+        };
+        let at = newest.entry(id).or_insert(object.modified);
+        *at = (*at).max(object.modified);
+    }
+    for (id, modified) in newest {
+        if modified >= cutoff || db.video_folder_in_use(id).await? {
+            continue;
+        }
+        storage
+            .delete_prefix(VideoKeys::new(id.as_uuid()).folder())
+            .await?;
+        tracing::info!(video_id = %id, "removed a stored upload that never became a video");
+        report.orphaned_folders += 1;
+    }
+
+    report.expired_answers = db.prune_upload_answers().await?;
+    Ok(report)
+}
