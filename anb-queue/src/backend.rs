@@ -44,6 +44,11 @@ use crate::{error::QueueError, stats::QueueStats};
 pub struct JobId(pub(crate) String);
 
 impl JobId {
+    /// A job id as a backend printed it (for operator tools that take ids as text).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -228,6 +233,48 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Lists dead-lettered jobs with their last error, newest first.
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
 
+    /// A job's state as the queue holds it now, or `None` when no such job is stored
+    /// (never enqueued, finished and deleted, or pruned).
+    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
+        let _ = id;
+        Err(self.unsupported("looking a job up by id"))
+    }
+
+    /// Dead-lettered jobs, newest first, starting after the job `after` of an earlier page
+    /// (from the first when `None`).
+    async fn dead_jobs_after(
+        &self,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        match after {
+            None => self.dead_jobs(limit).await,
+            Some(_) => Err(self.unsupported("paging through dead jobs")),
+        }
+    }
+
+    /// Puts dead jobs back in the queue, due now, with their attempts counted from zero
+    /// (their last error is kept). Ids that are not dead are skipped. Returns how many
+    /// were requeued.
+    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
+        let _ = ids;
+        Err(self.unsupported("requeueing dead jobs"))
+    }
+
+    /// Deletes dead jobs that died more than `older_than` ago. Returns how many.
+    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let _ = older_than;
+        Err(self.unsupported("pruning dead jobs"))
+    }
+
+    /// The error for an operation this backend does not offer.
+    fn unsupported(&self, operation: &'static str) -> QueueError {
+        QueueError::UnsupportedByBackend {
+            operation,
+            backend: self.kind().as_str(),
+        }
+    }
+
     /// How many requests this backend has sent to a metered service (SQS bills per
     /// request), or `None` where that is not counted.
     fn requests_sent(&self) -> Option<u64> {
@@ -238,6 +285,50 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn requests_by_operation(&self) -> Option<BTreeMap<String, u64>> {
         None
     }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Waiting, due now.
+    Ready,
+    /// Waiting for its time (a delay or a retry's back-off).
+    Delayed,
+    /// Leased by a worker.
+    Running,
+    /// In the dead letters.
+    Dead,
+}
+
+impl JobState {
+    /// The state's name: `ready`, `delayed`, `running` or `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Delayed => "delayed",
+            Self::Running => "running",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// A stored job as an operator sees it ([`crate::Queue::job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: JobId,
+    /// The job's stable name.
+    pub name: String,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts started so far (a running job's current attempt included).
+    pub attempts: u32,
+    /// The most attempts it gets.
+    pub max_attempts: u32,
+    /// The error of its last failed attempt.
+    pub last_error: Option<String>,
+    /// The progress its handler last reported (0–100), where the backend keeps it.
+    pub progress: Option<u8>,
 }
 
 /// A job in the dead letters.

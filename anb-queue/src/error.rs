@@ -71,6 +71,14 @@ pub enum QueueError {
         /// The queue's backend.
         backend: &'static str,
     },
+    /// The backend cannot do this operation (see the backend table in the crate's README).
+    #[error("{operation} is not available on the {backend} backend")]
+    UnsupportedByBackend {
+        /// What was asked for.
+        operation: &'static str,
+        /// The backend's name.
+        backend: &'static str,
+    },
     /// The queue did not answer in time.
     #[error("{operation} took longer than {after:?}")]
     Timeout {

@@ -17,7 +17,7 @@ mod worker;
 
 #[cfg(feature = "apalis")]
 pub use apalis::ApalisBackend;
-pub use backend::{BackendKind, DeadJob, JobId};
+pub use backend::{BackendKind, DeadJob, JobId, JobInfo, JobState};
 pub use error::{JobError, QueueError};
 pub use job::{CancelReason, Job, JobContext};
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};

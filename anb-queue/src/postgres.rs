@@ -15,7 +15,8 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, JobState, Lease,
+        NewJob, WorkSignal,
     },
     error::QueueError,
     stats::QueueStats,
@@ -555,6 +556,96 @@ impl Backend for PostgresBackend {
         })
     }
 
+    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
+        let Ok(id) = id.as_str().parse::<i64>() else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT id, name, state, run_at > now() AS later, attempts, max_attempts,
+                    last_error, progress
+             FROM anb_queue_jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state")?;
+        Ok(Some(JobInfo {
+            id: JobId(id.to_string()),
+            name: row.try_get("name")?,
+            state: sql_state(&state, row.try_get("later")?),
+            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+            max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?).unwrap_or(0),
+            last_error: row.try_get("last_error")?,
+            progress: row
+                .try_get::<Option<i16>, _>("progress")?
+                .and_then(|p| u8::try_from(p).ok()),
+        }))
+    }
+
+    async fn dead_jobs_after(
+        &self,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        let Some(after) = after else {
+            return self.dead_jobs(limit).await;
+        };
+        let Ok(after) = after.as_str().parse::<i64>() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT j.id, j.name, j.payload::text AS payload, j.attempts, j.last_error
+             FROM anb_queue_jobs j, anb_queue_jobs c
+             WHERE c.id = $1 AND c.state = 'dead' AND j.state = 'dead'
+               AND (j.dead_at, j.id) < (c.dead_at, c.id)
+             ORDER BY j.dead_at DESC, j.id DESC LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_job).collect()
+    }
+
+    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
+        let ids: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| id.as_str().parse().ok())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let requeued = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL,
+                 locked_by = NULL, locked_until = NULL, lease_token = NULL
+             WHERE id = ANY($1) AND state = 'dead'",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if requeued > 0 {
+            // Workers listen for inserts; an update wakes them this way.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
+    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        Ok(sqlx::query(
+            "DELETE FROM anb_queue_jobs
+             WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",
+        )
+        .bind(millis(older_than))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         let rows = sqlx::query(
             "SELECT id, name, payload::text AS payload, attempts, last_error FROM anb_queue_jobs
@@ -563,18 +654,28 @@ impl Backend for PostgresBackend {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(DeadJob {
-                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(QueueError::from)
+        rows.iter().map(dead_job).collect()
+    }
+}
+
+/// A dead job from a row of `id, name, payload, attempts, last_error`.
+fn dead_job(row: &sqlx::postgres::PgRow) -> Result<DeadJob, QueueError> {
+    Ok(DeadJob {
+        id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+        name: row.try_get("name")?,
+        payload: row.try_get("payload")?,
+        attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// A job's state from its `state` column and whether its `run_at` is still ahead.
+pub(crate) fn sql_state(state: &str, later: bool) -> JobState {
+    match state {
+        "running" => JobState::Running,
+        "dead" => JobState::Dead,
+        _ if later => JobState::Delayed,
+        _ => JobState::Ready,
     }
 }
 

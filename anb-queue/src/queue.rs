@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, postgres::PgPoolOptions};
 
 use crate::{
-    backend::{Backend, BackendKind, DeadJob, JobId, NewJob, SharedBackend},
+    backend::{Backend, BackendKind, DeadJob, JobId, JobInfo, NewJob, SharedBackend},
     error::QueueError,
     job::Job,
     outbox,
@@ -223,6 +223,36 @@ impl Queue {
     /// Lists dead-lettered jobs with their last error, newest first.
     pub async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         self.backend.dead_jobs(limit).await
+    }
+
+    /// The next page of dead jobs, newest first: the `limit` after the job `after` (the last
+    /// of the previous page), or the first page when `None`. Not on SQS.
+    pub async fn dead_jobs_after(
+        &self,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        self.backend.dead_jobs_after(after, limit).await
+    }
+
+    /// A stored job's state, attempts, last error and progress; `None` when the queue no
+    /// longer holds it (finished jobs are deleted). Not on SQS, whose API has no lookup by
+    /// id.
+    pub async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
+        self.backend.job(id).await
+    }
+
+    /// Puts dead jobs back in the queue, due now, with a fresh set of attempts; ids that are
+    /// not dead are skipped. Returns how many were requeued. Not on SQS: redrive its
+    /// dead-letter queue instead (console, or `StartMessageMoveTask`).
+    pub async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
+        self.backend.requeue_dead(ids).await
+    }
+
+    /// Deletes the dead jobs that died more than `older_than` ago; returns how many. Not on
+    /// SQS, where the dead-letter queue's retention period does it.
+    pub async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        self.backend.prune_dead(older_than).await
     }
 }
 

@@ -29,7 +29,8 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, JobState, Lease,
+        NewJob, WorkSignal,
     },
     error::QueueError,
     stats::QueueStats,
@@ -250,12 +251,18 @@ if oldest ~= nil then age = now - oldest end
 return {ready, redis.call('ZCARD', prefix .. 'leases'), delayed, redis.call('ZCARD', prefix .. 'dead'), age}
 ";
 
-/// ARGV: prefix, limit. Returns (id, name, payload, attempts, has_error, error) per dead
-/// job, newest first.
+/// ARGV: prefix, limit, after ('' for the first page). Returns (id, name, payload, attempts,
+/// has_error, error) per dead job, newest first.
 const DEAD_JOBS: &str = "
-local prefix = ARGV[1]
+local prefix, limit, after = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local out = {}
-for _, id in ipairs(redis.call('ZREVRANGE', prefix .. 'dead', 0, tonumber(ARGV[2]) - 1)) do
+local start = 0
+if after ~= '' then
+  local rank = redis.call('ZREVRANK', prefix .. 'dead', after)
+  if not rank then return out end
+  start = rank + 1
+end
+for _, id in ipairs(redis.call('ZREVRANGE', prefix .. 'dead', start, start + limit - 1)) do
   local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'p', 'a', 'err')
   if job[1] then
     local has_error = '0'
@@ -266,6 +273,57 @@ for _, id in ipairs(redis.call('ZREVRANGE', prefix .. 'dead', 0, tonumber(ARGV[2
   end
 end
 return out
+";
+
+/// ARGV: prefix, id. Returns (name, state, attempts, max_attempts, has_error, error,
+/// progress) or nothing.
+const JOB: &str = "
+local prefix, id = ARGV[1], ARGV[2]
+local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'a', 'm', 'err', 'pr')
+if not job[1] then return {} end
+local state = 'ready'
+if redis.call('ZSCORE', prefix .. 'dead', id) then
+  state = 'dead'
+elseif redis.call('ZSCORE', prefix .. 'leases', id) then
+  state = 'running'
+else
+  local due = redis.call('ZSCORE', prefix .. 'q:' .. job[1], id)
+  if due and tonumber(due) > now then state = 'delayed' end
+end
+local has_error = '0'
+if job[4] then has_error = '1' end
+return {job[1], state, job[2] or '0', job[3] or '0', has_error, job[4] or '', job[5] or ''}
+";
+
+/// ARGV: prefix, ids… Returns how many dead jobs were requeued.
+const REQUEUE_DEAD: &str = "
+local prefix = ARGV[1]
+local requeued = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. 'job:' .. id
+  local name = redis.call('HGET', key, 'n')
+  if name and redis.call('ZSCORE', prefix .. 'dead', id) then
+    redis.call('ZADD', prefix .. 'q:' .. name, now, id)
+    redis.call('HSET', key, 'a', 0)
+    redis.call('ZREM', prefix .. 'dead', id)
+    requeued = requeued + 1
+  end
+end
+if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+return requeued
+";
+
+/// ARGV: prefix, age_ms, limit. Deletes up to `limit` jobs dead for longer than `age_ms`;
+/// returns how many.
+const PRUNE_DEAD: &str = "
+local prefix, age, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', prefix .. 'dead', '-inf', '(' .. (now - age), 'LIMIT', 0, limit)
+for _, id in ipairs(old) do
+  redis.call('DEL', prefix .. 'job:' .. id)
+  redis.call('ZREM', prefix .. 'dead', id)
+end
+return #old
 ";
 
 /// The scripts, hashed once; `invoke_async` runs them by hash and loads them when missing.
@@ -282,6 +340,9 @@ struct Scripts {
     next_due: Script,
     stats: Script,
     dead_jobs: Script,
+    job: Script,
+    requeue_dead: Script,
+    prune_dead: Script,
 }
 
 impl Scripts {
@@ -300,6 +361,9 @@ impl Scripts {
             next_due: timed(NEXT_DUE),
             stats: timed(STATS),
             dead_jobs: Script::new(DEAD_JOBS),
+            job: timed(JOB),
+            requeue_dead: timed(REQUEUE_DEAD),
+            prune_dead: timed(PRUNE_DEAD),
         }
     }
 }
@@ -679,6 +743,14 @@ impl Backend for RedisBackend {
     }
 
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        self.dead_jobs_after(None, limit).await
+    }
+
+    async fn dead_jobs_after(
+        &self,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -688,6 +760,7 @@ impl Backend for RedisBackend {
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(limit)
+            .arg(after.map_or("", JobId::as_str))
             .invoke_async(&mut self.connection.clone())
             .await?;
         Ok(fields
@@ -700,6 +773,76 @@ impl Backend for RedisBackend {
                 last_error: (job[4] == "1").then(|| job[5].clone()),
             })
             .collect())
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
+        let fields: Vec<String> = self
+            .scripts
+            .job
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let [
+            name,
+            state,
+            attempts,
+            max_attempts,
+            has_error,
+            error,
+            progress,
+        ] = fields.as_slice()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(JobInfo {
+            id: id.clone(),
+            name: name.clone(),
+            state: match state.as_str() {
+                "dead" => JobState::Dead,
+                "running" => JobState::Running,
+                "delayed" => JobState::Delayed,
+                _ => JobState::Ready,
+            },
+            attempts: parse_u32(attempts),
+            max_attempts: parse_u32(max_attempts),
+            last_error: (has_error == "1").then(|| error.clone()),
+            progress: progress.parse().ok(),
+        }))
+    }
+
+    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.scripts.requeue_dead.prepare_invoke();
+        invocation.arg(&self.prefix);
+        for id in ids {
+            invocation.arg(id.as_str());
+        }
+        Ok(invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?)
+    }
+
+    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        let mut pruned = 0;
+        loop {
+            let deleted: u64 = self
+                .scripts
+                .prune_dead
+                .prepare_invoke()
+                .arg(&self.prefix)
+                .arg(millis(older_than).min(MAX_DELAY_MS))
+                .arg(RECOVER_BATCH)
+                .invoke_async(&mut self.connection.clone())
+                .await?;
+            pruned += deleted;
+            if deleted < RECOVER_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 }
 

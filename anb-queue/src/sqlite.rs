@@ -16,10 +16,11 @@ use tokio::sync::watch;
 
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease, NewJob, WorkSignal,
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
+        WorkSignal,
     },
     error::QueueError,
-    postgres::{claim_token, lost_leases, row_id},
+    postgres::{claim_token, lost_leases, row_id, sql_state},
     stats::QueueStats,
 };
 
@@ -446,6 +447,91 @@ impl Backend for SqliteBackend {
         })
     }
 
+    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
+        let Ok(id) = id.as_str().parse::<i64>() else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT id, name, state, run_at > ?2 AS later, attempts, max_attempts, last_error,
+                    progress
+             FROM anb_queue_jobs WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state")?;
+        Ok(Some(JobInfo {
+            id: JobId(id.to_string()),
+            name: row.try_get("name")?,
+            state: sql_state(&state, row.try_get("later")?),
+            attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+            max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts")?).unwrap_or(0),
+            last_error: row.try_get("last_error")?,
+            progress: row
+                .try_get::<Option<i64>, _>("progress")?
+                .and_then(|p| u8::try_from(p).ok()),
+        }))
+    }
+
+    async fn dead_jobs_after(
+        &self,
+        after: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
+        let Some(after) = after else {
+            return self.dead_jobs(limit).await;
+        };
+        let Ok(after) = after.as_str().parse::<i64>() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT j.id, j.name, j.payload, j.attempts, j.last_error
+             FROM anb_queue_jobs j, anb_queue_jobs c
+             WHERE c.id = ?1 AND c.state = 'dead' AND j.state = 'dead'
+               AND (j.dead_at < c.dead_at OR (j.dead_at = c.dead_at AND j.id < c.id))
+             ORDER BY j.dead_at DESC, j.id DESC LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_job).collect()
+    }
+
+    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
+        let ids: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| id.as_str().parse().ok())
+            .collect();
+        let requeued = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', attempts = 0, run_at = ?2, dead_at = NULL,
+                 locked_by = NULL, locked_until = NULL, lease_token = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if requeued > 0 {
+            self.wake();
+        }
+        Ok(requeued)
+    }
+
+    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        Ok(
+            sqlx::query("DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1")
+                .bind(now_ms().saturating_sub(millis(older_than)))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         let rows = sqlx::query(
             "SELECT id, name, payload, attempts, last_error FROM anb_queue_jobs
@@ -454,17 +540,17 @@ impl Backend for SqliteBackend {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(DeadJob {
-                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(QueueError::from)
+        rows.iter().map(dead_job).collect()
     }
+}
+
+/// A dead job from a row of `id, name, payload, attempts, last_error`.
+fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
+    Ok(DeadJob {
+        id: JobId(row.try_get::<i64, _>("id")?.to_string()),
+        name: row.try_get("name")?,
+        payload: row.try_get("payload")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        last_error: row.try_get("last_error")?,
+    })
 }

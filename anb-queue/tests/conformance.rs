@@ -288,6 +288,153 @@ async fn permanent_failure_dead_letters_at_once(db: &TestDb) {
     assert_eq!(dead[0].last_error.as_deref(), Some("boom on attempt 1"));
 }
 
+/// The operator calls: a job looked up by id in each state, dead jobs paged through,
+/// requeued with a fresh set of attempts, and pruned by age. SQS has none of these but
+/// the first page (its API has no lookup by id; its dead-letter queue is redriven and
+/// expires by itself) and says so with `UnsupportedByBackend`.
+async fn operators_look_up_page_requeue_and_prune_jobs(db: &TestDb) {
+    let queue = db.queue().await;
+    let doomed = queue
+        .enqueue_bulk(&[
+            Flaky { fail_attempts: 1 },
+            Flaky { fail_attempts: 1 },
+            Flaky { fail_attempts: 1 },
+        ])
+        .await
+        .unwrap();
+    let ready = queue
+        .enqueue(&Echo {
+            n: 1,
+            text: "waits".into(),
+        })
+        .await
+        .unwrap();
+    let delayed = queue
+        .enqueue_in(
+            &Echo {
+                n: 2,
+                text: "later".into(),
+            },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), true));
+    wait_until("three jobs dead", 60, || async {
+        stats(&queue).await.dead == 3
+    })
+    .await;
+    worker.stop().await;
+
+    if queue.kind() == anb_queue::BackendKind::Sqs {
+        let unsupported = |result: Result<(), QueueError>| {
+            assert!(
+                matches!(
+                    result,
+                    Err(QueueError::UnsupportedByBackend { backend: "sqs", .. })
+                ),
+                "{result:?}"
+            )
+        };
+        unsupported(queue.job(&ready).await.map(drop));
+        unsupported(queue.requeue_dead(&doomed).await.map(drop));
+        unsupported(queue.prune_dead(Duration::ZERO).await.map(drop));
+        let first = queue.dead_jobs_after(None, 10).await.unwrap();
+        unsupported(
+            queue
+                .dead_jobs_after(Some(&first[0].id), 10)
+                .await
+                .map(drop),
+        );
+        return;
+    }
+
+    let info = queue
+        .job(&doomed[0])
+        .await
+        .unwrap()
+        .expect("a dead job is stored");
+    assert_eq!(
+        (
+            info.state,
+            info.attempts,
+            info.max_attempts,
+            info.name.as_str()
+        ),
+        (anb_queue::JobState::Dead, 1, 3, "flaky")
+    );
+    assert_eq!(info.last_error.as_deref(), Some("boom on attempt 1"));
+    let info = queue.job(&ready).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.attempts, info.last_error),
+        (anb_queue::JobState::Ready, 0, None)
+    );
+    let info = queue.job(&delayed).await.unwrap().unwrap();
+    assert_eq!(info.state, anb_queue::JobState::Delayed);
+    for missing in ["999999999", "no-such-id"] {
+        assert_eq!(
+            queue.job(&anb_queue::JobId::new(missing)).await.unwrap(),
+            None
+        );
+    }
+
+    // Two pages of two cover the three dead jobs once each, newest first.
+    let first = queue.dead_jobs_after(None, 2).await.unwrap();
+    let second = queue.dead_jobs_after(Some(&first[1].id), 2).await.unwrap();
+    assert_eq!((first.len(), second.len()), (2, 1));
+    let paged: HashSet<_> = first
+        .iter()
+        .chain(&second)
+        .map(|job| job.id.clone())
+        .collect();
+    assert_eq!(paged, doomed.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(
+        first.iter().map(|job| &job.id).collect::<Vec<_>>(),
+        queue
+            .dead_jobs(2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|job| &job.id)
+            .collect::<Vec<_>>()
+    );
+
+    // Requeued: only the dead one of the two ids; it runs again from attempt 1.
+    assert_eq!(
+        queue
+            .requeue_dead(&[doomed[0].clone(), ready.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    let info = queue.job(&doomed[0]).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (anb_queue::JobState::Ready, 0));
+    assert_eq!(stats(&queue).await.dead, 2);
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), true));
+    wait_until("the requeued job dead again", 60, || async {
+        stats(&queue).await.dead == 3
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 1, 1, 1]);
+
+    // Pruned by age: none died an hour ago; all have died by now.
+    assert_eq!(
+        queue.prune_dead(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(queue.prune_dead(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(stats(&queue).await.dead, 0);
+    assert_eq!(queue.job(&doomed[1]).await.unwrap(), None);
+    assert_eq!(
+        queue.job(&ready).await.unwrap().map(|job| job.state),
+        Some(anb_queue::JobState::Ready),
+        "pruning leaves live jobs alone"
+    );
+}
+
 async fn panicking_handler_is_retried(db: &TestDb) {
     let queue = db.queue().await;
     queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
@@ -1043,6 +1190,7 @@ macro_rules! conformance_suite {
                 retryable_failure_is_retried_until_success,
                 exhausted_retries_dead_letter_with_last_error,
                 permanent_failure_dead_letters_at_once,
+                operators_look_up_page_requeue_and_prune_jobs,
                 panicking_handler_is_retried,
                 undecodable_payload_is_dead_lettered,
                 stats_count_jobs_by_state,
