@@ -74,6 +74,10 @@ const ATTR_ERROR: &str = "anb-error";
 const ATTR_ATTEMPTS: &str = "anb-attempts";
 const ATTR_DEAD_AT: &str = "anb-dead-at";
 
+/// How long a worker waits before receiving again after a receive that could not use what
+/// it got (jobs for other workers) or, short-polling, got nothing.
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// SQS's limits.
 const MAX_BATCH: usize = 10;
 const MAX_NATIVE_DELAY: Duration = Duration::from_secs(900);
@@ -415,6 +419,10 @@ struct Inner {
     /// Set when the last claim received only messages it could not take (jobs without a
     /// handler), so the worker pauses instead of receiving them again at once.
     saw_only_strangers: AtomicBool,
+    /// Set when the last claim received nothing at all: with short polling
+    /// (`wait_seconds=0`) the worker then pauses, instead of sending billed empty receives
+    /// back to back.
+    received_nothing: AtomicBool,
     /// Long polls still running for a claim the worker gave up on (at shutdown), and a
     /// signal when one ends: releases wait for them, or those polls would take the
     /// released copies.
@@ -484,6 +492,7 @@ impl SqsBackend {
                 requests,
                 leases: Mutex::new(HashMap::new()),
                 saw_only_strangers: AtomicBool::new(false),
+                received_nothing: AtomicBool::new(false),
                 abandoned_polls: AtomicUsize::new(0),
                 polls_settled: Notify::new(),
                 wake: watch::channel(0).0,
@@ -856,6 +865,8 @@ impl Inner {
             claimed.is_empty() && !strangers.is_empty(),
             Ordering::Relaxed,
         );
+        self.received_nothing
+            .store(messages.is_empty(), Ordering::Relaxed);
         if !strangers.is_empty() {
             self.change_visibility(&strangers, 0).await?;
         }
@@ -1133,9 +1144,13 @@ impl Backend for SqsBackend {
 
     async fn next_due_in(&self, _names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
         // The claim's long poll is the wait: poll again at once, unless the last poll found
-        // only jobs for other workers (then pause, rather than receive them again and again).
-        if self.inner.saw_only_strangers.load(Ordering::Relaxed) {
-            Ok(Some(Duration::from_secs(1)))
+        // only jobs for other workers (then pause, rather than receive them again and again),
+        // or found nothing without waiting (short polling: pause as a long poll would).
+        let inner = &self.inner;
+        let short_poll_empty =
+            inner.wait_seconds == 0 && inner.received_nothing.load(Ordering::Relaxed);
+        if inner.saw_only_strangers.load(Ordering::Relaxed) || short_poll_empty {
+            Ok(Some(IDLE_PAUSE))
         } else {
             Ok(Some(Duration::ZERO))
         }

@@ -1300,6 +1300,41 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
     db.cleanup().await;
 }
 
+/// With short polling (`wait_seconds=0`) an idle SQS worker pauses between empty receives
+/// instead of sending them back to back (each is billed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_short_polling_idle_worker_pauses_between_empty_receives() {
+    let db = TestDb::sqs().await;
+    let queue = Queue::connect(&format!("{}?wait_seconds=0", db.url))
+        .await
+        .unwrap();
+    let receives = |queue: &Queue| {
+        queue
+            .requests_by_operation()
+            .unwrap()
+            .get("ReceiveMessage")
+            .copied()
+            .unwrap_or(0)
+    };
+    let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = receives(&queue);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = receives(&queue) - before;
+    // Still claims: a job enqueued now is taken within the pause.
+    queue
+        .enqueue(&Echo {
+            n: 1,
+            text: "after the idle time".into(),
+        })
+        .await
+        .unwrap();
+    wait_until("the job taken", 30, || is_empty(&queue)).await;
+    worker.stop().await;
+    assert!(idle <= 6, "{idle} receives in 3 idle seconds");
+    db.cleanup().await;
+}
+
 /// SQLite has one write lock per file: idle workers polling for jobs of other processes must
 /// not take it, or every poll queues behind (and ahead of) the writers they wait for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
