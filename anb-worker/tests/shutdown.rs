@@ -1,6 +1,8 @@
 //! A shutdown is never the video's failure: the `anb-worker` program stopped with SIGTERM
 //! in the middle of an encode, more times than the job has attempts, gives the job back
-//! each time without counting the attempt, and the video still ends `processed`.
+//! each time without counting the attempt, and the video still ends `processed`. Between
+//! runs the video waits `uploaded` with progress 0: it shows `processing` only while an
+//! attempt runs, and each attempt's progress starts again from 0.
 
 mod common;
 
@@ -36,6 +38,26 @@ async fn sigterm_mid_encode_more_often_than_the_attempts_still_ends_processed() 
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The attempt claimed the video and records its progress from 0; wait for some, so
+        // that giving the job back visibly resets it.
+        loop {
+            let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
+            assert_eq!(
+                video.status,
+                VideoStatus::Processing,
+                "round {round}: {video:?}\n{}",
+                worker.log_text()
+            );
+            if video.progress_percent >= 5 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no progress: {}",
+                worker.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         worker.signal("TERM");
         assert!(
             worker.exit_within(Duration::from_secs(60)).success(),
@@ -43,13 +65,12 @@ async fn sigterm_mid_encode_more_often_than_the_attempts_still_ends_processed() 
             worker.log_text()
         );
         let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
-        assert_ne!(
-            video.status,
-            VideoStatus::Failed,
-            "round {round}: {video:?}\n{}",
+        assert_eq!(
+            (video.status, video.progress_percent),
+            (VideoStatus::Uploaded, 0),
+            "round {round}: the released video waits, its progress back to 0: {video:?}\n{}",
             worker.log_text()
         );
-        assert_ne!(video.status, VideoStatus::Processed, "round {round}");
         let stats = queue.stats().await.unwrap();
         assert_eq!(stats.dead, 0, "round {round}: {}", worker.log_text());
         assert_eq!(stats.ready, 1, "round {round}: the job is given back");
