@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares `anb-worker transcode` with the `ffmpeg` command line doing the same
-# work on a generated 1080p30 input with motion and grain: trim to 30 s, 30 fps,
+# work on a generated 1080p30 6 Mbit/s input with motion and grain: trim to 30 s, 30 fps,
 # fit into 1280x720 (bicubic), BT.709 colour with the same tags, watermark
 # overlay, 2 s bumpers at both ends, libx264 with the same preset and CRF,
 # fast-start MP4.
@@ -23,6 +23,7 @@
 # directory; an input already there is reused), ANB_WORKER_BIN (a release
 # build to use instead of building one), CARGO_TARGET_DIR (as usual).
 set -euo pipefail
+shopt -s inherit_errexit
 
 QUICK=0
 if [[ "${1:-}" == "--quick" ]]; then
@@ -55,13 +56,14 @@ fi
 
 SECONDS_IN=$((QUICK ? 21 : 60))
 KEPT=$((SECONDS_IN < 30 ? SECONDS_IN : 30))
-INPUT="$WORK/input-1080p30-${SECONDS_IN}s.mp4"
+INPUT="$WORK/input-1080p30-${SECONDS_IN}s-6M.mp4"
 if [[ ! -s "$INPUT" ]]; then
     echo "generating $INPUT..." >&2
-    # A moving test card with temporal noise, so the encoder sees camera-like motion.
+    # A moving test card with temporal noise, so the encoder sees camera-like motion, at
+    # 6 Mbit/s as a phone's 1080p30 (45 MB for 60 s, under the upload limit).
     ffmpeg -hide_banner -loglevel error -nostdin -y \
         -f lavfi -i "testsrc2=size=1920x1080:rate=30:duration=$SECONDS_IN,noise=alls=10:allf=t+u" \
-        -pix_fmt yuv420p -c:v libx264 -preset veryfast -crf 20 "$INPUT"
+        -pix_fmt yuv420p -c:v libx264 -preset veryfast -b:v 6M -maxrate 6M -bufsize 12M "$INPUT"
 fi
 
 # The same artwork the worker draws, as PNG files for the command line.
