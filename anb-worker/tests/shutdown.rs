@@ -167,7 +167,7 @@ async fn sigkill_mid_encode_ends_processed_after_exactly_one_more_encode() {
     assert!(!killed.exit_within(Duration::from_secs(30)).success());
 
     // Nothing of the unfinished encode reached storage: only the original is there.
-    assert_eq!(files_under(&media), [original.clone()]);
+    assert_eq!(files_under(&media), std::slice::from_ref(&original));
     assert!(!platform.storage.exists(&keys.processed()).await.unwrap());
     assert!(!platform.storage.exists(&keys.thumbnail()).await.unwrap());
     let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
