@@ -130,6 +130,7 @@ on_both_engines!(
     publish_request_before_processing_publishes_when_processed,
     failed_video_keeps_its_reason_and_stays_failed,
     worker_transitions_follow_the_status_machine,
+    released_video_waits_uploaded_until_an_attempt_claims_it,
     votes_follow_the_rules,
     concurrent_duplicate_votes_count_once,
     rankings_order_by_votes_then_sign_up,
@@ -881,6 +882,91 @@ async fn failed_video_keeps_its_reason_and_stays_failed(db: Database) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn released_video_waits_uploaded_until_an_attempt_claims_it(db: Database) {
+    let owner = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+    let video = upload(&db, &owner, "Free throws", false).await;
+
+    // Nothing to give back before an attempt claims it.
+    assert!(matches!(
+        db.release_processing(video.id).await,
+        Err(DbError::IllegalTransition(IllegalTransition {
+            from: VideoStatus::Uploaded,
+            to: VideoStatus::Uploaded
+        }))
+    ));
+    db.start_processing(video.id).await.unwrap();
+    db.update_progress(video.id, 65).await.unwrap();
+    let released = db.release_processing(video.id).await.unwrap();
+    assert_eq!(
+        (released.status, released.progress_percent),
+        (VideoStatus::Uploaded, 0)
+    );
+    // No attempt runs, so no progress is recorded, and the owner's rules are those of a
+    // waiting upload: publishing is a request for later.
+    assert!(matches!(
+        db.update_progress(video.id, 70).await,
+        Err(DbError::IllegalTransition(_))
+    ));
+    let requested = db.publish_video(owner.id, video.id).await.unwrap();
+    assert!(requested.is_public && !requested.is_published());
+    assert_eq!(
+        db.list_public_videos(Pagination::first())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    assert!(
+        db.rankings(None, Pagination::first())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The next attempt claims it and finishes: published, counted in the rankings once.
+    let claimed = db.start_processing(video.id).await.unwrap();
+    assert_eq!(
+        (claimed.status, claimed.progress_percent),
+        (VideoStatus::Processing, 0)
+    );
+    let processed = db
+        .mark_processed(video.id, &outputs(video.id))
+        .await
+        .unwrap();
+    assert!(processed.is_published());
+    let ranking = db.rankings(None, Pagination::first()).await.unwrap();
+    assert_eq!(names(&ranking), ["Ana"]);
+    assert_eq!(
+        db.list_public_videos(Pagination::first())
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    // Final states are never given back.
+    assert!(matches!(
+        db.release_processing(video.id).await,
+        Err(DbError::IllegalTransition(IllegalTransition {
+            from: VideoStatus::Processed,
+            to: VideoStatus::Uploaded
+        }))
+    ));
+
+    // A released video can be deleted like any waiting upload; then the worker is refused.
+    let other = upload(&db, &owner, "Layups drill", false).await;
+    db.start_processing(other.id).await.unwrap();
+    db.release_processing(other.id).await.unwrap();
+    db.delete_video(owner.id, other.id).await.unwrap();
+    assert!(matches!(
+        db.release_processing(other.id).await,
+        Err(DbError::VideoNotFound)
+    ));
+    assert!(matches!(
+        db.start_processing(other.id).await,
+        Err(DbError::VideoNotFound)
+    ));
 }
 
 async fn worker_transitions_follow_the_status_machine(db: Database) {

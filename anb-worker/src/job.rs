@@ -95,6 +95,9 @@ impl TranscodeJobs {
                         ctx.cancel_reason(),
                         Some(CancelReason::Shutdown | CancelReason::LeaseLost)
                     );
+                    if ctx.cancel_reason() == Some(CancelReason::Shutdown) {
+                        self.release_video(job.video_id).await;
+                    }
                     if ctx.is_last_attempt() && !interrupted {
                         let reason = FailureReason::new(format!(
                             "processing failed after {} attempts",
@@ -220,6 +223,20 @@ impl TranscodeJobs {
                 Ok(Outcome::DeletedMidway)
             }
             Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Returns a video whose job the queue is about to give back (the worker shutting down) to
+    /// `uploaded` with progress 0: no attempt runs until another worker claims the job, and that
+    /// attempt marks it `processing` again from 0. Called before the handler returns, while the
+    /// job is still held, so it cannot undo the claim of the next attempt. A lost lease is left
+    /// alone: another worker may already hold the job and have claimed the video.
+    async fn release_video(&self, id: VideoId) {
+        match self.db.release_processing(id).await {
+            Ok(_) => tracing::info!("job given back: the video waits in `uploaded`"),
+            // Deleted, never claimed, or a processed video being repaired: nothing to give back.
+            Err(DbError::VideoNotFound | DbError::IllegalTransition(_)) => {}
+            Err(error) => tracing::warn!(%error, "could not return the video to `uploaded`"),
         }
     }
 

@@ -453,6 +453,13 @@ operations! {
     /// [`DbError::IllegalTransition`]; a deleted video [`DbError::VideoNotFound`].
     write fn start_processing(id: VideoId) -> Video;
 
+    /// Gives a video back to the queue's waiting state (`processing` → `uploaded`, progress back
+    /// to 0) when its job is released unfinished without counting the attempt (the worker
+    /// shutting down): it shows `processing` again only when the next attempt claims it.
+    /// Errors: [`DbError::IllegalTransition`] from any other status, [`DbError::VideoNotFound`]
+    /// for a deleted video.
+    write fn release_processing(id: VideoId) -> Video;
+
     /// Records encoding progress (capped at 100) of a video being processed.
     write fn update_progress(id: VideoId, percent: u8) -> ();
 

@@ -364,6 +364,26 @@ impl Conn<'_> {
         Err(self.missed_status_change(id, VideoStatus::Processing).await)
     }
 
+    pub(crate) async fn release_processing(&mut self, id: VideoId) -> Result<Video, DbError> {
+        self.status_allowing(id, VideoStatus::Uploaded).await?;
+        // Only `processing` may go back, so the compare-and-set names it directly.
+        let row = fetch!(
+            self,
+            fetch_optional,
+            VideoRow,
+            concat!(
+                "UPDATE videos SET status = 'uploaded', progress_percent = 0 \
+                 WHERE id = $1 AND status = 'processing' AND deleted_at IS NULL RETURNING ",
+                video_columns!()
+            ),
+            id.as_uuid(),
+        )?;
+        match row {
+            Some(row) => row.try_into(),
+            None => Err(self.missed_status_change(id, VideoStatus::Uploaded).await),
+        }
+    }
+
     pub(crate) async fn update_progress(
         &mut self,
         id: VideoId,

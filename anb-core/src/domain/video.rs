@@ -15,12 +15,14 @@ bounded_text_type!(
 /// Where a video is in its processing.
 ///
 /// ```text
-/// uploaded ──► processing ──► processed
+/// uploaded ◄─► processing ──► processed
 ///     │            │ ▲
 ///     │            └─┘ (a redelivered job claims it again)
 ///     └────────────┴────► failed (with a reason)
 /// ```
-/// `processed` and `failed` are final.
+/// `processing` means an attempt is running. A job given back to the queue unfinished without
+/// counting its attempt (its worker shutting down) returns its video to `uploaded`, progress 0,
+/// and the next attempt claims it again. `processed` and `failed` are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoStatus {
@@ -73,6 +75,7 @@ impl VideoStatus {
             (self, next),
             (Uploaded, Processing)
                 | (Processing, Processing)
+                | (Processing, Uploaded)
                 | (Processing, Processed)
                 | (Uploaded | Processing, Failed)
         )
@@ -161,6 +164,7 @@ mod tests {
         let legal = [
             (Uploaded, Processing),
             (Processing, Processing),
+            (Processing, Uploaded),
             (Processing, Processed),
             (Processing, Failed),
             (Uploaded, Failed),
