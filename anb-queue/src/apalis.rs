@@ -54,7 +54,9 @@ use crate::{
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
-    runtime::{Ended, Failure, LeaseRuntime, RunningJob, record_duration, shutdown_schedule},
+    runtime::{
+        Ended, Failure, LeaseRuntime, Maintenance, RunningJob, record_duration, shutdown_schedule,
+    },
     sqlite::now_ms,
     stats::PollCounter,
     worker::{RetryBackoff, idle_wait},
@@ -349,7 +351,7 @@ async fn start(
     let runtime = &shared.runtime;
     let signal = runtime.backend.subscribe().await?;
     let background = CancellationToken::new();
-    let mut handles = runtime.spawn_background(queue, Duration::from_secs(15), background.clone());
+    let mut handles = runtime.spawn_background(queue, Maintenance::default(), background.clone());
     handles.push(tokio::spawn(watch_stop(
         shared.clone(),
         worker,

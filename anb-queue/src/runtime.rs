@@ -49,6 +49,28 @@ const RECORD_ATTEMPTS: u32 = 3;
 /// The pause between tries of an outcome's write.
 const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// How long dead jobs are kept unless a worker is told otherwise: a week, as River keeps
+/// discarded jobs.
+pub(crate) const DEFAULT_DEAD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The background upkeep a worker runs beside its handlers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Maintenance {
+    /// How often the queue depth gauges are refreshed.
+    pub(crate) stats_interval: Duration,
+    /// Dead jobs older than this are deleted (`None`: kept until an operator prunes them).
+    pub(crate) dead_retention: Option<Duration>,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Self {
+            stats_interval: Duration::from_secs(15),
+            dead_retention: Some(DEFAULT_DEAD_RETENTION),
+        }
+    }
+}
+
 /// How long before the end of the shutdown grace running handlers are cancelled: enough for
 /// a cooperative handler to return and be released within the grace.
 pub(crate) fn release_margin(grace: Duration) -> Duration {
@@ -466,7 +488,7 @@ impl LeaseRuntime {
     pub(crate) fn spawn_background(
         self: &Arc<Self>,
         queue: Queue,
-        stats_interval: Duration,
+        maintenance: Maintenance,
         stop: CancellationToken,
     ) -> Vec<JoinHandle<()>> {
         let mut handles = Vec::new();
@@ -486,7 +508,7 @@ impl LeaseRuntime {
         handles.push(tokio::spawn(maintain(
             self.clone(),
             queue,
-            stats_interval,
+            maintenance,
             stop,
         )));
         handles
@@ -625,13 +647,24 @@ async fn renew_leases(runtime: Arc<LeaseRuntime>, stop: CancellationToken) {
     }
 }
 
-/// Recovers jobs whose worker died, and refreshes the queue depth gauges.
+/// Recovers jobs whose worker died, refreshes the queue depth gauges, and deletes dead jobs
+/// past their retention.
 async fn maintain(
     runtime: Arc<LeaseRuntime>,
     queue: Queue,
-    stats_interval: Duration,
+    maintenance: Maintenance,
     stop: CancellationToken,
 ) {
+    // Pruning runs a few times per retention period, at most hourly, first after one period
+    // (not at start-up, where many workers may start at once).
+    let retention = maintenance.dead_retention;
+    let prune_every = retention.map_or(Duration::from_secs(3600), |age| {
+        (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+    });
+    let mut prune_ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + prune_every, prune_every);
+    prune_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stats_interval = maintenance.stats_interval;
     // Expired leases are looked for about twice per lease, so a crashed worker's job waits
     // at most about 1.5 leases.
     let mut recover_ticks = tokio::time::interval((runtime.lease / 2).min(Duration::from_secs(15)));
@@ -653,6 +686,17 @@ async fn maintain(
             _ = stats_ticks.tick() => {
                 if let Err(error) = queue.stats().await {
                     tracing::warn!(%error, "reading queue statistics failed");
+                }
+            }
+            _ = prune_ticks.tick(), if retention.is_some() => {
+                let age = retention.unwrap_or(DEFAULT_DEAD_RETENTION);
+                match runtime.backend.prune_dead(age).await {
+                    Ok(0) | Err(QueueError::UnsupportedByBackend { .. }) => {}
+                    Ok(pruned) => {
+                        tracing::info!(pruned, retention_s = age.as_secs(), "deleted dead jobs past their retention");
+                        metrics::counter!("anb_queue_dead_pruned_total").increment(pruned);
+                    }
+                    Err(error) => tracing::warn!(%error, "pruning dead jobs failed"),
                 }
             }
             () = stop.cancelled() => return,

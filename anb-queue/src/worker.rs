@@ -25,7 +25,7 @@ use crate::{
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
-    runtime::{Ended, Failure, LeaseRuntime, record_duration, shutdown_schedule},
+    runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
     sqlite::now_ms,
 };
 
@@ -104,7 +104,7 @@ pub struct Worker {
     lease: Duration,
     shutdown_grace: Duration,
     backoff: RetryBackoff,
-    stats_interval: Duration,
+    maintenance: Maintenance,
     timeout: Option<Duration>,
 }
 
@@ -118,6 +118,7 @@ impl fmt::Debug for Worker {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("backoff", &self.backoff)
             .field("timeout", &self.timeout)
+            .field("dead_retention", &self.maintenance.dead_retention)
             .finish_non_exhaustive()
     }
 }
@@ -134,7 +135,7 @@ impl Worker {
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             backoff: RetryBackoff::default(),
-            stats_interval: Duration::from_secs(15),
+            maintenance: Maintenance::default(),
             timeout: None,
         }
     }
@@ -188,7 +189,16 @@ impl Worker {
 
     /// How often queue depth gauges are refreshed.
     pub fn stats_interval(mut self, interval: Duration) -> Self {
-        self.stats_interval = interval.max(Duration::from_millis(100));
+        self.maintenance.stats_interval = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long dead jobs are kept before this worker deletes them (default: 7 days;
+    /// `None` keeps them until [`Queue::prune_dead`]). Pruning runs a few times per
+    /// period, at most hourly; backends that cannot prune (SQS, whose dead-letter queue
+    /// expires messages by its retention period) skip it.
+    pub fn dead_retention(mut self, retention: Option<Duration>) -> Self {
+        self.maintenance.dead_retention = retention;
         self
     }
 
@@ -276,7 +286,7 @@ struct Runtime {
     shared: Arc<Shared>,
     concurrency: usize,
     shutdown_grace: Duration,
-    stats_interval: Duration,
+    maintenance: Maintenance,
     queue: Queue,
 }
 
@@ -295,7 +305,7 @@ impl Runtime {
             }),
             concurrency: worker.concurrency,
             shutdown_grace: worker.shutdown_grace,
-            stats_interval: worker.stats_interval,
+            maintenance: worker.maintenance,
             queue: worker.queue,
         })
     }
@@ -309,7 +319,7 @@ impl Runtime {
 
         let background = CancellationToken::new();
         let handles =
-            runtime.spawn_background(self.queue.clone(), self.stats_interval, background.clone());
+            runtime.spawn_background(self.queue.clone(), self.maintenance, background.clone());
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();

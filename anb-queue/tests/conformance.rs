@@ -435,6 +435,35 @@ async fn operators_look_up_page_requeue_and_prune_jobs(db: &TestDb) {
     );
 }
 
+/// A worker deletes dead jobs past its retention; with the default (a week) a fresh dead
+/// job stays. SQS keeps dead letters by its dead-letter queue's retention instead.
+async fn dead_jobs_past_the_retention_are_pruned_by_the_worker(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), true));
+    wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+    // The default retention keeps it through the worker's upkeep.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    worker.stop().await;
+    assert_eq!(
+        stats(&queue).await.dead,
+        1,
+        "kept under the default retention"
+    );
+    if queue.kind() == anb_queue::BackendKind::Sqs {
+        return;
+    }
+    let worker = RunningWorker::spawn(
+        flaky_worker(&queue, attempts, true).dead_retention(Some(Duration::from_secs(2))),
+    );
+    wait_until("dead job pruned", 30, || async {
+        stats(&queue).await.dead == 0
+    })
+    .await;
+    worker.stop().await;
+}
+
 async fn panicking_handler_is_retried(db: &TestDb) {
     let queue = db.queue().await;
     queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
@@ -1191,6 +1220,7 @@ macro_rules! conformance_suite {
                 exhausted_retries_dead_letter_with_last_error,
                 permanent_failure_dead_letters_at_once,
                 operators_look_up_page_requeue_and_prune_jobs,
+                dead_jobs_past_the_retention_are_pruned_by_the_worker,
                 panicking_handler_is_retried,
                 undecodable_payload_is_dead_lettered,
                 stats_count_jobs_by_state,
