@@ -39,6 +39,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 
+#[path = "support/sqs.rs"]
+mod sqs_support;
+use sqs_support::{create_sqs_queue, sqs_client};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
     Postgres,
@@ -358,65 +362,12 @@ async fn delete_redis_keys(server: &str, pattern: &str) -> anyhow::Result<()> {
     }
 }
 
-/// A client for the SQS-compatible test server: static credentials, region us-east-1.
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "bench",
-        ))
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
-
-/// Creates a queue with a dead-letter queue (redrive policy); returns both URLs.
-async fn create_sqs_queue(client: &aws_sdk_sqs::Client) -> anyhow::Result<(String, String)> {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let name = format!("anb-bench-{}", uuid::Uuid::new_v4().simple());
-    let dead_letters = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "create the dead-letter queue: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(error)
-            )
-        })?;
-    let dead_letters_url = dead_letters.queue_url().context("a queue URL")?.to_owned();
-    let arn = client
-        .get_queue_attributes()
-        .queue_url(&dead_letters_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes()
-        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn).cloned())
-        .context("a queue ARN")?;
-    let queue = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
-        )
-        .send()
-        .await?;
-    Ok((
-        queue.queue_url().context("a queue URL")?.to_owned(),
-        dead_letters_url,
-    ))
-}
-
 /// A burst of `--jobs` bulk-enqueued, drained by `--workers` workers: SQS requests per job.
 async fn bench_sqs_requests(args: &Args) -> anyhow::Result<()> {
     use anb_queue::{JobContext, Queue, Worker};
 
     let client = sqs_client(&args.aws_endpoint);
-    let (queue_url, dead_letters_url) = create_sqs_queue(&client).await?;
+    let (queue_url, dead_letters_url) = create_sqs_queue(&client, "anb-bench").await?;
     let producer = Queue::from_sqs_client(client.clone(), &queue_url).await?;
     let setup_requests = producer.requests_sent().unwrap_or(0);
     let jobs: Vec<Noop> = (0..args.jobs)

@@ -32,6 +32,10 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
+#[path = "support/sqs.rs"]
+mod sqs_support;
+use sqs_support::{create_sqs_queue, sqs_client};
+
 #[derive(Debug, Parser)]
 struct Args {
     /// The backends to measure, one after the other.
@@ -170,7 +174,7 @@ impl Scratch {
             }
             BackendArg::Sqs => {
                 let client = sqs_client(&args.aws_endpoint);
-                let (url, dead_letters) = create_sqs_queue(&client).await?;
+                let (url, dead_letters) = create_sqs_queue(&client, "anb-idle").await?;
                 Ok(Self {
                     queue: Queue::from_sqs_client(client.clone(), &url).await?,
                     postgres: None,
@@ -339,59 +343,6 @@ fn print_table(rows: &[Figures]) {
             or_dash(row.redis_commands_per_second),
         );
     }
-}
-
-/// A client for the SQS-compatible test server: static credentials, region us-east-1.
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "idle",
-        ))
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
-
-/// Creates a queue with a dead-letter queue (redrive policy); returns both URLs.
-async fn create_sqs_queue(client: &aws_sdk_sqs::Client) -> anyhow::Result<(String, String)> {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let name = format!("anb-idle-{}", uuid::Uuid::new_v4().simple());
-    let dead_letters = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "create the dead-letter queue: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(error)
-            )
-        })?;
-    let dead_letters_url = dead_letters.queue_url().context("a queue URL")?.to_owned();
-    let arn = client
-        .get_queue_attributes()
-        .queue_url(&dead_letters_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?
-        .attributes()
-        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn).cloned())
-        .context("a queue ARN")?;
-    let queue = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
-        )
-        .send()
-        .await?;
-    Ok((
-        queue.queue_url().context("a queue URL")?.to_owned(),
-        dead_letters_url,
-    ))
 }
 
 #[tokio::main]
