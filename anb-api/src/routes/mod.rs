@@ -4,6 +4,7 @@ use poem_openapi::Tags;
 use time::{OffsetDateTime, UtcOffset};
 
 pub mod auth;
+pub mod direct_uploads;
 pub mod health;
 pub mod json;
 pub mod me;
@@ -35,6 +36,7 @@ pub type Apis = (
     auth::AuthApi,
     me::MeApi,
     videos::VideosApi,
+    direct_uploads::DirectUploadsApi,
     public::PublicApi,
     health::HealthApi,
 );
@@ -45,6 +47,7 @@ pub fn apis() -> Apis {
         auth::AuthApi,
         me::MeApi,
         videos::VideosApi,
+        direct_uploads::DirectUploadsApi,
         public::PublicApi,
         health::HealthApi,
     )
