@@ -142,8 +142,8 @@ impl MediaChecker {
     }
 }
 
-/// How many bytes one ranged read of a stored object asks for: the boxes
-/// before the media data, and the movie box of a clip, take one or two.
+/// How many bytes one ranged read of a stored object asks for: enough for
+/// the boxes before the media data and a clip's movie box in a few reads.
 pub const RANGE_BLOCK: u64 = 256 * 1024;
 
 /// A stored object as a blocking reader, for the parser on a blocking
