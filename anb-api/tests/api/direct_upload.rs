@@ -640,3 +640,43 @@ async fn the_buckets_cors_rule_answers_the_browsers_preflight() {
     assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_wrong_method_names_the_upload_routes_own_methods() {
+    let app = app_on(Backend::Embedded, policy()).await;
+    let id = uuid::Uuid::new_v4();
+    for (method, path, allow) in [
+        (
+            reqwest::Method::GET,
+            "/api/videos/uploads".to_owned(),
+            "POST",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/videos/uploads/{id}/complete"),
+            "POST",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/videos/uploads/{id}/content"),
+            "PUT",
+        ),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some(allow.to_owned()),
+            "{method} {path}"
+        );
+        assert_problem(response, 405, "method_not_allowed").await;
+    }
+    app.stop().await;
+}
