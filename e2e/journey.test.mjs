@@ -177,10 +177,24 @@ test('a player uploads, another votes, the ranking moves, log-out ends each sess
       if (!document.body.contains(bar) || bar.value >= 100) clearInterval(sample);
     }, 20);
   });
+  // The direct flow: announce, PUT the file where the server says (the API
+  // itself on local storage), complete.
+  const uploadRequests = [];
+  const recordUploadRequest = (request) => {
+    const { pathname } = new URL(request.url());
+    if (pathname.startsWith('/api/videos/upload')) uploadRequests.push(`${request.method()} ${pathname.replace(/[0-9a-f-]{36}/, '{id}')}`);
+  };
+  page.on('request', recordUploadRequest);
   const uploadStarted = Date.now();
   await page.getByRole('button', { name: 'Subir video' }).click();
   await page.getByText('Video subido correctamente. Procesamiento en curso.').waitFor({ timeout: 120_000 });
   const uploadAnswered = Date.now();
+  page.off('request', recordUploadRequest);
+  assert.deepEqual(uploadRequests, [
+    'POST /api/videos/uploads',
+    'PUT /api/videos/uploads/{id}/content',
+    'POST /api/videos/uploads/{id}/complete',
+  ]);
   const answerSeconds = (uploadAnswered - uploadStarted) / 1000;
   const [progress, sentAt] = await page.evaluate(() => [window.uploadProgress, window.uploadSentAt]);
   assert.ok(sentAt, 'the bar reached 100 %');

@@ -22,8 +22,8 @@ use crate::error::ApiError;
 /// JSON bodies are small: the largest request the API takes is a sign-up.
 pub const JSON_BODY_LIMIT: u64 = 64 * 1024;
 
-/// The body limits of the application: one for the upload route, one for
-/// everything else.
+/// The body limits of the application: one for the upload route (and the
+/// file of a direct upload sent to the API), one for everything else.
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
     /// Every route but the upload.
@@ -39,13 +39,16 @@ impl BodyLimits {
     fn for_path(&self, path: &str) -> u64 {
         if path == self.upload_path {
             self.upload
+        } else if crate::routes::direct_uploads::is_content_path(path) {
+            // A direct upload's file, sent to the API with local storage.
+            self.upload_file
         } else {
             self.default
         }
     }
 
     fn too_large(&self, path: &str) -> ApiError {
-        if path == self.upload_path {
+        if path == self.upload_path || crate::routes::direct_uploads::is_content_path(path) {
             // The contract answers an oversized upload with 400.
             crate::upload::too_large(self.upload_file)
         } else {

@@ -73,6 +73,17 @@ pub enum ErrorCode {
     /// The upload would take the player past their storage quota (bytes or
     /// videos kept): delete videos first.
     UploadQuotaExceeded,
+    /// No direct upload of the caller's has this id (never created, another
+    /// player's, or ended: completed long ago, refused, or removed).
+    UploadNotFound,
+    /// The direct upload's file has not been stored yet: send the `PUT`
+    /// first, then complete.
+    UploadNotReceived,
+    /// The direct upload expired before it was completed: start a new one.
+    UploadExpired,
+    /// The stored file's size is not the one announced: the upload is
+    /// refused and its file removed.
+    UploadSizeMismatch,
     /// The server is saturated (e.g. every password-hashing slot is busy
     /// and the line is full); retry after `Retry-After` seconds.
     Overloaded,
@@ -113,6 +124,10 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
             Self::UploadQuotaExceeded => "upload_quota_exceeded",
+            Self::UploadNotFound => "upload_not_found",
+            Self::UploadNotReceived => "upload_not_received",
+            Self::UploadExpired => "upload_expired",
+            Self::UploadSizeMismatch => "upload_size_mismatch",
             Self::Overloaded => "overloaded",
             Self::InternalError => "internal_error",
         }
@@ -185,6 +200,9 @@ pub enum ApiError {
         detail: String,
         retry_after_secs: u64,
     },
+    /// 410: the resource existed and is gone for good.
+    #[error("{code:?}: {detail}")]
+    Gone { code: ErrorCode, detail: String },
     /// 422: understood, but cannot be done as asked.
     #[error("{code:?}: {detail}")]
     Unprocessable { code: ErrorCode, detail: String },
@@ -279,6 +297,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Gone { .. } => StatusCode::GONE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -302,6 +321,7 @@ impl ApiError {
             | Self::Forbidden { code, detail }
             | Self::NotFound { code, detail }
             | Self::Conflict { code, detail, .. }
+            | Self::Gone { code, detail }
             | Self::Unprocessable { code, detail } => (*code, detail.clone(), Vec::new()),
             Self::MethodNotAllowed => (
                 ErrorCode::MethodNotAllowed,
@@ -364,6 +384,7 @@ fn title(status: StatusCode) -> &'static str {
         404 => "No encontrado",
         405 => "Método no permitido",
         409 => "Conflicto",
+        410 => "Ya no disponible",
         413 => "Contenido demasiado grande",
         415 => "Tipo de contenido no admitido",
         422 => "Solicitud no procesable",
@@ -657,6 +678,7 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
         401 => "Missing, invalid or expired bearer token, or bad credentials",
         403 => "The caller does not own the resource, or is over a quota",
         409 => "Conflicts with a request still in progress; retry after `Retry-After` seconds",
+        410 => "Gone for good (e.g. an upload that expired): start again",
         422 => "Understood but not doable as asked (see `code`)",
         404 => "Not found (a malformed id is not found too)",
         413 => "The request body is larger than the operation accepts (64 KiB of JSON)",

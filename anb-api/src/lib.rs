@@ -117,11 +117,19 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let observability = observability::Observability::new(
         documented_paths()
             .into_iter()
-            .chain(["/openapi.json".to_owned(), "/media/{key}".to_owned()])
+            .chain([
+                "/openapi.json".to_owned(),
+                "/media/{key}".to_owned(),
+                "/api/videos/uploads/{upload_id}/content".to_owned(),
+            ])
             .chain(web::PAGES.iter().map(|page| (*page).to_owned())),
     );
     let routes = web::routes(Route::new().nest("/", api))
         .at("/media/*key", get(routes::media::media))
+        .at(
+            "/api/videos/uploads/:upload_id/content",
+            poem::put(routes::direct_uploads::put_content),
+        )
         .nest("/docs", docs)
         .at("/openapi.json", get(openapi_document));
     web::with_root_page(routes)

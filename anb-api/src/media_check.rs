@@ -2,14 +2,19 @@
 //! says 20–60 s long with the shorter side of the frame ≥ 1080 px.
 //!
 //! Only the container's boxes are read (with the `mp4` crate), never the
-//! media data, so a check costs a few reads whatever the file's size.
+//! media data, so a check costs a few reads whatever the file's size. A file
+//! a client stored directly is checked where it lies, by ranged reads of the
+//! stored object ([`MediaChecker::check_stored`]): a few requests of
+//! [`RANGE_BLOCK`] bytes, never a download of the media data.
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anb_core::storage::{ObjectKey, Storage};
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::settings::UploadLimits;
@@ -92,13 +97,37 @@ impl MediaChecker {
         path: PathBuf,
         limits: UploadLimits,
     ) -> Result<VideoFacts, CheckError> {
+        self.run(move || check_mp4(&path, &limits)).await
+    }
+
+    /// Checks the object `key` of `size` bytes where it is stored, by ranged
+    /// reads, against `limits`.
+    pub async fn check_stored(
+        &self,
+        storage: Storage,
+        key: ObjectKey,
+        size: u64,
+        limits: UploadLimits,
+    ) -> Result<VideoFacts, CheckError> {
+        let handle = tokio::runtime::Handle::current();
+        self.run(move || {
+            let object = RangedObject::new(handle, storage, key, size);
+            check_facts(read_facts_from(object, size), &limits)
+        })
+        .await
+    }
+
+    async fn run(
+        &self,
+        check: impl FnOnce() -> Result<VideoFacts, MediaRejection> + Send + 'static,
+    ) -> Result<VideoFacts, CheckError> {
         let slot = tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| CheckError::Busy)?
             .map_err(|_| CheckError::Busy)?;
         let check = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            check_mp4(&path, &limits)
+            check()
         });
         match tokio::time::timeout(self.deadline, check).await {
             Ok(Ok(result)) => Ok(result?),
@@ -113,10 +142,90 @@ impl MediaChecker {
     }
 }
 
+/// How many bytes one ranged read of a stored object asks for: enough for
+/// the boxes before the media data and a clip's movie box in a few reads.
+pub const RANGE_BLOCK: u64 = 256 * 1024;
+
+/// A stored object as a blocking reader, for the parser on a blocking
+/// thread: each read outside the block in hand fetches the next
+/// [`RANGE_BLOCK`] bytes from where it is, so skipping the media data
+/// (a seek) costs nothing.
+struct RangedObject {
+    handle: tokio::runtime::Handle,
+    storage: Storage,
+    key: ObjectKey,
+    size: u64,
+    pos: u64,
+    block: Bytes,
+    block_start: u64,
+}
+
+impl RangedObject {
+    fn new(handle: tokio::runtime::Handle, storage: Storage, key: ObjectKey, size: u64) -> Self {
+        Self {
+            handle,
+            storage,
+            key,
+            size,
+            pos: 0,
+            block: Bytes::new(),
+            block_start: 0,
+        }
+    }
+}
+
+impl Read for RangedObject {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let in_block =
+            self.pos >= self.block_start && self.pos < self.block_start + self.block.len() as u64;
+        if !in_block {
+            let len = RANGE_BLOCK.min(self.size - self.pos);
+            self.block = self
+                .handle
+                .block_on(self.storage.read_range(&self.key, self.pos, len))
+                .map_err(std::io::Error::other)?;
+            self.block_start = self.pos;
+            if self.block.is_empty() {
+                return Ok(0);
+            }
+        }
+        let from = usize::try_from(self.pos - self.block_start).unwrap_or(usize::MAX);
+        let available = &self.block[from.min(self.block.len())..];
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for RangedObject {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(delta) => self.size.checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
+        };
+        self.pos = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// Reads the facts of the MP4 file at `path` and checks them against `limits`.
 /// Blocking: call from a blocking thread.
 pub fn check_mp4(path: &Path, limits: &UploadLimits) -> Result<VideoFacts, MediaRejection> {
-    let facts = read_facts(path)?;
+    check_facts(read_facts(path), limits)
+}
+
+fn check_facts(
+    facts: Result<VideoFacts, MediaRejection>,
+    limits: &UploadLimits,
+) -> Result<VideoFacts, MediaRejection> {
+    let facts = facts?;
     if facts.duration < limits.min_duration || facts.duration > limits.max_duration {
         return Err(MediaRejection::Duration {
             actual: facts.duration,
@@ -137,8 +246,15 @@ pub fn check_mp4(path: &Path, limits: &UploadLimits) -> Result<VideoFacts, Media
 /// Reads duration and frame size from the container metadata.
 pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
     let not_mp4 = |reason: String| MediaRejection::NotMp4(reason);
-    let mut file = File::open(path).map_err(|e| not_mp4(format!("unreadable: {e}")))?;
+    let file = File::open(path).map_err(|e| not_mp4(format!("unreadable: {e}")))?;
     let size = file.metadata().map_err(|e| not_mp4(e.to_string()))?.len();
+    read_facts_from(file, size)
+}
+
+/// Reads duration and frame size from the container metadata of `size`
+/// bytes in `file`.
+fn read_facts_from<R: Read + Seek>(mut file: R, size: u64) -> Result<VideoFacts, MediaRejection> {
+    let not_mp4 = |reason: String| MediaRejection::NotMp4(reason);
     // Lying box sizes make the parser loop forever: the walk proves the tree
     // well formed first.
     boxes::walk(&mut BufReader::new(&mut file), size, WalkLimits::default())
@@ -147,10 +263,11 @@ pub fn read_facts(path: &Path) -> Result<VideoFacts, MediaRejection> {
         .map_err(|e| not_mp4(e.to_string()))?;
     // The parser is given untrusted input: a panic in it is a rejection,
     // not a crash of the request.
-    let parsed =
-        std::panic::catch_unwind(move || mp4::Mp4Reader::read_header(BufReader::new(file), size))
-            .map_err(|_| not_mp4("unparsable container".into()))?
-            .map_err(|e| not_mp4(e.to_string()))?;
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        mp4::Mp4Reader::read_header(BufReader::new(file), size)
+    }))
+    .map_err(|_| not_mp4("unparsable container".into()))?
+    .map_err(|e| not_mp4(e.to_string()))?;
     let track = parsed
         .tracks()
         .values()

@@ -19,6 +19,7 @@
 //! | `ANB_UPLOAD_QUOTA_BYTES` | `2147483648` | bytes of originals a player may keep (live videos and uploads in progress; 2 GiB), or `off` |
 //! | `ANB_UPLOAD_QUOTA_VIDEOS` | `50` | videos a player may keep (live, or in progress), or `off` |
 //! | `ANB_UPLOAD_IDEMPOTENCY_TTL` | `86400` | seconds an upload's answer is kept for retries under its `Idempotency-Key` |
+//! | `ANB_UPLOAD_PRESIGN_TTL` | `900` | seconds a direct upload's `PUT` URL is valid (15 min); the upload can be completed for as long again |
 //! | `ANB_UPLOAD_SWEEP_INTERVAL` | `3600` | seconds between passes of the clean-up of uploads that never became videos; `0` turns it off |
 //! | `ANB_UPLOAD_SWEEP_GRACE` | `3600` | seconds an upload may stay in progress, or an original without a video row, before the clean-up removes it |
 //!
@@ -131,6 +132,10 @@ pub struct UploadPolicy {
     pub quota: anb_core::db::UploadQuota,
     /// How long an upload's answer is kept for retries under its key.
     pub idempotency_ttl: Duration,
+    /// How long a direct upload's presigned `PUT` is valid; the upload may
+    /// be completed for as long again after that (a `PUT` begun just before
+    /// the expiry has time to finish).
+    pub presign_ttl: Duration,
     /// Time between clean-up passes; `None` runs none.
     pub sweep_interval: Option<Duration>,
     /// How old an upload in progress, or an original nothing names, must be
@@ -150,6 +155,7 @@ impl Default for UploadPolicy {
                 max_videos: Some(50),
             },
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            presign_ttl: Duration::from_secs(15 * 60),
             sweep_interval: Some(Duration::from_secs(3600)),
             sweep_grace: Duration::from_secs(3600),
         }
@@ -207,6 +213,19 @@ impl UploadPolicy {
                 max_videos,
             },
             idempotency_ttl: seconds("ANB_UPLOAD_IDEMPOTENCY_TTL", defaults.idempotency_ttl)?,
+            presign_ttl: match seconds("ANB_UPLOAD_PRESIGN_TTL", defaults.presign_ttl)? {
+                ttl if ttl.is_zero() || ttl > anb_core::storage::MAX_URL_TTL => {
+                    return Err(ConfigError::Invalid {
+                        var: "ANB_UPLOAD_PRESIGN_TTL",
+                        reason: format!(
+                            "{} s is not within 1–{} s",
+                            ttl.as_secs(),
+                            anb_core::storage::MAX_URL_TTL.as_secs()
+                        ),
+                    });
+                }
+                ttl => ttl,
+            },
             sweep_interval: (!sweep_interval.is_zero()).then_some(sweep_interval),
             sweep_grace: seconds("ANB_UPLOAD_SWEEP_GRACE", defaults.sweep_grace)?,
         })

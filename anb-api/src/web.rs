@@ -34,10 +34,11 @@ pub const PAGES: &[&str] = &[
 ];
 
 /// Scripts only from this origin, no inline script, no framing; images and
-/// videos also from HTTPS object storage (presigned URLs in production).
+/// videos also from HTTPS object storage (presigned URLs in production), and
+/// requests to it too (a direct upload's presigned `PUT`).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' https: data:; media-src 'self' https:; \
-     connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     connect-src 'self' https:; object-src 'none'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
 const HTML_SHELL: &str = "index.html";

@@ -57,6 +57,16 @@ fn every_contract_status_is_documented() {
             "post",
             &["200", "400", "401", "403", "404"],
         ),
+        (
+            "/api/videos/uploads",
+            "post",
+            &["201", "400", "401", "403", "429"],
+        ),
+        (
+            "/api/videos/uploads/{upload_id}/complete",
+            "post",
+            &["201", "400", "401", "404", "409", "410"],
+        ),
         ("/ready", "get", &["200", "503"]),
         ("/metrics", "get", &["200"]),
     ];

@@ -122,26 +122,16 @@ export async function request(method, path, { body, auth = false, query } = {}) 
 }
 
 /**
- * Uploads a video with XMLHttpRequest, whose upload events report the bytes
- * really sent; onProgress(sent, total) is called as they go.
+ * Sends `body` with XMLHttpRequest, whose upload events report the bytes
+ * really sent; onProgress(sent, total) is called as they go. Resolves
+ * {status, data, retryAfter} whatever the status; rejects only when the
+ * request never got an answer.
  */
-export function uploadVideo({ file, title, isPublic }, onProgress) {
+function sendWithProgress(method, url, headers, body, onProgress) {
   return new Promise((resolve, reject) => {
-    let headers;
-    try {
-      headers = authHeader(true);
-    } catch (error) {
-      reject(error);
-      return;
-    }
-    const form = new FormData();
-    form.append('title', title);
-    form.append('is_public', isPublic ? 'true' : 'false');
-    form.append('video_file', file, file.name);
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', '/api/videos/upload');
-    xhr.setRequestHeader('Authorization', headers.Authorization);
-    xhr.setRequestHeader('Accept', 'application/json, application/problem+json');
+    xhr.open(method, url);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
     xhr.responseType = 'text';
     xhr.upload.addEventListener('progress', (event) => {
       if (event.lengthComputable) onProgress(event.loaded, event.total);
@@ -153,20 +143,61 @@ export function uploadVideo({ file, title, isPublic }, onProgress) {
       } catch {
         data = null;
       }
-      if (xhr.status >= 200 && xhr.status < 300) {
-        resolve(data);
-        return;
-      }
-      if (xhr.status === 401) endSession(SESSION_EXPIRED_MESSAGE);
-      if (xhr.status === 413 && !data) {
-        data = { detail: 'El archivo es demasiado grande.' };
-      }
-      reject(refusal(xhr.status, data, xhr.getResponseHeader('retry-after')));
+      resolve({ status: xhr.status, data, retryAfter: xhr.getResponseHeader('retry-after') });
     });
     xhr.addEventListener('error', () => reject(new ApiError(0, { detail: NETWORK_ERROR })));
     xhr.addEventListener('abort', () => reject(new ApiError(0, { detail: 'La subida se canceló.' })));
-    xhr.send(form);
+    xhr.send(body);
   });
+}
+
+/** The multipart upload through the API (servers without direct uploads). */
+async function uploadThroughApi({ file, title, isPublic }, onProgress) {
+  const headers = {
+    ...authHeader(true),
+    Accept: 'application/json, application/problem+json',
+  };
+  const form = new FormData();
+  form.append('title', title);
+  form.append('is_public', isPublic ? 'true' : 'false');
+  form.append('video_file', file, file.name);
+  let { status, data, retryAfter } = await sendWithProgress('POST', '/api/videos/upload', headers, form, onProgress);
+  if (status >= 200 && status < 300) return data;
+  if (status === 401) endSession(SESSION_EXPIRED_MESSAGE);
+  if (status === 413 && !data) data = { detail: 'El archivo es demasiado grande.' };
+  throw refusal(status, data, retryAfter);
+}
+
+/**
+ * Uploads a video: announces it (title, flag, exact size), sends the file
+ * where the server says (the bucket itself, or the API with local storage)
+ * with progress, then asks the server to check and record it. A server
+ * that does not offer direct uploads (404/405 to the announcement) gets
+ * the multipart upload instead.
+ */
+export async function uploadVideo({ file, title, isPublic }, onProgress) {
+  let upload;
+  try {
+    ({ data: upload } = await request('POST', '/api/videos/uploads', {
+      auth: true,
+      body: { title, is_public: isPublic, size_bytes: file.size },
+    }));
+  } catch (error) {
+    if (error.status === 404 || error.status === 405) {
+      return uploadThroughApi({ file, title, isPublic }, onProgress);
+    }
+    throw error;
+  }
+  // The URL carries its own authority: no Authorization header goes there.
+  const sent = await sendWithProgress(upload.method, upload.url, upload.headers ?? {}, file, onProgress);
+  if (sent.status < 200 || sent.status >= 300) {
+    // The bucket answers in XML; the API with a problem document.
+    throw refusal(sent.status, sent.data ?? {
+      detail: 'No se pudo enviar el archivo al almacenamiento. Inténtalo de nuevo.',
+    }, sent.retryAfter);
+  }
+  const { data } = await request('POST', upload.complete_url, { auth: true });
+  return data;
 }
 
 // ---- the endpoints the pages use ----

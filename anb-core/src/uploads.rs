@@ -1,6 +1,13 @@
 //! Uploads: the use case that stores an original and records its video
-//! with its job ([`store_upload`]), and the clean-up of uploads that never
-//! became videos ([`sweep`]).
+//! with its job ([`store_upload`]), its direct variant where the client
+//! stores the original itself ([`begin_direct_upload`], then
+//! [`complete_direct_upload`] once the API has checked the stored object),
+//! and the clean-up of uploads that never became videos ([`sweep`]).
+//!
+//! Both kinds end in the same transaction (video row, job, answer, end of
+//! the record). A direct upload is recorded as in progress from its
+//! creation, with an expiry: the clean-up leaves it alone until a grace
+//! period after that expiry, then removes it with whatever was stored.
 //!
 //! An upload is recorded as in progress before its original is stored, and
 //! the record goes in the transaction that records its video
@@ -19,7 +26,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::db::{
-    Database, DbError, FinishedUpload, NewVideo, UploadAnswer, UploadBegun, UploadStart,
+    Database, DbError, DirectUpload, FinishedUpload, IdempotencyKey, NewVideo, PendingUpload,
+    UploadAnswer, UploadBegun, UploadStart,
 };
 use crate::domain::{VideoId, VideoTitle};
 use crate::jobs::TranscodeVideo;
@@ -85,9 +93,9 @@ pub enum UploadError {
 
 /// Records the upload as in progress (or finds its earlier answer), stores
 /// the original, then commits its video row, its transcode job and its
-/// answer in one transaction that ends the record. A failure after the
-/// record removes the stored original, then the record; what cannot be
-/// removed then, [`sweep`] removes after its grace period.
+/// answer in one transaction that ends the record ([`record_video`]). A
+/// failure after the record removes the stored original, then the record;
+/// what cannot be removed then, [`sweep`] removes after its grace period.
 pub async fn store_upload(
     to: UploadTargets<'_>,
     upload: CheckedUpload<'_>,
@@ -99,44 +107,143 @@ pub async fn store_upload(
     let original = ObjectKey::parse(start.original_key.clone())?;
     let recorded = async {
         to.storage.upload_file(&original, upload.file).await?;
-        let job = TranscodeVideo {
-            video_id: start.video_id,
-            original_key: start.original_key.clone(),
-        };
-        let mut tx = to.db.begin().await?;
-        let task_id = match to.delivery {
-            JobDelivery::SameDatabase => tx.enqueue(to.queue, &job).await?.to_string(),
-            JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, &job).await?.to_string(),
-        };
-        tx.finish_upload(&FinishedUpload {
-            video: NewVideo {
-                id: start.video_id,
+        record_video(
+            to,
+            &VideoRecord {
+                video_id: start.video_id,
                 owner_id: start.owner_id,
-                title: upload.title.clone(),
+                original_key: &start.original_key,
+                original_bytes: start.original_bytes,
+                title: &upload.title,
                 is_public: upload.is_public,
-                original_key: start.original_key.clone(),
+                idempotency: start.idempotency.as_ref(),
+                answer_ttl: upload.answer_ttl,
             },
-            original_bytes: start.original_bytes,
-            task_id: task_id.clone(),
-            idempotency: start
-                .idempotency
-                .clone()
-                .map(|key| (key, crate::db::now() + upload.answer_ttl)),
-        })
-        .await?;
-        tx.commit().await?;
-        Ok::<_, UploadError>(task_id)
+        )
+        .await
     }
     .await;
     match recorded {
-        Ok(task_id) => Ok(Stored::Created(UploadAnswer {
-            video_id: start.video_id,
-            task_id,
-        })),
+        Ok(answer) => Ok(Stored::Created(answer)),
         Err(error) => {
             abandon(to, start.video_id, &original).await;
             Err(error)
         }
+    }
+}
+
+/// An upload whose original is stored and checked, to record as a video.
+#[derive(Debug, Clone, Copy)]
+struct VideoRecord<'a> {
+    video_id: VideoId,
+    owner_id: crate::domain::UserId,
+    original_key: &'a str,
+    original_bytes: u64,
+    title: &'a VideoTitle,
+    is_public: bool,
+    idempotency: Option<&'a IdempotencyKey>,
+    answer_ttl: Duration,
+}
+
+/// The commit both kinds of upload end with: the video row, its transcode
+/// job and its answer in one transaction that ends the upload's record.
+async fn record_video(
+    to: UploadTargets<'_>,
+    record: &VideoRecord<'_>,
+) -> Result<UploadAnswer, UploadError> {
+    let job = TranscodeVideo {
+        video_id: record.video_id,
+        original_key: record.original_key.to_owned(),
+    };
+    let mut tx = to.db.begin().await?;
+    let task_id = match to.delivery {
+        JobDelivery::SameDatabase => tx.enqueue(to.queue, &job).await?.to_string(),
+        JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, &job).await?.to_string(),
+    };
+    tx.finish_upload(&FinishedUpload {
+        video: NewVideo {
+            id: record.video_id,
+            owner_id: record.owner_id,
+            title: record.title.clone(),
+            is_public: record.is_public,
+            original_key: record.original_key.to_owned(),
+        },
+        original_bytes: record.original_bytes,
+        task_id: task_id.clone(),
+        idempotency: record
+            .idempotency
+            .cloned()
+            .map(|key| (key, crate::db::now() + record.answer_ttl)),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(UploadAnswer {
+        video_id: record.video_id,
+        task_id,
+    })
+}
+
+/// Records a direct upload as in progress when it is created: its quota is
+/// checked as a multipart upload's is (announced bytes count from now on),
+/// and its record keeps what it announced until [`complete_direct_upload`]
+/// or the clean-up ends it.
+pub async fn begin_direct_upload(
+    db: &Database,
+    start: &UploadStart,
+    direct: &DirectUpload,
+) -> Result<(), DbError> {
+    match db.begin_direct_upload(start, direct).await? {
+        UploadBegun::Started => Ok(()),
+        // Its key names a fresh video id: only a bug could meet an answer.
+        UploadBegun::Replay(_) => Err(DbError::IdempotencyKeyInProgress),
+    }
+}
+
+/// Records the video of a direct upload whose stored original passed its
+/// checks, in the same transaction as a multipart upload's. Two completions
+/// racing both get the one answer; a failure that leaves no answer removes
+/// the original and the record (the client starts again).
+pub async fn complete_direct_upload(
+    to: UploadTargets<'_>,
+    pending: &PendingUpload,
+    answer_ttl: Duration,
+) -> Result<UploadAnswer, UploadError> {
+    let recorded = record_video(
+        to,
+        &VideoRecord {
+            video_id: pending.video_id,
+            owner_id: pending.owner_id,
+            original_key: &pending.original_key,
+            original_bytes: pending.original_bytes,
+            title: &pending.title,
+            is_public: pending.is_public,
+            idempotency: Some(&pending.idempotency),
+            answer_ttl,
+        },
+    )
+    .await;
+    match recorded {
+        Ok(answer) => Ok(answer),
+        Err(error) => {
+            if let Ok(Some(answer)) = to
+                .db
+                .upload_answer(pending.owner_id, &pending.idempotency.key)
+                .await
+            {
+                return Ok(answer);
+            }
+            discard_upload(to, pending).await;
+            Err(error)
+        }
+    }
+}
+
+/// Ends a direct upload that will not become a video: its stored object
+/// (if any) goes, then its record, as after a failed multipart upload.
+pub async fn discard_upload(to: UploadTargets<'_>, pending: &PendingUpload) {
+    match ObjectKey::parse(pending.original_key.clone()) {
+        Ok(original) => abandon(to, pending.video_id, &original).await,
+        Err(error) => tracing::error!(%error, "direct upload with an invalid key"),
     }
 }
 

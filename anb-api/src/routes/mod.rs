@@ -4,6 +4,7 @@ use poem_openapi::Tags;
 use time::{OffsetDateTime, UtcOffset};
 
 pub mod auth;
+pub mod direct_uploads;
 pub mod health;
 pub mod json;
 pub mod me;
@@ -35,6 +36,7 @@ pub type Apis = (
     auth::AuthApi,
     me::MeApi,
     videos::VideosApi,
+    direct_uploads::DirectUploadsApi,
     public::PublicApi,
     health::HealthApi,
 );
@@ -45,6 +47,7 @@ pub fn apis() -> Apis {
         auth::AuthApi,
         me::MeApi,
         videos::VideosApi,
+        direct_uploads::DirectUploadsApi,
         public::PublicApi,
         health::HealthApi,
     )
@@ -79,19 +82,32 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
             vec![String::new(), "openapi.json".into()],
             "GET, HEAD".into(),
         ));
+        // A direct upload's file with local storage (not in the document).
+        routes.push((
+            "/api/videos/uploads/{upload_id}/content"
+                .split('/')
+                .map(str::to_owned)
+                .collect(),
+            "PUT".into(),
+        ));
         routes
     });
     if path.starts_with("/media/") || path == "/docs" || path.starts_with("/docs/") {
         return Some("GET, HEAD");
     }
     let segments: Vec<&str> = path.split('/').collect();
+    let is_parameter = |t: &str| t.starts_with('{') && t.ends_with('}');
+    // `/api/videos/uploads` matches `/api/videos/{video_id}` too: as in the
+    // router, the template with the most literal segments wins.
     routes
         .iter()
-        .find(|(template, _)| {
+        .filter(|(template, _)| {
             template.len() == segments.len()
-                && template.iter().zip(&segments).all(|(t, s)| {
-                    t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
-                })
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (is_parameter(t) && !s.is_empty()))
         })
+        .max_by_key(|(template, _)| template.iter().filter(|t| !is_parameter(t)).count())
         .map(|(_, methods)| methods.as_str())
 }

@@ -426,7 +426,7 @@ async fn upload_video(
     })
 }
 
-fn accepted(answer: UploadAnswer, replayed: bool) -> UploadResponse {
+pub(crate) fn accepted(answer: UploadAnswer, replayed: bool) -> UploadResponse {
     UploadResponse::Created(
         Json(UploadAccepted {
             message: "Video subido correctamente. Procesamiento en curso.".into(),
@@ -437,7 +437,7 @@ fn accepted(answer: UploadAnswer, replayed: bool) -> UploadResponse {
     )
 }
 
-fn rejection(rejection: MediaRejection) -> ApiError {
+pub(crate) fn rejection(rejection: MediaRejection) -> ApiError {
     match rejection {
         MediaRejection::NotMp4(_) | MediaRejection::NoVideoTrack => ApiError::bad_request(
             ErrorCode::InvalidFileType,

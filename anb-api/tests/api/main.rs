@@ -9,6 +9,7 @@
 mod auth;
 mod broker;
 mod crafted_mp4;
+mod direct_upload;
 mod fixtures;
 mod harness;
 mod hostile;

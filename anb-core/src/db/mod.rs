@@ -80,9 +80,9 @@ mod votes;
 
 pub use error::{DbError, QuotaExceeded};
 pub use models::{
-    Credentials, DeletedVideo, FinishedUpload, IdempotencyKey, NewVideo, Page, ProcessedOutputs,
-    PublicVideo, RankingEntry, StaleUpload, UploadAnswer, UploadBegun, UploadQuota, UploadStart,
-    User, Video,
+    Credentials, DeletedVideo, DirectUpload, FinishedUpload, IdempotencyKey, NewVideo, Page,
+    PendingUpload, ProcessedOutputs, PublicVideo, RankingEntry, StaleUpload, UploadAnswer,
+    UploadBegun, UploadQuota, UploadStart, User, Video,
 };
 pub use time::now;
 
@@ -480,6 +480,19 @@ operations! {
     /// [`DbError::QuotaExceeded`], [`DbError::UserNotFound`].
     write fn begin_upload(upload: &UploadStart) -> UploadBegun;
 
+    /// Records a direct upload as in progress when it is created, with what
+    /// it announced, before the client stores its original: the same checks
+    /// and errors as [`begin_upload`](Self::begin_upload) (its key is
+    /// [`PendingUpload::answer_key`]).
+    write fn begin_direct_upload(upload: &UploadStart, direct: &DirectUpload) -> UploadBegun;
+
+    /// The direct upload in progress under this id, if any (none once it
+    /// was completed or removed). Callers check its owner.
+    read fn pending_upload(video: VideoId) -> Option<PendingUpload>;
+
+    /// The answer kept under the player's key, while it is kept.
+    read fn upload_answer(owner: UserId, key: &str) -> Option<UploadAnswer>;
+
     /// Records the video of an upload in progress (and the answer under its
     /// key) and ends the upload's record; in the transaction that enqueues
     /// its job. [`DbError::UploadAbandoned`] when the record is gone (the
@@ -490,7 +503,8 @@ operations! {
     /// original was removed, or is about to be). `false` when there was none.
     write fn abandon_upload(video: VideoId) -> bool;
 
-    /// Uploads in progress since before `started_before`, oldest first.
+    /// Uploads in progress since before `started_before` (direct ones:
+    /// expired before it), oldest first.
     read fn stale_uploads(started_before: OffsetDateTime, limit: u32) -> Vec<StaleUpload>;
 
     /// Whether anything names the video: a row (live or deleted) or an upload

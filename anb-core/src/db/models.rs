@@ -200,6 +200,47 @@ pub struct FinishedUpload {
     pub idempotency: Option<(IdempotencyKey, OffsetDateTime)>,
 }
 
+/// What a direct upload announced when it was created, kept with its record
+/// in progress until the client completes it: the client stores the
+/// original itself, so the video row is written only at completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectUpload {
+    pub title: VideoTitle,
+    pub is_public: bool,
+    /// After this the upload can no longer be completed; the clean-up
+    /// removes it (and whatever was stored) once its grace period has passed
+    /// too.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A direct upload in progress, as recorded at its creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub video_id: VideoId,
+    pub owner_id: UserId,
+    pub original_key: String,
+    /// The size the client announced (and the presigned request fixed).
+    pub original_bytes: u64,
+    pub title: VideoTitle,
+    pub is_public: bool,
+    pub expires_at: OffsetDateTime,
+    /// The key its answer is kept under (see [`PendingUpload::answer_key`]).
+    pub idempotency: IdempotencyKey,
+}
+
+impl PendingUpload {
+    /// The key a direct upload's answer is kept under, so a second
+    /// completion gives the first one's answer. It holds a space, which no
+    /// client's `Idempotency-Key` may (those are visible ASCII), so the two
+    /// never meet.
+    pub fn answer_key(video_id: VideoId) -> IdempotencyKey {
+        IdempotencyKey {
+            key: format!("direct upload {video_id}"),
+            fingerprint: "direct".to_owned(),
+        }
+    }
+}
+
 /// An upload in progress for longer than it should be (its process died or
 /// its commit failed): its original, if stored, has no video row.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,15 +22,27 @@ use super::error::{QuotaExceeded, violated_constraint};
 use super::time::{DbTime, now};
 use super::users::on_missing_user;
 use super::{
-    Conn, DbError, FinishedUpload, StaleUpload, UploadAnswer, UploadBegun, UploadStart, Video,
+    Conn, DbError, DirectUpload, FinishedUpload, PendingUpload, StaleUpload, UploadAnswer,
+    UploadBegun, UploadStart, Video,
 };
-use crate::domain::{UserId, VideoId};
+use crate::domain::{UserId, VideoId, VideoTitle};
 
 #[derive(sqlx::FromRow)]
 struct AnswerRow {
     fingerprint: String,
     video_id: Uuid,
     task_id: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    video_id: Uuid,
+    owner_id: Uuid,
+    original_key: String,
+    original_bytes: i64,
+    title: String,
+    is_public: bool,
+    expires_at: DbTime,
 }
 
 #[derive(sqlx::FromRow)]
@@ -69,6 +81,24 @@ impl Conn<'_> {
     pub(crate) async fn begin_upload(
         &mut self,
         upload: &UploadStart,
+    ) -> Result<UploadBegun, DbError> {
+        self.begin_any_upload(upload, None).await
+    }
+
+    pub(crate) async fn begin_direct_upload(
+        &mut self,
+        upload: &UploadStart,
+        direct: &DirectUpload,
+    ) -> Result<UploadBegun, DbError> {
+        self.begin_any_upload(upload, Some(direct)).await
+    }
+
+    /// Both kinds of upload go through the same checks (key, quota) under
+    /// the same lock; a direct one also keeps what it announced.
+    async fn begin_any_upload(
+        &mut self,
+        upload: &UploadStart,
+        direct: Option<&DirectUpload>,
     ) -> Result<UploadBegun, DbError> {
         let owner = upload.owner_id;
         self.lock_player(owner).await?;
@@ -124,8 +154,9 @@ impl Conn<'_> {
         execute!(
             self,
             "INSERT INTO uploads_in_progress \
-                 (video_id, owner_id, original_key, original_bytes, idempotency_key, fingerprint, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 (video_id, owner_id, original_key, original_bytes, idempotency_key, fingerprint, \
+                  started_at, title, is_public, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             upload.video_id.as_uuid(),
             owner.as_uuid(),
             upload.original_key.as_str(),
@@ -133,6 +164,9 @@ impl Conn<'_> {
             key,
             fingerprint,
             DbTime(at),
+            direct.map(|d| d.title.as_str()),
+            direct.map(|d| d.is_public),
+            direct.map(|d| DbTime(d.expires_at)),
         )
         .map_err(|error| match violated_constraint(&error) {
             // Only if the lock above did not hold (it always should).
@@ -227,6 +261,58 @@ impl Conn<'_> {
         Ok(removed == 1)
     }
 
+    pub(crate) async fn pending_upload(
+        &mut self,
+        video: VideoId,
+    ) -> Result<Option<PendingUpload>, DbError> {
+        let row = fetch!(
+            self,
+            fetch_optional,
+            PendingRow,
+            "SELECT video_id, owner_id, original_key, original_bytes, title, is_public, expires_at \
+             FROM uploads_in_progress \
+             WHERE video_id = $1 AND expires_at IS NOT NULL \
+               AND title IS NOT NULL AND is_public IS NOT NULL",
+            video.as_uuid(),
+        )?;
+        row.map(|row| {
+            let video_id = VideoId::from_uuid(row.video_id);
+            Ok(PendingUpload {
+                video_id,
+                owner_id: UserId::from_uuid(row.owner_id),
+                original_key: row.original_key,
+                original_bytes: u64::try_from(row.original_bytes).unwrap_or_default(),
+                title: VideoTitle::parse(&row.title)
+                    .map_err(|e| DbError::CorruptData(format!("upload title: {e}")))?,
+                is_public: row.is_public,
+                expires_at: row.expires_at.into(),
+                idempotency: PendingUpload::answer_key(video_id),
+            })
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn upload_answer(
+        &mut self,
+        owner: UserId,
+        key: &str,
+    ) -> Result<Option<UploadAnswer>, DbError> {
+        let answer = fetch!(
+            self,
+            fetch_optional,
+            AnswerRow,
+            "SELECT fingerprint, video_id, task_id FROM upload_answers \
+             WHERE owner_id = $1 AND idempotency_key = $2 AND expires_at > $3",
+            owner.as_uuid(),
+            key,
+            DbTime(now()),
+        )?;
+        Ok(answer.map(|answer| UploadAnswer {
+            video_id: VideoId::from_uuid(answer.video_id),
+            task_id: answer.task_id,
+        }))
+    }
+
     pub(crate) async fn stale_uploads(
         &mut self,
         started_before: OffsetDateTime,
@@ -236,8 +322,12 @@ impl Conn<'_> {
             self,
             fetch_all,
             StaleRow,
+            // A multipart upload is stale a grace period after it started; a
+            // direct one a grace period after its expiry (the client stores
+            // its original any time before that).
             "SELECT video_id, original_key FROM uploads_in_progress \
-             WHERE started_at < $1 ORDER BY started_at, video_id LIMIT $2",
+             WHERE (expires_at IS NULL AND started_at < $1) OR expires_at < $1 \
+             ORDER BY started_at, video_id LIMIT $2",
             DbTime(started_before),
             i64::from(limit),
         )?;

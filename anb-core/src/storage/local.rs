@@ -139,6 +139,27 @@ impl LocalStorage {
         })
     }
 
+    pub(crate) async fn read_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(self.path_of(key))
+            .await
+            .map_err(|e| StorageError::from_io("open", key.as_str(), e))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| StorageError::backend("ranged read", e))?;
+        let mut bytes = Vec::new();
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StorageError::backend("ranged read", e))?;
+        Ok(bytes.into())
+    }
+
     pub(crate) async fn size(&self, key: &ObjectKey) -> Result<u64, StorageError> {
         let metadata = tokio::fs::metadata(self.path_of(key))
             .await

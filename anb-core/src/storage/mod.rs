@@ -11,6 +11,8 @@
 //! - playable URLs with a bounded lifetime ([`Storage::url`]): presigned S3 GET
 //!   URLs, or `/media/{key}?expires=…&sig=…` paths that the API verifies with
 //!   [`LocalStorage::verify`] and serves itself;
+//! - ranged reads ([`Storage::read_range`]) and, on S3, presigned uploads
+//!   of a fixed size and type ([`Storage::presign_put`]);
 //! - a cheap readiness check.
 
 mod body;
@@ -163,6 +165,38 @@ impl Storage {
         }
     }
 
+    /// At most `len` bytes of the object `key` from `offset` (fewer at its
+    /// end, none past it): what a check of an object's container reads
+    /// instead of the whole object.
+    pub async fn read_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, StorageError> {
+        match self {
+            Self::S3(s3) => s3.read_range(key, offset, len).await,
+            Self::Local(local) => local.read_range(key, offset, len).await,
+        }
+    }
+
+    /// For S3: a presigned `PUT` that stores exactly `content_length` bytes
+    /// of [`ObjectKey::content_type`] under `key` within `ttl` (both are
+    /// signed into it; see [`PresignedPut`]). `None` for local storage,
+    /// whose uploads go through the API.
+    pub async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        content_length: u64,
+        ttl: Duration,
+    ) -> Result<Option<PresignedPut>, StorageError> {
+        let ttl = ttl.clamp(Duration::from_secs(1), MAX_URL_TTL);
+        match self {
+            Self::S3(s3) => s3.presign_put(key, content_length, ttl).await.map(Some),
+            Self::Local(_) => Ok(None),
+        }
+    }
+
     /// Whether an object is stored under `key`.
     pub async fn exists(&self, key: &ObjectKey) -> Result<bool, StorageError> {
         match self.size(key).await {
@@ -226,6 +260,17 @@ impl Storage {
             Self::S3(_) => None,
         }
     }
+}
+
+/// A presigned upload: the client sends `PUT url` with these headers and
+/// exactly the signed number of bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignedPut {
+    pub url: String,
+    /// The headers signed into the URL that the client must send as they
+    /// are (`content-type`, and `content-length`, which a browser sets
+    /// itself from the body).
+    pub headers: Vec<(String, String)>,
 }
 
 /// An object found by [`Storage::list`].

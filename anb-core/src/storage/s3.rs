@@ -255,6 +255,84 @@ impl S3Storage {
         })
     }
 
+    pub(crate) async fn read_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StorageError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let last = offset.saturating_add(len - 1);
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await
+            .map_err(|e| {
+                // A range starting past the end reads as nothing, like a file.
+                if e.code() == Some("InvalidRange") {
+                    return None;
+                }
+                Some(sdk_error("ranged read", key, e))
+            });
+        let object = match object {
+            Ok(object) => object,
+            Err(None) => return Ok(Bytes::new()),
+            Err(Some(error)) => return Err(error),
+        };
+        let ranged = object.content_range().is_some();
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::backend("ranged read", e))?
+            .into_bytes();
+        // A server that ignores `Range` sends the whole object: keep the
+        // asked part only.
+        if !ranged && bytes.len() as u64 > len {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            return Ok(bytes.slice(start..end.min(bytes.len())));
+        }
+        Ok(bytes)
+    }
+
+    pub(crate) async fn presign_put(
+        &self,
+        key: &ObjectKey,
+        content_length: u64,
+        ttl: Duration,
+    ) -> Result<super::PresignedPut, StorageError> {
+        let presigning = PresigningConfig::expires_in(ttl)
+            .map_err(|e| StorageError::backend("presigning an upload", e))?;
+        let length = i64::try_from(content_length)
+            .map_err(|e| StorageError::backend("presigning an upload", e))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.s3_key(key))
+            .content_length(length)
+            .content_type(key.content_type())
+            .presigned(presigning)
+            .await
+            .map_err(|e| sdk_error("presigning an upload", key, e))?;
+        Ok(super::PresignedPut {
+            url: request.uri().to_owned(),
+            headers: request
+                .headers()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+        })
+    }
+
     pub(crate) async fn size(&self, key: &ObjectKey) -> Result<u64, StorageError> {
         let head = self
             .client
