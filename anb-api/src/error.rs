@@ -538,10 +538,10 @@ impl From<anb_queue::QueueError> for ApiError {
     fn from(error: anb_queue::QueueError) -> Self {
         use anb_queue::QueueError;
         match error {
-            QueueError::Database(source) => anb_core::db::DbError::Sqlx(source).into(),
             QueueError::Redis(_) | QueueError::Sqs { .. } | QueueError::Timeout { .. } => {
                 Self::unavailable(error)
             }
+            outage if outage.is_unreachable() => Self::unavailable(outage),
             other => Self::internal(other),
         }
     }

@@ -50,14 +50,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backend::{ClaimRequest, ClaimedJob, JobId, Lease, NewJob, WorkSignal},
+    backend::{ClaimRequest, ClaimedJob, JobId, Lease, NewJob, WorkSignal, now_ms},
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
     runtime::{
         Ended, Failure, LeaseRuntime, Maintenance, RunningJob, record_duration, shutdown_schedule,
     },
-    sqlite::now_ms,
     stats::PollCounter,
     worker::{RetryBackoff, idle_wait},
 };

@@ -5,9 +5,11 @@
 //! handlers, retry policy, metrics, tracing, shutdown) lives above this trait and is shared
 //! by every backend. To add a backend:
 //!
-//! 1. implement [`Backend`] in a module of this crate (see `postgres.rs` and `sqlite.rs`);
-//! 2. accept its URL scheme in [`Queue::connect`](crate::Queue::connect);
-//! 3. add it to the conformance suite (`tests/conformance.rs`): one macro line.
+//! 1. implement [`Backend`] (see `postgres.rs` and `sqlite.rs`), in this crate or your own,
+//!    returning [`BackendKind::Other`] from `kind` if it lives outside;
+//! 2. hand it to [`Queue::with_backend`](crate::Queue::with_backend) (or, in this crate,
+//!    accept its URL scheme in [`Queue::connect`](crate::Queue::connect));
+//! 3. run the conformance suite (`tests/conformance.rs`) over it: one macro line in this crate.
 //!
 //! Contract, for every backend:
 //! - a claimed job is leased to one `owner` until `now + lease`; a lease that runs out makes
@@ -38,6 +40,21 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::{error::QueueError, stats::QueueStats};
+
+/// A fresh claim's lease token.
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
+pub(crate) fn claim_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Milliseconds since the Unix epoch, the clock of SQLite rows (SQLite has no clock type, and
+/// all writers of one file share the host's clock) and of enqueue times in job envelopes.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// A job's id in its backend (a row id for SQL backends, a message id for brokers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,6 +90,8 @@ pub enum BackendKind {
     Redis,
     /// Amazon SQS (`sqs://` or a queue URL).
     Sqs,
+    /// A backend implemented outside this crate, by its name (see [`Queue::with_backend`](crate::Queue::with_backend)).
+    Other(&'static str),
 }
 
 impl BackendKind {
@@ -83,6 +102,7 @@ impl BackendKind {
             BackendKind::Sqlite => "sqlite",
             BackendKind::Redis => "redis",
             BackendKind::Sqs => "sqs",
+            BackendKind::Other(name) => name,
         }
     }
 }

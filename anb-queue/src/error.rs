@@ -22,12 +22,18 @@ pub enum QueueError {
         /// The scheme found in the URL.
         scheme: String,
     },
-    /// A database operation failed.
+    /// The URL names a backend this build of the crate leaves out: turn on its cargo feature.
+    #[error("this build has no {feature} backend: enable the anb-queue feature {feature:?}")]
+    BackendNotEnabled {
+        /// The cargo feature that builds the backend.
+        feature: &'static str,
+    },
+    /// A database operation (PostgreSQL or SQLite) failed.
     #[error("queue database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(StoreError),
     /// A Redis operation failed.
     #[error("queue Redis error: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    Redis(StoreError),
     /// An SQS request failed.
     #[error("queue SQS error in {operation}: {message}")]
     Sqs {
@@ -103,6 +109,97 @@ pub enum QueueError {
         /// What was asked for.
         what: &'static str,
     },
+}
+
+impl QueueError {
+    /// Whether the queue's store could not be reached or did not answer in time (a network
+    /// error, a refused or dropped connection, a pool or request timeout), as opposed to an
+    /// error in what was asked. Worth a retry later; an API can answer "unavailable".
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Database(error) | Self::Redis(error) => error.unreachable,
+            Self::Sqs { .. } | Self::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A failure of the store under a queue (the database driver's or the Redis client's error),
+/// kept opaque so that this crate's API does not tie its users to the driver versions it
+/// builds with. Its [`source`](std::error::Error::source) is the driver's error, for
+/// logging or, with the same driver version, downcasting.
+#[derive(Debug)]
+pub struct StoreError {
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    unreachable: bool,
+}
+
+impl StoreError {
+    /// Whether the store could not be reached or did not answer (see
+    /// [`QueueError::is_unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+// How driver errors become `QueueError`s inside the crate. Not `From` impls: those would be
+// public and tie the API to the drivers' versions.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl QueueError {
+    pub(crate) fn from_sqlx(error: sqlx::Error) -> Self {
+        let unreachable = matches!(
+            &error,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                // A connection cut mid-reply reads as a protocol error.
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ) || error
+            .as_database_error()
+            .and_then(|db| db.code())
+            // Connection exceptions (08), operator intervention such as a server shutting
+            // down (57P0x), too many connections (53300); SQLite's busy and locked (5, 6).
+            .is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code == "5"
+                    || code == "6"
+            });
+        Self::Database(StoreError {
+            source: Box::new(error),
+            unreachable,
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl QueueError {
+    pub(crate) fn from_redis(error: ::redis::RedisError) -> Self {
+        let unreachable = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error();
+        Self::Redis(StoreError {
+            source: Box::new(error),
+            unreachable,
+        })
+    }
 }
 
 /// What a job handler returns when it fails: the error and whether a retry could help.

@@ -5,12 +5,19 @@ pub mod apalis;
 pub mod backend;
 mod error;
 mod job;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod outbox;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
+#[cfg(feature = "redis")]
 mod redis;
 mod runtime;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqs")]
 mod sqs;
 mod stats;
 mod worker;
@@ -20,7 +27,10 @@ pub use apalis::ApalisBackend;
 pub use backend::{BackendKind, DeadJob, JobId, JobInfo, JobState};
 pub use error::{JobError, QueueError};
 pub use job::{CancelReason, Job, JobContext};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
-pub use queue::{Queue, TransactionalConnection};
+pub use queue::Queue;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use queue::TransactionalConnection;
 pub use stats::{PollCounts, QueueStats};
 pub use worker::{RetryBackoff, Worker, shutdown_signal};

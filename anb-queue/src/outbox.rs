@@ -69,18 +69,22 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, postgres::PgListener};
+#[cfg(feature = "postgres")]
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+#[cfg(feature = "sqlite")]
+use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 
 use crate::{
     RetryBackoff,
-    backend::{BackendKind, NewJob},
+    backend::{BackendKind, NewJob, now_ms},
     error::QueueError,
     job::Job,
     queue::{Queue, TransactionalConnection},
-    sqlite::now_ms,
+    sql::millis,
 };
 
+#[cfg(feature = "postgres")]
 const CHANNEL: &str = "anb_queue_outbox";
 
 /// One step of the outbox's schema, applied once per database, in order, by
@@ -88,7 +92,10 @@ const CHANNEL: &str = "anb_queue_outbox";
 /// it (see the module documentation): add nullable columns and indexes, never drop or rename.
 struct Migration {
     version: i64,
+    // Both dialects are written down whichever engines a build has.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     postgres: &'static [&'static str],
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     sqlite: &'static [&'static str],
 }
 
@@ -160,6 +167,7 @@ const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS anb_queue_outbox_schema (
 )";
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
+#[cfg(feature = "postgres")]
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_6f75_7462; // "anb_outb"
 
 /// `claimed_until_ms` of a dead row: a claim that never runs out.
@@ -189,12 +197,14 @@ mod sealed {
         fn into_store(self) -> super::Store;
     }
 
+    #[cfg(feature = "postgres")]
     impl Sealed for sqlx::PgPool {
         fn into_store(self) -> super::Store {
             super::Store::Postgres(self)
         }
     }
 
+    #[cfg(feature = "sqlite")]
     impl Sealed for sqlx::SqlitePool {
         fn into_store(self) -> super::Store {
             super::Store::Sqlite(self)
@@ -205,8 +215,10 @@ mod sealed {
 /// A database an [`Outbox`] can live in: a [`PgPool`] or a [`SqlitePool`].
 pub trait OutboxPool: sealed::Sealed {}
 
+#[cfg(feature = "postgres")]
 impl OutboxPool for PgPool {}
 
+#[cfg(feature = "sqlite")]
 impl OutboxPool for SqlitePool {}
 
 /// The outbox table in an application's PostgreSQL or SQLite database.
@@ -461,6 +473,8 @@ where
         // look before taking a write lock.
         let mut woken = true;
         loop {
+            #[cfg(feature = "postgres")]
+            #[allow(irrefutable_let_patterns)] // a build with PostgreSQL alone
             if let Store::Postgres(pool) = &self.store {
                 listener.ensure(pool).await;
             }
@@ -777,7 +791,9 @@ enum Failure {
 /// The outbox's database, with the little SQL that differs between engines.
 #[derive(Debug, Clone)]
 pub enum Store {
+    #[cfg(feature = "postgres")]
     Postgres(PgPool),
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
 }
 
@@ -786,7 +802,9 @@ pub enum Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
+            #[cfg(feature = "postgres")]
             Store::Postgres($pool) => $body,
+            #[cfg(feature = "sqlite")]
             Store::Sqlite($pool) => $body,
         }
     };
@@ -848,7 +866,9 @@ impl From<EntryRow> for OutboxEntry {
 impl Store {
     fn kind(&self) -> BackendKind {
         match self {
+            #[cfg(feature = "postgres")]
             Store::Postgres(_) => BackendKind::Postgres,
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(_) => BackendKind::Sqlite,
         }
     }
@@ -856,8 +876,10 @@ impl Store {
     fn poll_interval(&self) -> Duration {
         match self {
             // Only covers a lost notification.
+            #[cfg(feature = "postgres")]
             Store::Postgres(_) => Duration::from_millis(500),
             // The latency for jobs written by another process on the same file.
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(_) => Duration::from_millis(200),
         }
     }
@@ -869,43 +891,69 @@ impl Store {
         const RECORD: &str =
             "INSERT INTO anb_queue_outbox_schema (version, applied_at_ms) VALUES ($1, $2)";
         match self {
+            #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(SETUP_LOCK_KEY)
                     .execute(&mut *tx)
-                    .await?;
-                sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
-                let current: i64 = sqlx::query_scalar(CURRENT).fetch_one(&mut *tx).await?;
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                sqlx::query(SCHEMA_TABLE)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                let current: i64 = sqlx::query_scalar(CURRENT)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
                 for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
                     for statement in migration.postgres {
-                        sqlx::query(*statement).execute(&mut *tx).await?;
+                        sqlx::query(*statement)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(QueueError::from_sqlx)?;
                     }
                     sqlx::query(RECORD)
                         .bind(migration.version)
                         .bind(now_ms())
                         .execute(&mut *tx)
-                        .await?;
+                        .await
+                        .map_err(QueueError::from_sqlx)?;
                 }
-                tx.commit().await?;
+                tx.commit().await.map_err(QueueError::from_sqlx)?;
             }
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
                 // IMMEDIATE takes the write lock up front, so two processes cannot
                 // interleave the DDL.
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
-                let current: i64 = sqlx::query_scalar(CURRENT).fetch_one(&mut *tx).await?;
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                sqlx::query(SCHEMA_TABLE)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                let current: i64 = sqlx::query_scalar(CURRENT)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
                 for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
                     for statement in migration.sqlite {
-                        sqlx::query(*statement).execute(&mut *tx).await?;
+                        sqlx::query(*statement)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(QueueError::from_sqlx)?;
                     }
                     sqlx::query(RECORD)
                         .bind(migration.version)
                         .bind(now_ms())
                         .execute(&mut *tx)
-                        .await?;
+                        .await
+                        .map_err(QueueError::from_sqlx)?;
                 }
-                tx.commit().await?;
+                tx.commit().await.map_err(QueueError::from_sqlx)?;
             }
         }
         Ok(())
@@ -918,7 +966,9 @@ impl Store {
         } else {
             "SELECT count(*) FROM anb_queue_outbox WHERE dead_at_ms IS NULL"
         };
-        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await.map_err(QueueError::from_sqlx)?),
+        )
     }
 
     async fn entries(
@@ -944,7 +994,7 @@ impl Store {
             .bind(after)
             .bind(limit)
             .fetch_all(pool)
-            .await?);
+            .await.map_err(QueueError::from_sqlx)?);
         Ok(rows.into_iter().map(OutboxEntry::from).collect())
     }
 
@@ -952,13 +1002,16 @@ impl Store {
     async fn any_claimable(&self, now: i64) -> Result<bool, QueueError> {
         const SQL: &str = "SELECT EXISTS (SELECT 1 FROM anb_queue_outbox
              WHERE dead_at_ms IS NULL AND (claimed_until_ms IS NULL OR claimed_until_ms < $1))";
-        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await.map_err(QueueError::from_sqlx)?),
+        )
     }
 
     /// Claims up to `batch` unclaimed jobs (or jobs whose claim or backoff ran out) until
     /// `until`, counting an attempt for each.
     async fn claim(&self, now: i64, until: i64, batch: i64) -> Result<Vec<Entry>, QueueError> {
         Ok(match self {
+            #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
                 // SKIP LOCKED: concurrent relays claim different rows instead of waiting.
                 sqlx::query_as(
@@ -976,8 +1029,10 @@ impl Store {
                 .bind(until)
                 .bind(batch)
                 .fetch_all(pool)
-                .await?
+                .await
+                .map_err(QueueError::from_sqlx)?
             }
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
                 // One writer at a time: the statement itself is the lock.
                 sqlx::query_as(
@@ -995,7 +1050,8 @@ impl Store {
                 .bind(until)
                 .bind(batch)
                 .fetch_all(pool)
-                .await?
+                .await
+                .map_err(QueueError::from_sqlx)?
             }
         })
     }
@@ -1003,19 +1059,23 @@ impl Store {
     /// Removes published jobs.
     async fn delete(&self, ids: &[i64]) -> Result<(), QueueError> {
         match self {
+            #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
                 sqlx::query("DELETE FROM anb_queue_outbox WHERE id = ANY($1)")
                     .bind(ids)
                     .execute(pool)
-                    .await?;
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
             }
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
                 sqlx::query(
                     "DELETE FROM anb_queue_outbox WHERE id IN (SELECT value FROM json_each(?1))",
                 )
                 .bind(json_ids(ids))
                 .execute(pool)
-                .await?;
+                .await
+                .map_err(QueueError::from_sqlx)?;
             }
         }
         Ok(())
@@ -1029,7 +1089,7 @@ impl Store {
         const DIE: &str = "UPDATE anb_queue_outbox
              SET claimed_until_ms = $2, last_error = $3, dead_at_ms = $4 WHERE id = $1";
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
             for settlement in settlements {
                 let query = if settlement.death.is_some() {
                     sqlx::query(DIE)
@@ -1043,9 +1103,9 @@ impl Store {
                         .bind(settlement.retry_at_ms)
                         .bind(&settlement.error)
                 };
-                query.execute(&mut *tx).await?;
+                query.execute(&mut *tx).await.map_err(QueueError::from_sqlx)?;
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(QueueError::from_sqlx)?;
         });
         Ok(())
     }
@@ -1053,37 +1113,38 @@ impl Store {
     /// Gives dead jobs (those of `ids`, or all) back to the relays; returns how many.
     async fn requeue(&self, ids: Option<&[i64]>) -> Result<u64, QueueError> {
         let requeued = match (self, ids) {
+            #[cfg(feature = "postgres")]
             (Store::Postgres(pool), ids) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
                 let done = match ids {
-                    Some(ids) => {
-                        sqlx::query(
-                            "UPDATE anb_queue_outbox
+                    Some(ids) => sqlx::query(
+                        "UPDATE anb_queue_outbox
                              SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
                              WHERE dead_at_ms IS NOT NULL AND id = ANY($1)",
-                        )
-                        .bind(ids)
-                        .execute(&mut *tx)
-                        .await?
-                    }
-                    None => {
-                        sqlx::query(
-                            "UPDATE anb_queue_outbox
+                    )
+                    .bind(ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?,
+                    None => sqlx::query(
+                        "UPDATE anb_queue_outbox
                              SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
                              WHERE dead_at_ms IS NOT NULL",
-                        )
-                        .execute(&mut *tx)
-                        .await?
-                    }
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?,
                 };
                 // The insert trigger does not see an update: wake the relays here, at commit.
                 sqlx::query("SELECT pg_notify($1, '')")
                     .bind(CHANNEL)
                     .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                tx.commit().await.map_err(QueueError::from_sqlx)?;
                 done.rows_affected()
             }
+            #[cfg(feature = "sqlite")]
             (Store::Sqlite(pool), Some(ids)) => sqlx::query(
                 "UPDATE anb_queue_outbox
                  SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
@@ -1091,15 +1152,18 @@ impl Store {
             )
             .bind(json_ids(ids))
             .execute(pool)
-            .await?
+            .await
+            .map_err(QueueError::from_sqlx)?
             .rows_affected(),
+            #[cfg(feature = "sqlite")]
             (Store::Sqlite(pool), None) => sqlx::query(
                 "UPDATE anb_queue_outbox
                  SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
                  WHERE dead_at_ms IS NOT NULL",
             )
             .execute(pool)
-            .await?
+            .await
+            .map_err(QueueError::from_sqlx)?
             .rows_affected(),
         };
         Ok(requeued)
@@ -1107,6 +1171,7 @@ impl Store {
 }
 
 /// Writes one job into the outbox on a PostgreSQL connection.
+#[cfg(feature = "postgres")]
 pub(crate) async fn insert_postgres(
     conn: &mut PgConnection,
     job: &NewJob,
@@ -1122,11 +1187,13 @@ pub(crate) async fn insert_postgres(
     .bind(now.saturating_add(millis(job.delay)))
     .bind(now)
     .fetch_one(conn)
-    .await?;
+    .await
+    .map_err(QueueError::from_sqlx)?;
     Ok(id)
 }
 
 /// Writes one job into the outbox on a SQLite connection.
+#[cfg(feature = "sqlite")]
 pub(crate) async fn insert_sqlite(
     conn: &mut SqliteConnection,
     job: &NewJob,
@@ -1142,16 +1209,21 @@ pub(crate) async fn insert_sqlite(
     .bind(now.saturating_add(millis(job.delay)))
     .bind(now)
     .fetch_one(conn)
-    .await?;
+    .await
+    .map_err(QueueError::from_sqlx)?;
     Ok(id)
 }
 
 /// The relay's `LISTEN` connection on PostgreSQL, reopened when it drops; while it is down
 /// the relay only polls.
 #[derive(Debug, Default)]
-struct Listener(Option<PgListener>);
+struct Listener(
+    #[cfg(feature = "postgres")] Option<PgListener>,
+    #[cfg(not(feature = "postgres"))] Option<std::convert::Infallible>,
+);
 
 impl Listener {
+    #[cfg(feature = "postgres")]
     async fn ensure(&mut self, pool: &PgPool) {
         if self.0.is_some() {
             return;
@@ -1172,18 +1244,18 @@ impl Listener {
         let Some(listener) = &mut self.0 else {
             return std::future::pending().await;
         };
+        #[cfg(feature = "postgres")]
         if listener.recv().await.is_err() {
             // The connection dropped (notifications may be lost): poll once, then reopen.
             self.0 = None;
         }
+        #[cfg(not(feature = "postgres"))]
+        match *listener {}
     }
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Ids as a JSON array, so one SQLite statement can take a whole batch through `json_each`.
+#[cfg(feature = "sqlite")]
 fn json_ids(ids: &[i64]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned())
 }

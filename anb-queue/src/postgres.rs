@@ -14,11 +14,13 @@ use sqlx::{
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
+    backend::claim_token,
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, JobState, Lease,
-        NewJob, WorkSignal,
+        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
+        WorkSignal,
     },
     error::QueueError,
+    sql::{lost_leases, millis, row_id, sql_state},
     stats::QueueStats,
 };
 
@@ -87,34 +89,42 @@ const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attemp
 /// Creates or upgrades the queue's tables. Versioned in `anb_queue_schema`, not in sqlx's
 /// `_sqlx_migrations`, so the queue coexists with an application's own migrations.
 pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SETUP_LOCK_KEY)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
     sqlx::query("CREATE TABLE IF NOT EXISTS anb_queue_schema (version INT NOT NULL)")
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
     let version: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
     let version = version.unwrap_or(0);
     if version < SCHEMA_VERSION {
         let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
-                sqlx::query(*statement).execute(&mut *tx).await?;
+                sqlx::query(*statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
             }
         }
         sqlx::query("DELETE FROM anb_queue_schema")
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(QueueError::from_sqlx)?;
         sqlx::query("INSERT INTO anb_queue_schema (version) VALUES ($1)")
             .bind(SCHEMA_VERSION)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(QueueError::from_sqlx)?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(QueueError::from_sqlx)?;
     Ok(())
 }
 
@@ -138,12 +148,12 @@ pub(crate) async fn insert_jobs(
     if statements.len() <= 1 {
         return insert_statement(conn, jobs).await;
     }
-    let mut tx = conn.begin().await?;
+    let mut tx = conn.begin().await.map_err(QueueError::from_sqlx)?;
     let mut ids = Vec::with_capacity(jobs.len());
     for statement in statements {
         ids.extend(insert_statement(&mut tx, statement).await?);
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(QueueError::from_sqlx)?;
     Ok(ids)
 }
 
@@ -184,18 +194,9 @@ async fn insert_statement(
         .bind(&max_attempts)
         .bind(&delays)
         .fetch_all(conn)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
     Ok(ids.into_iter().map(|id| JobId(id.to_string())).collect())
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A lease's row id; an id that does not parse cannot be ours, and the operation is then a
-/// no-op for it.
-pub(crate) fn row_id(lease: &Lease) -> Option<i64> {
-    lease.id.0.parse().ok()
 }
 
 /// Leases as parallel arrays of row ids and tokens (for `UNNEST`).
@@ -204,26 +205,6 @@ fn lease_columns(leases: &[Lease]) -> (Vec<i64>, Vec<&str>) {
         .iter()
         .filter_map(|lease| Some((row_id(lease)?, lease.token.as_str())))
         .unzip()
-}
-
-/// A fresh claim's lease token.
-pub(crate) fn claim_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// The leases not among those a lease operation touched (by row id and token).
-pub(crate) fn lost_leases(leases: &[Lease], touched: &[(i64, String)]) -> Vec<Lease> {
-    let touched: std::collections::HashSet<(i64, &str)> = touched
-        .iter()
-        .map(|(id, token)| (*id, token.as_str()))
-        .collect();
-    leases
-        .iter()
-        .filter(|lease| {
-            row_id(lease).is_none_or(|id| !touched.contains(&(id, lease.token.as_str())))
-        })
-        .cloned()
-        .collect()
 }
 
 /// The PostgreSQL backend.
@@ -266,8 +247,13 @@ impl PostgresBackend {
         let sender = self
             .wake
             .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(CHANNEL).await?;
+                let mut listener = PgListener::connect_with(&self.pool)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                listener
+                    .listen(CHANNEL)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
                 let sender = Arc::new(watch::channel(0u64).0);
                 let signal: Weak<watch::Sender<u64>> = Arc::downgrade(&sender);
                 tokio::spawn(async move {
@@ -295,7 +281,8 @@ impl PostgresBackend {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 }
@@ -307,7 +294,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
         insert_jobs(&mut conn, jobs).await
     }
 
@@ -334,7 +321,8 @@ impl Backend for PostgresBackend {
         .bind(millis(request.lease))
         .bind(&token)
         .fetch_all(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         let mut jobs = rows
             .into_iter()
             .map(|row| {
@@ -349,7 +337,8 @@ impl Backend for PostgresBackend {
                     token: token.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(QueueError::from_sqlx)?;
         // UPDATE ... RETURNING does not keep the CTE's order.
         jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
         Ok(jobs)
@@ -366,7 +355,8 @@ impl Backend for PostgresBackend {
         .bind(&tokens)
         .bind(owner)
         .execute(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -392,7 +382,8 @@ impl Backend for PostgresBackend {
         .bind(millis(delay))
         .bind(error)
         .execute(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -411,7 +402,8 @@ impl Backend for PostgresBackend {
         .bind(owner)
         .bind(error)
         .execute(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -429,7 +421,8 @@ impl Backend for PostgresBackend {
         .bind(&tokens)
         .bind(owner)
         .execute(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         if released.rows_affected() > 0 {
             self.notify().await?;
         }
@@ -456,7 +449,8 @@ impl Backend for PostgresBackend {
         .bind(owner)
         .bind(millis(lease))
         .fetch_all(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(lost_leases(leases, &extended))
     }
 
@@ -481,7 +475,8 @@ impl Backend for PostgresBackend {
         .bind(i16::from(percent))
         .bind(millis(duration))
         .execute(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -500,7 +495,8 @@ impl Backend for PostgresBackend {
              FROM expired WHERE j.id = expired.id",
         )
         .execute(&self.leases)
-        .await?
+        .await
+        .map_err(QueueError::from_sqlx)?
         .rows_affected();
         if recovered > 0 {
             self.notify().await?;
@@ -518,7 +514,8 @@ impl Backend for PostgresBackend {
         )
         .bind(names)
         .fetch_one(&self.leases)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0))))
     }
 
@@ -543,16 +540,18 @@ impl Backend for PostgresBackend {
              FROM anb_queue_jobs",
         )
         .fetch_one(&self.pool)
-        .await?;
+        .await.map_err(QueueError::from_sqlx)?;
         let count = |column: &str| -> Result<u64, sqlx::Error> {
             Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
         };
         Ok(QueueStats {
-            ready: count("ready")?,
-            in_flight: count("in_flight")?,
-            delayed: count("delayed")?,
-            dead: count("dead")?,
-            oldest_ready_age: Duration::from_millis(count("oldest_ms")?),
+            ready: count("ready").map_err(QueueError::from_sqlx)?,
+            in_flight: count("in_flight").map_err(QueueError::from_sqlx)?,
+            delayed: count("delayed").map_err(QueueError::from_sqlx)?,
+            dead: count("dead").map_err(QueueError::from_sqlx)?,
+            oldest_ready_age: Duration::from_millis(
+                count("oldest_ms").map_err(QueueError::from_sqlx)?,
+            ),
         })
     }
 
@@ -567,18 +566,28 @@ impl Backend for PostgresBackend {
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state")?;
+        let state: String = row.try_get("state").map_err(QueueError::from_sqlx)?;
         Ok(Some(JobInfo {
             id: JobId(id.to_string()),
-            name: row.try_get("name")?,
-            state: sql_state(&state, row.try_get("later")?),
-            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-            max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?).unwrap_or(0),
-            last_error: row.try_get("last_error")?,
+            name: row.try_get("name").map_err(QueueError::from_sqlx)?,
+            state: sql_state(&state, row.try_get("later").map_err(QueueError::from_sqlx)?),
+            attempts: u32::try_from(
+                row.try_get::<i32, _>("attempts")
+                    .map_err(QueueError::from_sqlx)?,
+            )
+            .unwrap_or(0),
+            max_attempts: u32::try_from(
+                row.try_get::<i32, _>("max_attempts")
+                    .map_err(QueueError::from_sqlx)?,
+            )
+            .unwrap_or(0),
+            last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
             progress: row
-                .try_get::<Option<i16>, _>("progress")?
+                .try_get::<Option<i16>, _>("progress")
+                .map_err(QueueError::from_sqlx)?
                 .and_then(|p| u8::try_from(p).ok()),
         }))
     }
@@ -604,7 +613,8 @@ impl Backend for PostgresBackend {
         .bind(after)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         rows.iter().map(dead_job).collect()
     }
 
@@ -613,7 +623,7 @@ impl Backend for PostgresBackend {
             .iter()
             .filter_map(|id| id.as_str().parse().ok())
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
         let requeued = sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL,
@@ -622,16 +632,18 @@ impl Backend for PostgresBackend {
         )
         .bind(&ids)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(QueueError::from_sqlx)?
         .rows_affected();
         if requeued > 0 {
             // Workers listen for inserts; an update wakes them this way.
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(QueueError::from_sqlx)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(QueueError::from_sqlx)?;
         Ok(requeued)
     }
 
@@ -642,7 +654,8 @@ impl Backend for PostgresBackend {
         )
         .bind(millis(older_than))
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(QueueError::from_sqlx)?
         .rows_affected())
     }
 
@@ -653,7 +666,8 @@ impl Backend for PostgresBackend {
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         rows.iter().map(dead_job).collect()
     }
 }
@@ -661,22 +675,20 @@ impl Backend for PostgresBackend {
 /// A dead job from a row of `id, name, payload, attempts, last_error`.
 fn dead_job(row: &sqlx::postgres::PgRow) -> Result<DeadJob, QueueError> {
     Ok(DeadJob {
-        id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-        name: row.try_get("name")?,
-        payload: row.try_get("payload")?,
-        attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-        last_error: row.try_get("last_error")?,
+        id: JobId(
+            row.try_get::<i64, _>("id")
+                .map_err(QueueError::from_sqlx)?
+                .to_string(),
+        ),
+        name: row.try_get("name").map_err(QueueError::from_sqlx)?,
+        payload: row.try_get("payload").map_err(QueueError::from_sqlx)?,
+        attempts: u32::try_from(
+            row.try_get::<i32, _>("attempts")
+                .map_err(QueueError::from_sqlx)?,
+        )
+        .unwrap_or(0),
+        last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
     })
-}
-
-/// A job's state from its `state` column and whether its `run_at` is still ahead.
-pub(crate) fn sql_state(state: &str, later: bool) -> JobState {
-    match state {
-        "running" => JobState::Running,
-        "dead" => JobState::Dead,
-        _ if later => JobState::Delayed,
-        _ => JobState::Ready,
-    }
 }
 
 #[cfg(test)]

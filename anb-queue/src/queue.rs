@@ -1,18 +1,26 @@
 //! The handle applications hold: connect from a URL, enqueue, inspect.
 
-use std::{future::Future, sync::Arc, time::Duration};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use std::future::Future;
+use std::{sync::Arc, time::Duration};
 
-use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, postgres::PgPoolOptions};
+#[cfg(feature = "postgres")]
+use sqlx::{PgConnection, PgPool, postgres::PgPoolOptions};
+#[cfg(feature = "sqlite")]
+use sqlx::{SqliteConnection, SqlitePool};
 
+#[cfg(feature = "postgres")]
+use crate::postgres::{self, PostgresBackend};
+#[cfg(feature = "redis")]
+use crate::redis;
+#[cfg(feature = "sqlite")]
+use crate::sqlite::{self, SqliteBackend};
+#[cfg(feature = "sqs")]
+use crate::sqs::{self, SqsBackend};
 use crate::{
     backend::{Backend, BackendKind, DeadJob, JobId, JobInfo, NewJob, SharedBackend},
     error::QueueError,
     job::Job,
-    outbox,
-    postgres::{self, PostgresBackend},
-    redis,
-    sqlite::{self, SqliteBackend},
-    sqs::{self, SqsBackend},
     stats::{PollCounter, PollCounts, QueueStats},
 };
 
@@ -41,6 +49,10 @@ impl Queue {
     ///
     /// The tables can share a database with an application's own: their schema is versioned
     /// in `anb_queue_schema`, apart from sqlx's migration history.
+    ///
+    /// Each backend is behind the cargo feature of its name (`postgres`, `sqlite`, `redis`,
+    /// `sqs`); a URL for one this build leaves out is refused with
+    /// [`QueueError::BackendNotEnabled`].
     pub async fn connect(url: &str) -> Result<Self, QueueError> {
         let scheme = url
             .split_once(':')
@@ -50,20 +62,29 @@ impl Queue {
                 reason: "no scheme (expected postgres://, sqlite://, redis://, sqs:// or an SQS queue URL)".to_owned(),
             })?;
         match scheme.as_str() {
+            #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
                 let pool = PgPoolOptions::new()
                     .max_connections(10)
                     .connect(url)
-                    .await?;
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
                 Self::from_postgres_pool(pool).await
             }
+            #[cfg(feature = "sqlite")]
             "sqlite" => Self::from_sqlite_pool(sqlite::connect(url).await?).await,
-            "redis" | "rediss" => Ok(Self::from_backend(redis::connect(url).await?)),
-            "sqs" | "http" | "https" => Ok(Self::from_backend(sqs::connect(url).await?)),
-            _ => Err(QueueError::UnsupportedUrl { scheme }),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Ok(Self::with_backend(redis::connect(url).await?)),
+            #[cfg(feature = "sqs")]
+            "sqs" | "http" | "https" => Ok(Self::with_backend(sqs::connect(url).await?)),
+            other => Err(match feature_of_scheme(other) {
+                Some(feature) => QueueError::BackendNotEnabled { feature },
+                None => QueueError::UnsupportedUrl { scheme },
+            }),
         }
     }
 
+    #[cfg(feature = "postgres")]
     /// Uses an existing PostgreSQL pool (e.g. the application's own) and sets up the tables.
     ///
     /// Enqueues and statistics use this pool. Workers also open up to four connections of
@@ -71,23 +92,25 @@ impl Queue {
     /// and one `LISTEN` connection, with the same connect options.
     pub async fn from_postgres_pool(pool: PgPool) -> Result<Self, QueueError> {
         postgres::setup(&pool).await?;
-        Ok(Self::from_backend(PostgresBackend::new(pool)))
+        Ok(Self::with_backend(PostgresBackend::new(pool)))
     }
 
+    #[cfg(feature = "sqlite")]
     /// Uses an existing SQLite pool and sets up the tables. Prefer [`Queue::connect`], which
     /// opens the file with the settings the queue is tuned for (WAL, one writer).
     pub async fn from_sqlite_pool(pool: SqlitePool) -> Result<Self, QueueError> {
         sqlite::setup(&pool).await?;
-        Ok(Self::from_backend(SqliteBackend::new(pool)))
+        Ok(Self::with_backend(SqliteBackend::new(pool)))
     }
 
+    #[cfg(feature = "sqs")]
     /// Uses an already configured SQS client (region, endpoint, credentials) for the queue
     /// at `queue_url`, which needs a redrive policy (see [`Queue::connect`]).
     pub async fn from_sqs_client(
         client: aws_sdk_sqs::Client,
         queue_url: &str,
     ) -> Result<Self, QueueError> {
-        Ok(Self::from_backend(
+        Ok(Self::with_backend(
             SqsBackend::from_client(client, queue_url).await?,
         ))
     }
@@ -104,7 +127,11 @@ impl Queue {
         self.backend.requests_by_operation()
     }
 
-    fn from_backend(backend: impl Backend) -> Self {
+    /// A queue over a backend built by the caller: one of another crate, implementing
+    /// [`Backend`] by its contract (see the [`backend`](crate::backend) module), or one of
+    /// this crate's configured by hand. Workers and the operator calls work on it as on the
+    /// built-in ones.
+    pub fn with_backend(backend: impl Backend) -> Self {
         Self {
             backend: Arc::new(backend),
             polls: Arc::default(),
@@ -158,6 +185,7 @@ impl Queue {
         self.backend.enqueue(&new_jobs).await
     }
 
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// Enqueues a job on the caller's connection, typically inside its transaction, so the
     /// job commits or rolls back with the caller's own writes:
     ///
@@ -186,6 +214,7 @@ impl Queue {
         Ok(ids.remove(0))
     }
 
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// Like [`Queue::enqueue_tx`], for many jobs.
     pub async fn enqueue_bulk_tx<C, J>(
         &self,
@@ -256,6 +285,17 @@ impl Queue {
     }
 }
 
+/// The cargo feature that builds the backend of a URL scheme.
+fn feature_of_scheme(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "postgres" | "postgresql" => Some("postgres"),
+        "sqlite" => Some("sqlite"),
+        "redis" | "rediss" => Some("redis"),
+        "sqs" | "http" | "https" => Some("sqs"),
+        _ => None,
+    }
+}
+
 fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
     let payload = serde_json::to_string(job).map_err(|source| QueueError::Serialize {
         job: J::NAME,
@@ -281,12 +321,16 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sealed {
     pub trait Sealed {}
+    #[cfg(feature = "postgres")]
     impl Sealed for sqlx::PgConnection {}
+    #[cfg(feature = "sqlite")]
     impl Sealed for sqlx::SqliteConnection {}
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 /// A database connection a job can be enqueued on, in a queue's table or in an
 /// [`Outbox`](crate::Outbox): [`PgConnection`] or [`SqliteConnection`] (pass `&mut *tx` for a
 /// transaction).
@@ -307,6 +351,7 @@ pub trait TransactionalConnection: sealed::Sealed + Send {
     ) -> impl Future<Output = Result<i64, QueueError>> + Send;
 }
 
+#[cfg(feature = "postgres")]
 impl TransactionalConnection for PgConnection {
     const KIND: BackendKind = BackendKind::Postgres;
 
@@ -321,10 +366,11 @@ impl TransactionalConnection for PgConnection {
         &mut self,
         job: &NewJob,
     ) -> impl Future<Output = Result<i64, QueueError>> + Send {
-        outbox::insert_postgres(self, job)
+        crate::outbox::insert_postgres(self, job)
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl TransactionalConnection for SqliteConnection {
     const KIND: BackendKind = BackendKind::Sqlite;
 
@@ -339,7 +385,7 @@ impl TransactionalConnection for SqliteConnection {
         &mut self,
         job: &NewJob,
     ) -> impl Future<Output = Result<i64, QueueError>> + Send {
-        outbox::insert_sqlite(self, job)
+        crate::outbox::insert_sqlite(self, job)
     }
 }
 
@@ -360,6 +406,47 @@ mod tests {
     async fn a_url_without_scheme_is_invalid() {
         let error = Queue::connect("just-a-name").await.unwrap_err();
         assert!(matches!(error, QueueError::InvalidUrl { .. }), "{error:?}");
+    }
+
+    /// Store errors are opaque, yet tell an outage from a mistake, and keep the driver's
+    /// error as their source.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_unreachable_and_a_missing_one_is_not() {
+        let refused = Queue::connect("postgres://postgres@127.0.0.1:1/anything")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, QueueError::Database(_)) && refused.is_unreachable(),
+            "{refused:?}"
+        );
+        let Ok(server) = std::env::var("ANB_TEST_POSTGRES_URL") else {
+            panic!("ANB_TEST_POSTGRES_URL is not set (see the README's test command)");
+        };
+        let mut missing = url::Url::parse(&server).unwrap();
+        missing.set_path("anb_queue_no_such_database");
+        let error = Queue::connect(missing.as_str()).await.unwrap_err();
+        let QueueError::Database(store) = &error else {
+            panic!("{error:?}");
+        };
+        assert!(!error.is_unreachable(), "{error:?}");
+        let driver = std::error::Error::source(store).expect("the driver's error");
+        let driver = driver.downcast_ref::<sqlx::Error>().expect("an sqlx error");
+        assert_eq!(
+            driver.as_database_error().and_then(|db| db.code()).as_deref(),
+            Some("3D000"),
+            "{driver:?}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_redis_out_of_reach_is_unreachable() {
+        let error = Queue::connect("redis://127.0.0.1:1/0").await.unwrap_err();
+        assert!(
+            matches!(&error, QueueError::Redis(_)) && error.is_unreachable(),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -373,7 +373,7 @@ impl Scripts {
 /// other's jobs.
 pub(crate) async fn connect(url: &str) -> Result<RedisBackend, QueueError> {
     let (client_url, queue) = split_queue_name(url)?;
-    let client = redis::Client::open(client_url.as_str())?;
+    let client = redis::Client::open(client_url.as_str()).map_err(QueueError::from_redis)?;
     RedisBackend::new(client, &queue).await
 }
 
@@ -438,7 +438,9 @@ impl RedisBackend {
             .set_number_of_retries(6)
             .set_connection_timeout(Duration::from_secs(3))
             .set_response_timeout(Duration::from_secs(10));
-        let connection = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(Self {
             client,
             connection,
@@ -466,7 +468,8 @@ impl RedisBackend {
         }
         let lost: Vec<String> = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(lost
             .chunks_exact(2)
             .map(|pair| Lease {
@@ -488,8 +491,8 @@ impl RedisBackend {
                 let sender = Arc::new(watch::channel(0u64).0);
                 let signal: Weak<watch::Sender<u64>> = Arc::downgrade(&sender);
                 // Subscribe before returning, so no wake-up after `subscribe` is missed.
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(self.channel()).await?;
+                let mut pubsub = self.client.get_async_pubsub().await.map_err(QueueError::from_redis)?;
+                pubsub.subscribe(self.channel()).await.map_err(QueueError::from_redis)?;
                 let (client, channel) = (self.client.clone(), self.channel());
                 tokio::spawn(async move {
                     loop {
@@ -566,7 +569,8 @@ impl Backend for RedisBackend {
         }
         let first: u64 = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok((first..first + jobs.len() as u64)
             .map(|id| JobId(id.to_string()))
             .collect())
@@ -574,7 +578,7 @@ impl Backend for RedisBackend {
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
         // The job hash's owner field holds the claim's token: the worker and the claim.
-        let token = format!("{}/{}", request.owner, crate::postgres::claim_token());
+        let token = format!("{}/{}", request.owner, crate::backend::claim_token());
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .arg(&self.prefix)
@@ -586,7 +590,8 @@ impl Backend for RedisBackend {
         }
         let fields: Vec<String> = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(fields
             .chunks_exact(6)
             .map(|job| ClaimedJob {
@@ -609,7 +614,8 @@ impl Backend for RedisBackend {
         }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(())
     }
 
@@ -630,7 +636,8 @@ impl Backend for RedisBackend {
             .arg(millis(delay).min(MAX_DELAY_MS))
             .arg(error)
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(())
     }
 
@@ -649,7 +656,8 @@ impl Backend for RedisBackend {
             .arg(lease.id.as_str())
             .arg(error)
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(())
     }
 
@@ -661,7 +669,8 @@ impl Backend for RedisBackend {
         }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(())
     }
 
@@ -696,7 +705,8 @@ impl Backend for RedisBackend {
                 .arg(&self.prefix)
                 .arg(RECOVER_BATCH)
                 .invoke_async(&mut self.connection.clone())
-                .await?;
+                .await
+                .map_err(QueueError::from_redis)?;
             recovered += handled;
             if handled < RECOVER_BATCH as u64 {
                 return Ok(recovered);
@@ -712,7 +722,8 @@ impl Backend for RedisBackend {
         }
         let wait_ms: i64 = invocation
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(u64::try_from(wait_ms).ok().map(Duration::from_millis))
     }
 
@@ -732,7 +743,8 @@ impl Backend for RedisBackend {
             .prepare_invoke()
             .arg(&self.prefix)
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(QueueStats {
             ready,
             in_flight,
@@ -762,7 +774,8 @@ impl Backend for RedisBackend {
             .arg(limit)
             .arg(after.map_or("", JobId::as_str))
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         Ok(fields
             .chunks_exact(6)
             .map(|job| DeadJob {
@@ -783,7 +796,8 @@ impl Backend for RedisBackend {
             .arg(&self.prefix)
             .arg(id.as_str())
             .invoke_async(&mut self.connection.clone())
-            .await?;
+            .await
+            .map_err(QueueError::from_redis)?;
         let [
             name,
             state,
@@ -823,7 +837,8 @@ impl Backend for RedisBackend {
         }
         Ok(invocation
             .invoke_async(&mut self.connection.clone())
-            .await?)
+            .await
+            .map_err(QueueError::from_redis)?)
     }
 
     async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
@@ -837,7 +852,8 @@ impl Backend for RedisBackend {
                 .arg(millis(older_than).min(MAX_DELAY_MS))
                 .arg(RECOVER_BATCH)
                 .invoke_async(&mut self.connection.clone())
-                .await?;
+                .await
+                .map_err(QueueError::from_redis)?;
             pruned += deleted;
             if deleted < RECOVER_BATCH as u64 {
                 return Ok(pruned);

@@ -4,7 +4,7 @@
 use std::{
     str::FromStr,
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -15,12 +15,13 @@ use sqlx::{
 use tokio::sync::watch;
 
 use crate::{
+    backend::claim_token,
     backend::{
         Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
-        WorkSignal,
+        WorkSignal, now_ms,
     },
     error::QueueError,
-    postgres::{claim_token, lost_leases, row_id, sql_state},
+    sql::{lost_leases, millis, row_id, sql_state},
     stats::QueueStats,
 };
 
@@ -51,19 +52,6 @@ const SCHEMA_V1: &[&str] = &[
 /// Version 2: a lease token per claim (see the PostgreSQL backend's `SCHEMA_V2`).
 const SCHEMA_V2: &[&str] = &["ALTER TABLE anb_queue_jobs ADD COLUMN lease_token TEXT"];
 
-/// Milliseconds since the Unix epoch: SQLite has no clock type, and all writers of one file
-/// share the host's clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Leases as a JSON array of `[row id, token]` pairs, so one statement can take a whole
 /// batch through `json_each`.
 fn json_ids(leases: &[Lease]) -> String {
@@ -80,7 +68,8 @@ fn json_names(names: &[&str]) -> String {
 
 /// Opens a pool on the file named by `url`, created if missing.
 pub(crate) async fn connect(url: &str) -> Result<SqlitePool, QueueError> {
-    let options = SqliteConnectOptions::from_str(url)?
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(QueueError::from_sqlx)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
@@ -90,15 +79,19 @@ pub(crate) async fn connect(url: &str) -> Result<SqlitePool, QueueError> {
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
     Ok(pool)
 }
 
 /// Creates or upgrades the queue's tables, versioned in `anb_queue_schema`.
 pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = pool.acquire().await.map_err(QueueError::from_sqlx)?;
     // IMMEDIATE takes the write lock up front, so two processes cannot interleave the DDL.
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(QueueError::from_sqlx)?;
     let outcome = async {
         sqlx::query("CREATE TABLE IF NOT EXISTS anb_queue_schema (version INTEGER NOT NULL)")
             .execute(&mut *conn)
@@ -128,12 +121,15 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
     .await;
     match outcome {
         Ok(()) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(QueueError::from_sqlx)?;
             Ok(())
         }
         Err(error) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(error.into())
+            Err(QueueError::from_sqlx(error))
         }
     }
 }
@@ -160,7 +156,11 @@ pub(crate) async fn insert_jobs(
                 .push_bind(now);
         });
         insert.push(" RETURNING id");
-        let mut inserted: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+        let mut inserted: Vec<i64> = insert
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         // RETURNING's row order is unspecified; AUTOINCREMENT ids grow in VALUES order.
         inserted.sort_unstable();
         ids.extend(inserted.into_iter().map(|id| JobId(id.to_string())));
@@ -202,9 +202,9 @@ impl Backend for SqliteBackend {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
         let ids = insert_jobs(&mut tx, jobs).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(QueueError::from_sqlx)?;
         self.wake();
         Ok(ids)
     }
@@ -220,7 +220,8 @@ impl Backend for SqliteBackend {
             .bind(now)
             .bind(json_names(request.names))
             .fetch_one(&self.pool)
-            .await?;
+            .await
+            .map_err(QueueError::from_sqlx)?;
             if !due {
                 return Ok(Vec::new());
             }
@@ -246,7 +247,8 @@ impl Backend for SqliteBackend {
         .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
         .bind(&token)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         let mut jobs = rows
             .into_iter()
             .map(|row| {
@@ -261,7 +263,8 @@ impl Backend for SqliteBackend {
                     token: token.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(QueueError::from_sqlx)?;
         jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
         self.idle.store(jobs.is_empty(), Ordering::Relaxed);
         Ok(jobs)
@@ -276,7 +279,8 @@ impl Backend for SqliteBackend {
         .bind(json_ids(leases))
         .bind(owner)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -298,7 +302,7 @@ impl Backend for SqliteBackend {
         .bind(now_ms().saturating_add(millis(delay)))
         .bind(error)
         .execute(&self.pool)
-        .await?;
+        .await.map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -314,7 +318,7 @@ impl Backend for SqliteBackend {
         .bind(now_ms())
         .bind(error)
         .execute(&self.pool)
-        .await?;
+        .await.map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -330,7 +334,8 @@ impl Backend for SqliteBackend {
         .bind(owner)
         .bind(now_ms())
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         if released.rows_affected() > 0 {
             self.wake();
         }
@@ -353,7 +358,8 @@ impl Backend for SqliteBackend {
         .bind(owner)
         .bind(now_ms().saturating_add(millis(lease)))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(lost_leases(leases, &extended))
     }
 
@@ -374,7 +380,8 @@ impl Backend for SqliteBackend {
         .bind(i64::from(percent))
         .bind(now_ms().saturating_add(millis(duration)))
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(())
     }
 
@@ -390,7 +397,8 @@ impl Backend for SqliteBackend {
         )
         .bind(now)
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(QueueError::from_sqlx)?
         .rows_affected();
         if recovered > 0 {
             self.wake();
@@ -405,7 +413,8 @@ impl Backend for SqliteBackend {
         )
         .bind(json_names(names))
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         Ok(next.map(|run_at| {
             Duration::from_millis(u64::try_from(run_at.saturating_sub(now_ms())).unwrap_or(0))
         }))
@@ -434,16 +443,18 @@ impl Backend for SqliteBackend {
         )
         .bind(now)
         .fetch_one(&self.pool)
-        .await?;
+        .await.map_err(QueueError::from_sqlx)?;
         let count = |column: &str| -> Result<u64, sqlx::Error> {
             Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
         };
         Ok(QueueStats {
-            ready: count("ready")?,
-            in_flight: count("in_flight")?,
-            delayed: count("delayed")?,
-            dead: count("dead")?,
-            oldest_ready_age: Duration::from_millis(count("oldest_ms")?),
+            ready: count("ready").map_err(QueueError::from_sqlx)?,
+            in_flight: count("in_flight").map_err(QueueError::from_sqlx)?,
+            delayed: count("delayed").map_err(QueueError::from_sqlx)?,
+            dead: count("dead").map_err(QueueError::from_sqlx)?,
+            oldest_ready_age: Duration::from_millis(
+                count("oldest_ms").map_err(QueueError::from_sqlx)?,
+            ),
         })
     }
 
@@ -459,18 +470,28 @@ impl Backend for SqliteBackend {
         .bind(id)
         .bind(now_ms())
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state")?;
+        let state: String = row.try_get("state").map_err(QueueError::from_sqlx)?;
         Ok(Some(JobInfo {
             id: JobId(id.to_string()),
-            name: row.try_get("name")?,
-            state: sql_state(&state, row.try_get("later")?),
-            attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-            max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts")?).unwrap_or(0),
-            last_error: row.try_get("last_error")?,
+            name: row.try_get("name").map_err(QueueError::from_sqlx)?,
+            state: sql_state(&state, row.try_get("later").map_err(QueueError::from_sqlx)?),
+            attempts: u32::try_from(
+                row.try_get::<i64, _>("attempts")
+                    .map_err(QueueError::from_sqlx)?,
+            )
+            .unwrap_or(0),
+            max_attempts: u32::try_from(
+                row.try_get::<i64, _>("max_attempts")
+                    .map_err(QueueError::from_sqlx)?,
+            )
+            .unwrap_or(0),
+            last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
             progress: row
-                .try_get::<Option<i64>, _>("progress")?
+                .try_get::<Option<i64>, _>("progress")
+                .map_err(QueueError::from_sqlx)?
                 .and_then(|p| u8::try_from(p).ok()),
         }))
     }
@@ -496,7 +517,8 @@ impl Backend for SqliteBackend {
         .bind(after)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         rows.iter().map(dead_job).collect()
     }
 
@@ -514,7 +536,8 @@ impl Backend for SqliteBackend {
         .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
         .bind(now_ms())
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(QueueError::from_sqlx)?
         .rows_affected();
         if requeued > 0 {
             self.wake();
@@ -527,7 +550,8 @@ impl Backend for SqliteBackend {
             sqlx::query("DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1")
                 .bind(now_ms().saturating_sub(millis(older_than)))
                 .execute(&self.pool)
-                .await?
+                .await
+                .map_err(QueueError::from_sqlx)?
                 .rows_affected(),
         )
     }
@@ -539,7 +563,8 @@ impl Backend for SqliteBackend {
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(QueueError::from_sqlx)?;
         rows.iter().map(dead_job).collect()
     }
 }
@@ -547,10 +572,18 @@ impl Backend for SqliteBackend {
 /// A dead job from a row of `id, name, payload, attempts, last_error`.
 fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
     Ok(DeadJob {
-        id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-        name: row.try_get("name")?,
-        payload: row.try_get("payload")?,
-        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        last_error: row.try_get("last_error")?,
+        id: JobId(
+            row.try_get::<i64, _>("id")
+                .map_err(QueueError::from_sqlx)?
+                .to_string(),
+        ),
+        name: row.try_get("name").map_err(QueueError::from_sqlx)?,
+        payload: row.try_get("payload").map_err(QueueError::from_sqlx)?,
+        attempts: u32::try_from(
+            row.try_get::<i64, _>("attempts")
+                .map_err(QueueError::from_sqlx)?,
+        )
+        .unwrap_or(0),
+        last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
     })
 }

@@ -55,10 +55,9 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::{
     backend::{
         Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, Lease as ClaimLease,
-        NewJob, WorkSignal,
+        NewJob, WorkSignal, now_ms,
     },
     error::QueueError,
-    sqlite::now_ms,
     stats::QueueStats,
 };
 

@@ -21,12 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    backend::{ClaimRequest, ClaimedJob, Lease},
+    backend::{ClaimRequest, ClaimedJob, Lease, now_ms},
     error::{JobError, QueueError},
     job::{Job, JobContext},
     queue::Queue,
     runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
-    sqlite::now_ms,
 };
 
 type HandlerFn =

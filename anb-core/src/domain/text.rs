@@ -240,7 +240,7 @@ pub(crate) fn class_body(belongs: impl Fn(char) -> bool) -> String {
 }
 
 /// The regular expression (ECMA-262 syntax, as OpenAPI's `pattern` takes
-/// it) that a text meets exactly when [`bounded_text`] with at least `min`
+/// it) that a text meets exactly when `bounded_text` with at least `min`
 /// characters (`min` ≥ 2) and the `readable` rule accepts it; the upper
 /// bound is left to `maxLength`, which counts the padding too. Built from
 /// the same character predicates, so the document and the server cannot
@@ -302,7 +302,7 @@ macro_rules! bounded_text_type {
             pub const MAX_CHARS: usize = $max;
 
             /// Normalises (NFC), trims and checks the rules of
-            /// [`bounded_text`](crate::domain::text::bounded_text).
+            /// `bounded_text`.
             pub fn parse(raw: &str) -> Result<Self, $crate::domain::InvalidValue> {
                 $crate::domain::text::bounded_text(
                     raw,

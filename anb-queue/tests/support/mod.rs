@@ -208,42 +208,50 @@ impl TestDb {
         let business_url = self.business_url();
         match self.engine {
             Engine::Postgres => {
-                let mut conn = PgConnection::connect(&business_url).await?;
+                let mut conn = PgConnection::connect(&business_url)
+                    .await
+                    .expect("the business write");
                 sqlx::query("CREATE TABLE IF NOT EXISTS orders (id BIGSERIAL PRIMARY KEY)")
                     .execute(&mut conn)
-                    .await?;
-                let mut tx = conn.begin().await?;
+                    .await
+                    .expect("the business write");
+                let mut tx = conn.begin().await.expect("the business write");
                 sqlx::query("INSERT INTO orders DEFAULT VALUES")
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .expect("the business write");
                 let ids = match jobs {
                     [job] => vec![queue.enqueue_tx(&mut *tx, job).await?],
                     _ => queue.enqueue_bulk_tx(&mut *tx, jobs).await?,
                 };
                 if commit {
-                    tx.commit().await?;
+                    tx.commit().await.expect("the business write");
                 } else {
-                    tx.rollback().await?;
+                    tx.rollback().await.expect("the business write");
                 }
                 Ok(ids)
             }
             Engine::Sqlite | Engine::Redis | Engine::Sqs => {
-                let mut conn = SqliteConnection::connect(&business_url).await?;
+                let mut conn = SqliteConnection::connect(&business_url)
+                    .await
+                    .expect("the business write");
                 sqlx::query("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
                     .execute(&mut conn)
-                    .await?;
-                let mut tx = conn.begin().await?;
+                    .await
+                    .expect("the business write");
+                let mut tx = conn.begin().await.expect("the business write");
                 sqlx::query("INSERT INTO orders DEFAULT VALUES")
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .expect("the business write");
                 let ids = match jobs {
                     [job] => vec![queue.enqueue_tx(&mut *tx, job).await?],
                     _ => queue.enqueue_bulk_tx(&mut *tx, jobs).await?,
                 };
                 if commit {
-                    tx.commit().await?;
+                    tx.commit().await.expect("the business write");
                 } else {
-                    tx.rollback().await?;
+                    tx.rollback().await.expect("the business write");
                 }
                 Ok(ids)
             }

@@ -1,0 +1,42 @@
+//! What the two SQL backends (PostgreSQL and SQLite) share: lease tokens, row ids and the
+//! reading of a row's state. Their statements differ by dialect and live in their modules.
+
+use std::time::Duration;
+
+use crate::backend::{JobState, Lease};
+
+/// A duration in whole milliseconds, the unit of every SQL time column and parameter.
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A lease's row id; an id that does not parse cannot be ours, and the operation is then a
+/// no-op for it.
+pub(crate) fn row_id(lease: &Lease) -> Option<i64> {
+    lease.id.0.parse().ok()
+}
+
+/// The leases not among those a lease operation touched (by row id and token).
+pub(crate) fn lost_leases(leases: &[Lease], touched: &[(i64, String)]) -> Vec<Lease> {
+    let touched: std::collections::HashSet<(i64, &str)> = touched
+        .iter()
+        .map(|(id, token)| (*id, token.as_str()))
+        .collect();
+    leases
+        .iter()
+        .filter(|lease| {
+            row_id(lease).is_none_or(|id| !touched.contains(&(id, lease.token.as_str())))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A job's state from its `state` column and whether its `run_at` is still ahead.
+pub(crate) fn sql_state(state: &str, later: bool) -> JobState {
+    match state {
+        "running" => JobState::Running,
+        "dead" => JobState::Dead,
+        _ if later => JobState::Delayed,
+        _ => JobState::Ready,
+    }
+}
