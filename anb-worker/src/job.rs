@@ -155,7 +155,7 @@ impl TranscodeJobs {
         }
 
         let work = tempfile::Builder::new()
-            .prefix("anb-transcode-")
+            .prefix(WORK_DIR_PREFIX)
             .tempdir()?;
         let input = work.path().join("original");
         let output = work.path().join("processed.mp4");
@@ -415,6 +415,43 @@ pub async fn connect(
     Ok((db, storage, queue))
 }
 
+/// The name every transcode's folder of temporary files starts with.
+const WORK_DIR_PREFIX: &str = "anb-transcode-";
+
+/// Removes the transcode folders in `parent` that no running job can still use: a folder
+/// is deleted when its job ends, but not when its worker is killed (SIGKILL, out of memory,
+/// power), and each holds a copy of an original and a partial output. A job runs at most its
+/// wall-time budget, so a folder untouched for longer than `older_than` is left over.
+/// Returns how many were removed.
+pub fn remove_stale_work_dirs(parent: &Path, older_than: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(WORK_DIR_PREFIX));
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(|meta| meta.is_dir())
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if is_ours && stale {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, folder = %entry.path().display(), "cannot remove a left-over transcode folder");
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
 /// jobs get `shutdown_grace` to finish, the rest are released for another worker. Beside the
 /// jobs, removes what deleted videos left behind every `purge_interval` and marks failed the
@@ -449,6 +486,16 @@ pub async fn run(
             },
         ))
     });
+    // Twice the longest job's budget: a folder that old belongs to no running job, even one
+    // of another worker on this host.
+    let longest_job = config
+        .transcode
+        .bounds
+        .wall_time_budget(config.transcode.limits.max_duration);
+    let left_over = remove_stale_work_dirs(&std::env::temp_dir(), longest_job * 2);
+    if left_over > 0 {
+        tracing::info!(folders = left_over, "removed transcode folders a killed worker left");
+    }
     let jobs = TranscodeJobs::new(db, storage, config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
     let consumed = anb_queue::Worker::new(queue)
@@ -473,4 +520,37 @@ pub async fn run(
     consumed?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn folder_aged(parent: &Path, name: &str, age: Duration) -> std::path::PathBuf {
+        let folder = parent.join(name);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("original"), b"bytes of an upload").unwrap();
+        // Last, since adding the file moved the folder's time.
+        std::fs::File::open(&folder)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
+        folder
+    }
+
+    #[test]
+    fn only_transcode_folders_older_than_any_job_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let left_over = folder_aged(parent.path(), "anb-transcode-left", 2 * hour);
+        let running = folder_aged(parent.path(), "anb-transcode-running", Duration::ZERO);
+        let not_ours = folder_aged(parent.path(), "another-program", 2 * hour);
+        assert_eq!(remove_stale_work_dirs(parent.path(), hour), 1);
+        assert!(!left_over.exists(), "the killed worker's folder is gone");
+        assert!(running.exists(), "a running job keeps its folder");
+        assert!(not_ours.exists(), "other programs' folders are left alone");
+        assert_eq!(remove_stale_work_dirs(&parent.path().join("missing"), hour), 0);
+    }
 }
