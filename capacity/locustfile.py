@@ -147,12 +147,22 @@ class Player(FastHttpUser):
             response.success()
             return response
 
+    def until_ok(self, attempt):
+        """Repeats `attempt` after a pause until it succeeds, as a person
+        would after a 503 with Retry-After: the user stays in the run (each
+        failure is counted) instead of leaving it."""
+        for _ in range(20):
+            if (response := attempt()) is not None:
+                return response
+            gevent.sleep(random.uniform(1, 3))
+        raise StopUser()
+
     def login(self, email):
-        response = self.call(
-            "POST", "/api/auth/login", "POST /api/auth/login", json={"email": email, "password": PASSWORD}
+        response = self.until_ok(
+            lambda: self.call(
+                "POST", "/api/auth/login", "POST /api/auth/login", json={"email": email, "password": PASSWORD}
+            )
         )
-        if response is None:
-            raise StopUser()
         self.token = response.json()["access_token"]
 
     def rankings(self):
@@ -221,25 +231,17 @@ class Fan(Player):
         super().on_start()
         self.voted = set()
         email = f"fan-{TAG}-{self.n}@carga.test"
-        self.call(
-            "POST",
-            "/api/auth/signup",
-            "POST /api/auth/signup",
-            expected=201,
-            json={
-                "first_name": "Aficionada",
-                "last_name": "Carga",
-                "email": email,
-                "password1": PASSWORD,
-                "password2": PASSWORD,
-                "city": random.choice(CITIES),
-                "country": "Colombia",
-            },
-        ) or self._stop()
+        body = {
+            "first_name": "Aficionada",
+            "last_name": "Carga",
+            "email": email,
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "city": random.choice(CITIES),
+            "country": "Colombia",
+        }
+        self.until_ok(lambda: self.call("POST", "/api/auth/signup", "POST /api/auth/signup", expected=201, json=body))
         self.login(email)
-
-    def _stop(self):
-        raise StopUser()
 
     @task
     def browse_vote_rankings_mine(self):

@@ -567,6 +567,7 @@ def run_phase(scenario, phase, platform_, sampler, work, players, public, clip, 
     result = {
         "label": phase.label, "users": phase.users, "ramp_s": phase.ramp, "hold_s": phase.hold, "tag": tag,
         "started": started, "hold_start": hold_start, "ended": ended, **k,
+        "reached": max((n for _, n in users_log), default=0),
         "ok": meets_goal(k), "first_degraded": first_degraded(rows, started, users_log),
         "server_cpu": mean("server_cpu"), "server_cpu_max": max((s["server_cpu"] for s in samples), default=0),
         "generator_cpu": mean("generator_cpu"), "postgres_cpu": mean("postgres_cpu"),
@@ -738,6 +739,9 @@ def write_report(report, scenario, args, results, samples, machine, load_start, 
         f"{args.smoke_seconds:g} s, final hold {args.final_seconds:g} s"
         + ("" if (args.ramp, args.hold, args.smoke_seconds, args.final_seconds) == (180, 300, 60, 300)
            else " (shorter than the official 3 min + 5 min per step, 1 min smoke, 5 min final)") + ".",
+        f"Server binary: `{args.bin.resolve().relative_to(ROOT) if args.bin.resolve().is_relative_to(ROOT) else args.bin.name}`"
+        + (" (a debug build: unoptimised code, figures far below a release build's)" if "debug" in args.bin.parts else "")
+        + ".",
         f"Seed: {seeded[0]} players with a published video each; the upload clip {seeded[1]}.",
         "Goal per step, over its hold: p95 <= 1 s, avoidable errors (5xx, timeouts, resets, 4xx not asked for) <= 5 %, "
         "no resets or timeouts.",
@@ -769,12 +773,12 @@ def write_report(report, scenario, args, results, samples, machine, load_start, 
         "",
         "## Phases",
         "",
-        "| phase | users | req/s | p50 ms | p95 ms | p99 ms | errors % | 5xx | avoidable 4xx | resets | timeouts | server CPU % | generator CPU % | PostgreSQL CPU % | machine CPU % | server RSS MiB | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | users | reached | req/s | p50 ms | p95 ms | p99 ms | errors % | 5xx | avoidable 4xx | resets | timeouts | server CPU % | generator CPU % | PostgreSQL CPU % | machine CPU % | server RSS MiB | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['label']} | {r['users']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+            f"| {r['label']} | {r['users']} | {r['reached']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
             f"{r['error_rate'] * 100:.2f} | {r['s5xx']} | {r['s4xx']} | {r['resets']} | {r['timeouts']} | "
             f"{r['server_cpu']:.0f} | {r['generator_cpu']:.0f} | {r['postgres_cpu']:.0f} | {r['machine_cpu']:.0f} | "
             f"{r['server_rss_max']:.0f} | {'yes' if r['ok'] else 'no'} |"
