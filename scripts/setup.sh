@@ -51,6 +51,8 @@ ensure_rust() {
 
 # The schemathesis release scripts/schemathesis runs.
 ANB_SCHEMATHESIS_VERSION=4.32.5
+# The Locust release capacity/run drives its load with.
+ANB_LOCUST_VERSION=2.47.0
 
 # The S3- and SQS-compatible test server and the Python test tools, in a
 # virtual environment inside the repository (git-ignored).
@@ -70,9 +72,16 @@ ensure_python_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$ANB_SCHEMATHESIS_VERSION" \
       || die "pip install schemathesis failed"
   fi
-  # Plots of the worker-scaling simulation.
+  # Plots of the worker-scaling simulation and of the capacity runs.
   if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     "$venv/bin/pip" install -q --disable-pip-version-check 'matplotlib==3.*' || die "pip install matplotlib failed"
+  fi
+  # The load generator of the capacity runs (capacity/run). Pinned: its
+  # spawning and its per-request events change between releases.
+  if [ "$("$venv/bin/locust" --version 2>/dev/null | awk '{print $2}')" != "$ANB_LOCUST_VERSION" ]; then
+    say "installing locust $ANB_LOCUST_VERSION into .venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "locust==$ANB_LOCUST_VERSION" \
+      || die "pip install locust failed"
   fi
 }
 

@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the API and the transcoding worker in this process.
+    /// Run the API and (unless `--no-worker`) the transcoding worker in this process.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -25,6 +25,10 @@ enum Command {
         /// Directory for the database, the media files and the generated secret.
         #[arg(long, default_value = "./anb-data")]
         data_dir: PathBuf,
+        /// Leave the transcoding worker out: uploads are accepted and queued,
+        /// nothing processes them (capacity tests of the web tier alone).
+        #[arg(long)]
+        no_worker: bool,
     },
 }
 
@@ -41,7 +45,11 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve { addr, data_dir } => {
+        Command::Serve {
+            addr,
+            data_dir,
+            no_worker,
+        } => {
             let settings = anb_core::config::Settings::embedded(&data_dir, addr)
                 .with_context(|| format!("preparing the data directory {}", data_dir.display()))?;
             let listener = tokio::net::TcpListener::bind(settings.http_addr)
@@ -71,13 +79,18 @@ async fn run() -> anyhow::Result<()> {
             let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            let worker = tokio::spawn(anb_worker::job::run(
-                state.db.clone(),
-                state.storage.clone(),
-                state.queue.clone(),
-                worker_config,
-                until_stopped(stopped.clone()),
-            ));
+            let worker = (!no_worker).then(|| {
+                tokio::spawn(anb_worker::job::run(
+                    state.db.clone(),
+                    state.storage.clone(),
+                    state.queue.clone(),
+                    worker_config,
+                    until_stopped(stopped.clone()),
+                ))
+            });
+            if no_worker {
+                tracing::info!("the worker is left out: uploads stay queued");
+            }
             let api = anb_api::serve(listener, state, until_stopped(stopped));
             tokio::pin!(api);
             tokio::select! {
@@ -89,7 +102,9 @@ async fn run() -> anyhow::Result<()> {
             }
             // The API stopped (on a signal or an error): drain the worker too.
             stop.send_replace(true);
-            worker.await.context("the worker task panicked")??;
+            if let Some(worker) = worker {
+                worker.await.context("the worker task panicked")??;
+            }
         }
     }
     Ok(())

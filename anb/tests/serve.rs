@@ -14,6 +14,11 @@ struct Served {
 
 impl Served {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// `anb serve` with `extra` arguments after the address and data directory.
+    async fn start_with(extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -24,6 +29,7 @@ impl Served {
         let child = Command::new(env!("CARGO_BIN_EXE_anb"))
             .args(["serve", "--addr", &addr, "--data-dir"])
             .arg(data_dir.path())
+            .args(extra)
             .env_clear()
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -99,12 +105,9 @@ fn upload_fixture(dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_processes_an_upload_with_its_in_process_worker() {
-    let served = Served::start().await;
+/// Signs a player up, logs in and uploads a valid clip: (token, video id).
+async fn sign_up_and_upload(served: &Served, http: &reqwest::Client) -> (String, String) {
     let base = &served.base;
-    let http = reqwest::Client::new();
-
     let signup = json!({
         "first_name": "Mateo", "last_name": "Rojas", "email": "mateo@example.org",
         "password1": "a long password", "password2": "a long password",
@@ -151,6 +154,17 @@ async fn serve_processes_an_upload_with_its_in_process_worker() {
         .as_str()
         .unwrap()
         .to_owned();
+
+    (token, video_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_processes_an_upload_with_its_in_process_worker() {
+    let served = Served::start().await;
+    let base = &served.base;
+    let http = reqwest::Client::new();
+
+    let (token, video_id) = sign_up_and_upload(&served, &http).await;
 
     // The worker inside the same process picks the job up; no other service runs.
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -204,5 +218,27 @@ async fn serve_processes_an_upload_with_its_in_process_worker() {
             .any(|v| v["video_id"] == video_id.as_str()),
         "{public}"
     );
+    served.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_the_worker_accepts_uploads_and_leaves_them_queued() {
+    let served = Served::start_with(&["--no-worker"]).await;
+    let http = reqwest::Client::new();
+    let (token, video_id) = sign_up_and_upload(&served, &http).await;
+
+    // With the worker in the process a clip this small starts processing at
+    // once; left out, the video stays as uploaded.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let video: Value = http
+        .get(format!("{}/api/videos/{video_id}", served.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(video["status"], "uploaded", "{video}");
     served.stop();
 }
