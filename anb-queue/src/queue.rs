@@ -433,7 +433,10 @@ mod tests {
         let driver = std::error::Error::source(store).expect("the driver's error");
         let driver = driver.downcast_ref::<sqlx::Error>().expect("an sqlx error");
         assert_eq!(
-            driver.as_database_error().and_then(|db| db.code()).as_deref(),
+            driver
+                .as_database_error()
+                .and_then(|db| db.code())
+                .as_deref(),
             Some("3D000"),
             "{driver:?}"
         );

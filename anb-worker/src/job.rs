@@ -154,9 +154,7 @@ impl TranscodeJobs {
             }
         }
 
-        let work = tempfile::Builder::new()
-            .prefix(WORK_DIR_PREFIX)
-            .tempdir()?;
+        let work = tempfile::Builder::new().prefix(WORK_DIR_PREFIX).tempdir()?;
         let input = work.path().join("original");
         let output = work.path().join("processed.mp4");
         let thumbnail = work.path().join("thumbnail.jpg");
@@ -494,7 +492,10 @@ pub async fn run(
         .wall_time_budget(config.transcode.limits.max_duration);
     let left_over = remove_stale_work_dirs(&std::env::temp_dir(), longest_job * 2);
     if left_over > 0 {
-        tracing::info!(folders = left_over, "removed transcode folders a killed worker left");
+        tracing::info!(
+            folders = left_over,
+            "removed transcode folders a killed worker left"
+        );
     }
     let jobs = TranscodeJobs::new(db, storage, config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
@@ -551,6 +552,9 @@ mod tests {
         assert!(!left_over.exists(), "the killed worker's folder is gone");
         assert!(running.exists(), "a running job keeps its folder");
         assert!(not_ours.exists(), "other programs' folders are left alone");
-        assert_eq!(remove_stale_work_dirs(&parent.path().join("missing"), hour), 0);
+        assert_eq!(
+            remove_stale_work_dirs(&parent.path().join("missing"), hour),
+            0
+        );
     }
 }
