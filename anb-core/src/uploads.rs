@@ -93,7 +93,7 @@ pub enum UploadError {
 
 /// Records the upload as in progress (or finds its earlier answer), stores
 /// the original, then commits its video row, its transcode job and its
-/// answer in one transaction that ends the record ([`record_video`]). A
+/// answer in one transaction that ends the record (`record_video`). A
 /// failure after the record removes the stored original, then the record;
 /// what cannot be removed then, [`sweep`] removes after its grace period.
 pub async fn store_upload(
