@@ -32,7 +32,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -80,11 +80,99 @@ const SCHEMA_V2: &[&str] =
 /// reads `payload::text`.
 const SCHEMA_V3: &[&str] = &["ALTER TABLE anb_queue_jobs ALTER COLUMN payload TYPE TEXT"];
 
+/// Version 4: the ready index leads with the job name. A claim names the jobs its worker
+/// handles; over `(run_at, id)` a claim for a rare name walked every other name's backlog
+/// (3,001 rows read to find one job behind 3,000 of another name). Code of version 3 still
+/// works on it: its `name = ANY(..) ORDER BY run_at, id` is served by this index too.
+const SCHEMA_V4: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready_by_name
+     ON anb_queue_jobs (name, run_at, id) WHERE state = 'ready'",
+    "DROP INDEX IF EXISTS anb_queue_jobs_ready",
+];
+
 const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
      SELECT n, p, m, now() + d * interval '1 millisecond'
      FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
      ORDER BY o
      RETURNING id";
+
+/// Claims the oldest due jobs of the given names: one probe of the ready index per name
+/// (`name, run_at, id`), so a claim for a rare name reads none of another name's backlog.
+/// Each probe locks at most `$2` rows; the outer order and limit keep the oldest `$2` of them
+/// (the others are unlocked when the statement's transaction ends).
+const CLAIM: &str = "WITH picked AS (
+        SELECT c.id FROM UNNEST($1::text[]) AS n(name)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.run_at FROM anb_queue_jobs AS j
+            WHERE j.state = 'ready' AND j.name = n.name AND j.run_at <= now()
+            ORDER BY j.run_at, j.id
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        ORDER BY c.run_at, c.id
+        LIMIT $2
+     )
+     UPDATE anb_queue_jobs AS j
+     SET state = 'running', attempts = j.attempts + 1, locked_by = $3, lease_token = $5,
+         locked_until = clock_timestamp() + $4 * interval '1 millisecond'
+     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+     RETURNING j.id, j.name, j.payload::text AS payload, j.attempts, j.max_attempts,
+         (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms";
+
+/// Milliseconds until the next ready job of the given names is due (negative when one is
+/// overdue, NULL when none waits): the first entry of each name's ready index.
+///
+/// No `greatest(0, …)` here: PostgreSQL's `greatest` skips NULL arguments, so over an empty
+/// queue it turned "nothing waits" into "due now" and idle workers claimed in a tight loop.
+const NEXT_DUE: &str = "SELECT ceil(extract(epoch FROM min(first.run_at) - now()) * 1000)::int8
+     FROM UNNEST($1::text[]) AS n(name)
+     CROSS JOIN LATERAL (
+        SELECT j.run_at FROM anb_queue_jobs AS j
+        WHERE j.state = 'ready' AND j.name = n.name
+        ORDER BY j.run_at
+        LIMIT 1
+     ) AS first";
+
+/// The queue's stats without a table scan: the distinct names of ready jobs by a skip scan
+/// of the ready index, then capped index range counts per name (the `ORDER BY` in each
+/// capped subquery keeps the planner on the index).
+const STATS: &str = "WITH RECURSIVE names(name) AS (
+        (SELECT name FROM anb_queue_jobs WHERE state = 'ready' ORDER BY name LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.name FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name > names.name ORDER BY j.name LIMIT 1)
+        FROM names WHERE names.name IS NOT NULL
+     ),
+     per_name AS (
+        SELECT
+            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at <= now()
+                ORDER BY j.run_at LIMIT $1) AS r) AS ready,
+            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at > now()
+                ORDER BY j.run_at LIMIT $1) AS d) AS delayed,
+            (SELECT j.run_at FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name
+                ORDER BY j.run_at LIMIT 1) AS first_run_at
+        FROM names WHERE names.name IS NOT NULL
+     )
+     SELECT
+        coalesce((SELECT sum(ready) FROM per_name), 0)::int8 AS ready,
+        coalesce((SELECT sum(delayed) FROM per_name), 0)::int8 AS delayed,
+        (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs
+            WHERE state = 'running' ORDER BY locked_until LIMIT $1) AS f)::int8 AS in_flight,
+        (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs
+            WHERE state = 'dead' ORDER BY dead_at LIMIT $1) AS x)::int8 AS dead,
+        coalesce((SELECT greatest(extract(epoch FROM now() - min(first_run_at)) * 1000, 0)
+            FROM per_name), 0)::int8 AS oldest_ms";
+
+/// Each name once: a repeated name would make a claim probe (and lock) its rows twice.
+fn distinct_names<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut distinct = names.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
 
 /// Creates or upgrades the queue's tables. Versioned in `anb_queue_schema`, not in sqlx's
 /// `_sqlx_migrations`, so the queue coexists with an application's own migrations.
@@ -105,7 +193,12 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
         .map_err(QueueError::from_sqlx)?;
     let version = version.unwrap_or(0);
     if version < SCHEMA_VERSION {
-        let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+        let steps = [
+            (1, SCHEMA_V1),
+            (2, SCHEMA_V2),
+            (3, SCHEMA_V3),
+            (4, SCHEMA_V4),
+        ];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
                 sqlx::query(*statement)
@@ -220,6 +313,13 @@ pub(crate) struct PostgresBackend {
     wake: OnceCell<Arc<watch::Sender<u64>>>,
 }
 
+/// Settings of the lease pool's sessions (see [`PostgresBackend::new`]).
+const LEASE_SESSION_SETTINGS: [(&str, &str); 3] = [
+    ("synchronous_commit", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_seqscan", "off"),
+];
+
 impl PostgresBackend {
     pub(crate) fn new(pool: PgPool) -> Self {
         // The queue table churns faster than autovacuum refreshes its statistics; with stale
@@ -228,7 +328,7 @@ impl PostgresBackend {
         // order (0.1 ms). Every plan of these queries is an index walk, so forbid the others.
         let options = (*pool.connect_options())
             .clone()
-            .options([("synchronous_commit", "off"), ("enable_bitmapscan", "off")]);
+            .options(LEASE_SESSION_SETTINGS);
         // A lease operation that cannot get a connection soon fails, rather than waiting the
         // default 30 s: the runtime retries it a few times, then lets the lease lapse.
         let leases = PgPoolOptions::new()
@@ -300,29 +400,15 @@ impl Backend for PostgresBackend {
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
         let token = claim_token();
-        let rows = sqlx::query(
-            "WITH picked AS (
-                SELECT id FROM anb_queue_jobs
-                WHERE state = 'ready' AND run_at <= now() AND name = ANY($1)
-                ORDER BY run_at, id
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-             )
-             UPDATE anb_queue_jobs AS j
-             SET state = 'running', attempts = j.attempts + 1, locked_by = $3, lease_token = $5,
-                 locked_until = clock_timestamp() + $4 * interval '1 millisecond'
-             FROM picked WHERE j.id = picked.id
-             RETURNING j.id, j.name, j.payload::text AS payload, j.attempts, j.max_attempts,
-                 (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms",
-        )
-        .bind(request.names)
-        .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
-        .bind(request.owner)
-        .bind(millis(request.lease))
-        .bind(&token)
-        .fetch_all(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
+        let rows = sqlx::query(CLAIM)
+            .bind(distinct_names(request.names))
+            .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+            .bind(request.owner)
+            .bind(millis(request.lease))
+            .bind(&token)
+            .fetch_all(&self.leases)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         let mut jobs = rows
             .into_iter()
             .map(|row| {
@@ -508,14 +594,11 @@ impl Backend for PostgresBackend {
         // No `greatest(0, …)` here: PostgreSQL's `greatest` skips NULL arguments, so over an
         // empty queue it turned "nothing waits" into "due now" and idle workers claimed in a
         // tight loop. The clamp to zero happens below, where NULL stays `None`.
-        let wait_ms: Option<i64> = sqlx::query_scalar(
-            "SELECT ceil(extract(epoch FROM min(run_at) - now()) * 1000)::int8
-             FROM anb_queue_jobs WHERE state = 'ready' AND name = ANY($1)",
-        )
-        .bind(names)
-        .fetch_one(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
+        let wait_ms: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+            .bind(distinct_names(names))
+            .fetch_one(&self.leases)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0))))
     }
 
@@ -529,18 +612,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let row = sqlx::query(
-            "SELECT
-                count(*) FILTER (WHERE state = 'ready' AND run_at <= now()) AS ready,
-                count(*) FILTER (WHERE state = 'running') AS in_flight,
-                count(*) FILTER (WHERE state = 'ready' AND run_at > now()) AS delayed,
-                count(*) FILTER (WHERE state = 'dead') AS dead,
-                coalesce(extract(epoch FROM now() - min(run_at)
-                    FILTER (WHERE state = 'ready' AND run_at <= now())) * 1000, 0)::int8 AS oldest_ms
-             FROM anb_queue_jobs",
-        )
-        .fetch_one(&self.pool)
-        .await.map_err(QueueError::from_sqlx)?;
+        let row = sqlx::query(STATS)
+            .bind(crate::sql::STATS_EXACT_UP_TO)
+            .fetch_one(&self.leases)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         let count = |column: &str| -> Result<u64, sqlx::Error> {
             Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
         };
@@ -726,5 +802,157 @@ mod tests {
         );
         assert_eq!(split_by_size(&jobs[..1], 1000).len(), 1);
         assert!(split_by_size(&[], 1000).is_empty());
+    }
+
+    /// A fresh database on the server at `ANB_TEST_POSTGRES_URL`, with the queue's schema.
+    async fn fresh_database() -> (PgPool, String, String) {
+        let admin_url = std::env::var("ANB_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin = PgPool::connect(&admin_url).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {admin_url} (set ANB_TEST_POSTGRES_URL): {error}"
+            )
+        });
+        let database = format!("anb_queue_unit_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&database);
+        let pool = PgPool::connect(url.as_str()).await.unwrap();
+        setup(&pool).await.unwrap();
+        (pool, admin_url, database)
+    }
+
+    async fn drop_database(pool: PgPool, admin_url: &str, database: &str) {
+        pool.close().await;
+        let admin = PgPool::connect(admin_url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
+
+    /// Rows the plan read from the jobs table: returned and filtered out, over every loop.
+    fn rows_read(plan: &serde_json::Value) -> f64 {
+        // The update node reports the rows it wrote, which its scan below already counted.
+        let own = if plan["Relation Name"] == "anb_queue_jobs" && plan["Node Type"] != "ModifyTable"
+        {
+            let number = |key: &str| plan[key].as_f64().unwrap_or(0.0);
+            (number("Actual Rows") + number("Rows Removed by Filter")) * number("Actual Loops")
+        } else {
+            0.0
+        };
+        let children = plan["Plans"]
+            .as_array()
+            .map_or(0.0, |plans| plans.iter().map(rows_read).sum());
+        own + children
+    }
+
+    /// Runs `EXPLAIN ANALYZE` of a statement in a transaction it rolls back, on a lease
+    /// session (the settings the backend's statements run with).
+    async fn rows_read_by(
+        pool: &PgPool,
+        statement: &str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        )
+            -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> f64 {
+        let mut tx = pool.begin().await.unwrap();
+        for (setting, value) in LEASE_SESSION_SETTINGS {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(setting)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {statement}");
+        let query = bind(sqlx::query(sqlx::AssertSqlSafe(explain.as_str())));
+        let row = query.fetch_one(&mut *tx).await.unwrap();
+        // A `json` column; its wire form is the text itself.
+        let plan: String = row.try_get_unchecked(0).unwrap();
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        tx.rollback().await.unwrap();
+        rows_read(&plan[0]["Plan"])
+    }
+
+    async fn insert_many(pool: &PgPool, name: &str, count: i32, delay_ms: i64) {
+        sqlx::query(
+            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
+             SELECT $1, '{}', 5, now() + $3 * interval '1 millisecond' FROM generate_series(1, $2)",
+        )
+        .bind(name)
+        .bind(count)
+        .bind(delay_ms)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    /// Before the ready index led with the name, a claim for a rare job name walked the
+    /// other names' backlog in `run_at` order: 3,001 rows read to claim one job.
+    #[tokio::test]
+    async fn a_claim_for_a_rare_name_reads_none_of_another_names_backlog() {
+        let (pool, admin_url, database) = fresh_database().await;
+        insert_many(&pool, "busy", 3_000, -60_000).await;
+        insert_many(&pool, "rare", 1, 0).await;
+        sqlx::query("ANALYZE anb_queue_jobs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let read = rows_read_by(&pool, CLAIM, |query| {
+            query
+                .bind(vec!["rare"])
+                .bind(10_i64)
+                .bind("owner")
+                .bind(30_000_i64)
+                .bind("token")
+        })
+        .await;
+        assert!(read <= 2.0, "the claim read {read} rows of the jobs table");
+        let due = rows_read_by(&pool, NEXT_DUE, |query| query.bind(vec!["rare"])).await;
+        assert!(due <= 1.0, "the due check read {due} rows");
+        drop_database(pool, &admin_url, &database).await;
+    }
+
+    /// Stats over a backlog larger than the cap read about the cap's worth of index entries
+    /// and report the cap, instead of counting the whole table.
+    #[tokio::test]
+    async fn stats_read_a_bounded_number_of_rows() {
+        let (pool, admin_url, database) = fresh_database().await;
+        insert_many(&pool, "a", 2_000, -1_000).await;
+        insert_many(&pool, "b", 2_000, 3_600_000).await;
+        sqlx::query("ANALYZE anb_queue_jobs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let cap = 100_i64;
+        let read = rows_read_by(&pool, STATS, |query| query.bind(cap)).await;
+        assert!(
+            read <= 8.0 * cap as f64,
+            "stats read {read} rows for a cap of {cap}"
+        );
+        let row = sqlx::query(STATS).bind(cap).fetch_one(&pool).await.unwrap();
+        let ready: i64 = row.try_get("ready").unwrap();
+        let delayed: i64 = row.try_get("delayed").unwrap();
+        let oldest_ms: i64 = row.try_get("oldest_ms").unwrap();
+        assert_eq!((ready, delayed), (cap, cap));
+        assert!(oldest_ms >= 1_000, "{oldest_ms}");
+        // Under the cap every count is exact.
+        let row = sqlx::query(STATS)
+            .bind(10_000_i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let ready: i64 = row.try_get("ready").unwrap();
+        let delayed: i64 = row.try_get("delayed").unwrap();
+        assert_eq!((ready, delayed), (2_000, 2_000));
+        drop_database(pool, &admin_url, &database).await;
     }
 }

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use crate::backend::{JobState, Lease};
 
+/// Counts in [`QueueStats`](crate::QueueStats) are exact up to this many jobs per job name and state (per
+/// state for running and dead jobs) and read at most that many index entries each, so a
+/// worker's periodic stats cost the same over a backlog of a million as over one of ten
+/// thousand. Beyond it a count says "at least this many".
+pub(crate) const STATS_EXACT_UP_TO: i64 = 10_000;
+
 /// A duration in whole milliseconds, the unit of every SQL time column and parameter.
 pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)

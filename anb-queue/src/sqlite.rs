@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// See the PostgreSQL backend: every step keeps the table usable by the previous version.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -51,6 +51,77 @@ const SCHEMA_V1: &[&str] = &[
 
 /// Version 2: a lease token per claim (see the PostgreSQL backend's `SCHEMA_V2`).
 const SCHEMA_V2: &[&str] = &["ALTER TABLE anb_queue_jobs ADD COLUMN lease_token TEXT"];
+
+/// Version 3: the ready index leads with the job name (see the PostgreSQL backend's
+/// `SCHEMA_V4`); version 2's statements are served by it too.
+const SCHEMA_V3: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready_by_name
+     ON anb_queue_jobs (name, run_at, id) WHERE state = 'ready'",
+    "DROP INDEX IF EXISTS anb_queue_jobs_ready",
+];
+
+/// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
+/// ready index per name. An idle worker asks this instead of claiming, since a claim takes
+/// the write lock.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM json_each(?2) AS n WHERE EXISTS (
+        SELECT 1 FROM anb_queue_jobs AS j
+        WHERE j.state = 'ready' AND j.name = n.value AND j.run_at <= ?1))";
+
+/// Claims the oldest jobs due at `?3` of the names in `?4`: per name, the first `?5` entries
+/// of its ready index, then the oldest `?5` of those.
+const CLAIM: &str = "UPDATE anb_queue_jobs
+     SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2,
+         lease_token = ?6
+     WHERE id IN (
+        SELECT c.id FROM json_each(?4) AS n
+        JOIN anb_queue_jobs AS c ON c.id IN (
+            SELECT j.id FROM anb_queue_jobs AS j
+            WHERE j.state = 'ready' AND j.name = n.value AND j.run_at <= ?3
+            ORDER BY j.run_at, j.id
+            LIMIT ?5)
+        ORDER BY c.run_at, c.id
+        LIMIT ?5
+     )
+     RETURNING id, name, payload, attempts, max_attempts, enqueued_at";
+
+/// The earliest `run_at` of a ready job of the names in `?1`: the first entry of each name's
+/// ready index.
+const NEXT_DUE: &str = "SELECT min((
+        SELECT j.run_at FROM anb_queue_jobs AS j
+        WHERE j.state = 'ready' AND j.name = n.value
+        ORDER BY j.run_at LIMIT 1))
+     FROM json_each(?1) AS n";
+
+/// The queue's stats without a table scan, counts capped at `?2` per name and state (see
+/// the PostgreSQL backend's `STATS`).
+const STATS: &str = "WITH RECURSIVE names(name) AS (
+        SELECT (SELECT name FROM anb_queue_jobs WHERE state = 'ready' ORDER BY name LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.name FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name > names.name ORDER BY j.name LIMIT 1)
+        FROM names WHERE names.name IS NOT NULL
+     ),
+     per_name AS (
+        SELECT
+            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at <= ?1
+                ORDER BY j.run_at LIMIT ?2)) AS ready,
+            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at > ?1
+                ORDER BY j.run_at LIMIT ?2)) AS delayed,
+            (SELECT j.run_at FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = names.name
+                ORDER BY j.run_at LIMIT 1) AS first_run_at
+        FROM names WHERE names.name IS NOT NULL
+     )
+     SELECT
+        coalesce((SELECT sum(ready) FROM per_name), 0) AS ready,
+        coalesce((SELECT sum(delayed) FROM per_name), 0) AS delayed,
+        (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs
+            WHERE state = 'running' ORDER BY locked_until LIMIT ?2)) AS in_flight,
+        (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs
+            WHERE state = 'dead' ORDER BY dead_at LIMIT ?2)) AS dead,
+        coalesce((SELECT max(?1 - min(first_run_at), 0) FROM per_name), 0) AS oldest_ms";
 
 /// Leases as a JSON array of `[row id, token]` pairs, so one statement can take a whole
 /// batch through `json_each`.
@@ -102,7 +173,7 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
         let version = version.unwrap_or(0);
         if version < SCHEMA_VERSION {
             // One transaction: a step is applied whole or not at all.
-            let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2)];
+            let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
             for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
                 for statement in *statements {
                     sqlx::query(*statement).execute(&mut *conn).await?;
@@ -212,43 +283,27 @@ impl Backend for SqliteBackend {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
         let now = now_ms();
         if self.idle.load(Ordering::Relaxed) {
-            let due: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM anb_queue_jobs
-                 WHERE state = 'ready' AND run_at <= ?1
-                   AND name IN (SELECT value FROM json_each(?2)))",
-            )
-            .bind(now)
-            .bind(json_names(request.names))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
+            let due: bool = sqlx::query_scalar(ANY_DUE)
+                .bind(now)
+                .bind(json_names(request.names))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(QueueError::from_sqlx)?;
             if !due {
                 return Ok(Vec::new());
             }
         }
         let token = claim_token();
-        let rows = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2,
-                 lease_token = ?6
-             WHERE id IN (
-                SELECT id FROM anb_queue_jobs
-                WHERE state = 'ready' AND run_at <= ?3
-                  AND name IN (SELECT value FROM json_each(?4))
-                ORDER BY run_at, id
-                LIMIT ?5
-             )
-             RETURNING id, name, payload, attempts, max_attempts, enqueued_at",
-        )
-        .bind(request.owner)
-        .bind(now.saturating_add(millis(request.lease)))
-        .bind(now)
-        .bind(json_names(request.names))
-        .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
-        .bind(&token)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
+        let rows = sqlx::query(CLAIM)
+            .bind(request.owner)
+            .bind(now.saturating_add(millis(request.lease)))
+            .bind(now)
+            .bind(json_names(request.names))
+            .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+            .bind(&token)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         let mut jobs = rows
             .into_iter()
             .map(|row| {
@@ -407,14 +462,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT min(run_at) FROM anb_queue_jobs
-             WHERE state = 'ready' AND name IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_names(names))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
+        let next: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+            .bind(json_names(names))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         Ok(next.map(|run_at| {
             Duration::from_millis(u64::try_from(run_at.saturating_sub(now_ms())).unwrap_or(0))
         }))
@@ -432,18 +484,12 @@ impl Backend for SqliteBackend {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = now_ms();
-        let row = sqlx::query(
-            "SELECT
-                coalesce(sum(state = 'ready' AND run_at <= ?1), 0) AS ready,
-                coalesce(sum(state = 'running'), 0) AS in_flight,
-                coalesce(sum(state = 'ready' AND run_at > ?1), 0) AS delayed,
-                coalesce(sum(state = 'dead'), 0) AS dead,
-                coalesce(?1 - min(CASE WHEN state = 'ready' AND run_at <= ?1 THEN run_at END), 0) AS oldest_ms
-             FROM anb_queue_jobs",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await.map_err(QueueError::from_sqlx)?;
+        let row = sqlx::query(STATS)
+            .bind(now)
+            .bind(crate::sql::STATS_EXACT_UP_TO)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         let count = |column: &str| -> Result<u64, sqlx::Error> {
             Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
         };
@@ -586,4 +632,53 @@ fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
         .unwrap_or(0),
         last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan lines of `statement` that read the jobs table.
+    async fn plan_lines(pool: &SqlitePool, statement: &str) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {statement}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(explain.as_str()))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("detail").unwrap())
+            .filter(|detail| {
+                ["SCAN ", "SEARCH "].iter().any(|verb| {
+                    ["anb_queue_jobs", "j ", "c "]
+                        .iter()
+                        .any(|table| detail.starts_with(&format!("{verb}{table}")))
+                })
+            })
+            .collect()
+    }
+
+    /// Before the ready index led with the name, a claim (and an idle worker's due check)
+    /// searched by `run_at` alone and read every other name's due jobs; a stats read scanned
+    /// the table.
+    #[tokio::test]
+    async fn every_polling_statement_searches_by_name_and_none_scans_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let pool = connect(&url).await.unwrap();
+        setup(&pool).await.unwrap();
+        for statement in [ANY_DUE, CLAIM, NEXT_DUE] {
+            let lines = plan_lines(&pool, statement).await;
+            assert!(!lines.is_empty(), "{statement}");
+            for line in &lines {
+                let by_name = line.contains("anb_queue_jobs_ready_by_name (name=?");
+                let by_id = line.contains("INTEGER PRIMARY KEY");
+                assert!(by_name || by_id, "{line}\nin the plan of {statement}");
+            }
+        }
+        let lines = plan_lines(&pool, STATS).await;
+        assert!(!lines.is_empty());
+        for line in &lines {
+            assert!(line.contains("INDEX"), "{line}\nin the plan of the stats");
+        }
+    }
 }

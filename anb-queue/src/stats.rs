@@ -6,6 +6,11 @@ use std::{
 };
 
 /// A snapshot of a queue's jobs by state.
+///
+/// On PostgreSQL and SQLite each count is read from an index and is exact up to 10,000 jobs
+/// per job name and state (per state for `in_flight` and `dead`); beyond that it means "at
+/// least that many", so the stats every worker reads cost the same over any backlog. On
+/// Redis the counts are exact; on SQS they are the service's approximate attributes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Jobs due now and waiting for a worker.

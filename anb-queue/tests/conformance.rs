@@ -1294,7 +1294,7 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let during = serde_json::to_string(&Echo {
         n: 2,
         text: "written by version 2 after the upgrade".into(),
@@ -1323,6 +1323,85 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
     let mut seen: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
     seen.sort_unstable();
     assert_eq!(seen, vec![1, 2, 3]);
+    conn.close().await.unwrap();
+    db.cleanup().await;
+}
+
+/// Rolling deploy across PostgreSQL schema version 4 (the ready index leads with the job
+/// name): a version-3 queue, with its `(run_at, id)` index and a job in it, is upgraded by
+/// a new worker's `setup`, and version 3's claim statement still claims on the new index
+/// beside the new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_4_keeps_version_3_claims_working() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    drop(db.queue().await);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for statement in [
+        "DROP INDEX anb_queue_jobs_ready_by_name",
+        "CREATE INDEX anb_queue_jobs_ready ON anb_queue_jobs (run_at, id) WHERE state = 'ready'",
+        "UPDATE anb_queue_schema SET version = 3",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let old_claim = "WITH picked AS (
+            SELECT id FROM anb_queue_jobs
+            WHERE state = 'ready' AND run_at <= now() AND name = ANY($1)
+            ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE anb_queue_jobs AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = 'v3', lease_token = 't',
+             locked_until = clock_timestamp() + interval '1 minute'
+         FROM picked WHERE j.id = picked.id
+         RETURNING j.payload::text";
+    let queue = db.queue().await;
+    let version: i32 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 4);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'anb_queue_jobs' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        indexes.contains(&"anb_queue_jobs_ready_by_name".to_owned()),
+        "{indexes:?}"
+    );
+    assert!(
+        !indexes.contains(&"anb_queue_jobs_ready".to_owned()),
+        "{indexes:?}"
+    );
+    for n in 1..=2 {
+        queue
+            .enqueue(&Echo {
+                n,
+                text: "after the upgrade".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // An old worker claims one; a new one handles the other.
+    let claimed: Vec<String> = sqlx::query_scalar(old_claim)
+        .bind(vec![Echo::NAME.to_owned()])
+        .bind(1_i64)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("the new worker handles the other job", 60, || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    worker.stop().await;
+    let old: Echo = serde_json::from_str(&claimed[0]).unwrap();
+    let new: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0], old.n);
     conn.close().await.unwrap();
     db.cleanup().await;
 }
