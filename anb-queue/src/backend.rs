@@ -186,7 +186,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Which engine this is.
     fn kind(&self) -> BackendKind;
 
-    /// Stores jobs, all or none, and returns their ids in order.
+    /// Stores jobs and returns their ids in order: all or none, or, where the store takes
+    /// them one by one (SQS batches), [`QueueError::PartlyEnqueued`] naming those stored.
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError>;
 
     /// Leases up to `request.max` due jobs, oldest first. Returns an empty list when none is due.

@@ -100,6 +100,17 @@ pub enum QueueError {
         /// The job's id.
         job: String,
     },
+    /// A bulk enqueue stored only some of its jobs (SQS accepts or refuses each message of a
+    /// batch on its own). `ids` has one entry per job, in order: the id of each job that
+    /// was enqueued, `None` for each that was not. Enqueue the `None` ones again; the others
+    /// would run twice.
+    #[error("{} of {} jobs were enqueued, the others were refused: {reason}", ids.iter().flatten().count(), ids.len())]
+    PartlyEnqueued {
+        /// Per job, in order: its id if it was enqueued.
+        ids: Vec<Option<crate::JobId>>,
+        /// Why the others were refused.
+        reason: String,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

@@ -689,6 +689,23 @@ fn publish_split<'a>(
                 attempt.published.extend(rows);
                 return;
             }
+            // Some went out (SQS takes a batch message by message): those are published,
+            // and only the others are tried again, so none is sent twice. Each such answer
+            // leaves fewer rows, so this ends.
+            Err(QueueError::PartlyEnqueued { ids, .. }) if ids.len() == rows.len() => {
+                let mut rest = Vec::new();
+                for (row, id) in rows.into_iter().zip(ids) {
+                    if id.is_some() {
+                        attempt.published.push(row);
+                    } else {
+                        rest.push(row);
+                    }
+                }
+                if !rest.is_empty() {
+                    publish_split(queue, rest, deadline, attempt).await;
+                }
+                return;
+            }
             Err(error) => error,
         };
         if rows.len() == 1 {

@@ -173,7 +173,12 @@ impl Queue {
         Ok(ids.remove(0))
     }
 
-    /// Enqueues many jobs in one round trip, all or none. Returns their ids in order.
+    /// Enqueues many jobs at once and returns their ids in order.
+    ///
+    /// On PostgreSQL and SQLite the jobs are stored all or none. SQS takes or refuses each
+    /// message of a batch on its own: when some jobs went out and others did not, the error
+    /// is [`QueueError::PartlyEnqueued`], whose `ids` say which were enqueued (enqueue only
+    /// the others again). An error other than that means none was enqueued.
     pub async fn enqueue_bulk<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, QueueError> {
         let new_jobs = jobs
             .iter()

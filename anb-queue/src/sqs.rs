@@ -32,7 +32,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -49,7 +49,7 @@ use aws_sdk_sqs::{
     },
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::{
@@ -397,6 +397,16 @@ struct Lease {
     receipt: String,
     attempt: u32,
     job: Envelope,
+    /// When this receipt was received: SQS caps a message's visibility at 12 hours from
+    /// then, however often it is extended.
+    received_at: Instant,
+}
+
+/// What one `SendMessageBatch` came to: per entry, its message id if SQS took it.
+struct BatchSent {
+    ids: Vec<Option<String>>,
+    /// Why some entries were refused (the first refusal's code and message).
+    refused: Option<String>,
 }
 
 /// The SQS backend.
@@ -413,6 +423,9 @@ struct Inner {
     wait_seconds: i32,
     /// SQS's longest `DelaySeconds`; a parameter so tests can watch jobs hop.
     native_delay_limit: Duration,
+    /// SQS's cap on a receipt's visibility, counted from its receive (12 hours); a
+    /// parameter so tests can reach it.
+    visibility_limit: Duration,
     requests: RequestCounter,
     leases: Mutex<HashMap<JobId, Lease>>,
     /// Set when the last claim received only messages it could not take (jobs without a
@@ -488,6 +501,7 @@ impl SqsBackend {
                 max_message_size,
                 wait_seconds,
                 native_delay_limit: MAX_NATIVE_DELAY,
+                visibility_limit: MAX_VISIBILITY,
                 requests,
                 leases: Mutex::new(HashMap::new()),
                 saw_only_strangers: AtomicBool::new(false),
@@ -615,70 +629,126 @@ impl Inner {
                 }
             }
         }
-        // A few batches in flight at once; `buffered` keeps their order for the ids.
-        let ids: Vec<Vec<String>> = futures::stream::iter(batches)
+        let batch_sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        // A few batches in flight at once; `buffered` keeps their order for the ids. Every
+        // batch runs to its end, so the caller learns which jobs went out when some did not.
+        let sent: Vec<Result<BatchSent, QueueError>> = futures::stream::iter(batches)
             .map(|batch| self.send_batch(queue_url, batch))
             .buffered(4)
-            .try_collect()
-            .await?;
-        Ok(ids.into_iter().flatten().collect())
+            .collect()
+            .await;
+        let mut ids: Vec<Option<String>> = Vec::new();
+        let mut refusal: Option<String> = None;
+        let mut first_error: Option<QueueError> = None;
+        for (batch, result) in batch_sizes.iter().zip(sent) {
+            match result {
+                Ok(batch) => {
+                    ids.extend(batch.ids);
+                    if refusal.is_none() {
+                        refusal = batch.refused;
+                    }
+                }
+                Err(error) => {
+                    ids.extend(std::iter::repeat_n(None, *batch));
+                    if refusal.is_none() {
+                        refusal = Some(error.to_string());
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if ids.iter().all(Option::is_some) {
+            return Ok(ids.into_iter().flatten().collect());
+        }
+        match first_error {
+            // Nothing went out: the plain error, as for a single message.
+            Some(error) if ids.iter().all(Option::is_none) => Err(error),
+            _ => Err(QueueError::PartlyEnqueued {
+                ids: ids.into_iter().map(|id| id.map(JobId)).collect(),
+                reason: refusal.unwrap_or_default(),
+            }),
+        }
     }
 
+    /// Sends one batch. Entries SQS fails on its side (not the sender's fault: throttling,
+    /// an internal error) are sent again, twice at most; what is still refused after that,
+    /// or refused for what it is (too large, malformed), is reported as `None`.
     async fn send_batch(
         &self,
         queue_url: &str,
         batch: Vec<Outgoing>,
-    ) -> Result<Vec<String>, QueueError> {
-        let entries = batch
-            .iter()
-            .enumerate()
-            .map(|(index, message)| {
-                let mut entry = SendMessageBatchRequestEntry::builder()
-                    .id(index.to_string())
-                    .message_body(&message.body)
-                    .delay_seconds(message.delay_seconds);
-                for (name, value) in &message.attributes {
-                    entry = entry.message_attributes(*name, value.clone());
+    ) -> Result<BatchSent, QueueError> {
+        let mut ids: Vec<Option<String>> = vec![None; batch.len()];
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut refused = None;
+        for round in 0..3 {
+            let entries = pending
+                .iter()
+                .map(|&index| {
+                    let message = &batch[index];
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(index.to_string())
+                        .message_body(&message.body)
+                        .delay_seconds(message.delay_seconds);
+                    for (name, value) in &message.attributes {
+                        entry = entry.message_attributes(*name, value.clone());
+                    }
+                    entry
+                        .build()
+                        .map_err(|error| build_error("SendMessageBatch", error))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let request = self
+                .client
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            let sent = match request {
+                Ok(sent) => sent,
+                // A request that failed whole before anything went out is the caller's error;
+                // a retry round's failure leaves the earlier rounds' ids standing.
+                Err(error) if round == 0 => return Err(sqs_error("SendMessageBatch", error)),
+                Err(error) => {
+                    refused = Some(sqs_error("SendMessageBatch", error).to_string());
+                    break;
                 }
-                entry
-                    .build()
-                    .map_err(|error| build_error("SendMessageBatch", error))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let sent = self
-            .client
-            .send_message_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|error| sqs_error("SendMessageBatch", error))?;
-        if let Some(failed) = sent.failed().first() {
-            return Err(QueueError::Sqs {
-                operation: "SendMessageBatch",
-                message: format!(
-                    "{} of {} messages refused ({}: {}); the others were sent",
-                    sent.failed().len(),
-                    batch.len(),
-                    failed.code(),
-                    failed.message().unwrap_or_default()
-                ),
-            });
+            };
+            for entry in sent.successful() {
+                if let Some(slot) = entry
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| ids.get_mut(i))
+                {
+                    *slot = Some(entry.message_id().to_owned());
+                }
+            }
+            let mut again = Vec::new();
+            for failed in sent.failed() {
+                refused.get_or_insert_with(|| {
+                    format!(
+                        "{}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or_default()
+                    )
+                });
+                if !failed.sender_fault()
+                    && let Ok(index) = failed.id().parse::<usize>()
+                {
+                    again.push(index);
+                }
+            }
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
         }
-        let by_entry: HashMap<&str, &str> = sent
-            .successful()
-            .iter()
-            .map(|entry| (entry.id(), entry.message_id()))
-            .collect();
-        Ok((0..batch.len())
-            .map(|index| {
-                by_entry
-                    .get(index.to_string().as_str())
-                    .copied()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect())
+        if ids.iter().all(Option::is_some) {
+            refused = None;
+        }
+        Ok(BatchSent { ids, refused })
     }
 
     async fn delete(&self, queue_url: &str, receipts: &[String]) -> Result<(), QueueError> {
@@ -795,9 +865,17 @@ impl Inner {
             .await
             .map_err(|error| sqs_error("ReceiveMessage", error))?;
         let messages = received.messages();
+        let received_at = Instant::now();
         let mut claimed = Vec::new();
-        let mut strangers = Vec::new();
+        // Jobs of this library that this worker has no handler for, and messages of
+        // another sender (no job name).
+        let mut elsewhere = Vec::new();
+        let mut foreign = Vec::new();
         let now = now_ms();
+        // Once a message is received, it is this worker's: everything but the runnable
+        // jobs is handled best effort, and a failure there (logged) must not lose the
+        // runnable ones, whose receive already counted. What a failed step left behind
+        // reappears when its visibility runs out.
         for message in messages {
             let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
                 continue;
@@ -815,37 +893,33 @@ impl Inner {
                 receipt: receipt.to_owned(),
                 attempt,
                 job,
+                received_at,
             };
             if let Some(due) = lease.job.not_before_ms.filter(|due| *due > now) {
-                // Surfaced before its time: send it on with the rest of its delay.
-                let remaining = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
-                let mut next = lease.job.clone();
-                next.attempts_before = attempt.saturating_sub(1);
-                let mut outgoing = next.outgoing(remaining, self.native_delay_limit)?;
-                // Keep the original due time rather than drifting by the hop's latency.
-                outgoing
-                    .attributes
-                    .retain(|(name, _)| *name != ATTR_NOT_BEFORE);
-                if remaining > self.native_delay_limit {
-                    outgoing
-                        .attributes
-                        .push((ATTR_NOT_BEFORE, number_attribute(due)?));
+                if let Err(error) = self.hop(lease, due, now).await {
+                    tracing::warn!(%error, "sending a delayed job on failed; it reappears when its visibility runs out");
                 }
-                self.send(&self.queue_url, vec![outgoing]).await?;
-                self.delete(&self.queue_url, &[lease.receipt]).await?;
+                continue;
+            }
+            if lease.job.name.is_empty() {
+                foreign.push(lease.receipt);
                 continue;
             }
             if !names.contains(&lease.job.name.as_str()) {
-                strangers.push(lease.receipt);
+                elsewhere.push(lease);
                 continue;
             }
             if attempt > lease.job.max_attempts {
                 // Its last attempt's lease ran out (the worker crashed or stalled).
-                self.dead_letter(
-                    lease,
-                    "lease expired: the worker stopped renewing it (crashed or stalled)",
-                )
-                .await?;
+                let dead = self
+                    .dead_letter(
+                        lease,
+                        "lease expired: the worker stopped renewing it (crashed or stalled)",
+                    )
+                    .await;
+                if let Err(error) = dead {
+                    tracing::warn!(%error, "dead-lettering a job past its last attempt failed; it reappears when its visibility runs out");
+                }
                 continue;
             }
             let id = JobId(id.to_owned());
@@ -861,15 +935,49 @@ impl Inner {
             self.leases().insert(id, lease);
         }
         self.saw_only_strangers.store(
-            claimed.is_empty() && !strangers.is_empty(),
+            claimed.is_empty() && !(elsewhere.is_empty() && foreign.is_empty()),
             Ordering::Relaxed,
         );
         self.received_nothing
             .store(messages.is_empty(), Ordering::Relaxed);
-        if !strangers.is_empty() {
-            self.change_visibility(&strangers, 0).await?;
+        // A job for other workers goes back as a copy that keeps its attempt count: its
+        // receive here was no attempt, and must not bring it nearer the redrive limit.
+        if let Err(error) = self.resend(elsewhere).await {
+            tracing::warn!(%error, "giving back jobs for other workers failed; they reappear when their visibility runs out");
+        }
+        // A message that is not a job of this library goes back as it is; the redrive
+        // policy moves it to the dead letters after its receives.
+        if !foreign.is_empty()
+            && let Err(error) = self.change_visibility(&foreign, 0).await
+        {
+            tracing::warn!(%error, "giving back foreign messages failed");
         }
         Ok(claimed)
+    }
+
+    /// Sends on a job that surfaced before its due time, with the rest of its delay.
+    async fn hop(&self, lease: Lease, due: i64, now: i64) -> Result<(), QueueError> {
+        let remaining = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+        let mut next = lease.job.clone();
+        next.attempts_before = lease.attempt.saturating_sub(1);
+        let mut outgoing = next.outgoing(remaining, self.native_delay_limit)?;
+        // Keep the original due time rather than drifting by the hop's latency.
+        outgoing
+            .attributes
+            .retain(|(name, _)| *name != ATTR_NOT_BEFORE);
+        if remaining > self.native_delay_limit {
+            outgoing
+                .attributes
+                .push((ATTR_NOT_BEFORE, number_attribute(due)?));
+        }
+        self.send(&self.queue_url, vec![outgoing]).await?;
+        self.delete(&self.queue_url, &[lease.receipt]).await
+    }
+
+    /// How much longer SQS lets this receipt stay invisible (see `visibility_limit`).
+    fn visibility_left(&self, lease: &Lease) -> Duration {
+        self.visibility_limit
+            .saturating_sub(lease.received_at.elapsed())
     }
 
     /// Copies the job to the dead-letter queue with its last error, then deletes it.
@@ -1050,7 +1158,9 @@ impl Backend for SqsBackend {
         let Some(lease) = self.inner.take_lease(claim) else {
             return Ok(());
         };
-        if delay < MAX_VISIBILITY {
+        // Waiting invisible is cheapest, but only within the receipt's 12 hours; a longer
+        // wait goes out as a copy whose own delay (hopping past 15 minutes) carries it.
+        if delay < self.inner.visibility_left(&lease) {
             self.inner
                 .change_visibility(&[lease.receipt], ceil_seconds(delay))
                 .await
@@ -1104,13 +1214,28 @@ impl Backend for SqsBackend {
         lease: Duration,
     ) -> Result<Vec<ClaimLease>, QueueError> {
         // A claim holds its job while this process keeps its receipt handle (a later receive
-        // of the message replaces it) and SQS accepts the handle.
+        // of the message replaces it), SQS accepts the handle, and the new lease fits in the
+        // 12 hours SQS allows a receipt: past them the message reappears whatever is asked,
+        // so a lease that cannot fit is reported lost now (the handler's token fires) rather
+        // than when a second worker already runs it.
+        let wanted = Duration::from_secs(u64::try_from(visibility_for(lease)).unwrap_or(0));
         let (current, mut lost): (Vec<&ClaimLease>, Vec<&ClaimLease>) = {
-            let held = self.inner.leases();
-            leases.iter().partition(|claim| {
-                held.get(&claim.id)
-                    .is_some_and(|lease| lease.receipt == claim.token)
-            })
+            let mut held = self.inner.leases();
+            let (current, lost): (Vec<&ClaimLease>, Vec<&ClaimLease>) =
+                leases.iter().partition(|claim| {
+                    held.get(&claim.id).is_some_and(|held| {
+                        held.receipt == claim.token && wanted <= self.inner.visibility_left(held)
+                    })
+                });
+            for claim in &lost {
+                if held
+                    .get(&claim.id)
+                    .is_some_and(|held| held.receipt == claim.token)
+                {
+                    held.remove(&claim.id);
+                }
+            }
+            (current, lost)
         };
         if !current.is_empty() {
             let receipts: Vec<String> = current.iter().map(|claim| claim.token.clone()).collect();
@@ -1118,7 +1243,12 @@ impl Backend for SqsBackend {
                 .inner
                 .change_visibility(&receipts, visibility_for(lease))
                 .await?;
-            lost.extend(refused.into_iter().map(|index| current[index]));
+            let refused: Vec<&ClaimLease> =
+                refused.into_iter().map(|index| current[index]).collect();
+            for claim in &refused {
+                self.inner.take_lease(claim);
+            }
+            lost.extend(refused);
         }
         Ok(lost.into_iter().cloned().collect())
     }
@@ -1624,6 +1754,185 @@ mod tests {
                 );
             };
             assert_eq!(claimed.attempt, 1);
+        }
+
+        fn request_for(names: &'static [&'static str], lease: Duration) -> ClaimRequest<'static> {
+            ClaimRequest {
+                names,
+                max: 10,
+                owner: "tests",
+                lease,
+            }
+        }
+
+        /// Claims until a job comes, for at most 30 s.
+        async fn claim_one(queue: &SqsBackend, lease: Duration) -> ClaimedJob {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let claimed = queue.claim(claim_request(1, lease)).await.unwrap();
+                if let Some(job) = claimed.into_iter().next() {
+                    return job;
+                }
+                assert!(Instant::now() < deadline, "no job arrived");
+            }
+        }
+
+        /// A worker without the job's handler gives it back as a copy that keeps its
+        /// attempts: before, it went back by visibility 0 and each bounce counted as a
+        /// receive, so two bounces moved it to the dead letters (redrive at 2) unrun.
+        #[tokio::test]
+        async fn a_job_bounced_by_workers_without_its_handler_keeps_its_attempts() {
+            let url = fresh_queue(&[], Some(2)).await;
+            let queue = backend(&url, 1).await;
+            queue
+                .enqueue(&[job("{}".into(), Duration::ZERO)])
+                .await
+                .unwrap();
+            let mut bounces = 0;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while bounces < 3 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the job never reached the other worker"
+                );
+                let claimed = queue
+                    .claim(request_for(&["other"], Duration::from_secs(30)))
+                    .await
+                    .unwrap();
+                assert!(
+                    claimed.is_empty(),
+                    "a job without a handler here was claimed"
+                );
+                if queue.inner.saw_only_strangers.load(Ordering::Relaxed) {
+                    bounces += 1;
+                }
+            }
+            let job = claim_one(&queue, Duration::from_secs(30)).await;
+            assert_eq!(job.attempt, 1, "bounces counted as attempts");
+            assert_eq!(queue.stats().await.unwrap().dead, 0);
+        }
+
+        /// A receive that fails to handle one message (here: dead-lettering a job past its
+        /// last attempt, into a dead-letter queue that is gone) still returns the runnable
+        /// jobs it received. Before, the error ended the claim: the runnable job stayed
+        /// invisible for its lease with its attempt spent.
+        #[tokio::test]
+        async fn a_receive_returns_its_runnable_jobs_when_handling_the_others_fails() {
+            let url = fresh_queue(&[], Some(10)).await;
+            let queue = backend(&url, 1).await;
+            let last_try = NewJob {
+                max_attempts: 1,
+                ..job("{\"n\":1}".into(), Duration::ZERO)
+            };
+            queue.enqueue(&[last_try]).await.unwrap();
+            // Its only attempt: the lease runs out without an outcome.
+            let abandoned = claim_one(&queue, Duration::from_secs(1)).await;
+            assert_eq!(abandoned.attempt, 1);
+            client()
+                .delete_queue()
+                .queue_url(&queue.inner.dead_letter_url)
+                .send()
+                .await
+                .unwrap();
+            queue
+                .enqueue(&[job("{\"n\":2}".into(), Duration::ZERO)])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let runnable = loop {
+                let claimed = queue
+                    .claim(claim_request(10, Duration::from_secs(30)))
+                    .await
+                    .expect("a failed side step must not fail the claim");
+                if let Some(job) = claimed.into_iter().find(|job| job.payload == "{\"n\":2}") {
+                    break job;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the runnable job was not returned"
+                );
+            };
+            assert_eq!(runnable.attempt, 1);
+        }
+
+        /// SQS keeps a receipt invisible for at most 12 hours from its receive (here 5 s).
+        /// A heartbeat whose lease no longer fits reports the lease lost at once, and a
+        /// retry delayed past what is left goes out as a copy. Before, the heartbeat kept
+        /// answering "held" while the message reappeared for another worker, and the retry
+        /// asked for a visibility SQS refuses.
+        #[tokio::test]
+        async fn leases_and_retries_stay_within_the_visibility_limit_of_a_receive() {
+            let url = fresh_queue(&[], Some(10)).await;
+            let mut queue = backend(&url, 1).await;
+            Arc::get_mut(&mut queue.inner).unwrap().visibility_limit = Duration::from_secs(5);
+            queue
+                .enqueue(&[job("{}".into(), Duration::ZERO)])
+                .await
+                .unwrap();
+            let held = claim_one(&queue, Duration::from_secs(2)).await;
+            let lease = Duration::from_secs(2);
+            let lost = queue.extend("tests", &[held.lease()], lease).await.unwrap();
+            assert!(lost.is_empty(), "a lease that fits was reported lost");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let lost = queue.extend("tests", &[held.lease()], lease).await.unwrap();
+            assert_eq!(
+                lost.len(),
+                1,
+                "a lease past the receipt's limit was not reported"
+            );
+            assert!(queue.inner.leases().is_empty(), "the lost lease was kept");
+
+            // Its visibility runs out; received again, it is retried past what is left.
+            let again = claim_one(&queue, Duration::from_secs(2)).await;
+            assert_eq!(again.id, held.id);
+            queue
+                .retry("tests", &again.lease(), Duration::from_secs(6), "later")
+                .await
+                .unwrap();
+            let retried = claim_one(&queue, Duration::from_secs(30)).await;
+            assert_ne!(retried.id, again.id, "the retry did not go out as a copy");
+            assert_eq!(retried.attempt, again.attempt + 1);
+        }
+
+        /// SQS takes or refuses each message of a batch on its own; a bulk enqueue where
+        /// some are refused says which went out (before: a plain error, as if none had).
+        #[tokio::test]
+        async fn a_bulk_enqueue_sqs_partly_refuses_says_which_jobs_were_enqueued() {
+            let url = fresh_queue(&[], Some(10)).await;
+            let mut queue = backend(&url, 1).await;
+            // A native delay limit past SQS's 900 s makes SQS refuse that one entry.
+            Arc::get_mut(&mut queue.inner).unwrap().native_delay_limit = Duration::from_secs(2_000);
+            let jobs = [
+                job("{\"n\":1}".into(), Duration::ZERO),
+                job("{\"n\":2}".into(), Duration::from_secs(1_000)),
+                job("{\"n\":3}".into(), Duration::ZERO),
+            ];
+            let error = queue.enqueue(&jobs).await.unwrap_err();
+            let QueueError::PartlyEnqueued { ids, reason } = error else {
+                panic!("expected a partial enqueue, got {error}");
+            };
+            assert_eq!(
+                ids.iter().map(Option::is_some).collect::<Vec<_>>(),
+                [true, false, true],
+                "{reason}"
+            );
+            assert!(reason.contains("DelaySeconds"), "{reason}");
+            let mut payloads = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while payloads.len() < 2 {
+                assert!(Instant::now() < deadline, "got only {payloads:?}");
+                for job in queue
+                    .claim(claim_request(10, Duration::from_secs(30)))
+                    .await
+                    .unwrap()
+                {
+                    assert!(ids.contains(&Some(job.id.clone())));
+                    payloads.push(job.payload);
+                }
+            }
+            payloads.sort();
+            assert_eq!(payloads, ["{\"n\":1}", "{\"n\":3}"]);
         }
     }
 }
