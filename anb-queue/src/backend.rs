@@ -251,6 +251,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Counts jobs by state.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
+    /// How often a worker refreshes the queue depth gauges unless told otherwise.
+    fn stats_interval(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+
     /// Lists dead-lettered jobs with their last error, newest first.
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
 

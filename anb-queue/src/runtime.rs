@@ -56,8 +56,8 @@ pub(crate) const DEFAULT_DEAD_RETENTION: Duration = Duration::from_secs(7 * 24 *
 /// The background upkeep a worker runs beside its handlers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Maintenance {
-    /// How often the queue depth gauges are refreshed.
-    pub(crate) stats_interval: Duration,
+    /// How often the queue depth gauges are refreshed (`None`: the backend's default).
+    pub(crate) stats_interval: Option<Duration>,
     /// Dead jobs older than this are deleted (`None`: kept until an operator prunes them).
     pub(crate) dead_retention: Option<Duration>,
 }
@@ -65,7 +65,7 @@ pub(crate) struct Maintenance {
 impl Default for Maintenance {
     fn default() -> Self {
         Self {
-            stats_interval: Duration::from_secs(15),
+            stats_interval: None,
             dead_retention: Some(DEFAULT_DEAD_RETENTION),
         }
     }
@@ -664,7 +664,9 @@ async fn maintain(
     let mut prune_ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + prune_every, prune_every);
     prune_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stats_interval = maintenance.stats_interval;
+    let stats_interval = maintenance
+        .stats_interval
+        .unwrap_or_else(|| runtime.backend.stats_interval());
     // Expired leases are looked for about twice per lease, so a crashed worker's job waits
     // at most about 1.5 leases.
     let mut recover_ticks = tokio::time::interval((runtime.lease / 2).min(Duration::from_secs(15)));

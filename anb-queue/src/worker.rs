@@ -186,9 +186,10 @@ impl Worker {
         self
     }
 
-    /// How often queue depth gauges are refreshed.
+    /// How often queue depth gauges are refreshed (default: every 15 s; every 60 s on SQS,
+    /// where each refresh is two billed requests and the counts are approximate).
     pub fn stats_interval(mut self, interval: Duration) -> Self {
-        self.maintenance.stats_interval = interval.max(Duration::from_millis(100));
+        self.maintenance.stats_interval = Some(interval.max(Duration::from_millis(100)));
         self
     }
 

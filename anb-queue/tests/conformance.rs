@@ -1406,6 +1406,38 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
     db.cleanup().await;
 }
 
+/// An idle SQS worker refreshes its queue depth gauges once a minute, not every 15 s: each
+/// refresh is two billed `GetQueueAttributes` (the queue and its dead letters), which were
+/// a third of an idle worker's requests and 0.03 requests per job of a 1,000-job burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_idle_worker_reads_queue_statistics_once_a_minute() {
+    let db = TestDb::sqs().await;
+    let queue = Queue::connect(&format!("{}?wait_seconds=1", db.url))
+        .await
+        .unwrap();
+    let attribute_reads = |queue: &Queue| {
+        queue
+            .requests_by_operation()
+            .unwrap()
+            .get("GetQueueAttributes")
+            .copied()
+            .unwrap_or(0)
+    };
+    let at_connect = attribute_reads(&queue);
+    let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
+    // The gauges are read once when the worker starts.
+    wait_until("the first statistics", 30, || async {
+        attribute_reads(&queue) >= at_connect + 2
+    })
+    .await;
+    let after_first = attribute_reads(&queue);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let idle = attribute_reads(&queue) - after_first;
+    worker.stop().await;
+    assert_eq!(idle, 0, "{idle} GetQueueAttributes in 16 idle seconds");
+    db.cleanup().await;
+}
+
 /// With short polling (`wait_seconds=0`) an idle SQS worker pauses between empty receives
 /// instead of sending them back to back (each is billed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
