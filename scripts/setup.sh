@@ -148,6 +148,48 @@ ensure_redis() {
   die "Redis does not answer on 127.0.0.1:6379"
 }
 
+# A three-master Redis Cluster on 127.0.0.1 for the cluster run of the queue's
+# conformance suite: ports ANB_REDIS_CLUSTER_PORTS (space- or comma-separated,
+# default 7101 7102 7103), data under .test-services/redis-cluster/<port>.
+# Nodes already answering are reused; the cluster is formed only when no slot is
+# assigned yet (a restarted node rejoins from its nodes.conf).
+ensure_redis_cluster() {
+  local ports port dir nodes=() base="$ANB_ROOT/.test-services/redis-cluster"
+  local list="${ANB_REDIS_CLUSTER_PORTS:-7101 7102 7103}"
+  read -r -a ports <<<"${list//,/ }"
+  [ ${#ports[@]} -ge 3 ] || die "a Redis Cluster needs three masters (ANB_REDIS_CLUSTER_PORTS=${ports[*]})"
+  for port in "${ports[@]}"; do
+    nodes+=("127.0.0.1:$port")
+    redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG && continue
+    command -v redis-server >/dev/null || die "redis-server is not installed"
+    dir="$base/$port"
+    mkdir -p "$dir"
+    say "starting Redis Cluster node 127.0.0.1:$port"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --save '' --appendonly no --logfile "$dir/redis.log" || die "could not start Redis on port $port"
+    ANB_STARTED+=("redis:$port")
+  done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.25; done
+    redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG || die "Redis does not answer on 127.0.0.1:$port"
+  done
+  if redis-cli -h 127.0.0.1 -p "${ports[0]}" cluster info | grep -q '^cluster_slots_assigned:0'; then
+    say "forming the Redis Cluster ${nodes[*]}"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$base/create.log" 2>&1 \
+      || die "redis-cli --cluster create failed (see .test-services/redis-cluster/create.log)"
+  fi
+  for _ in $(seq 1 120); do
+    local formed=1
+    for port in "${ports[@]}"; do
+      redis-cli -h 127.0.0.1 -p "$port" cluster info | grep -q '^cluster_state:ok' || formed=0
+    done
+    [ "$formed" = 1 ] && return 0
+    sleep 0.5
+  done
+  die "the Redis Cluster on ${nodes[*]} is not ok (remove .test-services/redis-cluster and stop its nodes to start afresh)"
+}
+
 ensure_moto_running() {
   local endpoint="$ANB_TEST_AWS_ENDPOINT"
   # Already answering (e.g. started by hand): tests use fresh names, so reuse it.
@@ -165,6 +207,7 @@ stop_started_services() {
     case "$svc" in
       moto:*) kill "${svc#moto:}" 2>/dev/null || true ;;
       redis) redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
+      redis:*) redis-cli -h 127.0.0.1 -p "${svc#redis:}" shutdown nosave >/dev/null 2>&1 || true ;;
       postgres:*) as_root pg_ctlcluster --skip-systemctl-redirect "${svc#postgres:}" main stop || true ;;
     esac
   done

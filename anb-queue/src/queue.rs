@@ -175,10 +175,12 @@ impl Queue {
 
     /// Enqueues many jobs at once and returns their ids in order.
     ///
-    /// On PostgreSQL and SQLite the jobs are stored all or none. SQS takes or refuses each
-    /// message of a batch on its own: when some jobs went out and others did not, the error
-    /// is [`QueueError::PartlyEnqueued`], whose `ids` say which were enqueued (enqueue only
-    /// the others again). An error other than that means none was enqueued.
+    /// On PostgreSQL and SQLite the jobs are stored all or none. Redis stores a batch of
+    /// more than 1,000 jobs 1,000 per script call, so one call never holds the server for
+    /// long, each chunk all or none. SQS takes or refuses each message of a batch on its own.
+    /// When some jobs were stored and others not, the error is
+    /// [`QueueError::PartlyEnqueued`], whose `ids` say which were (enqueue only the others
+    /// again); any other error means none was.
     pub async fn enqueue_bulk<J: Job>(&self, jobs: &[J]) -> Result<Vec<JobId>, QueueError> {
         let new_jobs = jobs
             .iter()

@@ -13,6 +13,11 @@
 //! - channel `wake`: published when a job becomes due now, so idle workers claim at once.
 //!
 //! Times come from the Redis server's clock (`TIME`), so workers on several hosts agree.
+//!
+//! Every script declares the prefix as `KEYS[1]` and builds its keys as `KEYS[1] .. suffix`:
+//! a key's hash tag is its first `{…}`, which is the prefix's (queue names have no braces),
+//! whatever job name or id follows, so all of a script's keys live in `KEYS[1]`'s slot and a
+//! cluster client (`?cluster=true`) routes the call to the node that owns it.
 
 use std::{
     sync::{Arc, Weak},
@@ -20,8 +25,10 @@ use std::{
 };
 
 use ::redis::{
-    Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    RedisFuture, Script,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -43,6 +50,10 @@ const DEFAULT_QUEUE: &str = "default";
 /// Delays beyond this are stored as this: Lua numbers are doubles, exact up to 2^53 ms.
 const MAX_DELAY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
+/// How many jobs one enqueue script stores: a bulk enqueue of more runs one script per chunk
+/// of this size, so no call blocks the server for long (about a millisecond per chunk).
+const ENQUEUE_CHUNK: usize = 1000;
+
 /// How many expired leases one `recover_expired` script handles before handing back the
 /// server (it loops until none is left).
 const RECOVER_BATCH: usize = 1000;
@@ -52,16 +63,16 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// ARGV: prefix, then (name, payload, max_attempts, delay_ms) per job. Returns the first id;
-/// the jobs get consecutive ids.
+/// KEYS: prefix. ARGV: (name, payload, max_attempts, delay_ms) per job. Returns the first
+/// id; the jobs get consecutive ids.
 const ENQUEUE: &str = "
-local prefix = ARGV[1]
-local count = (#ARGV - 1) / 4
+local prefix = KEYS[1]
+local count = #ARGV / 4
 local last = redis.call('INCRBY', prefix .. 'seq', count)
 local first = last - count + 1
 local wake = false
 for i = 0, count - 1 do
-  local base = 2 + i * 4
+  local base = 1 + i * 4
   local name, delay = ARGV[base], tonumber(ARGV[base + 3])
   local id = tostring(first + i)
   redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[base + 1], 'a', 0,
@@ -74,12 +85,12 @@ if wake then redis.call('PUBLISH', prefix .. 'wake', '') end
 return first
 ";
 
-/// ARGV: prefix, owner, lease_ms, max, names… Returns (id, name, payload, attempt,
+/// KEYS: prefix. ARGV: owner, lease_ms, max, names… Returns (id, name, payload, attempt,
 /// max_attempts, enqueued_at) per claimed job, oldest due first.
 const CLAIM: &str = "
-local prefix, owner, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local prefix, owner, lease, max = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local candidates = {}
-for i = 5, #ARGV do
+for i = 4, #ARGV do
   local name = ARGV[i]
   local due = redis.call('ZRANGEBYSCORE', prefix .. 'q:' .. name, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
   for j = 1, #due, 2 do
@@ -118,10 +129,10 @@ local function held(prefix, id, token)
 end
 ";
 
-/// ARGV: prefix, then (id, lease token) pairs.
+/// KEYS: prefix. ARGV: (id, lease token) pairs.
 const COMPLETE: &str = "
-local prefix = ARGV[1]
-for i = 2, #ARGV, 2 do
+local prefix = KEYS[1]
+for i = 1, #ARGV, 2 do
   if held(prefix, ARGV[i], ARGV[i + 1]) then
     redis.call('ZREM', prefix .. 'leases', ARGV[i])
     redis.call('DEL', prefix .. 'job:' .. ARGV[i])
@@ -130,25 +141,14 @@ end
 return 0
 ";
 
-/// ARGV: prefix, lease token, id, delay_ms, error.
+/// KEYS: prefix. ARGV: lease token, id, delay_ms, error.
 const RETRY: &str = "
-local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
+local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
 if held(prefix, id, owner) then
   local key = prefix .. 'job:' .. id
-  redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now + tonumber(ARGV[4]), id)
-  redis.call('HSET', key, 'err', ARGV[5])
-  redis.call('HDEL', key, 'o')
-  redis.call('ZREM', prefix .. 'leases', id)
-end
-return 0
-";
-
-/// ARGV: prefix, lease token, id, error.
-const DEAD_LETTER: &str = "
-local prefix, owner, id = ARGV[1], ARGV[2], ARGV[3]
-if held(prefix, id, owner) then
-  local key = prefix .. 'job:' .. id
-  redis.call('ZADD', prefix .. 'dead', now, id)
+  local name = redis.call('HGET', key, 'n')
+  redis.call('ZADD', prefix .. 'q:' .. name, now + tonumber(ARGV[3]), id)
+  redis.call('SADD', prefix .. 'names', name)
   redis.call('HSET', key, 'err', ARGV[4])
   redis.call('HDEL', key, 'o')
   redis.call('ZREM', prefix .. 'leases', id)
@@ -156,16 +156,31 @@ end
 return 0
 ";
 
-/// ARGV: prefix, then (id, lease token) pairs. Gives the attempt back and makes the jobs
+/// KEYS: prefix. ARGV: lease token, id, error.
+const DEAD_LETTER: &str = "
+local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
+if held(prefix, id, owner) then
+  local key = prefix .. 'job:' .. id
+  redis.call('ZADD', prefix .. 'dead', now, id)
+  redis.call('HSET', key, 'err', ARGV[3])
+  redis.call('HDEL', key, 'o')
+  redis.call('ZREM', prefix .. 'leases', id)
+end
+return 0
+";
+
+/// KEYS: prefix. ARGV: (id, lease token) pairs. Gives the attempt back and makes the jobs
 /// due now.
 const RELEASE: &str = "
-local prefix = ARGV[1]
+local prefix = KEYS[1]
 local released = 0
-for i = 2, #ARGV, 2 do
+for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   if held(prefix, id, ARGV[i + 1]) then
     local key = prefix .. 'job:' .. id
-    redis.call('ZADD', prefix .. 'q:' .. redis.call('HGET', key, 'n'), now, id)
+    local name = redis.call('HGET', key, 'n')
+    redis.call('ZADD', prefix .. 'q:' .. name, now, id)
+    redis.call('SADD', prefix .. 'names', name)
     redis.call('HINCRBY', key, 'a', -1)
     redis.call('HDEL', key, 'o')
     redis.call('ZREM', prefix .. 'leases', id)
@@ -176,12 +191,12 @@ if released > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return released
 ";
 
-/// ARGV: prefix, lease_ms, progress ('' for none), then (id, lease token) pairs. Returns
-/// the ids and tokens of the leases that are lost, as pairs.
+/// KEYS: prefix. ARGV: lease_ms, progress ('' for none), then (id, lease token) pairs.
+/// Returns the ids and tokens of the leases that are lost, as pairs.
 const EXTEND: &str = "
-local prefix, lease, progress = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local prefix, lease, progress = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local lost = {}
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if held(prefix, id, ARGV[i + 1]) then
     redis.call('ZADD', prefix .. 'leases', 'XX', now + lease, id)
@@ -194,9 +209,9 @@ end
 return lost
 ";
 
-/// ARGV: prefix, limit. Returns how many expired leases it handled.
+/// KEYS: prefix. ARGV: limit. Returns how many expired leases it handled.
 const RECOVER: &str = "
-local prefix, limit = ARGV[1], tonumber(ARGV[2])
+local prefix, limit = KEYS[1], tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', prefix .. 'leases', '-inf', '(' .. now, 'LIMIT', 0, limit)
 local requeued = 0
 for _, id in ipairs(expired) do
@@ -207,6 +222,7 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', prefix .. 'dead', now, id)
     else
       redis.call('ZADD', prefix .. 'q:' .. job[1], now, id)
+      redis.call('SADD', prefix .. 'names', job[1])
       requeued = requeued + 1
     end
     redis.call('HSET', key, 'err', 'lease expired: the worker stopped renewing it (crashed or stalled)')
@@ -218,12 +234,12 @@ if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return #expired
 ";
 
-/// ARGV: prefix, names… Returns milliseconds until the earliest job is due (0 if one is due
-/// now), or -1 when none waits.
+/// KEYS: prefix. ARGV: names… Returns milliseconds until the earliest job is due (0 if one
+/// is due now), or -1 when none waits.
 const NEXT_DUE: &str = "
 local earliest = nil
-for i = 2, #ARGV do
-  local head = redis.call('ZRANGE', ARGV[1] .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
+for i = 1, #ARGV do
+  local head = redis.call('ZRANGE', KEYS[1] .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
   if head[2] then
     local due = tonumber(head[2])
     if earliest == nil or due < earliest then earliest = due end
@@ -233,12 +249,17 @@ if earliest == nil then return -1 end
 return math.max(0, earliest - now)
 ";
 
-/// ARGV: prefix. Returns ready, in flight, delayed, dead, age of the oldest ready job (ms).
+/// KEYS: prefix. Returns ready, in flight, delayed, dead, age of the oldest ready job (ms).
+/// Forgets the names with no job waiting (their sorted set is gone): every script that puts
+/// a job back in a name's set adds the name again, and leased and dead jobs are counted
+/// without the names, so the set holds the names that have jobs waiting, not every name
+/// ever enqueued.
 const STATS: &str = "
-local prefix = ARGV[1]
+local prefix = KEYS[1]
 local ready, delayed, oldest = 0, 0, nil
 for _, name in ipairs(redis.call('SMEMBERS', prefix .. 'names')) do
   local key = prefix .. 'q:' .. name
+  if redis.call('EXISTS', key) == 0 then redis.call('SREM', prefix .. 'names', name) end
   ready = ready + redis.call('ZCOUNT', key, '-inf', now)
   delayed = delayed + redis.call('ZCOUNT', key, '(' .. now, '+inf')
   local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -251,10 +272,10 @@ if oldest ~= nil then age = now - oldest end
 return {ready, redis.call('ZCARD', prefix .. 'leases'), delayed, redis.call('ZCARD', prefix .. 'dead'), age}
 ";
 
-/// ARGV: prefix, limit, after ('' for the first page). Returns (id, name, payload, attempts,
+/// KEYS: prefix. ARGV: limit, after ('' for the first page). Returns (id, name, payload, attempts,
 /// has_error, error) per dead job, newest first.
 const DEAD_JOBS: &str = "
-local prefix, limit, after = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local prefix, limit, after = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local out = {}
 local start = 0
 if after ~= '' then
@@ -275,10 +296,10 @@ end
 return out
 ";
 
-/// ARGV: prefix, id. Returns (name, state, attempts, max_attempts, has_error, error,
+/// KEYS: prefix. ARGV: id. Returns (name, state, attempts, max_attempts, has_error, error,
 /// progress) or nothing.
 const JOB: &str = "
-local prefix, id = ARGV[1], ARGV[2]
+local prefix, id = KEYS[1], ARGV[1]
 local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'a', 'm', 'err', 'pr')
 if not job[1] then return {} end
 local state = 'ready'
@@ -295,16 +316,17 @@ if job[4] then has_error = '1' end
 return {job[1], state, job[2] or '0', job[3] or '0', has_error, job[4] or '', job[5] or ''}
 ";
 
-/// ARGV: prefix, ids… Returns how many dead jobs were requeued.
+/// KEYS: prefix. ARGV: ids… Returns how many dead jobs were requeued.
 const REQUEUE_DEAD: &str = "
-local prefix = ARGV[1]
+local prefix = KEYS[1]
 local requeued = 0
-for i = 2, #ARGV do
+for i = 1, #ARGV do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
   local name = redis.call('HGET', key, 'n')
   if name and redis.call('ZSCORE', prefix .. 'dead', id) then
     redis.call('ZADD', prefix .. 'q:' .. name, now, id)
+    redis.call('SADD', prefix .. 'names', name)
     redis.call('HSET', key, 'a', 0)
     redis.call('ZREM', prefix .. 'dead', id)
     requeued = requeued + 1
@@ -314,10 +336,10 @@ if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return requeued
 ";
 
-/// ARGV: prefix, age_ms, limit. Deletes up to `limit` jobs dead for longer than `age_ms`;
+/// KEYS: prefix. ARGV: age_ms, limit. Deletes up to `limit` jobs dead for longer than `age_ms`;
 /// returns how many.
 const PRUNE_DEAD: &str = "
-local prefix, age, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, age, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', prefix .. 'dead', '-inf', '(' .. (now - age), 'LIMIT', 0, limit)
 for _, id in ipairs(old) do
   redis.call('DEL', prefix .. 'job:' .. id)
@@ -370,49 +392,120 @@ impl Scripts {
 
 /// Opens a `redis://host:port/db?queue=name` URL. The `queue` parameter names the queue
 /// (default `default`): queues with different names share a server without seeing each
-/// other's jobs.
+/// other's jobs. `cluster=true` connects to a Redis Cluster through the node in the URL.
 pub(crate) async fn connect(url: &str) -> Result<RedisBackend, QueueError> {
-    let (client_url, queue) = split_queue_name(url)?;
-    let client = redis::Client::open(client_url.as_str()).map_err(QueueError::from_redis)?;
-    RedisBackend::new(client, &queue).await
+    let target = Target::parse(url)?;
+    let client = redis::Client::open(target.client_url.as_str()).map_err(QueueError::from_redis)?;
+    if target.cluster {
+        RedisBackend::new_cluster(client, &target.client_url, &target.queue).await
+    } else {
+        RedisBackend::new(client, &target.queue).await
+    }
 }
 
-/// Separates the `queue` parameter (ours) from the URL the Redis client understands.
-fn split_queue_name(url: &str) -> Result<(String, String), QueueError> {
-    let mut parsed = url::Url::parse(url).map_err(|error| QueueError::InvalidUrl {
-        url: crate::queue::redact(url),
-        reason: error.to_string(),
-    })?;
-    let mut queue = DEFAULT_QUEUE.to_owned();
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter_map(|(key, value)| {
+/// The URL query parameter that selects the cluster client.
+const CLUSTER_PARAMETER: &str = "cluster";
+
+/// What a queue URL names once our parameters are taken out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// The URL the Redis client understands (our parameters removed).
+    client_url: String,
+    /// The queue, which becomes the hash tag of its key prefix.
+    queue: String,
+    /// Whether the server is a Redis Cluster (`cluster=true`); the URL names one seed node.
+    cluster: bool,
+}
+
+impl Target {
+    /// Separates the `queue` and `cluster` parameters (ours) from the rest of the URL.
+    fn parse(url: &str) -> Result<Self, QueueError> {
+        let invalid = |reason: String| QueueError::InvalidUrl {
+            url: crate::queue::redact(url),
+            reason,
+        };
+        let mut parsed = url::Url::parse(url).map_err(|error| invalid(error.to_string()))?;
+        let mut queue = DEFAULT_QUEUE.to_owned();
+        let mut cluster = None;
+        let mut kept: Vec<(String, String)> = Vec::new();
+        for (key, value) in parsed.query_pairs() {
             if key == QUEUE_PARAMETER {
                 queue = value.into_owned();
-                None
+            } else if key == CLUSTER_PARAMETER {
+                cluster = Some(value.into_owned());
             } else {
-                Some((key.into_owned(), value.into_owned()))
+                kept.push((key.into_owned(), value.into_owned()));
             }
+        }
+        if queue.is_empty() || queue.contains(['{', '}']) {
+            return Err(invalid(
+                "the queue name must be non-empty, without braces".to_owned(),
+            ));
+        }
+        let cluster = match cluster.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "cluster must be true or false, not {other:?}"
+                )));
+            }
+        };
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(Self {
+            client_url: parsed.to_string(),
+            queue,
+            cluster,
         })
-        .collect();
-    if queue.is_empty() || queue.contains(['{', '}']) {
-        return Err(QueueError::InvalidUrl {
-            url: crate::queue::redact(url),
-            reason: "the queue name must be non-empty, without braces".to_owned(),
-        });
     }
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
+}
+
+/// A connection to one server or to a cluster: scripts run the same way on both, the
+/// cluster client routing each call to the node that owns its first key's slot.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
     }
-    Ok((parsed.to_string(), queue))
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// The Redis backend.
 pub(crate) struct RedisBackend {
+    /// The wake-up subscriptions' client; on a cluster, the seed node (a publish reaches
+    /// every node's subscribers).
     client: redis::Client,
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     scripts: Scripts,
     /// Started by the first worker; the subscriber task stops once the backend is dropped.
@@ -441,13 +534,47 @@ impl RedisBackend {
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(QueueError::from_redis)?;
-        Ok(Self {
+        Ok(Self::with_connection(
+            client,
+            Connection::Single(connection),
+            queue,
+        ))
+    }
+
+    /// A backend on a Redis Cluster reached through the seed node at `url`.
+    async fn new_cluster(
+        client: redis::Client,
+        url: &str,
+        queue: &str,
+    ) -> Result<Self, QueueError> {
+        // The same bounds as a single server's: reconnect within seconds, time requests out.
+        let cluster = ClusterClientBuilder::new(vec![url])
+            .retries(6)
+            .min_retry_wait(100)
+            .max_retry_wait(2_000)
+            .connection_timeout(Duration::from_secs(3))
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(QueueError::from_redis)?;
+        let connection = cluster
+            .get_async_connection()
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(Self::with_connection(
+            client,
+            Connection::Cluster(connection),
+            queue,
+        ))
+    }
+
+    fn with_connection(client: redis::Client, connection: Connection, queue: &str) -> Self {
+        Self {
             client,
             connection,
             prefix: format!("anb_queue:{{{queue}}}:"),
             scripts: Scripts::new(),
             wake: OnceCell::new(),
-        })
+        }
     }
 
     /// Extends leases (and stores a progress); returns the leases that are lost.
@@ -458,7 +585,7 @@ impl RedisBackend {
         progress: Option<u8>,
     ) -> Result<Vec<Lease>, QueueError> {
         let mut invocation = self.scripts.extend.prepare_invoke();
-        invocation.arg(&self.prefix).arg(millis(duration)).arg(
+        invocation.key(&self.prefix).arg(millis(duration)).arg(
             progress
                 .map(|percent| percent.to_string())
                 .unwrap_or_default(),
@@ -557,23 +684,39 @@ impl Backend for RedisBackend {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        // One script: the batch is stored all or none.
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation.arg(&self.prefix);
-        for job in jobs {
-            invocation
-                .arg(job.name)
-                .arg(&job.payload)
-                .arg(job.max_attempts)
-                .arg(millis(job.delay).min(MAX_DELAY_MS));
+        // One script per chunk, so a large batch never holds the server for long; each chunk
+        // is stored all or none, and a failed chunk leaves the chunks before it enqueued
+        // (reported as a partial enqueue).
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation.key(&self.prefix);
+            for job in chunk {
+                invocation
+                    .arg(job.name)
+                    .arg(&job.payload)
+                    .arg(job.max_attempts)
+                    .arg(millis(job.delay).min(MAX_DELAY_MS));
+            }
+            let first: u64 = match invocation
+                .invoke_async(&mut self.connection.clone())
+                .await
+            {
+                Ok(first) => first,
+                // Nothing stored yet: the plain error, as for one chunk.
+                Err(error) if ids.is_empty() => return Err(QueueError::from_redis(error)),
+                Err(error) => {
+                    let mut stored: Vec<Option<JobId>> = ids.into_iter().map(Some).collect();
+                    stored.resize(jobs.len(), None);
+                    return Err(QueueError::PartlyEnqueued {
+                        ids: stored,
+                        reason: QueueError::from_redis(error).to_string(),
+                    });
+                }
+            };
+            ids.extend((first..first + chunk.len() as u64).map(|id| JobId(id.to_string())));
         }
-        let first: u64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(QueueError::from_redis)?;
-        Ok((first..first + jobs.len() as u64)
-            .map(|id| JobId(id.to_string()))
-            .collect())
+        Ok(ids)
     }
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
@@ -581,7 +724,7 @@ impl Backend for RedisBackend {
         let token = format!("{}/{}", request.owner, crate::backend::claim_token());
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .arg(&token)
             .arg(millis(request.lease))
             .arg(request.max);
@@ -608,7 +751,7 @@ impl Backend for RedisBackend {
 
     async fn complete(&self, _owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let mut invocation = self.scripts.complete.prepare_invoke();
-        invocation.arg(&self.prefix);
+        invocation.key(&self.prefix);
         for lease in leases {
             invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
@@ -630,7 +773,7 @@ impl Backend for RedisBackend {
             .scripts
             .retry
             .prepare_invoke()
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .arg(&lease.token)
             .arg(lease.id.as_str())
             .arg(millis(delay).min(MAX_DELAY_MS))
@@ -651,7 +794,7 @@ impl Backend for RedisBackend {
             .scripts
             .dead_letter
             .prepare_invoke()
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .arg(&lease.token)
             .arg(lease.id.as_str())
             .arg(error)
@@ -663,7 +806,7 @@ impl Backend for RedisBackend {
 
     async fn release(&self, _owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.arg(&self.prefix);
+        invocation.key(&self.prefix);
         for lease in leases {
             invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
@@ -702,7 +845,7 @@ impl Backend for RedisBackend {
                 .scripts
                 .recover
                 .prepare_invoke()
-                .arg(&self.prefix)
+                .key(&self.prefix)
                 .arg(RECOVER_BATCH)
                 .invoke_async(&mut self.connection.clone())
                 .await
@@ -716,7 +859,7 @@ impl Backend for RedisBackend {
 
     async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
         let mut invocation = self.scripts.next_due.prepare_invoke();
-        invocation.arg(&self.prefix);
+        invocation.key(&self.prefix);
         for name in names {
             invocation.arg(*name);
         }
@@ -741,7 +884,7 @@ impl Backend for RedisBackend {
             .scripts
             .stats
             .prepare_invoke()
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(QueueError::from_redis)?;
@@ -770,7 +913,7 @@ impl Backend for RedisBackend {
             .scripts
             .dead_jobs
             .prepare_invoke()
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .arg(limit)
             .arg(after.map_or("", JobId::as_str))
             .invoke_async(&mut self.connection.clone())
@@ -793,7 +936,7 @@ impl Backend for RedisBackend {
             .scripts
             .job
             .prepare_invoke()
-            .arg(&self.prefix)
+            .key(&self.prefix)
             .arg(id.as_str())
             .invoke_async(&mut self.connection.clone())
             .await
@@ -831,7 +974,7 @@ impl Backend for RedisBackend {
             return Ok(0);
         }
         let mut invocation = self.scripts.requeue_dead.prepare_invoke();
-        invocation.arg(&self.prefix);
+        invocation.key(&self.prefix);
         for id in ids {
             invocation.arg(id.as_str());
         }
@@ -848,7 +991,7 @@ impl Backend for RedisBackend {
                 .scripts
                 .prune_dead
                 .prepare_invoke()
-                .arg(&self.prefix)
+                .key(&self.prefix)
                 .arg(millis(older_than).min(MAX_DELAY_MS))
                 .arg(RECOVER_BATCH)
                 .invoke_async(&mut self.connection.clone())
@@ -868,19 +1011,46 @@ mod tests {
 
     #[test]
     fn the_queue_parameter_becomes_the_key_prefix_and_leaves_the_url() {
-        let (url, queue) =
-            split_queue_name("redis://:pw@127.0.0.1:6379/2?queue=videos&protocol=resp3").unwrap();
-        assert_eq!(queue, "videos");
-        assert_eq!(url, "redis://:pw@127.0.0.1:6379/2?protocol=resp3");
-        let (url, queue) = split_queue_name("redis://127.0.0.1:6379").unwrap();
+        let target =
+            Target::parse("redis://:pw@127.0.0.1:6379/2?queue=videos&protocol=resp3").unwrap();
         assert_eq!(
-            (url.as_str(), queue.as_str()),
-            ("redis://127.0.0.1:6379", "default")
+            target,
+            Target {
+                client_url: "redis://:pw@127.0.0.1:6379/2?protocol=resp3".to_owned(),
+                queue: "videos".to_owned(),
+                cluster: false,
+            }
+        );
+        let target = Target::parse("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(
+            (
+                target.client_url.as_str(),
+                target.queue.as_str(),
+                target.cluster
+            ),
+            ("redis://127.0.0.1:6379", "default", false)
         );
     }
 
     #[test]
+    fn the_cluster_parameter_selects_the_cluster_client_and_leaves_the_url() {
+        let target = Target::parse("redis://127.0.0.1:7101?cluster=true&queue=videos").unwrap();
+        assert_eq!(
+            target,
+            Target {
+                client_url: "redis://127.0.0.1:7101".to_owned(),
+                queue: "videos".to_owned(),
+                cluster: true,
+            }
+        );
+        let target = Target::parse("rediss://127.0.0.1:7101/?cluster=false&insecure=true").unwrap();
+        assert!(!target.cluster);
+        assert_eq!(target.client_url, "rediss://127.0.0.1:7101/?insecure=true");
+        assert!(Target::parse("redis://127.0.0.1:7101?cluster=yes").is_err());
+    }
+
+    #[test]
     fn a_queue_name_with_braces_is_refused() {
-        assert!(split_queue_name("redis://127.0.0.1?queue=a}b").is_err());
+        assert!(Target::parse("redis://127.0.0.1?queue=a}b").is_err());
     }
 }

@@ -1250,6 +1250,7 @@ macro_rules! conformance_suite {
 conformance_suite!(postgres);
 conformance_suite!(sqlite);
 conformance_suite!(redis);
+conformance_suite!(redis_cluster);
 conformance_suite!(sqs);
 
 /// Rolling deploy across PostgreSQL schema version 3 (payload `jsonb` → `text`): a queue of
@@ -1577,5 +1578,166 @@ mod unrecordable_failure {
         let outage = std::time::Duration::from_secs(36);
         crate::an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(db, outage)
             .await;
+    }
+}
+
+/// Redis: the set of job names that stats walks forgets a name once none of its jobs waits,
+/// and every way a job comes back (retry, release, an expired lease, a requeued dead job)
+/// adds its name again, so stats never loses a job.
+async fn redis_names_set_forgets_idle_names_and_keeps_returning_ones(db: TestDb) {
+    let queue = db.queue().await;
+    let backend = queue.backend().clone();
+    let owner = "worker-1";
+    let echo = || vec!["echo".to_owned()];
+    let id = queue
+        .enqueue(&Echo {
+            n: 1,
+            text: "returns".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.redis_set_members("names").await, echo());
+
+    // Leased: nothing of "echo" waits, so stats forgets the name; the retry brings it back.
+    let job = claim_one(&queue, owner, Duration::from_secs(60)).await;
+    assert_eq!(job.id, id);
+    assert_eq!(stats(&queue).await.in_flight, 1);
+    assert!(db.redis_set_members("names").await.is_empty(), "pruned");
+    backend
+        .retry(owner, &job.lease(), Duration::ZERO, "again")
+        .await
+        .unwrap();
+    assert_eq!(db.redis_set_members("names").await, echo(), "after retry");
+    assert_eq!(stats(&queue).await.ready, 1, "the retried job is counted");
+
+    // Released after stats forgot the name.
+    let job = claim_one(&queue, owner, Duration::from_secs(60)).await;
+    assert_eq!(stats(&queue).await.ready, 0);
+    assert!(db.redis_set_members("names").await.is_empty(), "pruned");
+    backend
+        .release(owner, std::slice::from_ref(&job.lease()))
+        .await
+        .unwrap();
+    assert_eq!(stats(&queue).await.ready, 1, "the released job is counted");
+
+    // Its lease expires after stats forgot the name.
+    claim_one(&queue, owner, Duration::from_millis(300)).await;
+    assert_eq!(stats(&queue).await.ready, 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backend.recover_expired().await.unwrap(), 1);
+    assert_eq!(stats(&queue).await.ready, 1, "the recovered job is counted");
+
+    // Dead, then requeued after stats forgot the name.
+    let job = claim_one(&queue, owner, Duration::from_secs(60)).await;
+    backend
+        .dead_letter(owner, &job.lease(), "poison")
+        .await
+        .unwrap();
+    let dead = stats(&queue).await;
+    assert_eq!((dead.ready, dead.dead), (0, 1));
+    assert!(db.redis_set_members("names").await.is_empty(), "pruned");
+    assert_eq!(
+        queue.requeue_dead(std::slice::from_ref(&id)).await.unwrap(),
+        1
+    );
+    assert_eq!(stats(&queue).await.ready, 1, "the requeued job is counted");
+
+    // A delayed job keeps its name; a completed one leaves none behind.
+    queue
+        .enqueue_in(
+            &Echo {
+                n: 2,
+                text: "later".into(),
+            },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let job = claim_one(&queue, owner, Duration::from_secs(60)).await;
+    assert_eq!(job.id, id);
+    backend
+        .complete(owner, std::slice::from_ref(&job.lease()))
+        .await
+        .unwrap();
+    let left = stats(&queue).await;
+    assert_eq!((left.ready, left.in_flight, left.delayed), (0, 0, 1));
+    assert_eq!(db.redis_set_members("names").await, echo(), "delayed");
+    db.cleanup().await;
+}
+
+/// Redis: a bulk enqueue larger than one script's chunk stores every job with a distinct id,
+/// and each is claimed exactly once.
+async fn redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db: TestDb) {
+    const JOBS: u32 = 2_500;
+    let queue = db.queue().await;
+    let jobs: Vec<Echo> = (0..JOBS)
+        .map(|n| Echo {
+            n,
+            text: String::new(),
+        })
+        .collect();
+    let ids = queue.enqueue_bulk(&jobs).await.unwrap();
+    assert_eq!(ids.len(), JOBS as usize);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), JOBS as usize);
+    assert_eq!(stats(&queue).await.ready, u64::from(JOBS));
+    let mut claimed = Vec::new();
+    loop {
+        let batch = queue
+            .backend()
+            .claim(ClaimRequest {
+                names: &["echo"],
+                max: 500,
+                owner: "worker-1",
+                lease: Duration::from_secs(60),
+            })
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        claimed.extend(batch);
+    }
+    assert_eq!(
+        claimed.len(),
+        JOBS as usize,
+        "every job claimed, none twice"
+    );
+    let claimed_ids: HashSet<_> = claimed.iter().map(|job| job.id.clone()).collect();
+    assert_eq!(claimed_ids, ids.into_iter().collect::<HashSet<_>>());
+    let numbers: HashSet<u32> = claimed
+        .iter()
+        .map(|job| serde_json::from_str::<Echo>(&job.payload).unwrap().n)
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..JOBS).collect::<HashSet<_>>(),
+        "every payload once"
+    );
+    db.cleanup().await;
+}
+
+mod redis_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_set_on_redis() {
+        let db = crate::support::TestDb::redis().await;
+        crate::redis_names_set_forgets_idle_names_and_keeps_returning_ones(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_set_on_redis_cluster() {
+        let db = crate::support::TestDb::redis_cluster().await;
+        crate::redis_names_set_forgets_idle_names_and_keeps_returning_ones(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_past_one_chunk_on_redis() {
+        let db = crate::support::TestDb::redis().await;
+        crate::redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_enqueue_past_one_chunk_on_redis_cluster() {
+        let db = crate::support::TestDb::redis_cluster().await;
+        crate::redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db).await;
     }
 }

@@ -108,6 +108,34 @@ impl TestDb {
         }
     }
 
+    /// A queue under a fresh key prefix on the Redis Cluster at `ANB_TEST_REDIS_CLUSTER_URL`
+    /// (a seed node's URL with `?cluster=true`).
+    pub async fn redis_cluster() -> Self {
+        let server = redis_cluster_url();
+        let mut conn = cluster_connection(&server).await.unwrap_or_else(|error| {
+            panic!(
+                "the Redis Cluster is not reachable at {server} (set ANB_TEST_REDIS_CLUSTER_URL): {error}"
+            )
+        });
+        let info: String = ::redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|error| panic!("CLUSTER INFO at {server}: {error}"));
+        assert!(
+            info.contains("cluster_state:ok"),
+            "the Redis Cluster at {server} is not ok: {info}"
+        );
+        let queue = format!("test-{}", uuid::Uuid::new_v4().simple());
+        Self {
+            engine: Engine::Redis,
+            url: format!("{server}&queue={queue}"),
+            admin_url: Some(server),
+            database: Some(queue),
+            _dir: Some(tempfile::tempdir().expect("create a temporary directory")),
+        }
+    }
+
     /// A fresh queue, with a dead-letter queue by redrive policy, on the SQS-compatible
     /// server at `ANB_TEST_AWS_ENDPOINT`.
     pub async fn sqs() -> Self {
@@ -280,11 +308,39 @@ impl TestDb {
         }
     }
 
+    /// The members of one of a Redis queue's sets (`suffix` after the queue's key prefix),
+    /// read straight from the server.
+    pub async fn redis_set_members(&self, suffix: &str) -> Vec<String> {
+        let (Some(server), Some(queue)) = (&self.admin_url, &self.database) else {
+            panic!("not a Redis test queue");
+        };
+        let command = ::redis::cmd("SMEMBERS")
+            .arg(format!("anb_queue:{{{queue}}}:{suffix}"))
+            .clone();
+        let mut members: Vec<String> = if server.contains("cluster=true") {
+            let mut conn = cluster_connection(server).await.expect("the Redis Cluster");
+            command.query_async(&mut conn).await.expect("SMEMBERS")
+        } else {
+            let client = ::redis::Client::open(server.as_str()).expect("a Redis URL");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("Redis");
+            command.query_async(&mut conn).await.expect("SMEMBERS")
+        };
+        members.sort();
+        members
+    }
+
     /// Drops the PostgreSQL database or the Redis keys (the SQLite directory goes with `self`).
     pub async fn cleanup(self) {
         if self.engine == Engine::Redis {
             if let (Some(server), Some(queue)) = (&self.admin_url, &self.database) {
-                delete_redis_keys(server, &format!("anb_queue:{{{queue}}}:*")).await;
+                if server.contains("cluster=true") {
+                    delete_redis_cluster_keys(server, queue).await;
+                } else {
+                    delete_redis_keys(server, &format!("anb_queue:{{{queue}}}:*")).await;
+                }
             }
             return;
         }
@@ -328,6 +384,42 @@ pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
         ))
         .build();
     aws_sdk_sqs::Client::from_conf(config)
+}
+
+pub fn redis_cluster_url() -> String {
+    std::env::var("ANB_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7101?cluster=true".to_owned())
+}
+
+/// A cluster connection through the seed node of a `…?cluster=true` URL.
+pub async fn cluster_connection(
+    server: &str,
+) -> ::redis::RedisResult<::redis::cluster_async::ClusterConnection> {
+    let seed = server.split('?').next().unwrap_or(server);
+    ::redis::cluster::ClusterClient::new(vec![seed])?
+        .get_async_connection()
+        .await
+}
+
+/// Deletes a queue's keys on a cluster (KEYS goes to every master; a test queue is small).
+async fn delete_redis_cluster_keys(server: &str, queue: &str) {
+    let Ok(mut conn) = cluster_connection(server).await else {
+        return;
+    };
+    let Ok(keys): Result<Vec<String>, _> = ::redis::cmd("KEYS")
+        .arg(format!("anb_queue:{{{queue}}}:*"))
+        .query_async(&mut conn)
+        .await
+    else {
+        return;
+    };
+    // One hash tag: one slot, so one UNLINK per batch.
+    for batch in keys.chunks(1000) {
+        let _: Result<(), _> = ::redis::cmd("UNLINK")
+            .arg(batch)
+            .query_async(&mut conn)
+            .await;
+    }
 }
 
 pub fn redis_url() -> String {
