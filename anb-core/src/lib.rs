@@ -7,3 +7,4 @@ pub mod domain;
 pub mod jobs;
 pub mod storage;
 pub mod uploads;
+pub mod videos;
