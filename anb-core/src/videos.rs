@@ -1,5 +1,5 @@
-//! The use cases on a player's videos once uploaded, and the one routine that
-//! finishes a deletion.
+//! The use cases on a player's videos once uploaded — delete, publish, vote —
+//! and the one routine that finishes a deletion.
 //!
 //! A deletion takes the video out of service at once (its row is marked
 //! deleted, its votes leave the ranking) and then [`finish_deletion`] removes
@@ -10,7 +10,7 @@
 //! no row. Every step is idempotent, so a deletion finished twice at once is
 //! harmless.
 
-use crate::db::{Database, DbError, DeletedVideo};
+use crate::db::{Database, DbError, DeletedVideo, Video};
 use crate::domain::{UserId, VideoId};
 use crate::storage::{ObjectKey, Storage, StorageError, VideoKeys};
 
@@ -81,6 +81,23 @@ pub async fn delete_video(
         Err(error) => tracing::warn!(video_id = %id, %error, "deleted video row not purged yet"),
     }
     Ok(())
+}
+
+/// The owner publishes one of their videos for voting: now if it is
+/// processed, otherwise as soon as it is; publishing it again changes
+/// nothing. Errors: [`DbError::VideoNotFound`], [`DbError::NotVideoOwner`],
+/// [`DbError::NotPublishable`] (its processing failed).
+pub async fn publish(db: &Database, owner: UserId, id: VideoId) -> Result<Video, DbError> {
+    db.publish_video(owner, id).await
+}
+
+/// A player votes for a published video, once: the vote and the ranking it
+/// changes are recorded in one transaction. Errors: [`DbError::VideoNotFound`]
+/// (unknown, deleted or unpublished), [`DbError::OwnVideo`],
+/// [`DbError::AlreadyVoted`] (also when two votes race: exactly one counts),
+/// [`DbError::UserNotFound`].
+pub async fn vote(db: &Database, voter: UserId, id: VideoId) -> Result<(), DbError> {
+    db.cast_vote(voter, id).await
 }
 
 /// Deleted videos handled per database query by [`purge_deleted_videos`].

@@ -306,9 +306,7 @@ impl VideosApi {
         video_id: Path<VideoIdParam>,
     ) -> Result<DetailResponse, PublishProblems> {
         let id = parse_video_id(&video_id)?;
-        let video = state
-            .db
-            .publish_video(auth.user_id(), id)
+        let video = anb_core::videos::publish(&state.db, auth.user_id(), id)
             .await
             .map_err(ApiError::from)?;
         Ok(DetailResponse::Ok(Json(detail(&state, video).await)))
