@@ -558,6 +558,20 @@ impl From<anb_core::uploads::UploadError> for ApiError {
     }
 }
 
+impl From<anb_core::accounts::AccountError> for ApiError {
+    fn from(error: anb_core::accounts::AccountError) -> Self {
+        use anb_core::accounts::AccountError;
+        match error {
+            AccountError::Invalid(errors) => errors.into_vec().into(),
+            AccountError::InvalidCredentials => {
+                Self::unauthorized(ErrorCode::InvalidCredentials, "Credenciales inválidas.")
+            }
+            AccountError::Auth(error) => error.into(),
+            AccountError::Db(error) => error.into(),
+        }
+    }
+}
+
 impl From<Vec<anb_core::domain::FieldError>> for ApiError {
     fn from(errors: Vec<anb_core::domain::FieldError>) -> Self {
         let only_passwords_differ = errors

@@ -256,7 +256,9 @@ pub struct Settings {
     pub jwt_secret: JwtSecret,
     pub http_addr: SocketAddr,
     /// The database pool: `ANB_DB_ACQUIRE_TIMEOUT_SECS` (default 3) bounds
-    /// how long a request waits for a connection during an outage.
+    /// how long a request waits for a connection during an outage,
+    /// `ANB_DB_STATEMENT_TIMEOUT_SECS` (default 5) how long one statement
+    /// may run or wait for a lock.
     pub pool: crate::db::PoolSettings,
 }
 
@@ -314,17 +316,26 @@ impl Settings {
             &get("ANB_HTTP_ADDR").unwrap_or_else(|| Self::DEFAULT_HTTP_ADDR.to_owned()),
         )?;
         let mut pool = crate::db::PoolSettings::default();
-        if let Some(raw) = get("ANB_DB_ACQUIRE_TIMEOUT_SECS") {
+        let seconds = |var: &'static str| -> Result<Option<Duration>, ConfigError> {
+            let Some(raw) = get(var) else {
+                return Ok(None);
+            };
             let secs: u64 = raw
                 .trim()
                 .parse()
                 .ok()
                 .filter(|secs| (1..=300).contains(secs))
                 .ok_or_else(|| ConfigError::Invalid {
-                    var: "ANB_DB_ACQUIRE_TIMEOUT_SECS",
+                    var,
                     reason: format!("expected whole seconds from 1 to 300, got {raw:?}"),
                 })?;
-            pool.acquire_timeout = Duration::from_secs(secs);
+            Ok(Some(Duration::from_secs(secs)))
+        };
+        if let Some(timeout) = seconds("ANB_DB_ACQUIRE_TIMEOUT_SECS")? {
+            pool.acquire_timeout = timeout;
+        }
+        if let Some(timeout) = seconds("ANB_DB_STATEMENT_TIMEOUT_SECS")? {
+            pool.statement_timeout = timeout;
         }
         Ok(Self {
             database_url,
@@ -429,6 +440,24 @@ mod tests {
             err.to_string().starts_with("ANB_HTTP_ADDR is invalid"),
             "{err}"
         );
+
+        assert_eq!(ok.pool.statement_timeout, Duration::from_secs(5));
+        let mut timeout = base.to_vec();
+        timeout.push(("ANB_DB_STATEMENT_TIMEOUT_SECS", " 2 "));
+        assert_eq!(
+            settings(&timeout).unwrap().pool.statement_timeout,
+            Duration::from_secs(2)
+        );
+        for value in ["0", "1.5", "5s", "301"] {
+            let mut bad = base.to_vec();
+            bad.push(("ANB_DB_STATEMENT_TIMEOUT_SECS", value));
+            let err = settings(&bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("ANB_DB_STATEMENT_TIMEOUT_SECS is invalid"),
+                "{value}: {err}"
+            );
+        }
 
         let mut bad = base.to_vec();
         bad.push(("ANB_S3_PATH_STYLE", "maybe"));

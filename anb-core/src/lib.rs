@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod accounts;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -7,3 +8,4 @@ pub mod domain;
 pub mod jobs;
 pub mod storage;
 pub mod uploads;
+pub mod videos;

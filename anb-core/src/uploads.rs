@@ -21,7 +21,6 @@
 //!
 //! [`Transaction::finish_upload`]: crate::db::Transaction::finish_upload
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -272,6 +271,27 @@ pub struct SweepReport {
     pub expired_answers: u64,
 }
 
+/// Removes the folder of `id` when nothing names it and nothing in it was
+/// written since `cutoff`.
+async fn remove_if_orphaned(
+    db: &Database,
+    storage: &Storage,
+    id: VideoId,
+    newest: SystemTime,
+    cutoff: SystemTime,
+    report: &mut SweepReport,
+) -> Result<(), SweepError> {
+    if newest >= cutoff || db.video_folder_in_use(id).await? {
+        return Ok(());
+    }
+    storage
+        .delete_prefix(VideoKeys::new(id.as_uuid()).folder())
+        .await?;
+    tracing::info!(video_id = %id, "removed a stored upload that never became a video");
+    report.orphaned_folders += 1;
+    Ok(())
+}
+
 /// Why a sweep stopped early (what it removed before stays removed).
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
@@ -281,13 +301,27 @@ pub enum SweepError {
     Storage(#[from] StorageError),
 }
 
+/// Objects listed per page when [`sweep`] reads the store (S3's largest page).
+pub const SWEEP_PAGE_SIZE: usize = 1000;
+
 /// One pass of the clean-up: removes what uploads left behind for longer
 /// than `grace` (see the module documentation). Safe to run from several
-/// processes at once.
+/// processes at once. The store is read [`SWEEP_PAGE_SIZE`] objects at a time.
 pub async fn sweep(
     db: &Database,
     storage: &Storage,
     grace: Duration,
+) -> Result<SweepReport, SweepError> {
+    sweep_in_pages(db, storage, grace, SWEEP_PAGE_SIZE).await
+}
+
+/// [`sweep`] reading the store `page_size` objects at a time (tests use
+/// small pages to cross page boundaries).
+pub async fn sweep_in_pages(
+    db: &Database,
+    storage: &Storage,
+    grace: Duration,
+    page_size: usize,
 ) -> Result<SweepReport, SweepError> {
     let mut report = SweepReport::default();
     let cutoff = SystemTime::now()
@@ -313,31 +347,44 @@ pub async fn sweep(
             .await?;
     }
 
-    // Folders nothing names, untouched for the grace period.
+    // Folders nothing names, untouched for the grace period. The store is
+    // read a page at a time; a folder's objects come one after the other, so
+    // a folder is decided once the listing moves past it (or ends), and only
+    // the folder being read is held across pages.
     let videos = ObjectKey::parse("videos").expect("a valid key");
-    let mut newest: HashMap<VideoId, SystemTime> = HashMap::new();
-    for object in storage.list(&videos).await? {
-        let Some(id) = object
-            .key
-            .as_str()
-            .split('/')
-            .nth(1)
-            .and_then(|segment| segment.parse::<VideoId>().ok())
-        else {
-            continue;
-        };
-        let at = newest.entry(id).or_insert(object.modified);
-        *at = (*at).max(object.modified);
-    }
-    for (id, modified) in newest {
-        if modified >= cutoff || db.video_folder_in_use(id).await? {
-            continue;
+    let mut pages = storage.list_pages(&videos, page_size);
+    let mut current: Option<(VideoId, SystemTime)> = None;
+    loop {
+        let page = pages.next_page().await?;
+        let done = page.is_none();
+        for object in page.into_iter().flatten() {
+            let Some(id) = object
+                .key
+                .as_str()
+                .split('/')
+                .nth(1)
+                .and_then(|segment| segment.parse::<VideoId>().ok())
+            else {
+                continue;
+            };
+            match &mut current {
+                Some((folder, newest)) if *folder == id => {
+                    *newest = (*newest).max(object.modified);
+                }
+                _ => {
+                    if let Some((folder, newest)) = current.replace((id, object.modified)) {
+                        remove_if_orphaned(db, storage, folder, newest, cutoff, &mut report)
+                            .await?;
+                    }
+                }
+            }
         }
-        storage
-            .delete_prefix(VideoKeys::new(id.as_uuid()).folder())
-            .await?;
-        tracing::info!(video_id = %id, "removed a stored upload that never became a video");
-        report.orphaned_folders += 1;
+        if done {
+            break;
+        }
+    }
+    if let Some((folder, newest)) = current {
+        remove_if_orphaned(db, storage, folder, newest, cutoff, &mut report).await?;
     }
 
     report.expired_answers = db.prune_upload_answers().await?;

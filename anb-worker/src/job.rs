@@ -402,7 +402,7 @@ pub enum WorkerError {
 pub async fn connect(
     settings: &anb_core::config::Settings,
 ) -> Result<(Database, Storage, anb_queue::Queue), WorkerError> {
-    let db = Database::connect(settings.database_url.as_str()).await?;
+    let db = Database::connect_with(settings.database_url.as_str(), &settings.pool).await?;
     let storage = Storage::from_url(
         &settings.storage_url,
         settings.s3_path_style,

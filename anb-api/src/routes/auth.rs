@@ -1,13 +1,14 @@
 //! Accounts: sign-up, login, log-out and the caller's profile.
 
-use anb_core::domain::{Email, SignUp, SignUpForm};
+use anb_core::accounts::AccountError;
+use anb_core::domain::{Email, SignUpForm};
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ErrorCode, problems};
+use crate::error::{ApiError, problems};
 use crate::rate_limit::ClientIp;
 use crate::routes::json::JsonBody;
 use crate::routes::params::{CityField, CountryField, EmailField, NameField};
@@ -154,16 +155,7 @@ impl AuthApi {
             city: body.0.city.0,
             country: body.0.country.0,
         };
-        let signup = SignUp::parse(&form).map_err(|errors| ApiError::from(errors.into_vec()))?;
-        let password = signup.password.expose_secret().to_owned();
-        let hash = state
-            .passwords
-            .hash(password)
-            .await
-            .map_err(ApiError::from)?;
-        let user = state
-            .db
-            .create_user(&signup, &hash)
+        let user = anb_core::accounts::sign_up(&state.db, &state.passwords, &form)
             .await
             .map_err(ApiError::from)?;
         Ok(SignupResponse::Created(Json(SignupCreated {
@@ -181,44 +173,32 @@ impl AuthApi {
         body: JsonBody<LoginRequest>,
     ) -> Result<LoginResponse, LoginProblems> {
         state.limiters.login_per_ip.check(&client.0.0)?;
-        let bad_credentials =
-            || ApiError::unauthorized(ErrorCode::InvalidCredentials, "Credenciales inválidas.");
         // A malformed address cannot belong to anyone: same answer as a
         // wrong password, after the same amount of work.
         let email = Email::parse(&body.0.email).ok();
+        // Failures count per (account, client): an edge concern, kept here.
         let failures = &state.limiters.login_failures;
         if let Some(email) = &email {
             failures.check(email.as_str(), client.0.0)?;
         }
-        let credentials = match &email {
-            Some(email) => state
-                .db
-                .find_credentials(email)
-                .await
-                .map_err(ApiError::from)?,
-            None => None,
-        };
-        // Without an account there is no hash: the password is checked
-        // against a decoy, which costs the same.
-        let (user_id, hash) = credentials.map(|c| (c.user_id, c.password_hash)).unzip();
-        let matches = state
-            .passwords
-            .verify(body.0.password, hash)
-            .await
-            .map_err(ApiError::from)?;
-        let Some(user_id) = user_id.filter(|_| matches) else {
-            if let Some(email) = &email {
-                failures.failed(email.as_str(), client.0.0);
-            }
-            return Err(bad_credentials().into());
-        };
+        let outcome = anb_core::accounts::log_in(
+            &state.db,
+            &state.passwords,
+            &state.tokens,
+            email.as_ref(),
+            body.0.password,
+        )
+        .await;
         if let Some(email) = &email {
-            failures.succeeded(email.as_str(), client.0.0);
+            match &outcome {
+                Ok(_) => failures.succeeded(email.as_str(), client.0.0),
+                Err(AccountError::InvalidCredentials) => {
+                    failures.failed(email.as_str(), client.0.0)
+                }
+                Err(_) => {}
+            }
         }
-        let token = state
-            .tokens
-            .issue(&user_id.to_string())
-            .map_err(ApiError::internal)?;
+        let token = outcome.map_err(ApiError::from)?;
         Ok(LoginResponse::Ok(Json(LoginToken {
             access_token: token.token,
             token_type: "Bearer".into(),
@@ -234,11 +214,14 @@ impl AuthApi {
         state: Data<&AppState>,
         auth: BearerAuth,
     ) -> Result<LogoutResponse, LogoutProblems> {
-        state
-            .db
-            .revoke_token(auth.0.user_id, auth.0.token_id, auth.0.expires_at)
-            .await
-            .map_err(ApiError::from)?;
+        anb_core::accounts::log_out(
+            &state.db,
+            auth.0.user_id,
+            auth.0.token_id,
+            auth.0.expires_at,
+        )
+        .await
+        .map_err(ApiError::from)?;
         Ok(LogoutResponse::Ok(Json(LoggedOut {
             message: "Sesión cerrada exitosamente.".into(),
         })))

@@ -151,9 +151,7 @@ impl PublicApi {
             .vote_per_user
             .check(&auth.user_id().to_string())?;
         state.limiters.vote_per_ip.check(&client.0.0)?;
-        state
-            .db
-            .cast_vote(auth.user_id(), id)
+        anb_core::videos::vote(&state.db, auth.user_id(), id)
             .await
             .map_err(ApiError::from)?;
         Ok(VoteResponse::Ok(Json(VoteRecorded {

@@ -2,7 +2,7 @@
 
 use anb_core::db::{IdempotencyKey, UploadAnswer, UploadStart, Video};
 use anb_core::domain::{VideoId, VideoStatus, VideoTitle};
-use anb_core::storage::{ObjectKey, VideoKeys};
+use anb_core::storage::VideoKeys;
 use anb_core::uploads::{CheckedUpload, Stored, UploadTargets, store_upload};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path};
@@ -283,33 +283,9 @@ impl VideosApi {
         video_id: Path<VideoIdParam>,
     ) -> Result<DeleteResponse, DeleteProblems> {
         let id = parse_video_id(&video_id)?;
-        let deleted = state
-            .db
-            .delete_video(auth.user_id(), id)
+        anb_core::videos::delete_video(&state.db, &state.storage, auth.user_id(), id)
             .await
             .map_err(ApiError::from)?;
-        // The row is already out of service; remove the objects, then the
-        // row. If storage fails, the row waits for the clean-up task
-        // (`videos_awaiting_purge`) and the client still sees it gone.
-        let mut all_removed = true;
-        for key in deleted.storage_keys() {
-            let removed = match ObjectKey::parse(key.to_owned()) {
-                Ok(key) => state.storage.delete(&key).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(error) = removed {
-                tracing::warn!(%error, key, "object of a deleted video not removed yet");
-                all_removed = false;
-            }
-        }
-        let folder = VideoKeys::new(id.as_uuid());
-        if let Err(error) = state.storage.delete_prefix(folder.folder()).await {
-            tracing::warn!(%error, "folder of a deleted video not removed yet");
-            all_removed = false;
-        }
-        if all_removed && let Err(error) = state.db.purge_video(id).await {
-            tracing::warn!(%error, "deleted video row not purged yet");
-        }
         Ok(DeleteResponse::Ok(Json(VideoDeleted {
             message: "El video ha sido eliminado exitosamente.".into(),
             video_id: id.as_uuid(),
@@ -330,9 +306,7 @@ impl VideosApi {
         video_id: Path<VideoIdParam>,
     ) -> Result<DetailResponse, PublishProblems> {
         let id = parse_video_id(&video_id)?;
-        let video = state
-            .db
-            .publish_video(auth.user_id(), id)
+        let video = anb_core::videos::publish(&state.db, auth.user_id(), id)
             .await
             .map_err(ApiError::from)?;
         Ok(DetailResponse::Ok(Json(detail(&state, video).await)))

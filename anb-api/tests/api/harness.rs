@@ -60,9 +60,16 @@ pub struct TestAppBuilder {
     database_through: Option<std::net::SocketAddr>,
     storage_through: Option<std::net::SocketAddr>,
     cors_origins: Vec<String>,
+    statement_timeout_secs: Option<u64>,
 }
 
 impl TestAppBuilder {
+    /// `ANB_DB_STATEMENT_TIMEOUT_SECS` for the app's database pool.
+    pub fn statement_timeout_secs(mut self, secs: u64) -> Self {
+        self.statement_timeout_secs = Some(secs);
+        self
+    }
+
     /// Origins allowed to call the API from a browser.
     pub fn cors_origins(mut self, origins: &[&str]) -> Self {
         self.cors_origins = origins.iter().map(|o| o.to_string()).collect();
@@ -163,6 +170,9 @@ impl TestAppBuilder {
         if let Some(broker) = &broker {
             vars.insert("ANB_QUEUE_URL", broker.app_url());
         }
+        if let Some(secs) = self.statement_timeout_secs {
+            vars.insert("ANB_DB_STATEMENT_TIMEOUT_SECS", secs.to_string());
+        }
         let settings = Settings::from_lookup(|var| vars.get(var).cloned()).unwrap();
         let api = ApiSettings {
             rate_limits: self.rate_limits,
@@ -172,7 +182,7 @@ impl TestAppBuilder {
             cors_origins: self.cors_origins,
             password_hash_queue: self.password_hash_queue,
         };
-        let db = Database::connect(&database_url)
+        let db = Database::connect_with(&database_url, &settings.pool)
             .await
             .unwrap_or_else(|e| panic!("database {database_url} unreachable: {e}"));
         let storage = match &settings.storage_url {
@@ -326,6 +336,7 @@ impl TestApp {
             database_through: None,
             storage_through: None,
             cors_origins: Vec::new(),
+            statement_timeout_secs: None,
         }
     }
 

@@ -222,3 +222,97 @@ async fn a_storage_outage_answers_503_and_keeps_nothing() {
         .await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 }
+
+/// How long a request may take past the statement timeout before the test
+/// calls it a hang: the hashing of a sign-up, the round trips, a slow CI.
+const TIMEOUT_SLACK: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_statement_stuck_behind_a_lock_answers_503_after_the_statement_timeout_on_postgres() {
+    use sqlx::Connection;
+    let app = TestApp::builder()
+        .backend(Backend::PostgresS3)
+        .statement_timeout_secs(1)
+        .spawn()
+        .await;
+    let player = app.player().await;
+    let list = || async {
+        app.client
+            .get(app.url("/api/videos"))
+            .bearer_auth(&player.token)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("no answer while the table is locked")
+    };
+    assert_eq!(list().await.status(), 200);
+
+    // Another client holds the users table, which authenticating reads.
+    let mut holder = sqlx::PgConnection::connect(app.state.settings.database_url.as_str())
+        .await
+        .unwrap();
+    let mut lock = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let response = list().await;
+    let waited = started.elapsed();
+    println!("table locked: answered after {waited:?} (statement timeout 1 s)");
+    assert_unavailable(response).await;
+    assert!(
+        waited < Duration::from_secs(1) + TIMEOUT_SLACK,
+        "answered after {waited:?}"
+    );
+
+    lock.rollback().await.unwrap();
+    assert_eq!(list().await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_write_waiting_for_another_writer_answers_503_after_the_busy_timeout_on_sqlite() {
+    use sqlx::Connection;
+    let app = TestApp::builder()
+        .backend(Backend::Embedded)
+        .statement_timeout_secs(1)
+        .spawn()
+        .await;
+    let app = &app;
+    let signup = |n: u32| async move {
+        app.client
+            .post(app.url("/api/auth/signup"))
+            .json(&TestApp::signup_body(
+                &format!("writer{n}-{}@example.com", uuid::Uuid::new_v4().simple()),
+                "Medellín",
+            ))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("no answer while another connection writes")
+    };
+    assert_eq!(signup(0).await.status(), 201);
+
+    // Another connection to the same file takes the write lock and keeps it.
+    let mut holder = sqlx::SqliteConnection::connect(app.state.settings.database_url.as_str())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let response = signup(1).await;
+    let waited = started.elapsed();
+    println!("write lock held: answered after {waited:?} (busy timeout 1 s)");
+    assert_unavailable(response).await;
+    assert!(
+        waited < Duration::from_secs(1) + TIMEOUT_SLACK,
+        "answered after {waited:?}"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(signup(2).await.status(), 201);
+}

@@ -464,6 +464,98 @@ async fn the_sweep_removes_what_never_became_a_video_on_s3() {
     the_sweep_removes_what_never_became_a_video(Backend::PostgresS3).await;
 }
 
+/// Objects listed per page in the paged sweep test: folders of two and
+/// three objects straddle page boundaries.
+const SMALL_PAGE: usize = 3;
+
+/// The stored keys, sorted.
+async fn stored_keys(app: &TestApp) -> Vec<String> {
+    let mut keys: Vec<String> = app
+        .state
+        .storage
+        .list(&ObjectKey::parse("videos").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.as_str().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn a_sweep_over_several_pages_removes_exactly_the_orphans(backend: Backend) {
+    let app = app_on(backend, no_limits()).await;
+    let player = app.player().await;
+    // Live videos with their original, processed output and thumbnail.
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let video = app.uploaded_video(&player, false).await;
+        app.process(&video).await;
+        kept.push(video);
+    }
+    // Orphans of one and of two objects, among them in key order.
+    let mut orphans = Vec::new();
+    for n in 0..6 {
+        let orphan = VideoId::new();
+        store_original(&app, orphan).await;
+        if n % 2 == 0 {
+            app.state
+                .storage
+                .upload(
+                    &VideoKeys::new(orphan.as_uuid()).processed(),
+                    &b"a partial output"[..],
+                    1 << 20,
+                )
+                .await
+                .unwrap();
+        }
+        orphans.push(orphan);
+    }
+    let kept_keys: Vec<String> = {
+        let mut keys = stored_keys(&app).await;
+        keys.retain(|key| kept.iter().any(|video| key.contains(video.as_str())));
+        keys
+    };
+    assert_eq!(kept_keys.len(), 9);
+    assert_eq!(stored_folders(&app).await.len(), 9);
+
+    // The listing the sweep reads does come in several pages.
+    let mut pages = app
+        .state
+        .storage
+        .list_pages(&ObjectKey::parse("videos").unwrap(), SMALL_PAGE);
+    let mut sizes = Vec::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        sizes.push(page.len());
+    }
+    assert!(sizes.iter().all(|&size| size <= SMALL_PAGE), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 9 + 9, "{sizes:?}");
+
+    let report = anb_core::uploads::sweep_in_pages(
+        &app.state.db,
+        &app.state.storage,
+        Duration::ZERO,
+        SMALL_PAGE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.orphaned_folders, 6, "{report:?}");
+    assert_eq!(stored_keys(&app).await, kept_keys);
+    for orphan in orphans {
+        assert!(!app.state.db.video_folder_in_use(orphan).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_over_several_pages_removes_exactly_the_orphans_on_the_local_directory() {
+    a_sweep_over_several_pages_removes_exactly_the_orphans(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_sweep_over_several_pages_removes_exactly_the_orphans_on_s3() {
+    a_sweep_over_several_pages_removes_exactly_the_orphans(Backend::PostgresS3).await;
+}
+
 #[tokio::test]
 async fn the_api_runs_the_sweep_periodically() {
     let app = app_on(

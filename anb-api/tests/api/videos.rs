@@ -406,3 +406,102 @@ async fn main_flow_on_postgres_and_s3() {
     assert_eq!(ready.status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// A processed video of `owner` with an extra object in its folder that its
+/// row does not name (an output written just before a deletion), so a
+/// deletion must sweep the folder, not only the recorded keys.
+async fn video_with_a_stray_object(app: &TestApp, owner: &crate::harness::Player) -> String {
+    let video_id = app.uploaded_video(owner, false).await;
+    app.process(&video_id).await;
+    let keys = anb_core::storage::VideoKeys::new(video_id.parse().unwrap());
+    let stray =
+        anb_core::storage::ObjectKey::parse(format!("{}/partial.mp4", keys.folder())).unwrap();
+    app.state
+        .storage
+        .upload(&stray, &b"partial output"[..], 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(stored_objects(app, &video_id).await.len(), 4);
+    video_id
+}
+
+/// The objects stored under the video's folder.
+async fn stored_objects(app: &TestApp, video_id: &str) -> Vec<String> {
+    let keys = anb_core::storage::VideoKeys::new(video_id.parse().unwrap());
+    let mut objects: Vec<String> = app
+        .state
+        .storage
+        .list(keys.folder())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|object| object.key.as_str().to_owned())
+        .collect();
+    objects.sort();
+    objects
+}
+
+/// What is left of a deleted video: its objects, and whether any row (live,
+/// deleted or in progress) still names it.
+async fn remains(app: &TestApp, video_id: &str) -> (Vec<String>, bool) {
+    let id: anb_core::domain::VideoId = video_id.parse().unwrap();
+    (
+        stored_objects(app, video_id).await,
+        app.state.db.video_folder_in_use(id).await.unwrap(),
+    )
+}
+
+/// The API's delete and the worker's purge of a deletion whose objects could
+/// not be removed at once end in the same state, on both backends: no object
+/// and no row.
+async fn both_deletion_paths_leave_no_objects_and_no_rows(backend: Backend) {
+    let app = TestApp::builder().backend(backend).spawn().await;
+    let owner = app.player().await;
+    let by_api = video_with_a_stray_object(&app, &owner).await;
+    let by_purge = video_with_a_stray_object(&app, &owner).await;
+
+    let response = app
+        .delete(&format!("/api/videos/{by_api}"), Some(&owner.token))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // The other deletion took its video out of service, but storage failed
+    // then: the worker's periodic purge finishes it.
+    let owner_id = owner.user_id.parse().unwrap();
+    app.state
+        .db
+        .delete_video(owner_id, by_purge.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(remains(&app, &by_purge).await.0.len(), 4);
+    let report = anb_core::videos::purge_deleted_videos(&app.state.db, &app.state.storage)
+        .await
+        .unwrap();
+    assert_eq!(report.purged, 1, "{report:?}");
+
+    let nothing = (Vec::new(), false);
+    assert_eq!(
+        remains(&app, &by_api).await,
+        nothing,
+        "after the API's delete"
+    );
+    assert_eq!(remains(&app, &by_purge).await, nothing, "after the purge");
+    assert!(
+        app.state
+            .db
+            .videos_awaiting_purge(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn both_deletion_paths_leave_no_objects_and_no_rows_on_the_embedded_default() {
+    both_deletion_paths_leave_no_objects_and_no_rows(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn both_deletion_paths_leave_no_objects_and_no_rows_on_postgres_and_s3() {
+    both_deletion_paths_leave_no_objects_and_no_rows(Backend::PostgresS3).await;
+}

@@ -86,11 +86,14 @@ impl DbError {
 }
 
 impl DbError {
-    /// Whether the database is out of reach or out of connections — an
-    /// outage to retry later, not a bug: no free connection in time, a
-    /// closed pool, a broken connection (or one cut while it was being set
-    /// up, which reads as a protocol error), or the server saying it cannot
-    /// serve (connection exceptions, shutting down, too many clients).
+    /// Whether the database is out of reach, out of connections or too slow
+    /// to answer — an outage to retry later, not a bug: no free connection
+    /// in time, a closed pool, a broken connection (or one cut while it was
+    /// being set up, which reads as a protocol error), the server saying it
+    /// cannot serve (connection exceptions, shutting down, too many
+    /// clients), or a statement stopped by the pool's statement timeout
+    /// (PostgreSQL's `statement_timeout`, SQLite's busy timeout while
+    /// another writer holds the lock).
     pub fn is_unavailable(&self) -> bool {
         let Self::Sqlx(error) = self else {
             return false;
@@ -102,16 +105,30 @@ impl DbError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db_error) => db_error.code().is_some_and(|code| {
-                // SQLSTATE class 08 (connection exception), 57P0x (operator
-                // intervention: shutdown, cannot connect now), 53300 (too
-                // many connections); SQLite's 5 and 6 (busy, locked).
-                code.starts_with("08")
-                    || code.starts_with("57P0")
-                    || code == "53300"
-                    || code == "5"
-                    || code == "6"
-            }),
+            sqlx::Error::Database(db_error) => {
+                if db_error
+                    .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                    .is_some()
+                {
+                    // The code is SQLite's extended result code: its low
+                    // byte is the primary code, 5 (busy) or 6 (locked) for
+                    // every variant of "another connection holds the lock".
+                    return db_error
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+                }
+                db_error.code().is_some_and(|code| {
+                    // SQLSTATE class 08 (connection exception), 57P0x
+                    // (operator intervention: shutdown, cannot connect now),
+                    // 57014 (query cancelled: the statement timeout), 53300
+                    // (too many connections).
+                    code.starts_with("08")
+                        || code.starts_with("57P0")
+                        || code == "57014"
+                        || code == "53300"
+                })
+            }
             _ => false,
         }
     }

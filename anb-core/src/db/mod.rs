@@ -109,19 +109,23 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long to wait for a free connection before failing.
     pub acquire_timeout: Duration,
-    /// How long an SQLite statement waits for another writer to finish.
-    pub sqlite_busy_timeout: Duration,
+    /// How long one statement may run: PostgreSQL's `statement_timeout` on
+    /// every connection (which also bounds a wait for a lock), SQLite's busy
+    /// timeout (how long a write waits for another writer). A statement
+    /// stopped by it is an outage to retry ([`DbError::is_unavailable`]), so
+    /// a held lock answers a fast 503 instead of piling requests up.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PoolSettings {
-    /// A request waits at most 3 s for a connection: during an outage the
-    /// caller answers "unavailable, retry" quickly instead of stacking up
-    /// waits.
+    /// A request waits at most 3 s for a connection and a statement runs at
+    /// most 5 s: during an outage the caller answers "unavailable, retry"
+    /// quickly instead of stacking up waits.
     fn default() -> Self {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
-            sqlite_busy_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -172,7 +176,12 @@ impl Database {
     /// Connects with the given pool settings.
     pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
+            // Sent in the start-up packet: every connection of the pool has
+            // it from its first statement, with no extra round trip.
+            let options = PgConnectOptions::from_str(url)?.options([(
+                "statement_timeout",
+                format!("{}ms", settings.statement_timeout.as_millis()),
+            )]);
             let pool = PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(settings.acquire_timeout)
@@ -188,7 +197,7 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(settings.sqlite_busy_timeout);
+                .busy_timeout(settings.statement_timeout);
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(settings.acquire_timeout)
@@ -222,9 +231,22 @@ impl Database {
         }
         match self {
             Self::Postgres(pool) => {
-                configured(sqlx::migrate!("../migrations/postgres"))
-                    .run(pool)
-                    .await?
+                // Migrations wait for each other's lock and may rebuild
+                // large tables: the per-statement limit of requests does
+                // not apply to them.
+                let mut conn = pool.acquire().await?;
+                sqlx::query("SET statement_timeout = 0")
+                    .execute(&mut *conn)
+                    .await?;
+                let migrated = configured(sqlx::migrate!("../migrations/postgres"))
+                    .run(&mut *conn)
+                    .await;
+                // Back to the connection's start-up value before it returns
+                // to the pool.
+                sqlx::query("RESET statement_timeout")
+                    .execute(&mut *conn)
+                    .await?;
+                migrated?
             }
             Self::Sqlite(pool) => {
                 configured(sqlx::migrate!("../migrations/sqlite"))

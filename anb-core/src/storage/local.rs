@@ -238,6 +238,15 @@ impl LocalStorage {
         Ok(listed)
     }
 
+    /// Starts a depth-first walk of the files under `prefix/` that
+    /// [`LocalWalk::next_batch`] reads a bounded batch at a time.
+    pub(crate) fn walk(&self, prefix: &ObjectKey) -> LocalWalk {
+        LocalWalk {
+            start: Some(self.path_of(prefix)),
+            open: Vec::new(),
+        }
+    }
+
     pub(crate) fn url(&self, key: &ObjectKey, ttl: Duration) -> String {
         self.signer.signed_path(key, SystemTime::now() + ttl)
     }
@@ -277,5 +286,73 @@ impl LocalStorage {
 fn not_found(key: &ObjectKey) -> StorageError {
     StorageError::NotFound {
         key: key.as_str().to_owned(),
+    }
+}
+
+/// A depth-first walk of a directory tree that keeps only the open directory
+/// handles of the current path (one per level), so the files of one folder
+/// come one after the other and a large tree is read in bounded batches.
+#[derive(Debug)]
+pub(crate) struct LocalWalk {
+    /// The directory to open first, until the walk starts.
+    start: Option<PathBuf>,
+    open: Vec<tokio::fs::ReadDir>,
+}
+
+impl LocalWalk {
+    /// The next files (at most `limit`; fewer only at the end), empty once
+    /// the walk is over.
+    pub(crate) async fn next_batch(
+        &mut self,
+        store: &LocalStorage,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>, StorageError> {
+        if let Some(start) = self.start.take() {
+            match tokio::fs::read_dir(&start).await {
+                Ok(entries) => self.open.push(entries),
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return Err(StorageError::backend("list", e)),
+            }
+        }
+        let mut batch = Vec::new();
+        while batch.len() < limit {
+            let Some(entries) = self.open.last_mut() else {
+                break;
+            };
+            let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StorageError::backend("list", e))?
+            else {
+                self.open.pop();
+                continue;
+            };
+            let path = entry.path();
+            let metadata = match entry.metadata().await {
+                Ok(metadata) => metadata,
+                // Removed since the directory was read (e.g. by a sweep).
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(StorageError::backend("list", e)),
+            };
+            if metadata.is_dir() {
+                match tokio::fs::read_dir(&path).await {
+                    Ok(entries) => self.open.push(entries),
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(StorageError::backend("list", e)),
+                }
+                continue;
+            }
+            // Only what is a valid key under the root is an object.
+            let key = path
+                .strip_prefix(&store.root)
+                .ok()
+                .and_then(Path::to_str)
+                .and_then(|k| ObjectKey::parse(k).ok());
+            if let Some(key) = key {
+                let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                batch.push(StoredObject { key, modified });
+            }
+        }
+        Ok(batch)
     }
 }

@@ -232,6 +232,29 @@ impl Storage {
         }
     }
 
+    /// The objects under `prefix/`, read a page of at most `page_size` at a
+    /// time ([`ObjectPages::next_page`]) so a clean-up over a large store
+    /// keeps one page in memory: S3 `ListObjectsV2` pages in key order, a
+    /// local directory walked depth first. Either way the objects of one
+    /// folder come one after the other.
+    pub fn list_pages(&self, prefix: &ObjectKey, page_size: usize) -> ObjectPages<'_> {
+        let page_size = page_size.max(1);
+        ObjectPages(match self {
+            Self::S3(s3) => Pages::S3 {
+                store: s3,
+                prefix: prefix.clone(),
+                page_size,
+                next: Some(None),
+            },
+            Self::Local(local) => Pages::Local {
+                store: local,
+                walk: local.walk(prefix),
+                page_size,
+                done: false,
+            },
+        })
+    }
+
     /// A URL that plays `key` for `ttl` (at most [`MAX_URL_TTL`], at least one
     /// second): an absolute presigned S3 URL, or for local storage a signed
     /// path starting with [`UrlSigner::PATH_PREFIX`] that the API serves.
@@ -279,6 +302,66 @@ pub struct StoredObject {
     pub key: ObjectKey,
     /// When it was last written.
     pub modified: std::time::SystemTime,
+}
+
+/// The pages of a listing, from [`Storage::list_pages`].
+#[derive(Debug)]
+pub struct ObjectPages<'s>(Pages<'s>);
+
+#[derive(Debug)]
+enum Pages<'s> {
+    S3 {
+        store: &'s S3Storage,
+        prefix: ObjectKey,
+        page_size: usize,
+        /// The continuation of the next page (`Some(None)`: the first);
+        /// `None` once the last page was read.
+        next: Option<Option<String>>,
+    },
+    Local {
+        store: &'s LocalStorage,
+        walk: local::LocalWalk,
+        page_size: usize,
+        done: bool,
+    },
+}
+
+impl ObjectPages<'_> {
+    /// The next page (possibly empty on S3 when it held only keys this store
+    /// ignores), or `None` after the last one.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<StoredObject>>, StorageError> {
+        match &mut self.0 {
+            Pages::S3 {
+                store,
+                prefix,
+                page_size,
+                next,
+            } => {
+                let Some(continuation) = next.take() else {
+                    return Ok(None);
+                };
+                let (page, more) = store.list_page(prefix, *page_size, continuation).await?;
+                *next = more.map(Some);
+                Ok(Some(page))
+            }
+            Pages::Local {
+                store,
+                walk,
+                page_size,
+                done,
+            } => {
+                if *done {
+                    return Ok(None);
+                }
+                let page = walk.next_batch(store, *page_size).await?;
+                *done = page.len() < *page_size;
+                if page.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(page))
+            }
+        }
+    }
 }
 
 /// An object opened for reading.

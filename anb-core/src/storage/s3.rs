@@ -412,24 +412,55 @@ impl S3Storage {
         let mut listed = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error("listing a prefix", prefix, e))?;
-            for object in page.contents() {
-                // Keys this store did not write (not under its prefix, or not
-                // a valid key) are none of its business.
-                let Some(key) = object
-                    .key()
-                    .and_then(|k| k.strip_prefix(self.prefix.as_str()))
-                    .and_then(|k| ObjectKey::parse(k).ok())
-                else {
-                    continue;
-                };
-                let modified = object
-                    .last_modified()
-                    .and_then(|at| std::time::SystemTime::try_from(*at).ok())
-                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                listed.push(StoredObject { key, modified });
-            }
+            listed.extend(page.contents().iter().filter_map(|o| self.stored_object(o)));
         }
         Ok(listed)
+    }
+
+    /// One page of at most `page_size` objects under `prefix/`, in key order,
+    /// from where `continuation` (the previous page's token) left off; the
+    /// token of the next page, if there is one.
+    pub(crate) async fn list_page(
+        &self,
+        prefix: &ObjectKey,
+        page_size: usize,
+        continuation: Option<String>,
+    ) -> Result<(Vec<StoredObject>, Option<String>), StorageError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}/", self.s3_key(prefix)))
+            .max_keys(i32::try_from(page_size).unwrap_or(i32::MAX))
+            .set_continuation_token(continuation)
+            .send()
+            .await
+            .map_err(|e| sdk_error("listing a prefix", prefix, e))?;
+        let listed = page
+            .contents()
+            .iter()
+            .filter_map(|o| self.stored_object(o))
+            .collect();
+        let next = page
+            .is_truncated()
+            .unwrap_or(false)
+            .then(|| page.next_continuation_token().map(str::to_owned))
+            .flatten();
+        Ok((listed, next))
+    }
+
+    fn stored_object(&self, object: &aws_sdk_s3::types::Object) -> Option<StoredObject> {
+        // Keys this store did not write (not under its prefix, or not a
+        // valid key) are none of its business.
+        let key = object
+            .key()
+            .and_then(|k| k.strip_prefix(self.prefix.as_str()))
+            .and_then(|k| ObjectKey::parse(k).ok())?;
+        let modified = object
+            .last_modified()
+            .and_then(|at| std::time::SystemTime::try_from(*at).ok())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        Some(StoredObject { key, modified })
     }
 
     async fn delete_batch(
