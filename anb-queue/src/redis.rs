@@ -698,10 +698,7 @@ impl Backend for RedisBackend {
                     .arg(job.max_attempts)
                     .arg(millis(job.delay).min(MAX_DELAY_MS));
             }
-            let first: u64 = match invocation
-                .invoke_async(&mut self.connection.clone())
-                .await
-            {
+            let first: u64 = match invocation.invoke_async(&mut self.connection.clone()).await {
                 Ok(first) => first,
                 // Nothing stored yet: the plain error, as for one chunk.
                 Err(error) if ids.is_empty() => return Err(QueueError::from_redis(error)),
