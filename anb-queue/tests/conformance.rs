@@ -1665,6 +1665,101 @@ async fn redis_names_set_forgets_idle_names_and_keeps_returning_ones(db: TestDb)
     db.cleanup().await;
 }
 
+/// A Redis server of this test's own, stopped when dropped.
+struct OwnRedis {
+    process: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let server = Self { process, port };
+        wait_until("the test's own Redis answers", 10, || async {
+            server.connection().await.is_some()
+        })
+        .await;
+        server
+    }
+
+    async fn connection(&self) -> Option<::redis::aio::MultiplexedConnection> {
+        let client = ::redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let _: String = ::redis::cmd("PING").query_async(&mut conn).await.ok()?;
+        Some(conn)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Redis: a bulk enqueue that runs the server out of memory part way says which jobs were
+/// stored (the chunks before the refused one, all claimable) instead of a plain error that
+/// reads as "none".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bulk_enqueue_out_of_memory_part_way_says_which_jobs_were_stored() {
+    const JOBS: u32 = 10_000;
+    let server = OwnRedis::start().await;
+    let mut conn = server.connection().await.unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    // Room for a few of the ten 1,000-job chunks, not for all of them.
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 1_500_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let queue = Queue::connect(&format!("redis://127.0.0.1:{}?queue=oom", server.port))
+        .await
+        .unwrap();
+    let jobs: Vec<Echo> = (0..JOBS)
+        .map(|n| Echo {
+            n,
+            text: "x".repeat(300),
+        })
+        .collect();
+    let error = queue.enqueue_bulk(&jobs).await.unwrap_err();
+    let QueueError::PartlyEnqueued { ids, reason } = error else {
+        panic!("expected a partial enqueue, got {error}");
+    };
+    assert_eq!(ids.len(), JOBS as usize);
+    let stored = ids.iter().take_while(|id| id.is_some()).count();
+    assert!(
+        ids[stored..].iter().all(Option::is_none),
+        "stored jobs after a refused one"
+    );
+    assert!(
+        stored > 0 && stored < JOBS as usize && stored % 1_000 == 0,
+        "{stored} stored"
+    );
+    assert!(reason.contains("OOM"), "{reason}");
+    assert_eq!(stats(&queue).await.ready, stored as u64);
+}
+
 /// Redis: a bulk enqueue larger than one script's chunk stores every job with a distinct id,
 /// and each is claimed exactly once.
 async fn redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db: TestDb) {
