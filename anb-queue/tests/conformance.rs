@@ -1407,6 +1407,16 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
     db.cleanup().await;
 }
 
+/// The SQS requests of one operation that `queue` has sent so far.
+fn sqs_requests(queue: &Queue, operation: &str) -> u64 {
+    queue
+        .requests_by_operation()
+        .unwrap()
+        .get(operation)
+        .copied()
+        .unwrap_or(0)
+}
+
 /// An idle SQS worker refreshes its queue depth gauges once a minute, not every 15 s: each
 /// refresh is two billed `GetQueueAttributes` (the queue and its dead letters), which were
 /// a third of an idle worker's requests and 0.03 requests per job of a 1,000-job burst.
@@ -1416,14 +1426,7 @@ async fn sqs_idle_worker_reads_queue_statistics_once_a_minute() {
     let queue = Queue::connect(&format!("{}?wait_seconds=1", db.url))
         .await
         .unwrap();
-    let attribute_reads = |queue: &Queue| {
-        queue
-            .requests_by_operation()
-            .unwrap()
-            .get("GetQueueAttributes")
-            .copied()
-            .unwrap_or(0)
-    };
+    let attribute_reads = |queue: &Queue| sqs_requests(queue, "GetQueueAttributes");
     let at_connect = attribute_reads(&queue);
     let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
     // The gauges are read once when the worker starts.
@@ -1447,14 +1450,7 @@ async fn sqs_short_polling_idle_worker_pauses_between_empty_receives() {
     let queue = Queue::connect(&format!("{}?wait_seconds=0", db.url))
         .await
         .unwrap();
-    let receives = |queue: &Queue| {
-        queue
-            .requests_by_operation()
-            .unwrap()
-            .get("ReceiveMessage")
-            .copied()
-            .unwrap_or(0)
-    };
+    let receives = |queue: &Queue| sqs_requests(queue, "ReceiveMessage");
     let worker = RunningWorker::spawn(recording_worker(&queue, Arc::default()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = receives(&queue);

@@ -465,22 +465,12 @@ impl Backend for SqsBackend {
         // than when a second worker already runs it.
         let wanted = Duration::from_secs(u64::try_from(visibility_for(lease)).unwrap_or(0));
         let (current, mut lost): (Vec<&ClaimLease>, Vec<&ClaimLease>) = {
-            let mut held = self.inner.leases();
-            let (current, lost): (Vec<&ClaimLease>, Vec<&ClaimLease>) =
-                leases.iter().partition(|claim| {
-                    held.get(&claim.id).is_some_and(|held| {
-                        held.receipt == claim.token && wanted <= self.inner.visibility_left(held)
-                    })
-                });
-            for claim in &lost {
-                if held
-                    .get(&claim.id)
-                    .is_some_and(|held| held.receipt == claim.token)
-                {
-                    held.remove(&claim.id);
-                }
-            }
-            (current, lost)
+            let held = self.inner.leases();
+            leases.iter().partition(|claim| {
+                held.get(&claim.id).is_some_and(|held| {
+                    held.receipt == claim.token && wanted <= self.inner.visibility_left(held)
+                })
+            })
         };
         if !current.is_empty() {
             let receipts: Vec<String> = current.iter().map(|claim| claim.token.clone()).collect();
@@ -488,12 +478,11 @@ impl Backend for SqsBackend {
                 .inner
                 .change_visibility(&receipts, visibility_for(lease))
                 .await?;
-            let refused: Vec<&ClaimLease> =
-                refused.into_iter().map(|index| current[index]).collect();
-            for claim in &refused {
-                self.inner.take_lease(claim);
-            }
-            lost.extend(refused);
+            lost.extend(refused.into_iter().map(|index| current[index]));
+        }
+        // Forget what is lost; a claim already replaced by a later receive keeps that one.
+        for claim in &lost {
+            self.inner.take_lease(claim);
         }
         Ok(lost.into_iter().cloned().collect())
     }

@@ -78,7 +78,8 @@ pub(super) struct BatchSent {
 
 impl Inner {
     /// Sends messages to `queue_url` in batches of up to 10 (and at most the size limit per
-    /// batch); returns the message ids in order.
+    /// batch); returns the message ids in order, or [`QueueError::PartlyEnqueued`] when only
+    /// some went out.
     pub(super) async fn send(
         &self,
         queue_url: &str,
