@@ -14,7 +14,7 @@ mod source;
 pub use error::{Rejection, TranscodeError};
 pub use media::png;
 pub use options::{
-    InputBounds, MAX_BUMPERS_TOTAL, OUTPUT_FRAME_RATES, TranscodeOptions, X264_PRESETS,
+    EncoderArgs, InputBounds, MAX_BUMPERS_TOTAL, OUTPUT_FRAME_RATES, TranscodeOptions, X264_PRESETS,
 };
 pub use pipeline::{OUTPUT_HEIGHT, OUTPUT_WIDTH, TranscodeReport, transcode};
 pub use source::{DURATION_TOLERANCE, SourceInfo, check_size, inspect};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use anb_worker::{TranscodeOptions, X264_PRESETS};
+use anb_worker::EncoderArgs;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
@@ -85,43 +85,6 @@ struct TranscodeArgs {
     /// Print no progress.
     #[arg(long)]
     quiet: bool,
-}
-
-/// Encoder settings shared by `run` and `transcode`.
-#[derive(Debug, Args)]
-struct EncoderArgs {
-    /// x264 preset.
-    #[arg(long, env = "ANB_X264_PRESET", default_value = "veryfast", value_parser = clap::builder::PossibleValuesParser::new(X264_PRESETS))]
-    preset: String,
-    /// x264 constant rate factor (0–51).
-    #[arg(long, env = "ANB_X264_CRF", default_value_t = 23)]
-    crf: u8,
-    /// x264 threads (0: chosen by x264 from the CPU count).
-    #[arg(long, env = "ANB_ENCODER_THREADS", default_value_t = 0)]
-    encoder_threads: usize,
-    /// Decoder threads (the decoder already runs beside the encoder).
-    #[arg(long, env = "ANB_DECODER_THREADS", default_value_t = 1)]
-    decoder_threads: usize,
-    /// Decoded frames queued between the decoder and the encoder (bounds memory).
-    #[arg(long, env = "ANB_DECODED_FRAME_QUEUE", default_value_t = 4)]
-    decoded_frame_queue: usize,
-}
-
-impl EncoderArgs {
-    /// The pipeline options: these encoder settings and the upload limits of the
-    /// `ANB_UPLOAD_*` variables, read as anb-api reads them.
-    fn options(&self) -> anyhow::Result<TranscodeOptions> {
-        Ok(TranscodeOptions {
-            limits: anb_core::config::UploadLimits::from_env()?,
-            bounds: anb_worker::InputBounds::from_env()?,
-            x264_preset: self.preset.clone(),
-            crf: self.crf,
-            encoder_threads: self.encoder_threads,
-            decoder_threads: self.decoder_threads,
-            decoded_frame_queue: self.decoded_frame_queue,
-            ..TranscodeOptions::default()
-        })
-    }
 }
 
 fn main() -> ExitCode {

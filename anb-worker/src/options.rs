@@ -348,3 +348,59 @@ mod tests {
         }
     }
 }
+
+/// The encoder settings of the command line and the environment (`ANB_X264_PRESET`,
+/// `ANB_X264_CRF`, `ANB_ENCODER_THREADS`, `ANB_DECODER_THREADS`, `ANB_DECODED_FRAME_QUEUE`),
+/// shared by every program that runs the pipeline: `anb-worker run`, `anb-worker transcode`
+/// and the worker inside `anb serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EncoderArgs {
+    /// x264 preset.
+    #[arg(long, env = "ANB_X264_PRESET", default_value = "veryfast", value_parser = clap::builder::PossibleValuesParser::new(X264_PRESETS))]
+    pub preset: String,
+    /// x264 constant rate factor (0–51).
+    #[arg(long, env = "ANB_X264_CRF", default_value_t = 23, value_parser = clap::value_parser!(u8).range(0..=51))]
+    pub crf: u8,
+    /// x264 threads (0: chosen by x264 from the CPU count).
+    #[arg(long, env = "ANB_ENCODER_THREADS", default_value_t = 0)]
+    pub encoder_threads: usize,
+    /// Decoder threads (the decoder already runs beside the encoder).
+    #[arg(long, env = "ANB_DECODER_THREADS", default_value_t = 1, value_parser = at_least_one)]
+    pub decoder_threads: usize,
+    /// Decoded frames queued between the decoder and the encoder (bounds memory).
+    #[arg(long, env = "ANB_DECODED_FRAME_QUEUE", default_value_t = 4, value_parser = at_least_one)]
+    pub decoded_frame_queue: usize,
+}
+
+/// A count of at least one, so a zero is refused at start-up rather than at the first job.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+impl EncoderArgs {
+    /// The pipeline options: these encoder settings over `base` (its limits and bounds).
+    pub fn apply(&self, base: TranscodeOptions) -> TranscodeOptions {
+        TranscodeOptions {
+            x264_preset: self.preset.clone(),
+            crf: self.crf,
+            encoder_threads: self.encoder_threads,
+            decoder_threads: self.decoder_threads,
+            decoded_frame_queue: self.decoded_frame_queue,
+            ..base
+        }
+    }
+
+    /// The pipeline options: these encoder settings and the upload limits and input bounds of
+    /// the `ANB_UPLOAD_*` and `ANB_WORKER_MAX_*` variables, read as anb-api reads them.
+    pub fn options(&self) -> Result<TranscodeOptions, ConfigError> {
+        Ok(self.apply(TranscodeOptions {
+            limits: UploadLimits::from_env()?,
+            bounds: InputBounds::from_env()?,
+            ..TranscodeOptions::default()
+        }))
+    }
+}

@@ -29,6 +29,9 @@ enum Command {
         /// nothing processes them (capacity tests of the web tier alone).
         #[arg(long)]
         no_worker: bool,
+        /// The built-in worker's encoder settings, as for `anb-worker run`.
+        #[command(flatten)]
+        encoder: anb_worker::EncoderArgs,
     },
 }
 
@@ -49,6 +52,7 @@ async fn run() -> anyhow::Result<()> {
             addr,
             data_dir,
             no_worker,
+            encoder,
         } => {
             let settings = anb_core::config::Settings::embedded(&data_dir, addr)
                 .with_context(|| format!("preparing the data directory {}", data_dir.display()))?;
@@ -59,11 +63,11 @@ async fn run() -> anyhow::Result<()> {
             let api_settings = anb_api::ApiSettings::from_env()?;
             // The worker applies the limits the API checks uploads against (ANB_UPLOAD_*).
             let worker_config = anb_worker::job::WorkerConfig {
-                transcode: anb_worker::TranscodeOptions {
+                transcode: encoder.apply(anb_worker::TranscodeOptions {
                     limits: api_settings.upload.clone(),
                     bounds: anb_worker::InputBounds::from_env()?,
                     ..Default::default()
-                },
+                }),
                 ..Default::default()
             };
             let state = anb_api::AppState::connect(settings, api_settings)

@@ -19,6 +19,11 @@ impl Served {
 
     /// `anb serve` with `extra` arguments after the address and data directory.
     async fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// `anb serve` with `extra` arguments and only the environment variables `env`.
+    async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -31,6 +36,7 @@ impl Served {
             .arg(data_dir.path())
             .args(extra)
             .env_clear()
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -160,7 +166,12 @@ async fn sign_up_and_upload(served: &Served, http: &reqwest::Client) -> (String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_processes_an_upload_with_its_in_process_worker() {
-    let served = Served::start().await;
+    // The built-in worker takes its encoder settings from the environment, as anb-worker does.
+    let served = Served::start_with_env(
+        &[],
+        &[("ANB_X264_PRESET", "ultrafast"), ("ANB_X264_CRF", "30")],
+    )
+    .await;
     let base = &served.base;
     let http = reqwest::Client::new();
 
@@ -200,6 +211,11 @@ async fn serve_processes_an_upload_with_its_in_process_worker() {
     assert_eq!(media.status(), 200);
     let bytes = media.bytes().await.unwrap();
     assert_eq!(&bytes[4..8], b"ftyp", "not an MP4");
+    // x264 writes its settings into the stream: ultrafast turns CABAC off (veryfast, the
+    // default, keeps it on), and the rate factor is the one configured.
+    let settings = x264_settings(&bytes);
+    assert!(settings.contains(" cabac=0 "), "{settings}");
+    assert!(settings.contains(" crf=30.0 "), "{settings}");
 
     // Public by default: it is listed for voting.
     let public: Value = http
@@ -219,6 +235,20 @@ async fn serve_processes_an_upload_with_its_in_process_worker() {
         "{public}"
     );
     served.stop();
+}
+
+/// The encoder settings x264 writes into its first SEI message ("x264 - core … options: …").
+fn x264_settings(mp4: &[u8]) -> String {
+    let marker = b"options: ";
+    let start = mp4
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .expect("no x264 settings in the stream");
+    let end = mp4[start..]
+        .iter()
+        .position(|&byte| byte == 0)
+        .map_or(mp4.len(), |offset| start + offset);
+    format!("{} ", String::from_utf8_lossy(&mp4[start..end]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
