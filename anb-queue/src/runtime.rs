@@ -671,7 +671,13 @@ async fn maintain(
     // at most about 1.5 leases.
     let mut recover_ticks = tokio::time::interval((runtime.lease / 2).min(Duration::from_secs(15)));
     recover_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stats_ticks = tokio::time::interval(stats_interval);
+    // The first refresh comes at a random point of the first interval, not at start-up:
+    // workers started together (a scale-out, a deploy) spread their reads instead of sending
+    // them at once and at every interval after, and a short burst right after start-up pays
+    // for none (on SQS each refresh is two billed requests).
+    let first_stats = stats_interval.mul_f64(rand::random::<f64>());
+    let mut stats_ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + first_stats, stats_interval);
     stats_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

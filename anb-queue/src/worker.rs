@@ -187,7 +187,9 @@ impl Worker {
     }
 
     /// How often queue depth gauges are refreshed (default: every 15 s; every 60 s on SQS,
-    /// where each refresh is two billed requests and the counts are approximate).
+    /// where each refresh is two billed requests and the counts are approximate). The first
+    /// refresh comes at a random point of the first interval, so workers started together
+    /// do not read together.
     pub fn stats_interval(mut self, interval: Duration) -> Self {
         self.maintenance.stats_interval = Some(interval.max(Duration::from_millis(100)));
         self

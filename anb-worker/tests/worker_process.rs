@@ -52,10 +52,17 @@ async fn the_worker_process_serves_metrics_and_health() {
         value("anb_worker_encode_frames_per_second") > 0.0,
         "{metrics}"
     );
-    assert!(
-        metrics.contains("anb_queue_jobs{state=\"ready\"}"),
-        "queue depth: {metrics}"
-    );
+    // The queue depth gauges are refreshed every 15 s, first at a random point of the first
+    // interval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = worker.get("/metrics");
+        if metrics.contains("anb_queue_jobs{state=\"ready\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no queue depth: {metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(worker.get("/nowhere").0, 404);
 
     worker.signal("TERM");
