@@ -68,6 +68,17 @@ impl Served {
     }
 }
 
+impl Drop for Served {
+    /// A test that fails before `stop` must not leave the server running (holding its port
+    /// and the output the test harness is read through).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_answers_health_on_the_embedded_default() {
     let served = Served::start().await;
