@@ -22,6 +22,7 @@
 //! | `ANB_UPLOAD_PRESIGN_TTL` | `900` | seconds a direct upload's `PUT` URL is valid (15 min); the upload can be completed for as long again |
 //! | `ANB_UPLOAD_SWEEP_INTERVAL` | `3600` | seconds between passes of the clean-up of uploads that never became videos; `0` turns it off |
 //! | `ANB_UPLOAD_SWEEP_GRACE` | `3600` | seconds an upload may stay in progress, or an original without a video row, before the clean-up removes it |
+//! | `ANB_RANKINGS_CACHE_MS` | `500` | milliseconds a rankings page is served from memory after it was read (0–1000; `0` reads every request from the database): a vote shows within this plus one query |
 //!
 //! A rate is `<count>/s`, `<count>/min` or `<count>/h` (a burst of `count`
 //! is allowed, refilled at that rate), or `off`. The defaults are far above
@@ -248,6 +249,8 @@ pub struct ApiSettings {
     pub uploads: UploadPolicy,
     /// Origins allowed to call the API from a browser (CORS); none by default.
     pub cors_origins: Vec<String>,
+    /// How long a rankings page is served from memory after it was read.
+    pub rankings_cache: Duration,
 }
 
 impl ApiSettings {
@@ -291,6 +294,10 @@ impl ApiSettings {
             None => Vec::new(),
             Some(raw) => crate::headers::parse_origins("ANB_CORS_ORIGINS", &raw)?,
         };
+        let rankings_cache = match get("ANB_RANKINGS_CACHE_MS") {
+            None => anb_core::rankings::DEFAULT_CACHE_AGE,
+            Some(raw) => parse_rankings_cache("ANB_RANKINGS_CACHE_MS", &raw)?,
+        };
         let uploads = UploadPolicy::from_lookup(get)?;
         Ok(Self {
             rate_limits,
@@ -299,6 +306,7 @@ impl ApiSettings {
             upload,
             uploads,
             cors_origins,
+            rankings_cache,
         })
     }
 }
@@ -312,8 +320,25 @@ impl Default for ApiSettings {
             upload: UploadLimits::default(),
             uploads: UploadPolicy::default(),
             cors_origins: Vec::new(),
+            rankings_cache: anb_core::rankings::DEFAULT_CACHE_AGE,
         }
     }
+}
+
+/// Parses milliseconds from 0 to the freshness rule's one second.
+fn parse_rankings_cache(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let most = anb_core::rankings::MAX_CACHE_AGE.as_millis();
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&ms| u128::from(ms) <= most)
+        .map(Duration::from_millis)
+        .ok_or_else(|| ConfigError::Invalid {
+            var,
+            reason: format!(
+                "{raw:?}: expected milliseconds from 0 to {most} (a vote must show within one second)"
+            ),
+        })
 }
 
 /// Parses `N` (failures before the back-off starts) or `off`.
@@ -428,6 +453,8 @@ mod tests {
             ("ANB_UPLOAD_QUOTA_BYTES", "2GB"),
             ("ANB_UPLOAD_QUOTA_VIDEOS", "99999999999"),
             ("ANB_UPLOAD_SWEEP_GRACE", "-1"),
+            ("ANB_RANKINGS_CACHE_MS", "1500"),
+            ("ANB_RANKINGS_CACHE_MS", "soon"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");

@@ -54,8 +54,11 @@ pub struct AppStateInner {
     /// Upload content checks, bounded in number and time.
     pub media_checks: MediaChecker,
     pub metrics: PrometheusHandle,
+    /// Ranking pages, each kept for `api.rankings_cache`.
+    pub rankings: Rankings,
 }
 
+use anb_core::rankings::Rankings;
 /// How uploads' jobs reach the queue (defined with the upload use case).
 pub use anb_core::uploads::JobDelivery;
 
@@ -118,6 +121,7 @@ impl AppState {
             limiters: RateLimiters::new(&api.rate_limits, api.uploads.rate_per_user),
             media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),
+            rankings: Rankings::new(db.clone(), api.rankings_cache),
             settings,
             api,
             db,

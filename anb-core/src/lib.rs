@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod jobs;
+pub mod rankings;
 pub mod storage;
 pub mod uploads;
 pub mod videos;

@@ -113,6 +113,7 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(
+    rankings_pages_are_kept_for_their_age_and_loaded_once,
     migrations_can_run_again,
     ping_answers,
     signed_up_user_can_be_found,
@@ -1452,4 +1453,50 @@ async fn removing_a_voted_video_updates_the_rankings(db: Database) {
     );
     let gone = db.remove_video(ana_second.id).await;
     assert!(matches!(gone, Err(DbError::VideoNotFound)), "{gone:?}");
+}
+
+/// The rankings cache: a page is read once for all who ask within its age, a
+/// vote shows once the age has passed, and an age of zero reads every time.
+async fn rankings_pages_are_kept_for_their_age_and_loaded_once(db: Database) {
+    use anb_core::rankings::Rankings;
+
+    let owner = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+    let video = published_video(&db, &owner, "Best dunk").await;
+    let max_age = std::time::Duration::from_millis(1000);
+    let rankings = Rankings::new(db.clone(), max_age);
+
+    // Twenty readers at once share one load.
+    let pages =
+        futures::future::join_all((0..20).map(|_| rankings.page(None, Pagination::first()))).await;
+    let first = pages[0].as_ref().unwrap().clone();
+    assert_eq!(first[0].votes, 0);
+    for page in &pages {
+        assert!(Arc::ptr_eq(page.as_ref().unwrap(), &first), "loaded twice");
+    }
+
+    // A vote is not seen while the page is kept (the next read is well within
+    // its age), and is seen once the age has passed.
+    votes_from_new_users(&db, &video, 1).await;
+    let voted_at = std::time::Instant::now();
+    let kept = rankings.page(None, Pagination::first()).await.unwrap();
+    if voted_at.elapsed() < max_age / 2 {
+        assert!(Arc::ptr_eq(&kept, &first));
+    }
+    tokio::time::sleep(max_age + std::time::Duration::from_millis(50)).await;
+    let fresh = rankings.page(None, Pagination::first()).await.unwrap();
+    assert_eq!(fresh[0].votes, 1);
+    // Another page or city is its own entry.
+    let bogota = CityKey::from_filter("bogota").unwrap();
+    let in_city = rankings
+        .page(Some(&bogota), Pagination::first())
+        .await
+        .unwrap();
+    assert_eq!(in_city[0].votes, 1);
+
+    // Off: every read asks the database.
+    let uncached = Rankings::new(db.clone(), std::time::Duration::ZERO);
+    let once = uncached.page(None, Pagination::first()).await.unwrap();
+    let twice = uncached.page(None, Pagination::first()).await.unwrap();
+    assert!(!Arc::ptr_eq(&once, &twice));
+    assert_eq!(once, twice);
 }

@@ -179,17 +179,17 @@ impl PublicApi {
         let pagination = pagination(page.0, limit.0);
         let city = city.0.and_then(|filter| filter.0);
         let entries = state
-            .db
-            .rankings(city.as_ref(), pagination)
+            .rankings
+            .page(city.as_ref(), pagination)
             .await
             .map_err(ApiError::from)?;
         Ok(RankingsResponse::Ok(Json(
             entries
-                .into_iter()
+                .iter()
                 .map(|entry| RankingEntryDto {
                     position: entry.position,
                     username: format!("{} {}", entry.first_name, entry.last_name),
-                    city: entry.city,
+                    city: entry.city.clone(),
                     votes: entry.votes,
                     player_id: entry.player_id.as_uuid(),
                 })

@@ -61,9 +61,16 @@ pub struct TestAppBuilder {
     storage_through: Option<std::net::SocketAddr>,
     cors_origins: Vec<String>,
     statement_timeout_secs: Option<u64>,
+    rankings_cache: std::time::Duration,
 }
 
 impl TestAppBuilder {
+    /// How long a rankings page is kept (default: the platform's default).
+    pub fn rankings_cache(mut self, age: std::time::Duration) -> Self {
+        self.rankings_cache = age;
+        self
+    }
+
     /// `ANB_DB_STATEMENT_TIMEOUT_SECS` for the app's database pool.
     pub fn statement_timeout_secs(mut self, secs: u64) -> Self {
         self.statement_timeout_secs = Some(secs);
@@ -175,6 +182,7 @@ impl TestAppBuilder {
         }
         let settings = Settings::from_lookup(|var| vars.get(var).cloned()).unwrap();
         let api = ApiSettings {
+            rankings_cache: self.rankings_cache,
             rate_limits: self.rate_limits,
             trusted_proxies: self.trusted_proxies,
             upload: self.upload,
@@ -337,6 +345,7 @@ impl TestApp {
             storage_through: None,
             cors_origins: Vec::new(),
             statement_timeout_secs: None,
+            rankings_cache: anb_core::rankings::DEFAULT_CACHE_AGE,
         }
     }
 

@@ -239,6 +239,32 @@ async fn rankings_order_players_by_votes_and_filter_by_normalised_city() {
     assert_eq!(second_page[0]["position"], 2);
 }
 
+/// Rankings pages are served from memory for a moment, within the rule that a
+/// vote shows within one second: at the longest age allowed, a request sent a
+/// second after the vote sees it.
+#[tokio::test]
+async fn a_vote_shows_in_the_cached_rankings_within_one_second() {
+    let app = TestApp::builder()
+        .rankings_cache(std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
+    let (_, video_id) = app.published_video().await;
+    let voter = app.player().await;
+    let votes_of_the_leader = || async {
+        let ranking: Vec<Value> = app
+            .get("/api/public/rankings", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        ranking[0]["votes"].as_i64().unwrap()
+    };
+    assert_eq!(votes_of_the_leader().await, 0);
+    assert_eq!(app.vote(Some(&voter.token), &video_id).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    assert_eq!(votes_of_the_leader().await, 1);
+}
+
 #[tokio::test]
 async fn votes_are_rate_limited_per_user_and_per_client_ip() {
     let app = TestApp::builder()

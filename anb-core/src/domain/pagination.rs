@@ -20,7 +20,7 @@ impl InvalidPagination {
 }
 
 /// A validated page request: `page` ≥ 1 and `limit` in 1–100.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pagination {
     page: u32,
     limit: u32,
