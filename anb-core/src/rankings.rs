@@ -7,11 +7,19 @@
 //! at most [`Rankings::max_age`]; with the default of 500 ms, an answer is at
 //! most that plus one query old. Concurrent requests for a page that is not
 //! held wait for the one query that loads it instead of each sending their own.
+//!
+//! A deep page is not read with `OFFSET`, whose cost grows with the depth:
+//! from position [`SNAPSHOT_FROM`] on, a page is cut from a snapshot of the
+//! whole order of the ranking (player ids and votes, read once in index order,
+//! kept for the same age), and only its players' names are read. Every page
+//! then costs about as much as the first, and a deep page is a consistent view
+//! of the ranking as it was at most the age ago.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::db::{Database, DbError, RankingEntry};
+use crate::db::{Database, DbError, RankedPlayer, RankingEntry};
 use crate::domain::{CityKey, Pagination};
 
 /// The longest a page may be kept: the freshness rule's one second.
@@ -20,8 +28,15 @@ pub const MAX_CACHE_AGE: Duration = Duration::from_secs(1);
 /// The default time a page is kept.
 pub const DEFAULT_CACHE_AGE: Duration = Duration::from_millis(500);
 
+/// By default, pages that start at this position (0-based) or deeper are cut
+/// from a snapshot of the order instead of read with an offset.
+pub const SNAPSHOT_FROM: u64 = 1_000;
+
 /// Pages held at once; beyond this the least used go first.
 const MAX_PAGES: u64 = 10_000;
+
+/// Players held in snapshots at once, all cities together (24 bytes each).
+const MAX_SNAPSHOT_PLAYERS: u64 = 5_000_000;
 
 type PageKey = (Option<CityKey>, Pagination);
 
@@ -30,7 +45,16 @@ type PageKey = (Option<CityKey>, Pagination);
 pub struct Rankings {
     db: Database,
     max_age: Duration,
-    pages: Option<moka::future::Cache<PageKey, Arc<[RankingEntry]>>>,
+    snapshot_from: u64,
+    /// `None` when the age is zero: every page is read from the database.
+    caches: Option<Caches>,
+}
+
+#[derive(Clone)]
+struct Caches {
+    pages: moka::future::Cache<PageKey, Arc<[RankingEntry]>>,
+    /// The whole order, overall (`None`) or of one city.
+    snapshots: moka::future::Cache<Option<CityKey>, Arc<[RankedPlayer]>>,
 }
 
 impl std::fmt::Debug for Rankings {
@@ -46,13 +70,33 @@ impl Rankings {
     /// [`MAX_CACHE_AGE`]); zero reads every page from the database.
     pub fn new(db: Database, max_age: Duration) -> Self {
         let max_age = max_age.min(MAX_CACHE_AGE);
-        let pages = (!max_age.is_zero()).then(|| {
-            moka::future::Cache::builder()
+        let caches = (!max_age.is_zero()).then(|| Caches {
+            pages: moka::future::Cache::builder()
                 .max_capacity(MAX_PAGES)
                 .time_to_live(max_age)
-                .build()
+                .build(),
+            snapshots: moka::future::Cache::builder()
+                .max_capacity(MAX_SNAPSHOT_PLAYERS)
+                .weigher(|_, order: &Arc<[RankedPlayer]>| {
+                    u32::try_from(order.len()).unwrap_or(u32::MAX).max(1)
+                })
+                .time_to_live(max_age)
+                .build(),
         });
-        Self { db, max_age, pages }
+        Self {
+            db,
+            max_age,
+            snapshot_from: SNAPSHOT_FROM,
+            caches,
+        }
+    }
+
+    /// Pages starting at `position` (0-based) or deeper are cut from a snapshot
+    /// (default [`SNAPSHOT_FROM`]): lower it where a short ranking is read deep, raise
+    /// it where reading the whole order costs more than an offset.
+    pub fn snapshot_from(mut self, position: u64) -> Self {
+        self.snapshot_from = position;
+        self
     }
 
     /// How long a page is kept.
@@ -67,26 +111,64 @@ impl Rankings {
         city: Option<&CityKey>,
         page: Pagination,
     ) -> Result<Arc<[RankingEntry]>, DbError> {
-        let Some(pages) = &self.pages else {
+        let Some(caches) = &self.caches else {
             return Ok(self.db.rankings(city, page).await?.into());
         };
-        let loaded = pages
-            .try_get_with((city.cloned(), page), async {
-                self.db
-                    .rankings(city, page)
-                    .await
-                    .map(Arc::<[RankingEntry]>::from)
-            })
-            .await;
-        match loaded {
-            Ok(entries) => Ok(entries),
-            // A failed load is not kept. Its error is shared by the requests that waited
-            // for it; the last one takes it, the others ask the database themselves, so
-            // each answer carries an error of its own (an outage still answers fast).
-            Err(shared) => match Arc::try_unwrap(shared) {
-                Ok(error) => Err(error),
-                Err(_) => Ok(self.db.rankings(city, page).await?.into()),
-            },
+        shared_load(&caches.pages, (city.cloned(), page), || {
+            self.load_page(caches, city, page)
+        })
+        .await
+    }
+
+    async fn load_page(
+        &self,
+        caches: &Caches,
+        city: Option<&CityKey>,
+        page: Pagination,
+    ) -> Result<Arc<[RankingEntry]>, DbError> {
+        let start = page.offset();
+        if start < self.snapshot_from {
+            return Ok(self.db.rankings(city, page).await?.into());
         }
+        let order = shared_load(&caches.snapshots, city.cloned(), || async {
+            Ok(self.db.ranked_players(city).await?.into())
+        })
+        .await?;
+        let len = order.len() as u64;
+        let from = start.min(len) as usize;
+        let to = (start + u64::from(page.limit())).min(len) as usize;
+        if from == to {
+            return Ok(Arc::from([]));
+        }
+        Ok(self
+            .db
+            .ranking_entries(&order[from..to], start + 1)
+            .await?
+            .into())
+    }
+}
+
+/// The value of `key` in `cache`, loaded by `load` when it is not held; concurrent
+/// callers for one key wait for one load. A failed load is not kept. Its error is
+/// shared by the callers that waited for it: the last one takes it, the others load
+/// again themselves, so each answer carries an error of its own (an outage still
+/// answers fast).
+async fn shared_load<K, V, F, Fut>(
+    cache: &moka::future::Cache<K, V>,
+    key: K,
+    load: F,
+) -> Result<V, DbError>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<V, DbError>>,
+{
+    match cache.try_get_with(key, load()).await {
+        Ok(value) => Ok(value),
+        Err(shared) => match Arc::try_unwrap(shared) {
+            Ok(error) => Err(error),
+            Err(_) => load().await,
+        },
     }
 }

@@ -114,6 +114,7 @@ macro_rules! on_both_engines {
 
 on_both_engines!(
     rankings_pages_are_kept_for_their_age_and_loaded_once,
+    deep_rankings_pages_from_a_snapshot_match_the_offset_pages,
     migrations_can_run_again,
     ping_answers,
     signed_up_user_can_be_found,
@@ -1499,4 +1500,38 @@ async fn rankings_pages_are_kept_for_their_age_and_loaded_once(db: Database) {
     let twice = uncached.page(None, Pagination::first()).await.unwrap();
     assert!(!Arc::ptr_eq(&once, &twice));
     assert_eq!(once, twice);
+}
+
+/// Deep pages are cut from a snapshot of the order: the same entries, positions
+/// and votes as the offset query gives, overall and in a city, up to the end.
+async fn deep_rankings_pages_from_a_snapshot_match_the_offset_pages(db: Database) {
+    use anb_core::rankings::Rankings;
+
+    let cities = ["Bogotá", "Cali", "Medellín"];
+    let mut videos = Vec::new();
+    for n in 0..24 {
+        let owner = sign_up(&db, &format!("p{n}@example.com"), "Ana", cities[n % 3]).await;
+        videos.push(published_video(&db, &owner, "Best dunk").await);
+    }
+    // Votes for some, ties among the rest (broken by sign-up order).
+    for (index, video) in videos.iter().enumerate().step_by(5) {
+        votes_from_new_users(&db, video, index % 3 + 1).await;
+    }
+    let rankings = Rankings::new(db.clone(), std::time::Duration::from_secs(1)).snapshot_from(4);
+    let cali = CityKey::from_filter("cali").unwrap();
+    for city in [None, Some(&cali)] {
+        let mut seen = 0;
+        for number in 1..=6 {
+            let page = page(number, 5);
+            let from_snapshot = rankings.page(city, page).await.unwrap();
+            let by_offset = db.rankings(city, page).await.unwrap();
+            assert_eq!(
+                &*from_snapshot,
+                by_offset.as_slice(),
+                "page {number} of {city:?}"
+            );
+            seen += by_offset.len();
+        }
+        assert_eq!(seen, if city.is_some() { 8 } else { 24 });
+    }
 }

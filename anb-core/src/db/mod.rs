@@ -81,8 +81,8 @@ mod votes;
 pub use error::{DbError, QuotaExceeded};
 pub use models::{
     Credentials, DeletedVideo, DirectUpload, FinishedUpload, IdempotencyKey, NewVideo, Page,
-    PendingUpload, ProcessedOutputs, PublicVideo, RankingEntry, StaleUpload, UploadAnswer,
-    UploadBegun, UploadQuota, UploadStart, User, Video,
+    PendingUpload, ProcessedOutputs, PublicVideo, RankedPlayer, RankingEntry, StaleUpload,
+    UploadAnswer, UploadBegun, UploadQuota, UploadStart, User, Video,
 };
 pub use time::now;
 
@@ -552,4 +552,12 @@ operations! {
     /// Players by votes on their published videos (most first; ties go to the
     /// earlier sign-up), optionally only those of one city.
     read fn rankings(city: Option<&CityKey>, page: Pagination) -> Vec<RankingEntry>;
+
+    /// The whole order of the rankings (as [`Self::rankings`] pages it), without names:
+    /// what a snapshot for deep pages holds.
+    read fn ranked_players(city: Option<&CityKey>) -> Vec<RankedPlayer>;
+
+    /// The entries of `players`, numbered from `first_position`, with their names read
+    /// now; a player no longer registered is left out.
+    read fn ranking_entries(players: &[RankedPlayer], first_position: u64) -> Vec<RankingEntry>;
 }

@@ -107,6 +107,13 @@ pub struct Page<T> {
     pub total: u64,
 }
 
+/// A player's place in the order of the rankings, without the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankedPlayer {
+    pub player_id: UserId,
+    pub votes: i64,
+}
+
 /// A player's place in the rankings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankingEntry {
