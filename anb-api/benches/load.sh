@@ -32,7 +32,11 @@
 # Environment (defaults in brackets): DURATION [20] seconds per wrk run,
 # CONNECTIONS [16], THREADS [2] (wrk's -c and -t), PLAYERS [10000],
 # VOTES [100000], VOTERS [200] players logged in to vote, UPLOADS [10],
-# EMBEDDED [1], ANB_TEST_POSTGRES_URL
+# EMBEDDED [1], RANKINGS_CACHE_MS ["0 500"] (the rankings runs are repeated
+# for each value, the API restarted with ANB_RANKINGS_CACHE_MS set to it: 0
+# reads every request from the database, as before the cache), RANKINGS_ONLY
+# [0] (1: stop after the rankings runs, e.g. for a large PLAYERS),
+# ANB_TEST_POSTGRES_URL
 # [postgres://postgres:postgres@127.0.0.1:5432/postgres], ANB_API_BIN (a
 # release build to use instead of building one), WORK_DIR (where the upload
 # video is generated; one already there is reused; default: the scratch
@@ -49,6 +53,8 @@ VOTES="${VOTES:-100000}"
 VOTERS="${VOTERS:-200}"
 UPLOADS="${UPLOADS:-10}"
 EMBEDDED="${EMBEDDED:-1}"
+RANKINGS_CACHE_MS="${RANKINGS_CACHE_MS:-0 500}"
+RANKINGS_ONLY="${RANKINGS_ONLY:-0}"
 PG_URL="${ANB_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 LOG_FILTER="${RUST_LOG:-warn}"
 
@@ -285,6 +291,7 @@ sql -c "SELECT id FROM videos WHERE published_at IS NOT NULL AND deleted_at IS N
 # --- wrk -----------------------------------------------------------------------------------
 
 RESULTS=()
+UPLOAD_RESULTS=()
 # $1: label, $2: script, then VAR=value pairs for the script.
 run_wrk() {
     local name="$1" script="$2"
@@ -303,25 +310,39 @@ run_wrk() {
     RESULTS+=("$result peak_mib=$peak")
 }
 
-run_wrk "rankings: overall, page 1" rankings.lua ANB_LOAD_RANKINGS=overall
-run_wrk "rankings: city filter, pages 1-5" rankings.lua ANB_LOAD_RANKINGS=city
-run_wrk "rankings: all pages, 50 a page" rankings.lua ANB_LOAD_RANKINGS=pages \
-    ANB_LOAD_PAGES=$(((PLAYERS + 49) / 50))
-run_wrk "vote" vote.lua ANB_LOAD_TOKENS="$SCRATCH/tokens.txt" ANB_LOAD_VIDEOS="$SCRATCH/videos.txt"
+RANKINGS_BASE_ENV=("${API_ENV[@]}")
+for cache_ms in $RANKINGS_CACHE_MS; do
+    stop_api
+    API_ENV=("${RANKINGS_BASE_ENV[@]}" ANB_RANKINGS_CACHE_MS="$cache_ms")
+    start_api "$SCRATCH/api-rankings-$cache_ms.log"
+    run_wrk "rankings: page 1, cache ${cache_ms} ms" rankings.lua ANB_LOAD_RANKINGS=overall
+    run_wrk "rankings: city p1-5, cache ${cache_ms} ms" rankings.lua ANB_LOAD_RANKINGS=city
+    run_wrk "rankings: all pages, cache ${cache_ms} ms" rankings.lua ANB_LOAD_RANKINGS=pages \
+        ANB_LOAD_PAGES=$(((PLAYERS + 49) / 50))
+done
+API_ENV=("${RANKINGS_BASE_ENV[@]}")
+if [[ "$RANKINGS_ONLY" == 1 ]]; then
+    UPLOADS=0
+    EMBEDDED=0
+else
+    run_wrk "vote" vote.lua ANB_LOAD_TOKENS="$SCRATCH/tokens.txt" ANB_LOAD_VIDEOS="$SCRATCH/videos.txt"
 
-# Every accepted vote was stored. wrk stops with up to one request per
-# connection still in flight: the server may store those votes too, but wrk
-# never counts their answers.
-sleep 2
-VOTED=$(sed -n 's/.* s2xx=\([0-9]*\) .*/\1/p' <<<"${RESULTS[-1]}")
-VOTES_AFTER=$(sql -c "SELECT count(*) FROM votes")
-UNCOUNTED=$((VOTES_AFTER - VOTES - VOTED))
-((UNCOUNTED >= 0 && UNCOUNTED <= CONNECTIONS)) ||
-    die "$VOTED votes accepted, but the votes table grew from $VOTES to $VOTES_AFTER"
-check_aggregate "after the vote run"
-say "votes: $VOTED accepted and stored (and $UNCOUNTED in flight when wrk stopped); aggregate consistent"
+    # Every accepted vote was stored. wrk stops with up to one request per
+    # connection still in flight: the server may store those votes too, but wrk
+    # never counts their answers.
+    sleep 2
+    VOTED=$(sed -n 's/.* s2xx=\([0-9]*\) .*/\1/p' <<<"${RESULTS[-1]}")
+    VOTES_AFTER=$(sql -c "SELECT count(*) FROM votes")
+    UNCOUNTED=$((VOTES_AFTER - VOTES - VOTED))
+    ((UNCOUNTED >= 0 && UNCOUNTED <= CONNECTIONS)) ||
+        die "$VOTED votes accepted, but the votes table grew from $VOTES to $VOTES_AFTER"
+    check_aggregate "after the vote run"
+    say "votes: $VOTED accepted and stored (and $UNCOUNTED in flight when wrk stopped); aggregate consistent"
+fi
 
 # --- uploads -------------------------------------------------------------------------------
+
+if [[ "$RANKINGS_ONLY" != 1 ]]; then
 
 VIDEO="$WORK/upload-1080p-near-100MiB.mp4"
 if [[ ! -s "$VIDEO" ]] || (($(stat -c %s "$VIDEO") >= UPLOAD_LIMIT)); then
@@ -340,7 +361,6 @@ VIDEO_SECONDS=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$VID
 ((VIDEO_BYTES > UPLOAD_LIMIT * 9 / 10)) || die "the upload video is only $VIDEO_BYTES bytes"
 VIDEO_MIB=$(awk -v b="$VIDEO_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
 
-UPLOAD_RESULTS=()
 # Sends $UPLOADS uploads at once, one per token of file $2, to the running
 # API; $1: label, $3: its storage directory.
 measure_uploads() {
@@ -409,6 +429,8 @@ if [[ "$EMBEDDED" == 1 ]]; then
     stop_api
 fi
 
+fi
+
 # --- report ----------------------------------------------------------------------------------
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
@@ -428,10 +450,12 @@ for result in "${RESULTS[@]}"; do
 done
 echo "(vote 4xx: the seed had already cast that vote, or the video is the voter's own;"
 echo " peak_MiB: the API's VmHWM since it started, read after the run)"
-echo
-echo "$UPLOADS concurrent uploads of $VIDEO_MIB MiB ($VIDEO_BYTES bytes, ${VIDEO_SECONDS%%.*} s, 1920x1080), all accepted:"
-printf '%-42s %12s %12s %12s %10s\n' setup "peak before" "peak after" "RSS after" "elapsed"
-for result in "${UPLOAD_RESULTS[@]}"; do
-    IFS='|' read -r label before_peak _ after_peak after_rss seconds <<<"$result"
-    printf '%-42s %8s MiB %8s MiB %8s MiB %8s s\n' "$label" "$before_peak" "$after_peak" "$after_rss" "$seconds"
-done
+if ((${#UPLOAD_RESULTS[@]})); then
+    echo
+    echo "$UPLOADS concurrent uploads of $VIDEO_MIB MiB ($VIDEO_BYTES bytes, ${VIDEO_SECONDS%%.*} s, 1920x1080), all accepted:"
+    printf '%-42s %12s %12s %12s %10s\n' setup "peak before" "peak after" "RSS after" "elapsed"
+    for result in "${UPLOAD_RESULTS[@]}"; do
+        IFS='|' read -r label before_peak _ after_peak after_rss seconds <<<"$result"
+        printf '%-42s %8s MiB %8s MiB %8s MiB %8s s\n' "$label" "$before_peak" "$after_peak" "$after_rss" "$seconds"
+    done
+fi
