@@ -1535,3 +1535,49 @@ async fn deep_rankings_pages_from_a_snapshot_match_the_offset_pages(db: Database
         assert_eq!(seen, if city.is_some() { 8 } else { 24 });
     }
 }
+
+/// A vote that meets a deletion committed after it began is refused and leaves
+/// nothing behind: no vote row, no count. On PostgreSQL the vote is one statement
+/// whose steps see one snapshot; its counter step waits for the deletion's row lock
+/// and then finds the video deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vote_racing_a_deletion_leaves_nothing_on_postgres() {
+    support::on_postgres(|db| async move {
+        let Database::Postgres(pool) = &db else {
+            unreachable!()
+        };
+        let ana = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+        let fan = sign_up(&db, "fan@example.com", "Fan", "Cali").await;
+        let video = published_video(&db, &ana, "Behind the back").await;
+
+        // The deletion holds the video's row while the vote starts.
+        let mut deletion = pool.begin().await.unwrap();
+        sqlx::query("UPDATE videos SET deleted_at = now() WHERE id = $1")
+            .bind(video.id.as_uuid())
+            .execute(&mut *deletion)
+            .await
+            .unwrap();
+        let vote = tokio::spawn({
+            let db = db.clone();
+            async move { db.cast_vote(fan.id, video.id).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        deletion.commit().await.unwrap();
+
+        let refused = vote.await.unwrap();
+        assert!(
+            matches!(refused, Err(DbError::VideoNotFound)),
+            "{refused:?}"
+        );
+        let (rows, count): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM votes WHERE video_id = $1), \
+                    (SELECT vote_count FROM videos WHERE id = $1)",
+        )
+        .bind(video.id.as_uuid())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!((rows, count), (0, 0));
+    })
+    .await;
+}
