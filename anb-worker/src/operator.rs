@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anb_queue::{DeadJob, JobId, JobInfo, JobState, Queue, QueueError, QueueStats};
+use anb_queue::{BackendKind, DeadJob, JobId, JobInfo, JobState, Queue, QueueError, QueueStats};
 use clap::{Args, Subcommand};
 use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width, presets};
 use serde_json::{Value, json};
@@ -240,7 +240,11 @@ pub async fn execute(
     match &args.command {
         QueueCommand::Stats => {
             let stats = queue.stats().await.map_err(OperatorError::Queue)?;
-            emit(out, json, stats_json(queue, &stats), || stats_table(&stats))
+            // SQS has no attribute for it (only CloudWatch's ApproximateAgeOfOldestMessage).
+            let oldest = (queue.kind() != BackendKind::Sqs).then_some(stats.oldest_ready_age);
+            emit(out, json, stats_json(queue, &stats, oldest), || {
+                stats_table(&stats, oldest)
+            })
         }
         QueueCommand::Dead { limit, after } => {
             let limit = *limit as usize;
@@ -425,19 +429,20 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-fn stats_json(queue: &Queue, stats: &QueueStats) -> Value {
+fn stats_json(queue: &Queue, stats: &QueueStats, oldest: Option<Duration>) -> Value {
     json!({
         "backend": queue.kind().as_str(),
         "ready": stats.ready,
         "delayed": stats.delayed,
         "in_flight": stats.in_flight,
         "dead": stats.dead,
-        "oldest_ready_age_seconds": stats.oldest_ready_age.as_secs_f64(),
+        "oldest_ready_age_seconds": oldest.map(|age| age.as_secs_f64()),
     })
 }
 
-/// The stats as a table of jobs by state, and the oldest ready job's wait.
-pub fn stats_table(stats: &QueueStats) -> String {
+/// The stats as a table of jobs by state, and the oldest ready job's wait (`None` where the
+/// backend does not know it).
+pub fn stats_table(stats: &QueueStats, oldest: Option<Duration>) -> String {
     let mut table = table(&["state", "jobs"]);
     for (state, jobs) in [
         ("ready", stats.ready),
@@ -447,13 +452,13 @@ pub fn stats_table(stats: &QueueStats) -> String {
     ] {
         table.add_row(vec![state.to_owned(), jobs.to_string()]);
     }
-    let wait = if stats.ready == 0 {
-        "no job is ready".to_owned()
-    } else {
-        format!(
+    let wait = match oldest {
+        _ if stats.ready == 0 => "no job is ready".to_owned(),
+        Some(age) => format!(
             "the oldest ready job has waited {}",
-            humantime::format_duration(Duration::from_secs(stats.oldest_ready_age.as_secs()))
-        )
+            humantime::format_duration(Duration::from_secs(age.as_secs()))
+        ),
+        None => "how long the oldest ready job has waited is not known on this backend".to_owned(),
     };
     format!("{table}\n{wait}\n")
 }
