@@ -138,7 +138,7 @@ fn counts(stats: &Value) -> (u64, u64, u64, u64) {
     )
 }
 
-/// The whole operator session on one queue: stats, the dead letters listed and paged, one
+/// What an operator does with one queue: stats, the dead letters listed and paged, one
 /// job shown, requeued by id and all at once, pruned by age, and each mistake refused.
 async fn operator_commands(url: &str, backend: &str) {
     let queue = Queue::connect(url).await.unwrap();
