@@ -259,7 +259,14 @@ pub async fn execute(
                 .then(|| jobs.last().map(|job| job.id.to_string()))
                 .flatten();
             emit(out, json, dead_json(&jobs, next.as_deref()), || {
-                dead_table(&jobs, next.as_deref())
+                if jobs.is_empty()
+                    && let Some(after) = &after
+                {
+                    // The job paged from may have been requeued or pruned since.
+                    format!("no dead jobs after {after} (a dead job's id, as `dead` lists)\n")
+                } else {
+                    dead_table(&jobs, next.as_deref())
+                }
             })
         }
         QueueCommand::Show { id } => {

@@ -220,6 +220,13 @@ async fn operator_commands(url: &str, backend: &str) {
     assert!(ok(url, &["dead", "--limit", "1"]).contains(&format!("--after {first_id}")));
     let second = ok_json(url, &["dead", "--limit", "1", "--after", &first_id]);
     assert_eq!(second["jobs"][0]["id"], ids[1], "{second}");
+    let last = ok_json(url, &["dead", "--after", ids[1]]);
+    assert_eq!(last["jobs"], serde_json::json!([]), "{last}");
+    assert_eq!(last["next_after"], Value::Null);
+    assert!(
+        ok(url, &["dead", "--after", ids[1]])
+            .starts_with(&format!("no dead jobs after {}", ids[1]))
+    );
 
     // One job, in each of its states.
     let shown = ok_json(url, &["show", dead[0].as_str()]);
