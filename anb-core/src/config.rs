@@ -286,7 +286,7 @@ impl Settings {
                 "set it to postgres://… or sqlite://path",
             )?,
         )?;
-        let queue_url = get("ANB_QUEUE_URL").unwrap_or_else(|| database_url.as_str().to_owned());
+        let queue_url = Self::queue_url_from_lookup(&lookup)?;
         let storage_url = StorageUrl::parse(
             "ANB_STORAGE_URL",
             &required(
@@ -348,11 +348,45 @@ impl Settings {
         })
     }
 
+    /// The queue's URL alone, read as [`Settings::from_lookup`] reads it: `ANB_QUEUE_URL`,
+    /// else `ANB_DATABASE_URL` (the SQL queue beside the data). For tools that open only the
+    /// queue, such as the operator commands, and need none of the other settings.
+    pub fn queue_url_from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        if let Some(url) = get("ANB_QUEUE_URL") {
+            return Ok(url);
+        }
+        match get("ANB_DATABASE_URL") {
+            Some(raw) => Ok(DatabaseUrl::parse("ANB_DATABASE_URL", &raw)?
+                .as_str()
+                .to_owned()),
+            None => Err(ConfigError::Missing {
+                var: "ANB_QUEUE_URL",
+                hint: "set it, or ANB_DATABASE_URL when the queue lives in the database",
+            }),
+        }
+    }
+
+    /// [`Settings::queue_url_from_lookup`] on the process environment.
+    pub fn queue_url_from_env() -> Result<String, ConfigError> {
+        Self::queue_url_from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// The SQLite file of the embedded default in `data_dir`: its database and its queue.
+    pub fn embedded_database_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("anb.db")
+    }
+
     /// The embedded default: SQLite, its SQL queue and local storage, all under
     /// `data_dir`, with a generated secret kept there too.
     pub fn embedded(data_dir: &Path, http_addr: SocketAddr) -> std::io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let db = format!("sqlite://{}", data_dir.join("anb.db").display());
+        let db = format!(
+            "sqlite://{}",
+            Self::embedded_database_path(data_dir).display()
+        );
         Ok(Self {
             database_url: DatabaseUrl::Sqlite(db.clone()),
             queue_url: db,
@@ -414,6 +448,34 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_lookup(|var| map.get(var).cloned())
+    }
+
+    /// Tools that open only the queue find it as the processes do, with nothing else set.
+    #[test]
+    fn the_queue_url_alone_is_the_queue_setting_or_else_the_database() {
+        let queue_url = |vars: &[(&str, &str)]| {
+            let map: std::collections::HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::queue_url_from_lookup(|var| map.get(var).cloned())
+        };
+        let db = ("ANB_DATABASE_URL", "sqlite://anb.db");
+        assert_eq!(queue_url(&[db]).unwrap(), "sqlite://anb.db");
+        assert_eq!(
+            queue_url(&[db, ("ANB_QUEUE_URL", "redis://127.0.0.1:6379")]).unwrap(),
+            "redis://127.0.0.1:6379"
+        );
+        let err = queue_url(&[("ANB_QUEUE_URL", " ")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("ANB_QUEUE_URL is not set"),
+            "{err}"
+        );
+        let err = queue_url(&[("ANB_DATABASE_URL", "mysql://h/db")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("ANB_DATABASE_URL is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -370,4 +370,7 @@ pub struct DeadJob {
     pub attempts: u32,
     /// The error of the last attempt.
     pub last_error: Option<String>,
+    /// When it died, in milliseconds since the Unix epoch (on SQS: when our worker moved it,
+    /// or, for a message the redrive policy moved, when it was enqueued).
+    pub dead_at_ms: i64,
 }

@@ -680,7 +680,8 @@ impl Backend for PostgresBackend {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT j.id, j.name, j.payload::text AS payload, j.attempts, j.last_error
+            "SELECT j.id, j.name, j.payload::text AS payload, j.attempts, j.last_error,
+                    (extract(epoch FROM j.dead_at) * 1000)::int8 AS dead_at_ms
              FROM anb_queue_jobs j, anb_queue_jobs c
              WHERE c.id = $1 AND c.state = 'dead' AND j.state = 'dead'
                AND (j.dead_at, j.id) < (c.dead_at, c.id)
@@ -737,7 +738,9 @@ impl Backend for PostgresBackend {
 
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         let rows = sqlx::query(
-            "SELECT id, name, payload::text AS payload, attempts, last_error FROM anb_queue_jobs
+            "SELECT id, name, payload::text AS payload, attempts, last_error,
+                    (extract(epoch FROM dead_at) * 1000)::int8 AS dead_at_ms
+             FROM anb_queue_jobs
              WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT $1",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -748,7 +751,7 @@ impl Backend for PostgresBackend {
     }
 }
 
-/// A dead job from a row of `id, name, payload, attempts, last_error`.
+/// A dead job from a row of `id, name, payload, attempts, last_error, dead_at_ms`.
 fn dead_job(row: &sqlx::postgres::PgRow) -> Result<DeadJob, QueueError> {
     Ok(DeadJob {
         id: JobId(
@@ -764,6 +767,10 @@ fn dead_job(row: &sqlx::postgres::PgRow) -> Result<DeadJob, QueueError> {
         )
         .unwrap_or(0),
         last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
+        dead_at_ms: row
+            .try_get::<Option<i64>, _>("dead_at_ms")
+            .map_err(QueueError::from_sqlx)?
+            .unwrap_or(0),
     })
 }
 

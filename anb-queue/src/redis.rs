@@ -273,7 +273,7 @@ return {ready, redis.call('ZCARD', prefix .. 'leases'), delayed, redis.call('ZCA
 ";
 
 /// KEYS: prefix. ARGV: limit, after ('' for the first page). Returns (id, name, payload, attempts,
-/// has_error, error) per dead job, newest first.
+/// has_error, error, dead_at_ms) per dead job, newest first.
 const DEAD_JOBS: &str = "
 local prefix, limit, after = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local out = {}
@@ -283,12 +283,14 @@ if after ~= '' then
   if not rank then return out end
   start = rank + 1
 end
-for _, id in ipairs(redis.call('ZREVRANGE', prefix .. 'dead', start, start + limit - 1)) do
+local dead = redis.call('ZREVRANGE', prefix .. 'dead', start, start + limit - 1, 'WITHSCORES')
+for i = 1, #dead, 2 do
+  local id, died = dead[i], dead[i + 1]
   local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'p', 'a', 'err')
   if job[1] then
     local has_error = '0'
     if job[4] then has_error = '1' end
-    for _, value in ipairs({id, job[1], job[2], job[3], has_error, job[4] or ''}) do
+    for _, value in ipairs({id, job[1], job[2], job[3], has_error, job[4] or '', died}) do
       out[#out + 1] = value
     end
   end
@@ -917,13 +919,15 @@ impl Backend for RedisBackend {
             .await
             .map_err(QueueError::from_redis)?;
         Ok(fields
-            .chunks_exact(6)
+            .chunks_exact(7)
             .map(|job| DeadJob {
                 id: JobId(job[0].clone()),
                 name: job[1].clone(),
                 payload: job[2].clone(),
                 attempts: parse_u32(&job[3]),
                 last_error: (job[4] == "1").then(|| job[5].clone()),
+                // A sorted-set score as Redis prints it (an integer here, maybe in exponent form).
+                dead_at_ms: job[6].parse::<f64>().map_or(0, |ms| ms as i64),
             })
             .collect())
     }

@@ -554,7 +554,7 @@ impl Backend for SqliteBackend {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT j.id, j.name, j.payload, j.attempts, j.last_error
+            "SELECT j.id, j.name, j.payload, j.attempts, j.last_error, j.dead_at AS dead_at_ms
              FROM anb_queue_jobs j, anb_queue_jobs c
              WHERE c.id = ?1 AND c.state = 'dead' AND j.state = 'dead'
                AND (j.dead_at < c.dead_at OR (j.dead_at = c.dead_at AND j.id < c.id))
@@ -604,7 +604,8 @@ impl Backend for SqliteBackend {
 
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
         let rows = sqlx::query(
-            "SELECT id, name, payload, attempts, last_error FROM anb_queue_jobs
+            "SELECT id, name, payload, attempts, last_error, dead_at AS dead_at_ms
+             FROM anb_queue_jobs
              WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT ?1",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -615,7 +616,7 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// A dead job from a row of `id, name, payload, attempts, last_error`.
+/// A dead job from a row of `id, name, payload, attempts, last_error, dead_at_ms`.
 fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
     Ok(DeadJob {
         id: JobId(
@@ -631,6 +632,10 @@ fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
         )
         .unwrap_or(0),
         last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
+        dead_at_ms: row
+            .try_get::<Option<i64>, _>("dead_at_ms")
+            .map_err(QueueError::from_sqlx)?
+            .unwrap_or(0),
     })
 }
 

@@ -257,6 +257,7 @@ async fn retryable_failure_is_retried_until_success(db: &TestDb) {
 
 async fn exhausted_retries_dead_letter_with_last_error(db: &TestDb) {
     let queue = db.queue().await;
+    let before = epoch_ms();
     queue.enqueue(&Flaky { fail_attempts: 99 }).await.unwrap();
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let worker = RunningWorker::spawn(flaky_worker(&queue, attempts.clone(), false));
@@ -272,8 +273,22 @@ async fn exhausted_retries_dead_letter_with_last_error(db: &TestDb) {
     assert_eq!(dead[0].name, "flaky");
     assert_eq!(dead[0].attempts, 3);
     assert_eq!(dead[0].last_error.as_deref(), Some("boom on attempt 3"));
+    // When it died, by the store's clock (a second of slack for a server's own clock).
+    assert!(
+        (before - 1_000..=epoch_ms() + 1_000).contains(&dead[0].dead_at_ms),
+        "died at {} ms, the test ran from {before} ms",
+        dead[0].dead_at_ms
+    );
     let counts = stats(&queue).await;
     assert_eq!((counts.ready, counts.in_flight, counts.delayed), (0, 0, 0));
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn epoch_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
 }
 
 async fn permanent_failure_dead_letters_at_once(db: &TestDb) {

@@ -5,6 +5,7 @@ mod error;
 pub mod job;
 mod media;
 pub mod observability;
+pub mod operator;
 mod options;
 mod pipeline;
 pub mod purge;

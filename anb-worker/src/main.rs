@@ -38,6 +38,9 @@ enum Command {
     },
     /// Consume transcode jobs from the queue named by ANB_QUEUE_URL until SIGTERM (the default).
     Run(RunArgs),
+    /// Inspect and repair the queue named by ANB_QUEUE_URL (else ANB_DATABASE_URL): job
+    /// counts, dead jobs, one job, requeue, prune. Exits with status 1 on any failure.
+    Queue(anb_worker::operator::QueueArgs),
 }
 
 #[derive(Debug, Parser)]
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Some(Command::Transcode(args)) => transcode(&args),
         Some(Command::ExportArt { directory }) => export_art(&directory),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Queue(args)) => Ok(queue(&args)),
         // No subcommand: run with the defaults and the environment's settings.
         None => run(&DefaultRun::parse_from(["anb-worker"]).args),
     };
@@ -217,6 +221,17 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// An operator command on the configured queue; it needs no setting but the queue's.
+fn queue(args: &anb_worker::operator::QueueArgs) -> ExitCode {
+    match anb_core::config::Settings::queue_url_from_env() {
+        Ok(url) => anb_worker::operator::run(&url, args),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn export_art(directory: &Path) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(directory)
         .with_context(|| format!("creating {}", directory.display()))?;
@@ -237,4 +252,17 @@ fn export_art(directory: &Path) -> anyhow::Result<ExitCode> {
         println!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the definitions (unique names and groups, flattened subcommands) only
+    /// when a command line is parsed; this parses none.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+        super::DefaultRun::command().debug_assert();
+    }
 }

@@ -281,5 +281,19 @@ async fn serve_without_the_worker_accepts_uploads_and_leaves_them_queued() {
         .await
         .unwrap();
     assert_eq!(video["status"], "uploaded", "{video}");
+    // Its transcode job waits in the platform's queue, as `anb queue` shows beside the
+    // running server.
+    let stats = Command::new(env!("CARGO_BIN_EXE_anb"))
+        .args(["queue", "stats", "--json", "--data-dir"])
+        .arg(served.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(stats.status.success(), "{stats:?}");
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["dead"].as_u64()),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
     served.stop();
 }

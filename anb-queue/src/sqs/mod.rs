@@ -603,23 +603,22 @@ impl Backend for SqsBackend {
                 let attempts = attribute(ATTR_ATTEMPTS)
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(job.attempts_before);
-                found.push((
-                    dead_at,
-                    DeadJob {
-                        id: JobId(id.to_owned()),
-                        name: job.name,
-                        payload: job.payload,
-                        attempts,
-                        last_error: attribute(ATTR_ERROR).map(str::to_owned),
-                    },
-                ));
+                found.push(DeadJob {
+                    id: JobId(id.to_owned()),
+                    name: job.name,
+                    payload: job.payload,
+                    attempts,
+                    last_error: attribute(ATTR_ERROR).map(str::to_owned),
+                    dead_at_ms: dead_at,
+                });
             }
             if fresh == 0 {
                 break;
             }
         }
-        found.sort_by_key(|(dead_at, _)| std::cmp::Reverse(*dead_at));
-        Ok(found.into_iter().take(limit).map(|(_, job)| job).collect())
+        found.sort_by_key(|job| std::cmp::Reverse(job.dead_at_ms));
+        found.truncate(limit);
+        Ok(found)
     }
 
     fn requests_sent(&self) -> Option<u64> {
