@@ -11,14 +11,11 @@ folder (summary.md, plots, CSV) per scenario. See capacity/README.md.
 
 import argparse
 import csv
-import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -26,10 +23,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
+
+from common import die, free_port, http, machine_description, say
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "capacity"
@@ -43,15 +39,6 @@ SCENARIOS = ("upload", "journey", "read")
 USER_CLASS = {"upload": "Uploader", "journey": "Fan", "read": "Reader"}
 # Locust processes (set from --generator-processes): one is one core at most.
 GENERATOR_PROCESSES = 1
-
-
-def say(message):
-    print(f"==> {message}", file=sys.stderr, flush=True)
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 # --- processes and /proc --------------------------------------------------------------------
@@ -137,24 +124,6 @@ def load_average():
         return " ".join(f.read().split()[:3])
 
 
-def machine_description():
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kib / 1048576, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
 class Sampler(threading.Thread):
     """Every second: CPU (% of one core) of the server, the generator and
     PostgreSQL, the machine's busy CPU, the server's memory and disk I/O."""
@@ -214,26 +183,6 @@ class Sampler(threading.Thread):
 
 
 # --- the platform -------------------------------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method, url, body=None, token=None, timeout=60):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
 
 
 class Platform:

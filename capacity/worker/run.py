@@ -27,51 +27,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import die, free_port, http, machine_description, say  # noqa: E402
 
 PASSWORD = "capacidad-del-worker-2026"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 
 
-def say(message):
-    print(f"==> {message}", file=sys.stderr, flush=True)
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_seconds(pid):
     """User + system CPU of a process and its waited-for children, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / CLK_TCK
-
-
-def http_json(method, url, body=None, token=None, timeout=60):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
 
 
 def upload(base, token, clip, title):
@@ -176,7 +148,7 @@ class Platform:
             if self.api.poll() is not None:
                 die(f"anb-api exited at start: {(self.scratch / 'api.log').read_text()[-2000:]}")
             try:
-                if http_json("GET", f"{self.base}/ready", timeout=2)[0] == 200:
+                if http("GET", f"{self.base}/ready", timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
@@ -184,13 +156,13 @@ class Platform:
         else:
             die(f"anb-api not ready on {self.base} within 60 s")
         email = f"plan-b-{os.getpid()}@carga.test"
-        status, body = http_json("POST", f"{self.base}/api/auth/signup", {
+        status, body = http("POST", f"{self.base}/api/auth/signup", {
             "first_name": "Plan", "last_name": "Be", "email": email, "password1": PASSWORD,
             "password2": PASSWORD, "city": "Bogotá", "country": "Colombia",
         })
         if status != 201:
             die(f"sign-up answered {status}: {body}")
-        status, body = http_json("POST", f"{self.base}/api/auth/login", {"email": email, "password": PASSWORD})
+        status, body = http("POST", f"{self.base}/api/auth/login", {"email": email, "password": PASSWORD})
         if status != 200:
             die(f"log-in answered {status}: {body}")
         self.token = body["access_token"]
@@ -405,13 +377,6 @@ def table(rows, columns):
     return "\n".join(lines)
 
 
-def machine():
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return f"{CORES} cores ({model}), {mem} MiB"
-
-
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -495,14 +460,16 @@ def main():
     load_end = os.getloadavg()
 
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "load_start": load_start, "load_end": load_end,
+    described = machine_description()
+    machine = f"{described['cores']} cores ({described['cpu']}), {described['memory_gib']} GiB"
+    results = {"machine": described, "load_start": load_start, "load_end": load_end,
                "command": " ".join(sys.argv), "saturation": saturation_rows, "sustained": sustained_row,
                "frontier": frontier_rows}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plotted = plot_frontier(frontier_rows, out / "frontier.png")
     summary = [
         "# Worker capacity (Plan B)", "",
-        f"Machine: {machine()}; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end.",
+        f"Machine: {machine}; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end.",
         f"Command: `{' '.join(['capacity/worker/run'] + sys.argv[1:])}`", "",
         f"## Saturation (a backlog of {backlog} queued, then one worker drains it; x264 {args.preset}, CRF {args.crf})",
         "",
