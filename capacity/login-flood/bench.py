@@ -314,7 +314,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (name, label), (s, counts, _, (server_cpu, own_cpu)) in rows.items():
         flood_counts = " ".join(f"{k}×{v}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))) or "—"
-        print(f"| {name} | {label} | {s['median']:.0f} | {s['p95']:.0f} | {s['ok_median']:.0f} | {s['ok_p95']:.0f} "
+        ms = {k: "—" if math.isnan(v) else f"{v:.0f}" for k, v in s.items() if k != "statuses"}
+        print(f"| {name} | {label} | {ms['median']} | {ms['p95']} | {ms['ok_median']} | {ms['ok_p95']} "
               f"| {s['statuses']} | {flood_counts} | {server_cpu:.0f} | {own_cpu:.0f} |")
     for (name, label), (_, _, done, _) in rows.items():
         if done < args.logins:
