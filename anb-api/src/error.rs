@@ -87,6 +87,10 @@ pub enum ErrorCode {
     /// The server is saturated (e.g. every password-hashing slot is busy
     /// and the line is full); retry after `Retry-After` seconds.
     Overloaded,
+    /// The client already has as many log-ins and sign-ups in progress as
+    /// one client may: let those finish, then retry after `Retry-After`
+    /// seconds.
+    TooManyInProgress,
     InternalError,
 }
 
@@ -129,6 +133,7 @@ impl ErrorCode {
             Self::UploadExpired => "upload_expired",
             Self::UploadSizeMismatch => "upload_size_mismatch",
             Self::Overloaded => "overloaded",
+            Self::TooManyInProgress => "too_many_in_progress",
             Self::InternalError => "internal_error",
         }
     }
@@ -218,6 +223,10 @@ pub enum ApiError {
     /// 429: rate limited; retry after this many seconds.
     #[error("rate limited for {retry_after_secs}s")]
     TooManyRequests { retry_after_secs: u64 },
+    /// 429: the client has as many requests of this kind in progress as it
+    /// may (password hashing); retry after this many seconds.
+    #[error("too many in progress; retry in {retry_after_secs}s")]
+    TooManyInProgress { retry_after_secs: u64 },
     /// 503: a dependency is down or saturated; retry after this many seconds.
     /// The cause is logged, never shown.
     #[error("unavailable: {cause}")]
@@ -300,7 +309,9 @@ impl ApiError {
             Self::Gone { .. } => StatusCode::GONE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::TooManyInProgress { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -336,6 +347,14 @@ impl ApiError {
             Self::TooManyRequests { retry_after_secs } => (
                 ErrorCode::RateLimited,
                 format!("Demasiadas solicitudes. Intenta de nuevo en {retry_after_secs} s."),
+                Vec::new(),
+            ),
+            Self::TooManyInProgress { retry_after_secs } => (
+                ErrorCode::TooManyInProgress,
+                format!(
+                    "Ya hay demasiados inicios de sesión o registros en curso desde tu conexión. \
+                     Espera a que terminen e intenta de nuevo en {retry_after_secs} s."
+                ),
                 Vec::new(),
             ),
             Self::PayloadTooLarge { limit_bytes } => (
@@ -416,6 +435,7 @@ impl poem::error::ResponseError for ApiError {
             .content_type(PROBLEM_JSON)
             .body(body);
         if let Self::TooManyRequests { retry_after_secs }
+        | Self::TooManyInProgress { retry_after_secs }
         | Self::Conflict {
             retry_after_secs, ..
         }
@@ -513,6 +533,10 @@ impl From<anb_core::auth::AuthError> for ApiError {
         match error {
             // A hash takes tens of milliseconds: the line is shorter by then.
             anb_core::auth::AuthError::Busy => Self::Overloaded {
+                retry_after_secs: 1,
+            },
+            // The client's own hashes are done within a hash time or two.
+            anb_core::auth::AuthError::ClientBusy => Self::TooManyInProgress {
                 retry_after_secs: 1,
             },
             other => Self::internal(other),
@@ -696,7 +720,10 @@ pub fn problem_meta_response(status: u16) -> MetaResponse {
         422 => "Understood but not doable as asked (see `code`)",
         404 => "Not found (a malformed id is not found too)",
         413 => "The request body is larger than the operation accepts (64 KiB of JSON)",
-        429 => "Rate limited; retry after `Retry-After` seconds",
+        429 => {
+            "Rate limited (`rate_limited`) or, on log-in and sign-up, too many of the client's \
+             in progress (`too_many_in_progress`); retry after `Retry-After` seconds"
+        }
         500 => "Internal error",
         415 => "The body is not of the media type the operation takes",
         503 => "Unavailable or saturated; retry after `Retry-After` seconds",

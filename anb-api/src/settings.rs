@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | `ANB_RATE_LIMIT_LOGIN_PER_IP` | `60/min` | login attempts per client IP |
 //! | `ANB_LOGIN_BACKOFF` | `5` | failed logins in a row per account and client IP before each further attempt waits 1 s, 2 s, 4 s… (at most 15 min), or `off` |
-//! | `ANB_PASSWORD_HASH_QUEUE` | `16` | logins and sign-ups that may wait for a password-hashing slot (one per CPU); beyond that they are answered 503 with `Retry-After` at once |
+//! | `ANB_PASSWORD_HASH_QUEUE` | `16` | logins and sign-ups that may wait for a password-hashing slot (one per CPU), all clients together; beyond that they are answered 503 `overloaded` with `Retry-After` at once |
+//! | `ANB_PASSWORD_HASH_QUEUE_PER_CLIENT` | `2` | logins and sign-ups one client IP may have waiting for or using a hashing slot; beyond that they are answered 429 `too_many_in_progress` with `Retry-After` at once, without hashing; `0` or `off`: no bound. Free slots go to the waiting clients in turn, not first come first served |
 //! | `ANB_RATE_LIMIT_SIGNUP_PER_IP` | `30/min` | sign-ups per client IP |
 //! | `ANB_RATE_LIMIT_VOTE_PER_USER` | `60/min` | votes per user |
 //! | `ANB_RATE_LIMIT_VOTE_PER_IP` | `600/min` | votes per client IP (many people may share one) |
@@ -28,7 +29,7 @@
 //! is allowed, refilled at that rate), or `off`. The defaults are far above
 //! what a person does by hand; load tests raise them or turn them off.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use anb_core::config::ConfigError;
@@ -236,12 +237,19 @@ impl UploadPolicy {
 /// How many logins and sign-ups may wait for a password-hashing slot.
 pub const DEFAULT_PASSWORD_HASH_QUEUE: usize = 16;
 
+/// How many logins and sign-ups one client may have waiting for or using a
+/// password-hashing slot.
+pub const DEFAULT_PASSWORD_HASH_QUEUE_PER_CLIENT: NonZeroUsize = NonZeroUsize::new(2).unwrap();
+
 /// The API's own settings.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub rate_limits: RateLimits,
     /// Password hashes that may wait for a slot before further ones are shed.
     pub password_hash_queue: usize,
+    /// Password hashes one client may have waiting or running before its
+    /// further ones are refused; `None`: no bound.
+    pub password_hash_queue_per_client: Option<NonZeroUsize>,
     /// Peers whose `X-Forwarded-For` header is trusted.
     pub trusted_proxies: Vec<IpNet>,
     pub upload: UploadLimits,
@@ -288,6 +296,16 @@ impl ApiSettings {
                 reason: format!("{raw:?} is not a whole number (0 or more)"),
             })?,
         };
+        let password_hash_queue_per_client = match get("ANB_PASSWORD_HASH_QUEUE_PER_CLIENT") {
+            None => Some(DEFAULT_PASSWORD_HASH_QUEUE_PER_CLIENT),
+            Some(raw) if raw.trim().eq_ignore_ascii_case("off") => None,
+            Some(raw) => {
+                NonZeroUsize::new(raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var: "ANB_PASSWORD_HASH_QUEUE_PER_CLIENT",
+                    reason: format!("{raw:?} is not a whole number (0 or more) or off"),
+                })?)
+            }
+        };
         // The worker reads the same variables through the same type.
         let upload = UploadLimits::from_lookup(&lookup)?;
         let cors_origins = match get("ANB_CORS_ORIGINS") {
@@ -302,6 +320,7 @@ impl ApiSettings {
         Ok(Self {
             rate_limits,
             password_hash_queue,
+            password_hash_queue_per_client,
             trusted_proxies,
             upload,
             uploads,
@@ -316,6 +335,7 @@ impl Default for ApiSettings {
         Self {
             rate_limits: RateLimits::default(),
             password_hash_queue: DEFAULT_PASSWORD_HASH_QUEUE,
+            password_hash_queue_per_client: Some(DEFAULT_PASSWORD_HASH_QUEUE_PER_CLIENT),
             trusted_proxies: Vec::new(),
             upload: UploadLimits::default(),
             uploads: UploadPolicy::default(),
@@ -389,6 +409,23 @@ mod tests {
         assert_eq!(s.upload, UploadLimits::default());
         assert_eq!(s.uploads, UploadPolicy::default());
         assert!(s.trusted_proxies.is_empty());
+        assert_eq!(s.password_hash_queue, DEFAULT_PASSWORD_HASH_QUEUE);
+        assert_eq!(
+            s.password_hash_queue_per_client,
+            Some(DEFAULT_PASSWORD_HASH_QUEUE_PER_CLIENT)
+        );
+    }
+
+    #[test]
+    fn the_per_client_hashing_bound_parses_and_turns_off() {
+        let per_client = |raw| {
+            settings(&[("ANB_PASSWORD_HASH_QUEUE_PER_CLIENT", raw)])
+                .unwrap()
+                .password_hash_queue_per_client
+        };
+        assert_eq!(per_client("5"), NonZeroUsize::new(5));
+        assert_eq!(per_client("0"), None);
+        assert_eq!(per_client("off"), None);
     }
 
     #[test]
@@ -449,6 +486,7 @@ mod tests {
             ("ANB_RATE_LIMIT_LOGIN_PER_IP", "99999999999/min"),
             ("ANB_LOGIN_BACKOFF", "-3"),
             ("ANB_PASSWORD_HASH_QUEUE", "many"),
+            ("ANB_PASSWORD_HASH_QUEUE_PER_CLIENT", "-2"),
             ("ANB_UPLOAD_RATE_PER_USER", "lots"),
             ("ANB_UPLOAD_QUOTA_BYTES", "2GB"),
             ("ANB_UPLOAD_QUOTA_VIDEOS", "99999999999"),

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anb_core::auth::{Passwords, TokenKeys};
+use anb_core::auth::{LineLimits, Passwords, TokenKeys};
 use anb_core::config::Settings;
 use anb_core::db::{Database, DbError};
 use anb_core::domain::UserId;
@@ -117,7 +117,10 @@ impl AppState {
     ) -> Self {
         Self(Arc::new(AppStateInner {
             tokens: TokenKeys::new(&settings.jwt_secret),
-            passwords: Passwords::per_cpu(api.password_hash_queue),
+            passwords: Passwords::per_cpu(LineLimits {
+                queue: api.password_hash_queue,
+                per_client: api.password_hash_queue_per_client,
+            }),
             limiters: RateLimiters::new(&api.rate_limits, api.uploads.rate_per_user),
             media_checks: MediaChecker::default(),
             metrics: prometheus_handle(),

@@ -4,6 +4,8 @@
 //! password slots and the database, and answers a typed outcome; the API only
 //! parses the request and maps the outcome (and its own per-client limits).
 
+use std::net::IpAddr;
+
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -21,7 +23,8 @@ pub enum AccountError {
     /// wrong password give the same).
     #[error("invalid credentials")]
     InvalidCredentials,
-    /// Hashing or signing failed or is saturated ([`AuthError::Busy`]).
+    /// Hashing or signing failed or is saturated ([`AuthError::Busy`], or
+    /// [`AuthError::ClientBusy`] for a client holding its share of the line).
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// The database refused or failed (e.g. [`DbError::DuplicateEmail`]).
@@ -30,21 +33,24 @@ pub enum AccountError {
 }
 
 /// Registers a player: the form is validated, the password hashed on one of
-/// the bounded slots, the account recorded (the address unique regardless of
-/// case and Unicode form).
+/// the bounded slots in `client`'s turn (the address the request came
+/// from), the account recorded (the address unique regardless of case and
+/// Unicode form).
 pub async fn sign_up(
     db: &Database,
     passwords: &Passwords,
+    client: IpAddr,
     form: &SignUpForm,
 ) -> Result<User, AccountError> {
     let signup = SignUp::parse(form).map_err(AccountError::Invalid)?;
     let hash = passwords
-        .hash(signup.password.expose_secret().to_owned())
+        .hash(client, signup.password.expose_secret().to_owned())
         .await?;
     Ok(db.create_user(&signup, &hash).await?)
 }
 
-/// Exchanges an address and password for an access token.
+/// Exchanges an address and password for an access token, the password
+/// checked in `client`'s turn (the address the request came from).
 /// [`AccountError::InvalidCredentials`] for an unknown address — checked
 /// against a decoy hash so it costs what a wrong password costs — or a wrong
 /// password; `email` is `None` for an address that does not parse, which
@@ -53,6 +59,7 @@ pub async fn log_in(
     db: &Database,
     passwords: &Passwords,
     tokens: &TokenKeys,
+    client: IpAddr,
     email: Option<&Email>,
     password: String,
 ) -> Result<AccessToken, AccountError> {
@@ -61,7 +68,7 @@ pub async fn log_in(
         None => None,
     };
     let (user_id, hash) = credentials.map(|c| (c.user_id, c.password_hash)).unzip();
-    let matches = passwords.verify(password, hash).await?;
+    let matches = passwords.verify(client, password, hash).await?;
     let Some(user_id) = user_id.filter(|_| matches) else {
         return Err(AccountError::InvalidCredentials);
     };

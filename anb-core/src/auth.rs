@@ -2,8 +2,13 @@
 //!
 //! Hashing is CPU- and memory-heavy on purpose, so it only happens through
 //! [`Passwords`], which runs it on the blocking pool a bounded number of
-//! times at once, with a bounded line of callers waiting for a turn.
+//! times at once, with a bounded line of callers waiting for a turn, a
+//! bounded share of that line per client, and turns handed out client by
+//! client.
 
+mod hash_line;
+
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +19,9 @@ use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, Salt
 use argon2::{Argon2, Block, Params, Version};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
+pub use self::hash_line::LineLimits;
+use self::hash_line::{HashLine, Refusal};
 use crate::config::JwtSecret;
 
 /// Why a credential operation failed.
@@ -31,6 +37,11 @@ pub enum AuthError {
     /// caller should answer "try again shortly" at once rather than queue.
     #[error("password hashing is saturated")]
     Busy,
+    /// This client already holds as many places in the hashing line
+    /// (waiting or hashing) as one client may: it should let those finish
+    /// before it sends more. Answered at once, without hashing.
+    #[error("this client has as many password hashes in progress as it may")]
+    ClientBusy,
     /// The token could not be created.
     #[error("token could not be signed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
@@ -42,10 +53,16 @@ pub enum AuthError {
 
 /// Hashes and verifies passwords with argon2id (OWASP parameters: 19 MiB,
 /// 2 passes) on tokio's blocking pool, at most as many at once as it has
-/// slots; up to `queue` callers beyond that wait their turn, and any more are
-/// refused at once with [`AuthError::Busy`] (load shedding: under a flood a
-/// login either runs within a few hash times or is told to come back, and
-/// the waiting line, hence everyone's wait, stays bounded). Each slot keeps its 19 MiB
+/// slots. Callers beyond that wait in a line bounded by [`LineLimits`]: up
+/// to `queue` of them, all clients together, and any more are refused at
+/// once with [`AuthError::Busy`] (load shedding: under a flood a login
+/// either runs within a few hash times or is told to come back, and the
+/// waiting line, hence everyone's wait, stays bounded); and one client (the
+/// address a request came from) may hold at most `per_client` places,
+/// waiting or hashing, beyond which it gets [`AuthError::ClientBusy`]. A
+/// freed slot goes to the waiting clients in turn, one hash each, not to the
+/// oldest waiter: a client that floods the line delays the others by at most
+/// one of its hashes per slot. Each slot keeps its 19 MiB
 /// work area for the next hash instead of handing it back to the allocator
 /// (which would keep freed areas resident, one per thread arena), so the
 /// memory hashing ever takes is the slots' work areas, allocated once.
@@ -56,16 +73,12 @@ pub struct Passwords(Arc<Slots>);
 
 #[derive(Debug)]
 struct Slots {
-    count: usize,
-    permits: Arc<Semaphore>,
-    /// How many callers may wait for a permit.
-    queue: usize,
-    /// How many are waiting now.
-    waiting: AtomicUsize,
+    line: Arc<HashLine>,
     /// The work areas of the slots not in use.
     idle: Mutex<Vec<WorkArea>>,
-    /// Work areas allocated so far: at most `count`, since an area is taken
-    /// or made only under a permit and always goes back to `idle`.
+    /// Work areas allocated so far: at most one per slot, since an area is
+    /// taken or made only while holding a slot and always goes back to
+    /// `idle`.
     allocated: AtomicUsize,
 }
 
@@ -80,14 +93,11 @@ impl std::fmt::Debug for WorkArea {
 }
 
 impl Passwords {
-    /// At most `slots` hashes or verifications at once, and at most `queue`
-    /// callers waiting for one.
-    pub fn new(slots: NonZeroUsize, queue: usize) -> Self {
+    /// At most `slots` hashes or verifications at once, and a line for
+    /// them bounded by `limits`.
+    pub fn new(slots: NonZeroUsize, limits: LineLimits) -> Self {
         Self(Arc::new(Slots {
-            count: slots.get(),
-            permits: Arc::new(Semaphore::new(slots.get())),
-            queue,
-            waiting: AtomicUsize::new(0),
+            line: Arc::new(HashLine::new(slots, limits)),
             idle: Mutex::new(Vec::new()),
             allocated: AtomicUsize::new(0),
         }))
@@ -95,27 +105,32 @@ impl Passwords {
 
     /// One slot per CPU available to the process (as its CPU quota allows),
     /// so hashing never waits for a CPU and its memory is bounded by design;
-    /// at most `queue` callers wait for one.
-    pub fn per_cpu(queue: usize) -> Self {
+    /// the line for them bounded by `limits`.
+    pub fn per_cpu(limits: LineLimits) -> Self {
         Self::new(
             std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
-            queue,
+            limits,
         )
     }
 
     /// How many callers are waiting for a slot now.
     pub fn waiting(&self) -> usize {
-        self.0.waiting.load(Ordering::SeqCst)
+        self.0.line.waiting()
     }
 
     /// How many slots are in use now.
     pub fn busy_slots(&self) -> usize {
-        self.0.count - self.0.permits.available_permits()
+        self.0.line.busy_slots()
     }
 
     /// How many hashes or verifications may run at once.
     pub fn slots(&self) -> usize {
-        self.0.count
+        self.0.line.slots()
+    }
+
+    /// How many places in the line (waiting or hashing) `client` holds now.
+    pub fn held_by(&self, client: IpAddr) -> usize {
+        self.0.line.held_by(client)
     }
 
     /// How many work areas have been allocated so far (never more than
@@ -124,24 +139,26 @@ impl Passwords {
         self.0.allocated.load(Ordering::Relaxed)
     }
 
-    /// Hashes `password` with a random salt, as a PHC string that records the
-    /// algorithm and parameters.
-    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
-        self.run(move |area| hash_password(password.as_bytes(), area))
+    /// Hashes `password` in `client`'s turn, with a random salt, as a PHC
+    /// string that records the algorithm and parameters.
+    pub async fn hash(&self, client: IpAddr, password: String) -> Result<String, AuthError> {
+        self.run(client, move |area| hash_password(password.as_bytes(), area))
             .await?
     }
 
     /// Checks `password` against `phc_hash`, a hash made by
-    /// [`hash`](Self::hash). `None` stands for an account that does not
-    /// exist: the password is checked against a hash of no one's password,
-    /// so the answer (always `false`) costs the same time as a wrong password
-    /// and does not tell which addresses are registered.
+    /// [`hash`](Self::hash), in `client`'s turn. `None` stands for an
+    /// account that does not exist: the password is checked against a hash
+    /// of no one's password, so the answer (always `false`) costs the same
+    /// time as a wrong password and does not tell which addresses are
+    /// registered.
     pub async fn verify(
         &self,
+        client: IpAddr,
         password: String,
         phc_hash: Option<String>,
     ) -> Result<bool, AuthError> {
-        self.run(move |area| match phc_hash {
+        self.run(client, move |area| match phc_hash {
             Some(phc_hash) => verify_password(password.as_bytes(), &phc_hash, area),
             None => {
                 let decoy = decoy_password_hash(area)?;
@@ -151,35 +168,29 @@ impl Passwords {
         .await?
     }
 
-    /// Runs `work` with a slot's work area on the blocking pool once a slot
-    /// is free, or refuses it with [`AuthError::Busy`] when the line of
-    /// callers waiting for a slot is full.
-    async fn run<T, F>(&self, work: F) -> Result<T, AuthError>
+    /// Runs `work` with a slot's work area on the blocking pool once it is
+    /// `client`'s turn for a slot, or refuses it at once:
+    /// [`AuthError::ClientBusy`] when the client holds as many places as it
+    /// may, [`AuthError::Busy`] when the line is full.
+    async fn run<T, F>(&self, client: IpAddr, work: F) -> Result<T, AuthError>
     where
         T: Send + 'static,
         F: FnOnce(&mut WorkArea) -> T + Send + 'static,
     {
-        let permits = Arc::clone(&self.0.permits);
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let ahead = self.0.waiting.fetch_add(1, Ordering::SeqCst);
-                // Leaves the line however this ends (turn, refusal, or a
-                // caller that stops waiting).
-                let _in_line = LeaveLine(&self.0.waiting);
-                if ahead >= self.0.queue {
-                    return Err(AuthError::Busy);
-                }
-                permits
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed")
-            }
-        };
+        let turn = self
+            .0
+            .line
+            .enter(client)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Client => AuthError::ClientBusy,
+                Refusal::Full => AuthError::Busy,
+            })?;
         let passwords = self.clone();
-        // The permit moves into the blocking task and is released when the
+        // The turn moves into the blocking task and is given up when the
         // work ends: should the caller stop waiting (a client that hangs
-        // up), the hash still runs to its end and keeps its slot meanwhile.
+        // up), the hash still runs to its end and keeps its slot, and the
+        // client its place, meanwhile.
         tokio::task::spawn_blocking(move || {
             let idle = passwords.idle().pop();
             let mut area = idle.unwrap_or_else(|| {
@@ -190,7 +201,7 @@ impl Passwords {
             // overwritten by the next hash anyway.
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(&mut area)));
             passwords.idle().push(area);
-            drop(permit);
+            drop(turn);
             result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
         .await
@@ -201,15 +212,6 @@ impl Passwords {
         // Nothing panics while holding the lock, but a poisoned vector of
         // work areas would still be sound to use.
         self.0.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A place in the line for a hashing slot, given up when dropped.
-struct LeaveLine<'a>(&'a AtomicUsize);
-
-impl Drop for LeaveLine<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -433,47 +435,100 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    /// The client of the tests that do not look at clients.
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn passwords(slots: usize) -> Passwords {
-        Passwords::new(NonZeroUsize::new(slots).unwrap(), usize::MAX)
+        Passwords::new(
+            NonZeroUsize::new(slots).unwrap(),
+            LineLimits {
+                queue: usize::MAX,
+                per_client: None,
+            },
+        )
     }
 
     #[tokio::test]
     async fn a_full_line_for_hashing_is_refused_at_once() {
-        let passwords = Passwords::new(NonZeroUsize::MIN, 1);
+        let passwords = Passwords::new(
+            NonZeroUsize::MIN,
+            LineLimits {
+                queue: 1,
+                per_client: None,
+            },
+        );
         let running = tokio::spawn({
             let passwords = passwords.clone();
-            async move { passwords.hash("first password".into()).await }
+            async move { passwords.hash(CLIENT, "first password".into()).await }
         });
         while passwords.busy_slots() < 1 {
             tokio::task::yield_now().await;
         }
         let waiting = tokio::spawn({
             let passwords = passwords.clone();
-            async move { passwords.hash("second password".into()).await }
+            async move { passwords.hash(CLIENT, "second password".into()).await }
         });
         while passwords.waiting() < 1 {
             tokio::task::yield_now().await;
         }
         // One running, one waiting: a third is shed, not queued.
         assert!(matches!(
-            passwords.hash("third password".into()).await,
+            passwords.hash(CLIENT, "third password".into()).await,
             Err(AuthError::Busy)
         ));
         assert_eq!(passwords.waiting(), 1);
         running.await.unwrap().unwrap();
         waiting.await.unwrap().unwrap();
         assert_eq!(passwords.waiting(), 0);
-        passwords.hash("fourth password".into()).await.unwrap();
+        passwords
+            .hash(CLIENT, "fourth password".into())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_holding_its_share_of_the_line_is_refused_at_once() {
+        let passwords = Passwords::new(
+            NonZeroUsize::MIN,
+            LineLimits {
+                queue: usize::MAX,
+                per_client: NonZeroUsize::new(2),
+            },
+        );
+        let flooder = IpAddr::from([203, 0, 113, 9]);
+        let mut flood = tokio::task::JoinSet::new();
+        for i in 0..2 {
+            let passwords = passwords.clone();
+            flood.spawn(async move { passwords.hash(flooder, format!("flood {i}")).await });
+        }
+        while passwords.held_by(flooder) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // A third of the same client's is refused without hashing; another
+        // client's is not.
+        assert!(matches!(
+            passwords.hash(flooder, "flood 3".into()).await,
+            Err(AuthError::ClientBusy)
+        ));
+        passwords
+            .hash(IpAddr::from([198, 51, 100, 7]), "a player's".into())
+            .await
+            .unwrap();
+        for hashed in flood.join_all().await {
+            hashed.unwrap();
+        }
+        assert_eq!(passwords.held_by(flooder), 0);
+        passwords.hash(flooder, "later".into()).await.unwrap();
     }
 
     #[tokio::test]
     async fn password_hash_is_argon2id_and_verifies_only_the_same_password() {
         let passwords = passwords(2);
         let verify = |password: &str, hash: Option<&str>| {
-            passwords.verify(password.to_owned(), hash.map(str::to_owned))
+            passwords.verify(CLIENT, password.to_owned(), hash.map(str::to_owned))
         };
         let hash = passwords
-            .hash("correct horse battery".to_owned())
+            .hash(CLIENT, "correct horse battery".to_owned())
             .await
             .unwrap();
         assert!(
@@ -486,7 +541,7 @@ mod tests {
         assert_ne!(
             hash,
             passwords
-                .hash("correct horse battery".to_owned())
+                .hash(CLIENT, "correct horse battery".to_owned())
                 .await
                 .unwrap(),
             "salted"
@@ -507,7 +562,10 @@ mod tests {
         // One slot, so every hash below reuses the work area the previous
         // one left full.
         let passwords = passwords(1);
-        let ours = passwords.hash("pelota naranja".to_owned()).await.unwrap();
+        let ours = passwords
+            .hash(CLIENT, "pelota naranja".to_owned())
+            .await
+            .unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
         assert!(
             Argon2::default()
@@ -539,7 +597,8 @@ mod tests {
                 .to_string(),
         ];
         for hash in theirs {
-            let verify = |password: &str| passwords.verify(password.to_owned(), Some(hash.clone()));
+            let verify =
+                |password: &str| passwords.verify(CLIENT, password.to_owned(), Some(hash.clone()));
             assert!(verify("pelota naranja").await.unwrap(), "{hash}");
             assert!(!verify("pelota azul").await.unwrap(), "{hash}");
         }
@@ -556,7 +615,7 @@ mod tests {
             let (passwords, active, most) = (passwords.clone(), active.clone(), most.clone());
             tasks.spawn(async move {
                 passwords
-                    .run(move |_| {
+                    .run(CLIENT, move |_| {
                         let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -571,20 +630,26 @@ mod tests {
 
         // Real hashes and verifications, more than the slots at once: all
         // succeed, and at most one work area per slot was ever allocated.
-        let hash = passwords.hash("una contraseña".to_owned()).await.unwrap();
+        let hash = passwords
+            .hash(CLIENT, "una contraseña".to_owned())
+            .await
+            .unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..6 {
             let (passwords, hash) = (passwords.clone(), hash.clone());
             tasks.spawn(async move {
                 if i % 2 == 0 {
                     passwords
-                        .verify("una contraseña".to_owned(), Some(hash))
+                        .verify(CLIENT, "una contraseña".to_owned(), Some(hash))
                         .await
                         .unwrap()
                 } else {
-                    let own = passwords.hash(format!("contraseña {i}")).await.unwrap();
+                    let own = passwords
+                        .hash(CLIENT, format!("contraseña {i}"))
+                        .await
+                        .unwrap();
                     passwords
-                        .verify(format!("contraseña {i}"), Some(own))
+                        .verify(CLIENT, format!("contraseña {i}"), Some(own))
                         .await
                         .unwrap()
                 }

@@ -138,6 +138,13 @@ problems!(
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Create a player account.
+    ///
+    /// Like log-in, sign-up hashes the password on a bounded number of
+    /// slots: one client address may have at most
+    /// `ANB_PASSWORD_HASH_QUEUE_PER_CLIENT` (default 2) log-ins and sign-ups
+    /// in progress, beyond which it gets 429 `too_many_in_progress`; when the
+    /// line for the slots is full, 503 `overloaded`. Both come with
+    /// `Retry-After`.
     #[oai(path = "/api/auth/signup", method = "post", operation_id = "signup")]
     async fn signup(
         &self,
@@ -155,7 +162,7 @@ impl AuthApi {
             city: body.0.city.0,
             country: body.0.country.0,
         };
-        let user = anb_core::accounts::sign_up(&state.db, &state.passwords, &form)
+        let user = anb_core::accounts::sign_up(&state.db, &state.passwords, client.0.0, &form)
             .await
             .map_err(ApiError::from)?;
         Ok(SignupResponse::Created(Json(SignupCreated {
@@ -165,6 +172,13 @@ impl AuthApi {
     }
 
     /// Exchange email and password for an access token.
+    ///
+    /// One client address may have at most
+    /// `ANB_PASSWORD_HASH_QUEUE_PER_CLIENT` (default 2) log-ins and sign-ups
+    /// in progress, beyond which it gets 429 `too_many_in_progress` at once;
+    /// when the line for the hashing slots is full (all clients together),
+    /// 503 `overloaded`. Both come with `Retry-After`. Free slots go to the
+    /// waiting clients in turn.
     #[oai(path = "/api/auth/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
@@ -185,6 +199,7 @@ impl AuthApi {
             &state.db,
             &state.passwords,
             &state.tokens,
+            client.0.0,
             email.as_ref(),
             body.0.password,
         )

@@ -298,6 +298,93 @@ async fn a_login_flood_beyond_the_hashing_line_is_shed_with_503_and_retry_after(
     );
 }
 
+#[tokio::test]
+async fn one_client_flooding_log_in_gets_429_and_another_client_still_logs_in() {
+    // The production line: 16 waiting at most, 2 places per client.
+    let app = TestApp::builder()
+        .password_hash_queue(16)
+        .password_hash_queue_per_client(2)
+        .trusted_proxies(&["127.0.0.1/32"])
+        .spawn()
+        .await;
+    let player = app.player().await;
+    let (flooder, home) = ("203.0.113.9", "198.51.100.7");
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (client, url) = (app.client.clone(), app.url("/api/auth/login"));
+        let email = player.email.clone();
+        flood.spawn(async move {
+            client
+                .post(url)
+                .header("x-forwarded-for", flooder)
+                .json(&json!({"email": email, "password": "wrong-password"}))
+                .send()
+                .await
+                .unwrap()
+        });
+    }
+    // The first answer back means the flood has reached the line.
+    let mut answers = vec![flood.join_next().await.unwrap().unwrap()];
+    let ok = login_from(&app, home, &player.email, &player.password).await;
+    assert_eq!(
+        ok.status(),
+        200,
+        "the other client's log-in: {}",
+        ok.text().await.unwrap()
+    );
+    answers.extend(flood.join_all().await);
+    let mut refused = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            401 => {}
+            429 => {
+                assert_eq!(answer.headers()["retry-after"], "1");
+                assert_problem(answer, 429, "too_many_in_progress").await;
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.text().await.unwrap()),
+        }
+    }
+    assert!(
+        refused >= 20,
+        "the flooding client holds two places at most: {refused} of 40 refused"
+    );
+    assert_eq!(app.state.passwords.held_by(flooder.parse().unwrap()), 0);
+    // Once its own are done, the flooding address logs in again.
+    let ok = login_from(&app, flooder, &player.email, &player.password).await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn a_flood_from_many_addresses_is_still_shed_by_the_whole_line() {
+    let app = TestApp::builder()
+        .password_hash_queue(0)
+        .password_hash_queue_per_client(2)
+        .trusted_proxies(&["127.0.0.1/32"])
+        .spawn()
+        .await;
+    let player = app.player().await;
+    let attempts = (0..24).map(|i| {
+        let (app, email) = (&app, player.email.clone());
+        async move { login_from(app, &format!("198.18.0.{i}"), &email, "wrong-password").await }
+    });
+    let mut shed = 0;
+    for response in futures::future::join_all(attempts).await {
+        match response.status().as_u16() {
+            401 => {}
+            503 => {
+                assert_problem(response, 503, "overloaded").await;
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    assert!(
+        shed > 0,
+        "one log-in per address: the bound per client never applies, the whole line's does"
+    );
+}
+
 /// Logs in twice, logs one token out, and checks that it is refused on every
 /// authenticated endpoint while the other keeps working.
 async fn logout_revokes_only_the_presented_token(app: TestApp) {

@@ -55,6 +55,7 @@ pub struct TestAppBuilder {
     uploads: anb_api::settings::UploadPolicy,
     trusted_proxies: Vec<ipnet::IpNet>,
     password_hash_queue: usize,
+    password_hash_queue_per_client: Option<std::num::NonZeroUsize>,
     broker: Option<Broker>,
     transport: anb_api::transport::TransportLimits,
     database_through: Option<std::net::SocketAddr>,
@@ -137,6 +138,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// How many logins and sign-ups one client may have waiting for or
+    /// using a hashing slot (0: no bound, as by default here).
+    pub fn password_hash_queue_per_client(mut self, per_client: usize) -> Self {
+        self.password_hash_queue_per_client = std::num::NonZeroUsize::new(per_client);
+        self
+    }
+
     pub fn trusted_proxies(mut self, proxies: &[&str]) -> Self {
         self.trusted_proxies = proxies.iter().map(|p| p.parse().unwrap()).collect();
         self
@@ -189,6 +197,7 @@ impl TestAppBuilder {
             uploads: self.uploads,
             cors_origins: self.cors_origins,
             password_hash_queue: self.password_hash_queue,
+            password_hash_queue_per_client: self.password_hash_queue_per_client,
         };
         let db = Database::connect_with(&database_url, &settings.pool)
             .await
@@ -339,6 +348,7 @@ impl TestApp {
             trusted_proxies: Vec::new(),
             // Tests that flood on purpose set their own.
             password_hash_queue: usize::MAX,
+            password_hash_queue_per_client: None,
             broker: None,
             transport: anb_api::transport::TransportLimits::default(),
             database_through: None,
