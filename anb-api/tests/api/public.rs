@@ -173,7 +173,12 @@ async fn concurrent_duplicate_votes_count_once_on_postgres() {
 
 #[tokio::test]
 async fn rankings_order_players_by_votes_and_filter_by_normalised_city() {
-    let app = TestApp::spawn().await;
+    // This test reads the ranking right after changing it; pages kept for a moment are
+    // tested on their own (`a_vote_shows_in_the_cached_rankings_within_one_second`).
+    let app = TestApp::builder()
+        .rankings_cache(std::time::Duration::ZERO)
+        .spawn()
+        .await;
     assert_eq!(
         app.get("/api/public/rankings", None)
             .await
