@@ -1,4 +1,5 @@
-"""What the capacity harnesses share: messages, a free port, JSON over HTTP, the machine they ran on."""
+"""What the capacity harnesses share: messages, a free port, JSON over HTTP, a process's CPU time,
+the machine they ran on."""
 
 import json
 import os
@@ -36,6 +37,16 @@ def http(method, url, body=None, token=None, timeout=60):
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) process `pid` has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def machine_description():

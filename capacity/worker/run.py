@@ -33,17 +33,10 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import die, free_port, http, machine_description, say  # noqa: E402
+from common import cpu_seconds, die, free_port, http, machine_description, say  # noqa: E402
 
 PASSWORD = "capacidad-del-worker-2026"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
-
-
-def cpu_seconds(pid):
-    """User + system CPU of a process and its waited-for children, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / CLK_TCK
 
 
 def upload(base, token, clip, title):
