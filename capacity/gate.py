@@ -2,7 +2,9 @@
 
 Closed, the gate stops listening (new connections are refused, as by a host whose
 server is down) and resets every connection it carries; reopened, it listens on the
-same port again. It runs an asyncio loop in a thread of its own, so a test drives it
+same port again. Partitioned, it keeps every connection up and accepts new ones, but
+nothing gets through until it is opened (a network that drops packets: TCP delivers
+what was held once it heals). It runs an asyncio loop in a thread of its own, so a test drives it
 with plain calls from any thread.
 """
 
@@ -21,6 +23,8 @@ class Gate:
         self.cut = 0
         self._server = None
         self._writers = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
@@ -42,6 +46,11 @@ class Gate:
     def open(self):
         if not self.is_open:
             self._call(self._listen())
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
+    def partition(self):
+        """Holds every byte, on open connections and on new ones, until `open`."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
 
     def close(self):
         """Refuses new connections and resets the open ones; returns how many it cut."""
@@ -82,6 +91,17 @@ class Gate:
         self.cut += len(writers) // 2
         return len(writers) // 2
 
+    async def _pump(self, reader, writer):
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (OSError, RuntimeError):
+            reset(writer)
+
     async def _cancel_tasks(self):
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -92,6 +112,7 @@ class Gate:
         if self._server is None:
             reset(client_writer)
             return
+        await self._flowing.wait()
         try:
             server_reader, server_writer = await asyncio.wait_for(asyncio.open_connection(*self.target), 5)
         except (OSError, asyncio.TimeoutError):
@@ -102,23 +123,13 @@ class Gate:
         self._writers |= pair
         try:
             await asyncio.gather(
-                pump(client_reader, server_writer), pump(server_reader, client_writer), return_exceptions=True
+                self._pump(client_reader, server_writer), self._pump(server_reader, client_writer),
+                return_exceptions=True,
             )
         finally:
             self._writers -= pair
             for writer in pair:
                 writer.close()
-
-
-async def pump(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, RuntimeError):
-        reset(writer)
 
 
 def reset(writer):

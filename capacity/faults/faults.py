@@ -64,6 +64,8 @@ class Settings:
     tail: float
     players: int
     hang: float = HANG_SECONDS
+    # refuse: connections refused and reset; partition: held open, nothing gets through.
+    cut: str = "refuse"
 
 
 FULL = Settings(clients=40, upload_clients=12, warm_up=10, fault=10, recovery_bound=60, timeout=30,
@@ -75,6 +77,7 @@ QUICK = Settings(clients=12, upload_clients=6, warm_up=2, fault=3, recovery_boun
 @dataclass
 class Outcome:
     fault: str
+    cut: str
     during: list
     after: list
     longest: float
@@ -135,13 +138,16 @@ def run_scenario(name, settings, binary, scratch, pg, redis, sqs, clip):
         time.sleep(settings.warm_up)
         say(f"{name}: closing the gate for {settings.fault:g} s under {count} clients")
         closed_at = time.time()
-        gate.close()
+        if settings.cut == "partition":
+            gate.partition()
+        else:
+            gate.close()
         time.sleep(settings.fault)
         outbox_at_reopen = outbox_state(pg, database) if name != "db" else None
         gate.open()
         opened_at = time.time()
         say(f"{name}: gate open again")
-        outcome = Outcome(fault=name, during=[], after=[], longest=0.0)
+        outcome = Outcome(fault=name, cut=settings.cut, during=[], after=[], longest=0.0)
         if name == "db":
             wait_for_clients(record, clients, opened_at, settings.recovery_bound)
             time.sleep(1)
@@ -426,6 +432,8 @@ def table(outcomes):
         lost = f"{o.lost} (of {o.accepted}" + (f"; {o.duplicates} duplicate jobs)" if o.fault != "db" else ")")
         label = {"db": "database away (journey)", "redis": "Redis queue away (uploads)",
                  "sqs": "SQS endpoint away (uploads)"}[o.fault]
+        if o.cut == "partition":
+            label = label.replace(" away", " partitioned")
         lines.append(f"| {label} | {len(o.during)} | {len(failed)} | {status_text} | "
                      f"{o.longest * 1000:.0f} ms | {recovery} | {lost} |")
     return "\n".join(lines)
@@ -441,6 +449,9 @@ def parse_args():
     parser.add_argument("--fault-seconds", type=float, help="how long each gate stays closed")
     parser.add_argument("--tail-seconds", type=float,
                         help="how long the uploading clients go on after the reopening (0: they stop at once)")
+    parser.add_argument("--cut", choices=("refuse", "partition"), default="refuse",
+                        help="refuse: the gate refuses and resets connections (the server is down); partition: "
+                             "it holds them open and lets nothing through (the network is)")
     parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS,
                         help=f"an answer slower than this hung (default {HANG_SECONDS:g})")
     parser.add_argument("--logs", type=Path, help="copy the API logs here before the temp dir goes")
@@ -455,6 +466,7 @@ def parse_args():
     if args.fault_seconds:
         settings.fault = args.fault_seconds
     settings.hang = args.hang_seconds
+    settings.cut = args.cut
     if args.tail_seconds is not None:
         settings.tail = args.tail_seconds
     args.scenarios = [s for s in args.only.split(",") if s]
@@ -524,7 +536,7 @@ def main():
                 failed = True
         print(f"({time.time() - started:.0f} s in all, {'quick' if args.quick else 'full'} settings: "
               f"{settings.clients} journey clients, {settings.upload_clients} uploading clients, "
-              f"faults of {settings.fault:g} s)")
+              f"faults of {settings.fault:g} s, gates that {settings.cut})")
     sys.exit(1 if failed else 0)
 
 
