@@ -208,8 +208,9 @@ impl Worker {
     ///
     /// A handler's error decides the job's fate: a retryable [`JobError`] (what `?` gives)
     /// retries it with backoff until [`Job::MAX_ATTEMPTS`], then dead-letters it; a permanent
-    /// one dead-letters it at once. A panic counts as a retryable error. A payload that no
-    /// longer deserializes is dead-lettered.
+    /// one dead-letters it at once; [`JobError::snooze`] puts the job off without counting
+    /// the attempt. A panic counts as a retryable error. A payload that no longer
+    /// deserializes is dead-lettered.
     pub fn handle<J, F, Fut>(mut self, handler: F) -> Self
     where
         J: Job,

@@ -283,6 +283,106 @@ async fn exhausted_retries_dead_letter_with_last_error(db: &TestDb) {
     assert_eq!((counts.ready, counts.in_flight, counts.delayed), (0, 0, 0));
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Sleepy {
+    snoozes: u32,
+}
+
+impl Job for Sleepy {
+    const NAME: &'static str = "sleepy";
+    // One attempt: a snooze that counted it would dead-letter the job.
+    const MAX_ATTEMPTS: u32 = 1;
+}
+
+const SNOOZE: Duration = Duration::from_millis(300);
+
+/// The gaps between consecutive runs a handler recorded.
+fn gaps(runs: &[(u32, Instant)]) -> Vec<Duration> {
+    runs.windows(2).map(|pair| pair[1].1 - pair[0].1).collect()
+}
+
+/// A handler that snoozes puts its job off for the delay it names, and the attempt does
+/// not count: a job allowed one attempt snoozes three times, runs each time as attempt 1,
+/// and completes.
+async fn a_snoozed_job_runs_again_later_without_counting_the_attempt(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Sleepy { snoozes: 3 }).await.unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let recorded = runs.clone();
+    let worker = Worker::new(queue.clone()).handle(move |job: Sleepy, ctx: JobContext| {
+        let runs = recorded.clone();
+        async move {
+            let mut runs = runs.lock().unwrap();
+            runs.push((ctx.attempt(), Instant::now()));
+            if runs.len() as u32 <= job.snoozes {
+                return Err(JobError::snooze(SNOOZE));
+            }
+            Ok(())
+        }
+    });
+    let worker = RunningWorker::spawn(worker);
+    wait_until("fourth run", 60, || async {
+        runs.lock().unwrap().len() >= 4
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
+        vec![1, 1, 1, 1],
+        "a snooze is not an attempt"
+    );
+    // A few milliseconds of slack for the store's clock against this process's.
+    for gap in gaps(&runs) {
+        assert!(
+            gap >= SNOOZE - Duration::from_millis(20),
+            "ran again after {gap:?}, snoozed for {SNOOZE:?}"
+        );
+    }
+    assert_eq!(stats(&queue).await.dead, 0);
+}
+
+/// A retryable failure with its own delay is retried after that delay instead of the
+/// worker's back-off, and the attempt counts.
+async fn a_failure_retries_after_the_delay_its_handler_chose(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let recorded = runs.clone();
+    let chosen = Duration::from_millis(700);
+    let worker = Worker::new(queue.clone())
+        .retry_backoff(fast_retries())
+        .handle(move |job: Flaky, ctx: JobContext| {
+            let runs = recorded.clone();
+            async move {
+                runs.lock().unwrap().push((ctx.attempt(), Instant::now()));
+                if ctx.attempt() <= job.fail_attempts {
+                    return Err(JobError::retryable("come back later").retry_after(chosen));
+                }
+                Ok(())
+            }
+        });
+    let worker = RunningWorker::spawn(worker);
+    wait_until("second attempt", 60, || async {
+        runs.lock().unwrap().len() >= 2
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let gap = gaps(&runs)[0];
+    // The worker's back-off would have retried within 100 ms.
+    assert!(
+        gap >= chosen - Duration::from_millis(20),
+        "retried after {gap:?}, asked for {chosen:?}"
+    );
+}
+
 /// Milliseconds since the Unix epoch, now.
 fn epoch_ms() -> i64 {
     let since = std::time::SystemTime::now()
@@ -1231,6 +1331,8 @@ macro_rules! conformance_suite {
                 retryable_failure_is_retried_until_success,
                 exhausted_retries_dead_letter_with_last_error,
                 permanent_failure_dead_letters_at_once,
+                a_snoozed_job_runs_again_later_without_counting_the_attempt,
+                a_failure_retries_after_the_delay_its_handler_chose,
                 operators_look_up_page_requeue_and_prune_jobs,
                 dead_jobs_past_the_retention_are_pruned_by_the_worker,
                 panicking_handler_is_retried,
