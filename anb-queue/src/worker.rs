@@ -20,15 +20,18 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use tower::{BoxError, Layer, Service};
+
 use crate::{
     backend::{ClaimRequest, ClaimedJob, Lease, now_ms},
     error::{JobError, QueueError},
     job::{Job, JobContext},
+    middleware::{JobRequest, JobService, WrapFn, layered, wrap_fn},
     queue::Queue,
     runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
 };
 
-type HandlerFn =
+pub(crate) type HandlerFn =
     Arc<dyn Fn(String, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// A registered handler and what its job type says about running it.
@@ -105,6 +108,7 @@ pub struct Worker {
     backoff: RetryBackoff,
     maintenance: Maintenance,
     timeout: Option<Duration>,
+    layers: Vec<WrapFn>,
 }
 
 impl fmt::Debug for Worker {
@@ -118,6 +122,7 @@ impl fmt::Debug for Worker {
             .field("backoff", &self.backoff)
             .field("timeout", &self.timeout)
             .field("dead_retention", &self.maintenance.dead_retention)
+            .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +141,7 @@ impl Worker {
             backoff: RetryBackoff::default(),
             maintenance: Maintenance::default(),
             timeout: None,
+            layers: Vec::new(),
         }
     }
 
@@ -201,6 +207,39 @@ impl Worker {
     /// expires messages by its retention period) skip it.
     pub fn dead_retention(mut self, retention: Option<Duration>) -> Self {
         self.maintenance.dead_retention = retention;
+        self
+    }
+
+    /// Wraps every handler of this worker in a [tower] layer (middleware: a concurrency or
+    /// rate limit across its handlers, a timeout, tracing). The first layer added is the
+    /// outermost. A handler's own [`JobError`] passes through the layers unchanged; any
+    /// other error a layer returns fails the attempt retryably. See [`crate::middleware`].
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Resize { image: String }
+    /// # impl anb_queue::Job for Resize { const NAME: &'static str = "resize"; }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// use std::time::Duration;
+    /// use anb_queue::{JobContext, Worker};
+    ///
+    /// Worker::new(queue)
+    ///     .concurrency(16)
+    ///     // However many jobs run, at most 2 resizes talk to the image service at once.
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(2))
+    ///     .handle(|job: Resize, _ctx: JobContext| async move { Ok(()) })
+    ///     .run_until(anb_queue::shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<JobService> + Send + Sync + 'static,
+        L::Service: Service<JobRequest, Response = ()> + Clone + Send + Sync + 'static,
+        <L::Service as Service<JobRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<JobRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(wrap_fn(layer));
         self
     }
 
@@ -302,7 +341,18 @@ impl Runtime {
         Ok(Self {
             shared: Arc::new(Shared {
                 runtime: LeaseRuntime::new(backend, owner, worker.lease, worker.backoff),
-                handlers: worker.handlers,
+                handlers: if worker.layers.is_empty() {
+                    worker.handlers
+                } else {
+                    worker
+                        .handlers
+                        .into_iter()
+                        .map(|(name, handler)| {
+                            let run = layered(handler.run, &worker.layers);
+                            (name, Handler { run, ..handler })
+                        })
+                        .collect()
+                },
                 names,
                 timeout: worker.timeout,
             }),

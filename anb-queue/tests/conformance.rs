@@ -1950,3 +1950,139 @@ mod redis_only {
         crate::redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db).await;
     }
 }
+
+/// Middleware: tower layers around every handler of a worker. Backend-independent, so run
+/// on the embedded backend.
+mod middleware {
+    use super::*;
+    use anb_queue::middleware::{JobRequest, JobService};
+    use tower::{ServiceExt, layer::layer_fn, limit::ConcurrencyLimitLayer, timeout::TimeoutLayer};
+
+    /// A layer that logs `label job-name` before calling the service inside it.
+    fn recording_layer(
+        label: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+    ) -> impl tower::Layer<JobService, Service = JobService> + Send + Sync + 'static {
+        layer_fn(move |inner: JobService| {
+            let log = log.clone();
+            JobService::new(tower::service_fn(move |request: JobRequest| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{label} {}", request.name()));
+                inner.clone().oneshot(request)
+            }))
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layers_wrap_every_handler_the_first_added_outermost() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        queue
+            .enqueue(&Echo {
+                n: 1,
+                text: "a".into(),
+            })
+            .await
+            .unwrap();
+        queue.enqueue(&Flaky { fail_attempts: 0 }).await.unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handled = log.clone();
+        let worker = Worker::new(queue.clone())
+            .concurrency(1)
+            .layer(recording_layer("outer", log.clone()))
+            .layer(recording_layer("inner", log.clone()))
+            .handle(move |job: Echo, _ctx: JobContext| {
+                let handled = handled.clone();
+                async move {
+                    handled
+                        .lock()
+                        .unwrap()
+                        .push(format!("handler {}", job.text));
+                    Ok(())
+                }
+            })
+            .handle(|_job: Flaky, _ctx: JobContext| async { Ok(()) });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("both jobs done", 60, || is_empty(&queue)).await;
+        worker.stop().await;
+        let log = log.lock().unwrap().clone();
+        let echo: Vec<&String> = log.iter().filter(|line| !line.ends_with("flaky")).collect();
+        assert_eq!(echo, ["outer echo", "inner echo", "handler a"]);
+        assert!(
+            log.contains(&"outer flaky".to_owned()) && log.contains(&"inner flaky".to_owned()),
+            "{log:?}"
+        );
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_concurrency_limit_layer_bounds_the_jobs_running_at_once() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        let jobs: Vec<Slow> = (0..8).map(|_| Slow { millis: 150 }).collect();
+        queue.enqueue_bulk(&jobs).await.unwrap();
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let (now, peak) = (running.clone(), most.clone());
+        let worker = Worker::new(queue.clone())
+            .concurrency(8)
+            .layer(ConcurrencyLimitLayer::new(2))
+            .handle(move |job: Slow, _ctx: JobContext| {
+                let (now, peak) = (now.clone(), peak.clone());
+                async move {
+                    let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(at_once, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("every job done", 60, || is_empty(&queue)).await;
+        worker.stop().await;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "8 claimed at once, 2 let through the layer"
+        );
+        db.cleanup().await;
+    }
+
+    /// A layer's own error (a timeout) fails the attempt retryably with its text; a
+    /// handler's error passes through the layers as the handler meant it (permanent here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_layer_error_retries_and_a_handler_error_passes_through_unchanged() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        queue.enqueue(&Flaky { fail_attempts: 0 }).await.unwrap();
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let seen = attempts.clone();
+        let worker = Worker::new(queue.clone())
+            .retry_backoff(fast_retries())
+            .layer(TimeoutLayer::new(Duration::from_millis(200)))
+            .handle(move |_job: Flaky, ctx: JobContext| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.attempt());
+                    if ctx.attempt() == 1 {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return Ok(());
+                    }
+                    Err(JobError::permanent("no retry can fix this"))
+                }
+            });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+        worker.stop().await;
+        assert_eq!(
+            *attempts.lock().unwrap(),
+            vec![1, 2],
+            "timed out once (retried), then permanent"
+        );
+        let dead = queue.dead_jobs(10).await.unwrap();
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].last_error.as_deref(), Some("no retry can fix this"));
+        db.cleanup().await;
+    }
+}
