@@ -475,14 +475,11 @@ async fn bench_unique(args: &Args, for_period: bool) -> anyhow::Result<UniqueFig
     if let Some(running) = running {
         running.await??;
     }
-    let runs = runs.lock().unwrap();
-    let got_through = runs.values().map(|count| count - 1).sum();
-    anyhow::ensure!(
-        runs.len() as u64 == distinct,
-        "{} of {distinct} keys ran",
-        runs.len()
-    );
-    drop(runs);
+    let (keys_run, got_through) = {
+        let runs = runs.lock().unwrap();
+        (runs.len() as u64, runs.values().map(|count| count - 1).sum())
+    };
+    anyhow::ensure!(keys_run == distinct, "{keys_run} of {distinct} keys ran");
     drop(queue);
     scratch.drop_database().await;
     Ok(UniqueFigures {
