@@ -64,6 +64,12 @@ pub(crate) fn now_ms() -> i64 {
 
 /// Refuses jobs with a unique key in a plain enqueue, which would store them without
 /// enforcing it.
+#[cfg(any(
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "redis",
+    feature = "sqs"
+))]
 pub(crate) fn refuse_unique(jobs: &[NewJob]) -> Result<(), QueueError> {
     match jobs.iter().find(|job| job.unique.is_some()) {
         Some(job) => Err(QueueError::UniqueKeyNotEnforced { job: job.name }),
@@ -71,9 +77,9 @@ pub(crate) fn refuse_unique(jobs: &[NewJob]) -> Result<(), QueueError> {
     }
 }
 
-/// How many times a unique enqueue tries again when the key's holder finished between
-/// finding the key held and reading who held it.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+/// How many times a unique enqueue on PostgreSQL tries again when the key's holder finished
+/// between finding the key held and reading who held it.
+#[cfg(feature = "postgres")]
 pub(crate) const UNIQUE_ATTEMPTS: usize = 20;
 
 /// A job's id in its backend (a row id for SQL backends, a message id for brokers).
