@@ -1317,7 +1317,7 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5, "upgraded to the current version");
     let during = serde_json::to_string(&Echo {
         n: 2,
         text: "written by version 2 after the upgrade".into(),
@@ -1382,7 +1382,7 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5, "upgraded to the current version");
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'anb_queue_jobs' ORDER BY 1",
     )
