@@ -477,7 +477,10 @@ async fn bench_unique(args: &Args, for_period: bool) -> anyhow::Result<UniqueFig
     }
     let (keys_run, got_through) = {
         let runs = runs.lock().unwrap();
-        (runs.len() as u64, runs.values().map(|count| count - 1).sum())
+        (
+            runs.len() as u64,
+            runs.values().map(|count| count - 1).sum(),
+        )
     };
     anyhow::ensure!(keys_run == distinct, "{keys_run} of {distinct} keys ran");
     drop(queue);
