@@ -7,6 +7,9 @@ use tokio::task::JoinHandle;
 
 use crate::state::{AppState, JobDelivery};
 
+/// The longest wait between the relay's tries while the broker is away.
+const RELAY_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A relay running beside the server.
 #[derive(Debug)]
 pub(crate) struct RunningRelay {
@@ -24,10 +27,15 @@ pub(crate) fn spawn(state: &AppState) -> Option<RunningRelay> {
     // A connection of its own, opened from the URL: the relay opens a fresh
     // one whenever publishing fails, so it is back as soon as the broker is.
     let url = state.settings.queue_url.clone();
-    let relay = outbox.relay(move || {
-        let url = url.clone();
-        async move { Queue::connect(&url).await }
-    });
+    // Retries every 2 s at most while the broker is away (a connect attempt, cheap),
+    // so the backlog goes out within about 2 s of its return even when no upload
+    // wakes the relay (the library's default waits up to 10 s).
+    let relay = outbox
+        .relay(move || {
+            let url = url.clone();
+            async move { Queue::connect(&url).await }
+        })
+        .max_backoff(RELAY_MAX_BACKOFF);
     let task = tokio::spawn(relay.run_until(async {
         let _ = stopped.await;
     }));

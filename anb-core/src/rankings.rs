@@ -150,9 +150,9 @@ impl Rankings {
 
 /// The value of `key` in `cache`, loaded by `load` when it is not held; concurrent
 /// callers for one key wait for one load. A failed load is not kept. Its error is
-/// shared by the callers that waited for it: the last one takes it, the others load
-/// again themselves, so each answer carries an error of its own (an outage still
-/// answers fast).
+/// shared by the callers that waited for it: the last one takes it; when the database
+/// was unavailable the others answer the same outage at once (loading again would make
+/// each of them wait out another connect timeout), otherwise they load again themselves.
 async fn shared_load<K, V, F, Fut>(
     cache: &moka::future::Cache<K, V>,
     key: K,
@@ -168,7 +168,40 @@ where
         Ok(value) => Ok(value),
         Err(shared) => match Arc::try_unwrap(shared) {
             Ok(error) => Err(error),
+            Err(shared) if shared.is_unavailable() => Err(DbError::Unavailable(shared.to_string())),
             Err(_) => load().await,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Callers waiting on one load that fails with the database out of reach all answer
+    /// that outage: none loads again (each would wait out another connect timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_sharing_a_load_that_hit_an_outage_all_answer_it_without_loading_again() {
+        let cache: moka::future::Cache<u32, u32> = moka::future::Cache::new(10);
+        let loads = AtomicU32::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Err::<u32, _>(DbError::Sqlx(sqlx::Error::PoolTimedOut))
+        };
+        let answers = futures::future::join_all((0..8).map(|_| shared_load(&cache, 1, load))).await;
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one load for eight callers"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|answer| answer.as_ref().is_err_and(DbError::is_unavailable))
+        );
+        assert_eq!(cache.get(&1).await, None, "a failed load is not kept");
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::Barrier;
 
 mod support {
     use super::*;
+    use sqlx::Connection;
 
     const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -34,18 +35,19 @@ mod support {
     {
         let admin_url = std::env::var("ANB_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let admin = Database::connect(&admin_url).await.unwrap_or_else(|error| {
-            panic!(
-                "PostgreSQL is not reachable at ANB_TEST_POSTGRES_URL={admin_url} ({error}); \
-                 start it or point the variable at a server"
-            )
-        });
+        // A plain connection, without the application pool's statement timeout: creating
+        // and dropping databases can take longer than a request may on a busy server.
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "PostgreSQL is not reachable at ANB_TEST_POSTGRES_URL={admin_url} ({error}); \
+                     start it or point the variable at a server"
+                )
+            });
         let name = format!("anb_test_{}", uuid::Uuid::new_v4().simple());
-        let Database::Postgres(admin_pool) = &admin else {
-            panic!("ANB_TEST_POSTGRES_URL must be a postgres:// URL")
-        };
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(admin_pool)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
             .await
             .expect("create the test database");
 
@@ -60,13 +62,13 @@ mod support {
             .catch_unwind()
             .await;
         db.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
-        .execute(admin_pool)
+        .execute(&mut admin)
         .await
         .expect("drop the test database");
-        admin.close().await;
+        let _ = admin.close().await;
         if let Err(panic) = outcome {
             std::panic::resume_unwind(panic);
         }

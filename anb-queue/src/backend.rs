@@ -18,7 +18,7 @@
 //!   owner and the claim's [`Lease`], and is a no-op for a job that claim no longer holds
 //!   (its lease ran out, even if the same worker has claimed the job again since); `extend`
 //!   reports such leases as lost;
-//! - a claim counts an attempt; `release` gives the attempt back;
+//! - a claim counts an attempt; `release` and `snooze` give the attempt back;
 //! - a unique key ([`Backend::enqueue_unique`]) held while unfinished is freed by the same
 //!   operation that completes or dead-letters its job, so no finished job holds one;
 //! - a job whose lease expires on its last attempt is dead-lettered rather than retried, so a
@@ -249,6 +249,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Gives leased, unfinished jobs back at once, without counting the attempt.
     async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError>;
+
+    /// Makes a leased job claimable again after `delay` without counting the attempt (its
+    /// handler snoozed it) and without touching its last error. A backend that cannot give
+    /// an attempt back answers [`QueueError::UnsupportedByBackend`], and the worker retries
+    /// the job instead.
+    async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
+        let _ = (owner, lease, delay);
+        Err(self.unsupported("snoozing a job"))
+    }
 
     /// Extends leases to `lease` from now. Returns the leases that are lost (expired, or
     /// the job is held by another claim now), which were not extended.

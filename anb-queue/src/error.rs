@@ -1,5 +1,7 @@
 //! The library's error type.
 
+use std::time::Duration;
+
 /// Errors raised by the queue library itself (connecting, enqueueing, claiming).
 ///
 /// Errors raised by job handlers are [`JobError`](crate::JobError)s instead: they decide
@@ -233,11 +235,16 @@ impl QueueError {
 ///
 /// Any `std::error::Error` converts into a *retryable* `JobError` with `?`; use
 /// [`JobError::permanent`] when retrying cannot succeed (invalid input, a rule the job breaks),
-/// so the job goes straight to the dead letters.
+/// so the job goes straight to the dead letters. Two more ways out:
+/// [`JobError::retry_after`] picks the time of the retry (the attempt counts), and
+/// [`JobError::snooze`] puts the job off without counting an attempt (nothing failed: an
+/// input is not ready yet, a partner service asked to come back later).
 #[derive(Debug)]
 pub struct JobError {
     message: String,
     retryable: bool,
+    delay: Option<Duration>,
+    snoozed: bool,
 }
 
 impl JobError {
@@ -246,6 +253,8 @@ impl JobError {
         Self {
             message: error.to_string(),
             retryable: true,
+            delay: None,
+            snoozed: false,
         }
     }
 
@@ -254,12 +263,54 @@ impl JobError {
         Self {
             message: error.to_string(),
             retryable: false,
+            delay: None,
+            snoozed: false,
         }
+    }
+
+    /// Runs the job again after `delay`, without counting this attempt: it goes back to the
+    /// queue as if it had been enqueued with that delay, however often it snoozes. Not an
+    /// error in the job's record (its last error is kept as it was).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use anb_queue::JobError;
+    ///
+    /// fn not_ready_yet() -> Result<(), JobError> {
+    ///     Err(JobError::snooze(Duration::from_secs(30)))
+    /// }
+    /// # assert!(not_ready_yet().unwrap_err().is_snooze());
+    /// ```
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            message: format!("snoozed for {delay:?}"),
+            retryable: true,
+            delay: Some(delay),
+            snoozed: true,
+        }
+    }
+
+    /// Retries this failure after `delay` instead of the worker's back-off (the attempt
+    /// counts; a permanent failure stays permanent).
+    #[must_use]
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     /// Whether the job should be attempted again (while attempts remain).
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether the handler put the job off with [`JobError::snooze`].
+    pub fn is_snooze(&self) -> bool {
+        self.snoozed
+    }
+
+    /// The delay the handler chose before the job runs again, if any.
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
     }
 
     /// The error message kept with the job.
@@ -270,6 +321,9 @@ impl JobError {
 
 impl std::fmt::Display for JobError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.snoozed {
+            return f.write_str(&self.message);
+        }
         let kind = if self.retryable {
             "retryable"
         } else {
@@ -293,6 +347,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
         Self {
             message,
             retryable: true,
+            delay: None,
+            snoozed: false,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod apalis;
 pub mod backend;
 mod error;
 mod job;
+pub mod middleware;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod outbox;
 #[cfg(feature = "postgres")]

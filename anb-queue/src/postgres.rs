@@ -625,6 +625,31 @@ impl Backend for PostgresBackend {
         Ok(())
     }
 
+    async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
+        let Some(id) = row_id(lease) else {
+            return Ok(());
+        };
+        let snoozed = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
+                 attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL
+             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(&lease.token)
+        .bind(owner)
+        .bind(millis(delay))
+        .execute(&self.leases)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+        // Due at once: wake idle workers, as a release does (a later due time is found by
+        // the workers' next-due timer).
+        if snoozed.rows_affected() > 0 && delay.is_zero() {
+            self.notify().await?;
+        }
+        Ok(())
+    }
+
     async fn extend(
         &self,
         owner: &str,

@@ -204,6 +204,24 @@ end
 return 0
 ";
 
+/// KEYS: prefix. ARGV: lease token, id, delay_ms. Gives the attempt back and makes the job
+/// due after the delay; its last error stays.
+const SNOOZE: &str = "
+local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
+if held(prefix, id, owner) then
+  local key = prefix .. 'job:' .. id
+  local name = redis.call('HGET', key, 'n')
+  local delay = tonumber(ARGV[3])
+  redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+  redis.call('SADD', prefix .. 'names', name)
+  redis.call('HINCRBY', key, 'a', -1)
+  redis.call('HDEL', key, 'o')
+  redis.call('ZREM', prefix .. 'leases', id)
+  if delay == 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+end
+return 0
+";
+
 /// KEYS: prefix. ARGV: lease token, id, error.
 const DEAD_LETTER: &str = "
 local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
@@ -410,6 +428,7 @@ struct Scripts {
     retry: Script,
     dead_letter: Script,
     release: Script,
+    snooze: Script,
     extend: Script,
     recover: Script,
     next_due: Script,
@@ -432,6 +451,7 @@ impl Scripts {
             retry: leased(RETRY),
             dead_letter: leased(DEAD_LETTER),
             release: leased(RELEASE),
+            snooze: leased(SNOOZE),
             extend: leased(EXTEND),
             recover: Script::new(&format!("{NOW}{FREE_UNIQUE}{RECOVER}")),
             next_due: timed(NEXT_DUE),
@@ -896,6 +916,21 @@ impl Backend for RedisBackend {
             invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
         let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(())
+    }
+
+    async fn snooze(&self, _owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
+        let _: i64 = self
+            .scripts
+            .snooze
+            .prepare_invoke()
+            .key(&self.prefix)
+            .arg(&lease.token)
+            .arg(lease.id.as_str())
+            .arg(millis(delay).min(MAX_DELAY_MS))
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(QueueError::from_redis)?;

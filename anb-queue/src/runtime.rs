@@ -83,6 +83,8 @@ pub(crate) struct Failure {
     pub(crate) retryable: bool,
     /// Set when the handler asked for a delay before the retry.
     pub(crate) delay: Option<Duration>,
+    /// The handler put the job off ([`JobError::snooze`]): not a failure, and not an attempt.
+    pub(crate) snoozed: bool,
     pub(crate) message: String,
 }
 
@@ -91,6 +93,7 @@ impl Failure {
         Self {
             retryable: true,
             delay: None,
+            snoozed: false,
             message: message.into(),
         }
     }
@@ -100,7 +103,8 @@ impl From<JobError> for Failure {
     fn from(error: JobError) -> Self {
         Self {
             retryable: error.is_retryable(),
-            delay: None,
+            delay: error.delay(),
+            snoozed: error.is_snooze(),
             message: error.message().to_owned(),
         }
     }
@@ -326,7 +330,7 @@ impl LeaseRuntime {
     }
 
     /// Settles a job whose handler ended with `outcome`; returns the outcome's metric label
-    /// (`completed`, `retried`, `dead`, `released`, `lost`).
+    /// (`completed`, `retried`, `snoozed`, `dead`, `released`, `lost`).
     pub(crate) async fn finish(
         &self,
         job: &RunningJob,
@@ -372,6 +376,11 @@ impl LeaseRuntime {
     /// Retries or dead-letters a failed job, trying the write a few times; when it keeps
     /// failing, stops holding the job so its lease lapses and recovery counts the attempt.
     async fn record_failure(&self, job: &RunningJob, failure: Failure) -> &'static str {
+        if failure.snoozed {
+            return self
+                .snooze(job, failure.delay.unwrap_or_default(), &failure.message)
+                .await;
+        }
         let retry = failure.retryable && job.attempt < job.max_attempts;
         let delay = failure
             .delay
@@ -412,6 +421,43 @@ impl LeaseRuntime {
         }
         self.settle(&job.lease);
         if retry { "retried" } else { "dead" }
+    }
+
+    /// Puts a job off for `delay` without counting its attempt. A backend that cannot give
+    /// attempts back retries it instead (the attempt counts), and says so in the log. When
+    /// the write keeps failing the lease is left to lapse, as for a failure.
+    async fn snooze(&self, job: &RunningJob, delay: Duration, message: &str) -> &'static str {
+        tracing::debug!(
+            job.name = job.name, job.id = %job.lease.id, job.attempt = job.attempt,
+            snooze_ms = delay.as_millis() as u64, "job snoozed"
+        );
+        for attempt in 1..=RECORD_ATTEMPTS {
+            let recorded = match self.backend.snooze(&self.owner, &job.lease, delay).await {
+                Err(QueueError::UnsupportedByBackend { backend, .. }) => {
+                    tracing::warn!(
+                        job.name = job.name, job.id = %job.lease.id, backend,
+                        "this backend cannot snooze a job; retrying it, and the attempt counts"
+                    );
+                    self.backend
+                        .retry(&self.owner, &job.lease, delay, message)
+                        .await
+                }
+                recorded => recorded,
+            };
+            match recorded {
+                Ok(()) => break,
+                Err(error) if attempt < RECORD_ATTEMPTS => {
+                    tracing::warn!(job.id = %job.lease.id, %error, "snoozing the job failed; trying again");
+                    tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+                }
+                Err(error) => tracing::error!(
+                    job.id = %job.lease.id, %error,
+                    "snoozing the job failed; its lease is left to run out, and the attempt counts"
+                ),
+            }
+        }
+        self.settle(&job.lease);
+        "snoozed"
     }
 
     /// Gives a job back at once without counting the attempt.

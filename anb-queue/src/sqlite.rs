@@ -533,6 +533,26 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
+        let snoozed = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
+                 locked_by = NULL, locked_until = NULL
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(std::slice::from_ref(lease)))
+        .bind(owner)
+        .bind(now_ms().saturating_add(millis(delay)))
+        .execute(&self.pool)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+        if snoozed.rows_affected() > 0 && delay.is_zero() {
+            self.wake();
+        }
+        Ok(())
+    }
+
     async fn extend(
         &self,
         owner: &str,

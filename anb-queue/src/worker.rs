@@ -20,15 +20,18 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use tower::{BoxError, Layer, Service};
+
 use crate::{
     backend::{ClaimRequest, ClaimedJob, Lease, now_ms},
     error::{JobError, QueueError},
     job::{Job, JobContext},
+    middleware::{JobRequest, JobService, WrapFn, layered, wrap_fn},
     queue::Queue,
     runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
 };
 
-type HandlerFn =
+pub(crate) type HandlerFn =
     Arc<dyn Fn(String, JobContext) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// A registered handler and what its job type says about running it.
@@ -105,6 +108,7 @@ pub struct Worker {
     backoff: RetryBackoff,
     maintenance: Maintenance,
     timeout: Option<Duration>,
+    layers: Vec<WrapFn>,
 }
 
 impl fmt::Debug for Worker {
@@ -118,6 +122,7 @@ impl fmt::Debug for Worker {
             .field("backoff", &self.backoff)
             .field("timeout", &self.timeout)
             .field("dead_retention", &self.maintenance.dead_retention)
+            .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +141,7 @@ impl Worker {
             backoff: RetryBackoff::default(),
             maintenance: Maintenance::default(),
             timeout: None,
+            layers: Vec::new(),
         }
     }
 
@@ -204,12 +210,46 @@ impl Worker {
         self
     }
 
+    /// Wraps every handler of this worker in a [tower] layer (middleware: a concurrency or
+    /// rate limit across its handlers, a timeout, tracing). The first layer added is the
+    /// outermost. A handler's own [`JobError`] passes through the layers unchanged; any
+    /// other error a layer returns fails the attempt retryably. See [`crate::middleware`].
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Resize { image: String }
+    /// # impl anb_queue::Job for Resize { const NAME: &'static str = "resize"; }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// use std::time::Duration;
+    /// use anb_queue::{JobContext, Worker};
+    ///
+    /// Worker::new(queue)
+    ///     .concurrency(16)
+    ///     // However many jobs run, at most 2 resizes talk to the image service at once.
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(2))
+    ///     .handle(|job: Resize, _ctx: JobContext| async move { Ok(()) })
+    ///     .run_until(anb_queue::shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<JobService> + Send + Sync + 'static,
+        L::Service: Service<JobRequest, Response = ()> + Clone + Send + Sync + 'static,
+        <L::Service as Service<JobRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<JobRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(wrap_fn(layer));
+        self
+    }
+
     /// Registers the handler of job type `J` (named by the closure's argument type).
     ///
     /// A handler's error decides the job's fate: a retryable [`JobError`] (what `?` gives)
     /// retries it with backoff until [`Job::MAX_ATTEMPTS`], then dead-letters it; a permanent
-    /// one dead-letters it at once. A panic counts as a retryable error. A payload that no
-    /// longer deserializes is dead-lettered.
+    /// one dead-letters it at once; [`JobError::snooze`] puts the job off without counting
+    /// the attempt. A panic counts as a retryable error. A payload that no longer
+    /// deserializes is dead-lettered.
     pub fn handle<J, F, Fut>(mut self, handler: F) -> Self
     where
         J: Job,
@@ -301,7 +341,18 @@ impl Runtime {
         Ok(Self {
             shared: Arc::new(Shared {
                 runtime: LeaseRuntime::new(backend, owner, worker.lease, worker.backoff),
-                handlers: worker.handlers,
+                handlers: if worker.layers.is_empty() {
+                    worker.handlers
+                } else {
+                    worker
+                        .handlers
+                        .into_iter()
+                        .map(|(name, handler)| {
+                            let run = layered(handler.run, &worker.layers);
+                            (name, Handler { run, ..handler })
+                        })
+                        .collect()
+                },
                 names,
                 timeout: worker.timeout,
             }),

@@ -286,6 +286,106 @@ async fn exhausted_retries_dead_letter_with_last_error(db: &TestDb) {
     assert_eq!((counts.ready, counts.in_flight, counts.delayed), (0, 0, 0));
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Sleepy {
+    snoozes: u32,
+}
+
+impl Job for Sleepy {
+    const NAME: &'static str = "sleepy";
+    // One attempt: a snooze that counted it would dead-letter the job.
+    const MAX_ATTEMPTS: u32 = 1;
+}
+
+const SNOOZE: Duration = Duration::from_millis(300);
+
+/// The gaps between consecutive runs a handler recorded.
+fn gaps(runs: &[(u32, Instant)]) -> Vec<Duration> {
+    runs.windows(2).map(|pair| pair[1].1 - pair[0].1).collect()
+}
+
+/// A handler that snoozes puts its job off for the delay it names, and the attempt does
+/// not count: a job allowed one attempt snoozes three times, runs each time as attempt 1,
+/// and completes.
+async fn a_snoozed_job_runs_again_later_without_counting_the_attempt(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Sleepy { snoozes: 3 }).await.unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let recorded = runs.clone();
+    let worker = Worker::new(queue.clone()).handle(move |job: Sleepy, ctx: JobContext| {
+        let runs = recorded.clone();
+        async move {
+            let mut runs = runs.lock().unwrap();
+            runs.push((ctx.attempt(), Instant::now()));
+            if runs.len() as u32 <= job.snoozes {
+                return Err(JobError::snooze(SNOOZE));
+            }
+            Ok(())
+        }
+    });
+    let worker = RunningWorker::spawn(worker);
+    wait_until("fourth run", 60, || async {
+        runs.lock().unwrap().len() >= 4
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
+        vec![1, 1, 1, 1],
+        "a snooze is not an attempt"
+    );
+    // A few milliseconds of slack for the store's clock against this process's.
+    for gap in gaps(&runs) {
+        assert!(
+            gap >= SNOOZE - Duration::from_millis(20),
+            "ran again after {gap:?}, snoozed for {SNOOZE:?}"
+        );
+    }
+    assert_eq!(stats(&queue).await.dead, 0);
+}
+
+/// A retryable failure with its own delay is retried after that delay instead of the
+/// worker's back-off, and the attempt counts.
+async fn a_failure_retries_after_the_delay_its_handler_chose(db: &TestDb) {
+    let queue = db.queue().await;
+    queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
+    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let recorded = runs.clone();
+    let chosen = Duration::from_millis(700);
+    let worker = Worker::new(queue.clone())
+        .retry_backoff(fast_retries())
+        .handle(move |job: Flaky, ctx: JobContext| {
+            let runs = recorded.clone();
+            async move {
+                runs.lock().unwrap().push((ctx.attempt(), Instant::now()));
+                if ctx.attempt() <= job.fail_attempts {
+                    return Err(JobError::retryable("come back later").retry_after(chosen));
+                }
+                Ok(())
+            }
+        });
+    let worker = RunningWorker::spawn(worker);
+    wait_until("second attempt", 60, || async {
+        runs.lock().unwrap().len() >= 2
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(&queue)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let gap = gaps(&runs)[0];
+    // The worker's back-off would have retried within 100 ms.
+    assert!(
+        gap >= chosen - Duration::from_millis(20),
+        "retried after {gap:?}, asked for {chosen:?}"
+    );
+}
+
 /// Milliseconds since the Unix epoch, now.
 fn epoch_ms() -> i64 {
     let since = std::time::SystemTime::now()
@@ -1234,6 +1334,8 @@ macro_rules! conformance_suite {
                 retryable_failure_is_retried_until_success,
                 exhausted_retries_dead_letter_with_last_error,
                 permanent_failure_dead_letters_at_once,
+                a_snoozed_job_runs_again_later_without_counting_the_attempt,
+                a_failure_retries_after_the_delay_its_handler_chose,
                 operators_look_up_page_requeue_and_prune_jobs,
                 dead_jobs_past_the_retention_are_pruned_by_the_worker,
                 panicking_handler_is_retried,
@@ -1853,5 +1955,141 @@ mod redis_only {
     async fn bulk_enqueue_past_one_chunk_on_redis_cluster() {
         let db = crate::support::TestDb::redis_cluster().await;
         crate::redis_bulk_enqueue_past_one_chunk_is_claimed_exactly_once(db).await;
+    }
+}
+
+/// Middleware: tower layers around every handler of a worker. Backend-independent, so run
+/// on the embedded backend.
+mod middleware {
+    use super::*;
+    use anb_queue::middleware::{JobRequest, JobService};
+    use tower::{ServiceExt, layer::layer_fn, limit::ConcurrencyLimitLayer, timeout::TimeoutLayer};
+
+    /// A layer that logs `label job-name` before calling the service inside it.
+    fn recording_layer(
+        label: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+    ) -> impl tower::Layer<JobService, Service = JobService> + Send + Sync + 'static {
+        layer_fn(move |inner: JobService| {
+            let log = log.clone();
+            JobService::new(tower::service_fn(move |request: JobRequest| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{label} {}", request.name()));
+                inner.clone().oneshot(request)
+            }))
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layers_wrap_every_handler_the_first_added_outermost() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        queue
+            .enqueue(&Echo {
+                n: 1,
+                text: "a".into(),
+            })
+            .await
+            .unwrap();
+        queue.enqueue(&Flaky { fail_attempts: 0 }).await.unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handled = log.clone();
+        let worker = Worker::new(queue.clone())
+            .concurrency(1)
+            .layer(recording_layer("outer", log.clone()))
+            .layer(recording_layer("inner", log.clone()))
+            .handle(move |job: Echo, _ctx: JobContext| {
+                let handled = handled.clone();
+                async move {
+                    handled
+                        .lock()
+                        .unwrap()
+                        .push(format!("handler {}", job.text));
+                    Ok(())
+                }
+            })
+            .handle(|_job: Flaky, _ctx: JobContext| async { Ok(()) });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("both jobs done", 60, || is_empty(&queue)).await;
+        worker.stop().await;
+        let log = log.lock().unwrap().clone();
+        let echo: Vec<&String> = log.iter().filter(|line| !line.ends_with("flaky")).collect();
+        assert_eq!(echo, ["outer echo", "inner echo", "handler a"]);
+        assert!(
+            log.contains(&"outer flaky".to_owned()) && log.contains(&"inner flaky".to_owned()),
+            "{log:?}"
+        );
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_concurrency_limit_layer_bounds_the_jobs_running_at_once() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        let jobs: Vec<Slow> = (0..8).map(|_| Slow { millis: 150 }).collect();
+        queue.enqueue_bulk(&jobs).await.unwrap();
+        let running = Arc::new(AtomicU32::new(0));
+        let most = Arc::new(AtomicU32::new(0));
+        let (now, peak) = (running.clone(), most.clone());
+        let worker = Worker::new(queue.clone())
+            .concurrency(8)
+            .layer(ConcurrencyLimitLayer::new(2))
+            .handle(move |job: Slow, _ctx: JobContext| {
+                let (now, peak) = (now.clone(), peak.clone());
+                async move {
+                    let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(at_once, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(job.millis)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("every job done", 60, || is_empty(&queue)).await;
+        worker.stop().await;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "8 claimed at once, 2 let through the layer"
+        );
+        db.cleanup().await;
+    }
+
+    /// A layer's own error (a timeout) fails the attempt retryably with its text; a
+    /// handler's error passes through the layers as the handler meant it (permanent here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_layer_error_retries_and_a_handler_error_passes_through_unchanged() {
+        let db = TestDb::sqlite().await;
+        let queue = db.queue().await;
+        queue.enqueue(&Flaky { fail_attempts: 0 }).await.unwrap();
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let seen = attempts.clone();
+        let worker = Worker::new(queue.clone())
+            .retry_backoff(fast_retries())
+            .layer(TimeoutLayer::new(Duration::from_millis(200)))
+            .handle(move |_job: Flaky, ctx: JobContext| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(ctx.attempt());
+                    if ctx.attempt() == 1 {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return Ok(());
+                    }
+                    Err(JobError::permanent("no retry can fix this"))
+                }
+            });
+        let worker = RunningWorker::spawn(worker);
+        wait_until("job dead", 60, || async { stats(&queue).await.dead == 1 }).await;
+        worker.stop().await;
+        assert_eq!(
+            *attempts.lock().unwrap(),
+            vec![1, 2],
+            "timed out once (retried), then permanent"
+        );
+        let dead = queue.dead_jobs(10).await.unwrap();
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].last_error.as_deref(), Some("no retry can fix this"));
+        db.cleanup().await;
     }
 }

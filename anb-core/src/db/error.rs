@@ -61,6 +61,10 @@ pub enum DbError {
     /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// A load this call shared with others (one query for many waiting requests) failed
+    /// with the database unavailable; the text is that failure's.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Which limit of an [`UploadQuota`](super::UploadQuota) an upload would pass.
@@ -80,7 +84,11 @@ impl DbError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            Self::UnsupportedUrl { .. } | Self::CorruptData(_) | Self::Migrate(_) | Self::Sqlx(_)
+            Self::UnsupportedUrl { .. }
+                | Self::CorruptData(_)
+                | Self::Migrate(_)
+                | Self::Sqlx(_)
+                | Self::Unavailable(_)
         )
     }
 }
@@ -95,8 +103,10 @@ impl DbError {
     /// (PostgreSQL's `statement_timeout`, SQLite's busy timeout while
     /// another writer holds the lock).
     pub fn is_unavailable(&self) -> bool {
-        let Self::Sqlx(error) = self else {
-            return false;
+        let error = match self {
+            Self::Sqlx(error) => error,
+            Self::Unavailable(_) => return true,
+            _ => return false,
         };
         match error {
             sqlx::Error::PoolTimedOut

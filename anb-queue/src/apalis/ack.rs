@@ -108,6 +108,7 @@ impl Failure {
             return Self {
                 retryable: false,
                 delay: None,
+                snoozed: false,
                 message: describe_cause(abort),
             };
         }
@@ -115,6 +116,7 @@ impl Failure {
             return Self {
                 retryable: true,
                 delay: Some(retry_after.get_duration()),
+                snoozed: false,
                 message: describe_cause(retry_after),
             };
         }
@@ -122,12 +124,14 @@ impl Failure {
             return Self {
                 retryable: true,
                 delay: Some(Duration::ZERO),
+                snoozed: false,
                 message: describe_cause(deferred),
             };
         }
         Self {
             retryable: true,
             delay: None,
+            snoozed: false,
             message: describe(error),
         }
     }

@@ -238,6 +238,7 @@ impl<J: Job> ApalisBackend<J> {
                     let failure = Failure {
                         retryable: false,
                         delay: None,
+                        snoozed: false,
                         message,
                     };
                     let outcome = runtime

@@ -370,7 +370,7 @@ impl Backend for SqsBackend {
                     .iter()
                     .filter_map(|job| inner.take_lease(&job.lease()))
                     .collect();
-                if let Err(error) = inner.resend(leases).await {
+                if let Err(error) = inner.resend(leases, Duration::ZERO).await {
                     tracing::warn!(%error, "releasing prefetched messages failed; they reappear when their visibility times out");
                 }
             }
@@ -451,7 +451,22 @@ impl Backend for SqsBackend {
             .iter()
             .filter_map(|claim| self.inner.take_lease(claim))
             .collect();
-        self.inner.resend(leases).await
+        self.inner.resend(leases, Duration::ZERO).await
+    }
+
+    async fn snooze(
+        &self,
+        _owner: &str,
+        claim: &ClaimLease,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        // SQS counts every receive and cannot take one back: the job goes out again as a
+        // copy that carries the attempts before this one, due after the delay, and the
+        // original is deleted.
+        let Some(lease) = self.inner.take_lease(claim) else {
+            return Ok(());
+        };
+        self.inner.resend(vec![lease], delay).await
     }
 
     async fn extend(

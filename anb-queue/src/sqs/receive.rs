@@ -103,7 +103,7 @@ impl Inner {
             .store(messages.is_empty(), Ordering::Relaxed);
         // A job for other workers goes back as a copy that keeps its attempt count: its
         // receive here was no attempt, and must not bring it nearer the redrive limit.
-        if let Err(error) = self.resend(elsewhere).await {
+        if let Err(error) = self.resend(elsewhere, Duration::ZERO).await {
             tracing::warn!(%error, "giving back jobs for other workers failed; they reappear when their visibility runs out");
         }
         // A message that is not a job of this library goes back as it is; the redrive
@@ -186,10 +186,15 @@ impl Inner {
         .await;
     }
 
-    /// Gives messages back at once, as fresh copies that keep their attempt count (a
-    /// release is not an attempt: the receive count, which cannot be lowered, restarts with
-    /// the copy, and a job released again and again never reaches the redrive limit).
-    pub(super) async fn resend(&self, leases: Vec<Lease>) -> Result<(), QueueError> {
+    /// Gives messages back after `delay` (at once for a release), as fresh copies that keep
+    /// their attempt count (a release or a snooze is not an attempt: the receive count, which
+    /// cannot be lowered, restarts with the copy, and a job released again and again never
+    /// reaches the redrive limit).
+    pub(super) async fn resend(
+        &self,
+        leases: Vec<Lease>,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         if leases.is_empty() {
             return Ok(());
         }
@@ -198,7 +203,7 @@ impl Inner {
             .map(|lease| {
                 let mut copy = lease.job.clone();
                 copy.attempts_before = lease.attempt.saturating_sub(1);
-                copy.outgoing(Duration::ZERO, self.native_delay_limit)
+                copy.outgoing(delay, self.native_delay_limit)
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.send(&self.queue_url, copies).await?;
