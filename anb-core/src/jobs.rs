@@ -16,6 +16,15 @@ pub struct TranscodeVideo {
     pub original_key: String,
 }
 
+impl TranscodeVideo {
+    /// One transcode per video until it finishes: a second enqueue for the
+    /// same video (a retried request, a replayed commit) returns the job
+    /// already waiting or running, so the video is never encoded twice at once.
+    pub fn unique(&self) -> anb_queue::Unique {
+        anb_queue::Unique::key(format!("video:{}", self.video_id))
+    }
+}
+
 impl anb_queue::Job for TranscodeVideo {
     /// Stable across releases: never change it while jobs of the old name
     /// may still be waiting.

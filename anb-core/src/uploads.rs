@@ -156,7 +156,14 @@ async fn record_video(
     };
     let mut tx = to.db.begin().await?;
     let task_id = match to.delivery {
-        JobDelivery::SameDatabase => tx.enqueue(to.queue, &job).await?.to_string(),
+        // Unique per video where the queue can enforce it in this transaction;
+        // through the outbox the worker's own check (a processed video is not
+        // encoded again) covers a repeated job.
+        JobDelivery::SameDatabase => tx
+            .enqueue_unique(to.queue, &job, job.unique())
+            .await?
+            .id
+            .to_string(),
         JobDelivery::Outbox(outbox) => tx.enqueue_via_outbox(outbox, &job).await?.to_string(),
     };
     tx.finish_upload(&FinishedUpload {

@@ -127,6 +127,7 @@ on_both_engines!(
     duplicate_sign_up_leaves_the_callers_transaction_usable,
     video_row_commits_or_rolls_back_with_the_callers_transaction,
     video_row_and_its_job_commit_together,
+    a_transcode_job_is_unique_per_video,
     video_needs_an_existing_owner,
     owner_lists_own_videos_newest_first,
     public_video_goes_through_processing_and_is_published,
@@ -686,6 +687,50 @@ async fn video_row_and_its_job_commit_together(db: Database) {
         1,
         "the job committed with the row"
     );
+}
+
+/// A second transcode enqueue for a video whose job is waiting (a retried
+/// commit, a repeated request) names the waiting job and stores nothing, so
+/// the video is encoded once; another video gets its own job.
+async fn a_transcode_job_is_unique_per_video(db: Database) {
+    let queue = match &db {
+        Database::Postgres(pool) => Queue::from_postgres_pool(pool.clone()).await,
+        Database::Sqlite(pool) => Queue::from_sqlite_pool(pool.clone()).await,
+    }
+    .expect("set up the queue in the same database");
+    let owner = sign_up(&db, "ana@example.com", "Ana", "Bogotá").await;
+    let video = upload(&db, &owner, "Encoded once", true).await;
+    let job = TranscodeVideo {
+        video_id: video.id,
+        original_key: video.original_key.clone(),
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut tx = db.begin().await.unwrap();
+        ids.push(tx.enqueue_unique(&queue, &job, job.unique()).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    assert!(!ids[0].duplicate && ids[1].duplicate, "{ids:?}");
+    assert_eq!(ids[0].id, ids[1].id);
+    assert_eq!(
+        queue.stats().await.unwrap().ready,
+        1,
+        "one job for the video"
+    );
+
+    let other = upload(&db, &owner, "Another video", true).await;
+    let other_job = TranscodeVideo {
+        video_id: other.id,
+        original_key: other.original_key.clone(),
+    };
+    let mut tx = db.begin().await.unwrap();
+    let enqueued = tx
+        .enqueue_unique(&queue, &other_job, other_job.unique())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!enqueued.duplicate);
+    assert_eq!(queue.stats().await.unwrap().ready, 2);
 }
 
 async fn video_needs_an_existing_owner(db: Database) {

@@ -10,6 +10,18 @@
 //! cargo run --release -p anb-queue --example bench -- --backend postgres --adapter --skip-apalis
 //! ```
 //!
+//! `--unique` measures unique jobs instead (PostgreSQL, SQLite or Redis): `--jobs`
+//! enqueues, one by one from `--concurrency` tasks at once, of which 10 % repeat the key of
+//! another (in shuffled order, so a repeat often races its original); once with keys held
+//! while unfinished (enqueued before a worker runs), once with keys held for an hour while
+//! a worker drains the queue alongside. It prints enqueues per second, jobs processed per
+//! second, the duplicates the queue reported and the duplicates that got through (jobs run
+//! for a key beyond its first; the aim is 0).
+//!
+//! ```sh
+//! cargo run --release -p anb-queue --example bench -- --backend postgres --unique --jobs 100000
+//! ```
+//!
 //! `--adapter` adds a run of an apalis worker over this crate's backend
 //! (`anb_queue::apalis::ApalisBackend`, jobs pushed through its apalis sink), to compare
 //! apalis's worker runtime with this crate's `Worker` on the same storage.
@@ -104,6 +116,19 @@ struct Args {
     /// Workers draining the SQS burst, each with `--concurrency` handlers.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Measure unique jobs (10 % duplicates) instead of the no-op throughput.
+    #[arg(long)]
+    unique: bool,
+}
+
+/// A job of the unique benchmark: its key's number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Keyed {
+    key: u64,
+}
+
+impl anb_queue::Job for Keyed {
+    const NAME: &'static str = "keyed";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +359,167 @@ async fn bench_anb_queue(args: &Args) -> anyhow::Result<Figures> {
     drop(queue);
     scratch.drop_database().await;
     Ok(figures)
+}
+
+/// What one scope of the unique benchmark measured.
+struct UniqueFigures {
+    enqueue_per_s: f64,
+    processed_per_s: f64,
+    reported_duplicates: u64,
+    got_through: u64,
+}
+
+/// The keys of `jobs` enqueues, 10 % of them repeats of another, in shuffled order.
+fn keys_with_duplicates(jobs: u64) -> Vec<u64> {
+    use rand::seq::SliceRandom;
+    let distinct = jobs - jobs / 10;
+    let mut keys: Vec<u64> = (0..distinct).chain(0..jobs / 10).collect();
+    keys.shuffle(&mut rand::rng());
+    keys
+}
+
+async fn bench_unique(args: &Args, for_period: bool) -> anyhow::Result<UniqueFigures> {
+    use anb_queue::{JobContext, Queue, Unique, Worker};
+    use std::collections::HashMap;
+
+    let scratch = Scratch::new(args).await?;
+    let queue = Queue::connect(&scratch.url).await?;
+    let runs: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let worker = Worker::new(queue.clone())
+        .concurrency(args.concurrency)
+        .handle({
+            let runs = runs.clone();
+            move |job: Keyed, _ctx: JobContext| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().unwrap().entry(job.key).or_default() += 1;
+                    Ok(())
+                }
+            }
+        });
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Keys held for a period are enqueued while a worker drains the queue; keys held while
+    // unfinished before it starts (a key whose job already finished is free again, so a
+    // repeat then would rightly be a new job).
+    let mut worker = Some(worker);
+    let mut running = None;
+    if for_period && let Some(worker) = worker.take() {
+        running = Some(tokio::spawn(
+            worker.run_until(stop.clone().cancelled_owned()),
+        ));
+    }
+    let keys = Arc::new(keys_with_duplicates(args.jobs));
+    let next = Arc::new(AtomicU64::new(0));
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (queue, keys, next, duplicates) = (
+                queue.clone(),
+                keys.clone(),
+                next.clone(),
+                duplicates.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&key) = keys.get(index) else {
+                        return Ok::<_, anb_queue::QueueError>(());
+                    };
+                    let unique = if for_period {
+                        Unique::key(format!("k{key}")).for_period(Duration::from_secs(3600))
+                    } else {
+                        Unique::key(format!("k{key}"))
+                    };
+                    if queue
+                        .enqueue_unique(&Keyed { key }, unique)
+                        .await?
+                        .duplicate
+                    {
+                        duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let enqueue_per_s = rate(args.jobs, started.elapsed());
+    if let Some(worker) = worker.take() {
+        running = Some(tokio::spawn(
+            worker.run_until(stop.clone().cancelled_owned()),
+        ));
+    }
+    let distinct = args.jobs - args.jobs / 10;
+    let deadline = Instant::now() + Duration::from_secs(args.time_limit.max(600));
+    loop {
+        let stats = queue.stats().await?;
+        if stats.ready + stats.in_flight + stats.delayed == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Processing ran from the first enqueue (period) or from the end of the enqueues.
+    let processed_per_s = rate(
+        runs.lock().unwrap().values().sum(),
+        if for_period {
+            started.elapsed()
+        } else {
+            started
+                .elapsed()
+                .saturating_sub(Duration::from_secs_f64(args.jobs as f64 / enqueue_per_s))
+        },
+    );
+    stop.cancel();
+    if let Some(running) = running {
+        running.await??;
+    }
+    let (keys_run, got_through) = {
+        let runs = runs.lock().unwrap();
+        (
+            runs.len() as u64,
+            runs.values().map(|count| count - 1).sum(),
+        )
+    };
+    anyhow::ensure!(keys_run == distinct, "{keys_run} of {distinct} keys ran");
+    drop(queue);
+    scratch.drop_database().await;
+    Ok(UniqueFigures {
+        enqueue_per_s,
+        processed_per_s,
+        reported_duplicates: duplicates.load(Ordering::Relaxed),
+        got_through,
+    })
+}
+
+async fn run_unique_bench(args: &Args, backend: &str) -> anyhow::Result<()> {
+    println!(
+        "backend {backend}: {} unique enqueues ({} repeats of another key), {} at once",
+        args.jobs,
+        args.jobs / 10,
+        args.concurrency
+    );
+    println!(
+        "{:<34} {:>11} {:>11} {:>11} {:>13}",
+        "scope", "enqueue/s", "processed/s", "duplicates", "got through"
+    );
+    for for_period in [false, true] {
+        let figures = bench_unique(args, for_period).await?;
+        println!(
+            "{:<34} {:>11.0} {:>11.0} {:>11} {:>13}",
+            if for_period {
+                "for a period (worker alongside)"
+            } else {
+                "while unfinished (then drained)"
+            },
+            figures.enqueue_per_s,
+            figures.processed_per_s,
+            figures.reported_duplicates,
+            figures.got_through
+        );
+    }
+    Ok(())
 }
 
 async fn delete_redis_keys(server: &str, pattern: &str) -> anyhow::Result<()> {
@@ -750,6 +936,9 @@ async fn main() -> anyhow::Result<()> {
         BackendArg::Redis => "redis",
         BackendArg::Sqs => return bench_sqs_requests(&args).await,
     };
+    if args.unique {
+        return run_unique_bench(&args, backend).await;
+    }
     println!(
         "backend {backend}: {} one-by-one, {} bulk backlog, {} concurrent, no-op jobs",
         args.one_by_one, args.jobs, args.concurrency

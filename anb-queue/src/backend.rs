@@ -19,6 +19,8 @@
 //!   (its lease ran out, even if the same worker has claimed the job again since); `extend`
 //!   reports such leases as lost;
 //! - a claim counts an attempt; `release` and `snooze` give the attempt back;
+//! - a unique key ([`Backend::enqueue_unique`]) held while unfinished is freed by the same
+//!   operation that completes or dead-letters its job, so no finished job holds one;
 //! - a job whose lease expires on its last attempt is dead-lettered rather than retried, so a
 //!   job that kills its worker cannot loop forever.
 //!
@@ -39,7 +41,11 @@ use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::{error::QueueError, stats::QueueStats};
+use crate::{
+    error::QueueError,
+    stats::QueueStats,
+    unique::{Enqueued, UniqueKey},
+};
 
 /// A fresh claim's lease token.
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
@@ -55,6 +61,26 @@ pub(crate) fn now_ms() -> i64 {
         .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Refuses jobs with a unique key in a plain enqueue, which would store them without
+/// enforcing it.
+#[cfg(any(
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "redis",
+    feature = "sqs"
+))]
+pub(crate) fn refuse_unique(jobs: &[NewJob]) -> Result<(), QueueError> {
+    match jobs.iter().find(|job| job.unique.is_some()) {
+        Some(job) => Err(QueueError::UniqueKeyNotEnforced { job: job.name }),
+        None => Ok(()),
+    }
+}
+
+/// How many times a unique enqueue on PostgreSQL tries again when the key's holder finished
+/// between finding the key held and reading who held it.
+#[cfg(feature = "postgres")]
+pub(crate) const UNIQUE_ATTEMPTS: usize = 20;
 
 /// A job's id in its backend (a row id for SQL backends, a message id for brokers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,6 +144,9 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// How long to wait before the job may run.
     pub delay: Duration,
+    /// The job's unique key, if it has one: such a job goes through
+    /// [`Backend::enqueue_unique`], never [`Backend::enqueue`].
+    pub unique: Option<UniqueKey>,
 }
 
 /// A job leased to a worker.
@@ -189,6 +218,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Stores jobs and returns their ids in order: all or none, or, where the store takes
     /// them one by one (SQS batches), [`QueueError::PartlyEnqueued`] naming those stored.
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError>;
+
+    /// Stores a job with a unique key ([`NewJob::unique`]) unless a job of its name holds
+    /// the key, atomically however many processes enqueue it at once: returns the new job's
+    /// id, or the holder's with `duplicate` set. A key held while unfinished is freed when
+    /// its job completes, is dead-lettered or is deleted; a key held for a period stays held
+    /// until the period (from the enqueue, by the backend's clock) has passed.
+    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let _ = job;
+        Err(self.unsupported("unique jobs"))
+    }
 
     /// Leases up to `request.max` due jobs, oldest first. Returns an empty list when none is due.
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError>;

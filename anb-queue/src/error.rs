@@ -113,6 +113,22 @@ pub enum QueueError {
         /// Why the others were refused.
         reason: String,
     },
+    /// A job with a unique key reached a plain enqueue, which would store it without
+    /// enforcing the key: enqueue it with [`Queue::enqueue_unique`](crate::Queue::enqueue_unique).
+    #[error("job {job} has a unique key: only enqueue_unique enforces it")]
+    UniqueKeyNotEnforced {
+        /// The job's stable name.
+        job: &'static str,
+    },
+    /// A unique enqueue found its key held, then freed before it could read the holder,
+    /// too many times in a row (holders of this key finish as fast as they are enqueued).
+    #[error("the unique key {key:?} of job {job} kept changing hands; try again")]
+    UniqueKeyContended {
+        /// The job's stable name.
+        job: &'static str,
+        /// The key.
+        key: String,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

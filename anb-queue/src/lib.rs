@@ -21,6 +21,7 @@ mod sqlite;
 #[cfg(feature = "sqs")]
 mod sqs;
 mod stats;
+mod unique;
 mod worker;
 
 #[cfg(feature = "apalis")]
@@ -34,4 +35,5 @@ pub use queue::Queue;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use queue::TransactionalConnection;
 pub use stats::{PollCounts, QueueStats};
+pub use unique::{Enqueued, Unique, UniqueKey};
 pub use worker::{RetryBackoff, Worker, shutdown_signal};

@@ -317,6 +317,7 @@ impl Outbox {
             payload,
             max_attempts: J::MAX_ATTEMPTS.max(1),
             delay,
+            unique: None,
         };
         let id = conn.insert_outbox(&entry).await?;
         if C::KIND == BackendKind::Sqlite {
@@ -845,6 +846,7 @@ impl Entry {
             payload: self.payload.clone(),
             max_attempts: u32::try_from(self.max_attempts).unwrap_or(1).max(1),
             delay: Duration::from_millis(u64::try_from(self.not_before_ms - now).unwrap_or(0)),
+            unique: None,
         }
     }
 }

@@ -14,14 +14,15 @@ use sqlx::{
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
-    backend::claim_token,
     backend::{
         Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
         WorkSignal,
     },
+    backend::{UNIQUE_ATTEMPTS, claim_token, refuse_unique},
     error::QueueError,
     sql::{lost_leases, millis, row_id, sql_state},
     stats::QueueStats,
+    unique::Enqueued,
 };
 
 /// The channel the insert trigger notifies.
@@ -32,7 +33,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -89,6 +90,66 @@ const SCHEMA_V4: &[&str] = &[
      ON anb_queue_jobs (name, run_at, id) WHERE state = 'ready'",
     "DROP INDEX IF EXISTS anb_queue_jobs_ready",
 ];
+
+/// Version 5: unique jobs. A key held while the job is unfinished lives in the job's own row
+/// (`unique_key`), under a partial unique index over the rows that have one, so jobs without
+/// a key never touch it; the delete that completes a job frees its key at no extra cost, and
+/// dead-lettering clears it. A key held for a period must outlive its job's row, so it lives
+/// in `anb_queue_unique_keys` with its expiry (`unique_until`): completing and dead-lettering
+/// never write that table. Code of version 4 never writes either; a keyed job that a
+/// version-4 worker dead-letters keeps its key until it is pruned.
+const SCHEMA_V5: &[&str] = &[
+    "ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS unique_key TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS anb_queue_jobs_unique
+     ON anb_queue_jobs (name, unique_key) WHERE unique_key IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS anb_queue_unique_keys (
+        name TEXT NOT NULL,
+        unique_key TEXT NOT NULL,
+        job_id BIGINT NOT NULL,
+        unique_until TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (name, unique_key)
+    )",
+];
+
+/// Inserts a job whose key is held while it is unfinished, unless a live job of its name
+/// holds the key: then the holder's id. `ON CONFLICT` waits for a concurrent insert of the
+/// key to commit or roll back. The holder is read in the statement's snapshot, so a holder
+/// committed meanwhile (or one completed since the conflict) reads as no row: try again.
+const INSERT_UNIQUE: &str = "WITH inserted AS (
+        INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, unique_key)
+        VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5)
+        ON CONFLICT (name, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+        RETURNING id
+     )
+     SELECT id, false AS duplicate FROM inserted
+     UNION ALL
+     SELECT id, true FROM anb_queue_jobs
+     WHERE name = $1 AND unique_key = $5 AND NOT EXISTS (SELECT 1 FROM inserted)";
+
+/// Takes a period key (a fresh one, or one whose period is over) for a new job's id drawn
+/// from the jobs' sequence, and inserts the job only if the key was taken; else reads the
+/// holder (trying again as above when that read comes back empty).
+const INSERT_FOR_PERIOD: &str = "WITH new_job AS (
+        SELECT nextval(pg_get_serial_sequence('anb_queue_jobs', 'id')) AS id
+     ),
+     taken AS (
+        INSERT INTO anb_queue_unique_keys AS k (name, unique_key, job_id, unique_until)
+        SELECT $1, $5, id, now() + $6 * interval '1 millisecond' FROM new_job
+        ON CONFLICT (name, unique_key) DO UPDATE
+        SET job_id = EXCLUDED.job_id, unique_until = EXCLUDED.unique_until
+        WHERE k.unique_until <= now()
+        RETURNING job_id
+     ),
+     inserted AS (
+        INSERT INTO anb_queue_jobs (id, name, payload, max_attempts, run_at)
+        OVERRIDING SYSTEM VALUE
+        SELECT job_id, $1, $2, $3, now() + $4 * interval '1 millisecond' FROM taken
+        RETURNING id
+     )
+     SELECT id, false AS duplicate FROM inserted
+     UNION ALL
+     SELECT job_id, true FROM anb_queue_unique_keys
+     WHERE name = $1 AND unique_key = $5 AND NOT EXISTS (SELECT 1 FROM taken)";
 
 const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
      SELECT n, p, m, now() + d * interval '1 millisecond'
@@ -198,6 +259,7 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
             (2, SCHEMA_V2),
             (3, SCHEMA_V3),
             (4, SCHEMA_V4),
+            (5, SCHEMA_V5),
         ];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
@@ -248,6 +310,48 @@ pub(crate) async fn insert_jobs(
     }
     tx.commit().await.map_err(QueueError::from_sqlx)?;
     Ok(ids)
+}
+
+/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]).
+pub(crate) async fn insert_unique_job(
+    conn: &mut PgConnection,
+    job: &NewJob,
+) -> Result<Enqueued, QueueError> {
+    let Some(unique) = &job.unique else {
+        let id = insert_statement(conn, std::slice::from_ref(job))
+            .await?
+            .remove(0);
+        return Ok(Enqueued {
+            id,
+            duplicate: false,
+        });
+    };
+    let statement = match unique.period {
+        None => INSERT_UNIQUE,
+        Some(_) => INSERT_FOR_PERIOD,
+    };
+    for _ in 0..UNIQUE_ATTEMPTS {
+        let row: Option<(i64, bool)> = sqlx::query_as(statement)
+            .bind(job.name)
+            .bind(&job.payload)
+            .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+            .bind(millis(job.delay))
+            .bind(&unique.key)
+            .bind(unique.period.map_or(0, millis))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        if let Some((id, duplicate)) = row {
+            return Ok(Enqueued {
+                id: JobId(id.to_string()),
+                duplicate,
+            });
+        }
+    }
+    Err(QueueError::UniqueKeyContended {
+        job: job.name,
+        key: unique.key.clone(),
+    })
 }
 
 /// Splits `jobs` into runs whose names and payloads add up to at most `budget` bytes (a
@@ -394,8 +498,14 @@ impl Backend for PostgresBackend {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        refuse_unique(jobs)?;
         let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
         insert_jobs(&mut conn, jobs).await
+    }
+
+    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
+        insert_unique_job(&mut conn, job).await
     }
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
@@ -480,7 +590,7 @@ impl Backend for PostgresBackend {
         sqlx::query(
             "UPDATE anb_queue_jobs
              SET state = 'dead', dead_at = now(), locked_by = NULL, locked_until = NULL,
-                 last_error = $4
+                 last_error = $4, unique_key = NULL
              WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
         )
         .bind(id)
@@ -601,6 +711,7 @@ impl Backend for PostgresBackend {
              UPDATE anb_queue_jobs AS j
              SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'ready' END,
                  dead_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                 unique_key = CASE WHEN j.attempts < j.max_attempts THEN j.unique_key END,
                  run_at = now(), locked_by = NULL, locked_until = NULL,
                  last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
              FROM expired WHERE j.id = expired.id",
@@ -750,6 +861,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        // Period keys whose period is over hold nothing; a worker's periodic prune sweeps them.
+        sqlx::query("DELETE FROM anb_queue_unique_keys WHERE unique_until <= now()")
+            .execute(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         Ok(sqlx::query(
             "DELETE FROM anb_queue_jobs
              WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",
@@ -809,6 +925,7 @@ mod tests {
             payload: "x".repeat(payload_bytes),
             max_attempts: 1,
             delay: Duration::ZERO,
+            unique: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::{
     error::QueueError,
     job::Job,
     stats::{PollCounter, PollCounts, QueueStats},
+    unique::{Enqueued, Unique},
 };
 
 /// A job queue over the backend named by a URL.
@@ -173,6 +174,42 @@ impl Queue {
         Ok(ids.remove(0))
     }
 
+    /// Enqueues a job unless a job of its name holds the same unique key: returns the new
+    /// job's id, or the holder's with `duplicate` set (nothing is enqueued then). Enforced
+    /// by the backend atomically, across processes. PostgreSQL, SQLite and Redis; SQS
+    /// answers [`QueueError::UnsupportedByBackend`] (a standard queue cannot deduplicate).
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+    /// # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// use anb_queue::Unique;
+    ///
+    /// let first = queue.enqueue_unique(&Transcode { video_id: 1 }, Unique::key("video:1")).await?;
+    /// let again = queue.enqueue_unique(&Transcode { video_id: 1 }, Unique::key("video:1")).await?;
+    /// assert!(again.duplicate && again.id == first.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_unique<J: Job>(
+        &self,
+        job: &J,
+        unique: Unique,
+    ) -> Result<Enqueued, QueueError> {
+        self.enqueue_unique_in(job, unique, Duration::ZERO).await
+    }
+
+    /// Like [`Queue::enqueue_unique`], to run once `delay` has passed.
+    pub async fn enqueue_unique_in<J: Job>(
+        &self,
+        job: &J,
+        unique: Unique,
+        delay: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let new_job = unique_job(job, &unique, delay)?;
+        self.backend.enqueue_unique(&new_job).await
+    }
+
     /// Enqueues many jobs at once and returns their ids in order.
     ///
     /// On PostgreSQL and SQLite the jobs are stored all or none. Redis stores a batch of
@@ -248,6 +285,32 @@ impl Queue {
         conn.insert_jobs(&new_jobs).await
     }
 
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    /// Like [`Queue::enqueue_unique`], on the caller's connection (see
+    /// [`Queue::enqueue_tx`]): the job, or the answer that it is a duplicate, commits or rolls
+    /// back with the caller's writes. A key held by a job another transaction is enqueueing
+    /// makes this one wait for that transaction to end (PostgreSQL) or for the write lock
+    /// (SQLite).
+    pub async fn enqueue_unique_tx<C, J>(
+        &self,
+        conn: &mut C,
+        job: &J,
+        unique: Unique,
+    ) -> Result<Enqueued, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
+        if self.backend.kind() != C::KIND {
+            return Err(QueueError::TransactionMismatch {
+                connection: C::KIND.as_str(),
+                backend: self.backend.kind().as_str(),
+            });
+        }
+        let new_job = unique_job(job, &unique, Duration::ZERO)?;
+        conn.insert_unique_job(&new_job).await
+    }
+
     /// Counts jobs by state, and publishes the counts as gauges (`anb_queue_jobs{state}`,
     /// `anb_queue_oldest_ready_age_seconds`).
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -313,7 +376,14 @@ fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
         payload,
         max_attempts: J::MAX_ATTEMPTS.max(1),
         delay,
+        unique: None,
     })
+}
+
+fn unique_job<J: Job>(job: &J, unique: &Unique, delay: Duration) -> Result<NewJob, QueueError> {
+    let mut new_job = new_job(job, delay)?;
+    new_job.unique = Some(unique.resolve(&new_job.payload));
+    Ok(new_job)
 }
 
 /// Removes a password from a URL before it appears in an error.
@@ -352,6 +422,12 @@ pub trait TransactionalConnection: sealed::Sealed + Send {
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send;
 
     #[doc(hidden)]
+    fn insert_unique_job(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<Enqueued, QueueError>> + Send;
+
+    #[doc(hidden)]
     fn insert_outbox(
         &mut self,
         job: &NewJob,
@@ -367,6 +443,13 @@ impl TransactionalConnection for PgConnection {
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
         postgres::insert_jobs(self, jobs)
+    }
+
+    fn insert_unique_job(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<Enqueued, QueueError>> + Send {
+        postgres::insert_unique_job(self, job)
     }
 
     fn insert_outbox(
@@ -386,6 +469,13 @@ impl TransactionalConnection for SqliteConnection {
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<JobId>, QueueError>> + Send {
         sqlite::insert_jobs(self, jobs)
+    }
+
+    fn insert_unique_job(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<Enqueued, QueueError>> + Send {
+        sqlite::insert_unique_job(self, job)
     }
 
     fn insert_outbox(

@@ -10,6 +10,10 @@
 //!   mid-job loses nothing;
 //! - `dead`: the dead letters, scored by the time they died;
 //! - `names`, `seq`: the job names seen, the id counter;
+//! - `u:<length of name>:<name>:<key>`: a unique key, whose value is the id of the job
+//!   holding it; one held while the job is unfinished is deleted by the script that completes
+//!   or dead-letters the job (the job's hash names it in field `u`), one held for a period
+//!   expires by itself (`PX`);
 //! - channel `wake`: published when a job becomes due now, so idle workers claim at once.
 //!
 //! Times come from the Redis server's clock (`TIME`), so workers on several hosts agree.
@@ -41,6 +45,7 @@ use crate::{
     },
     error::QueueError,
     stats::QueueStats,
+    unique::Enqueued,
 };
 
 /// The URL query parameter naming the queue (its key prefix); the rest goes to the client.
@@ -83,6 +88,48 @@ for i = 0, count - 1 do
 end
 if wake then redis.call('PUBLISH', prefix .. 'wake', '') end
 return first
+";
+
+/// KEYS: prefix. ARGV: name, payload, max_attempts, delay_ms, key, period_ms ('' while
+/// unfinished). Returns (id, 1) for a duplicate (the holder's id), (id, 0) for a new job.
+const ENQUEUE_UNIQUE: &str = "
+local prefix, name, delay, period = KEYS[1], ARGV[1], tonumber(ARGV[4]), ARGV[6]
+local suffix = 'u:' .. #name .. ':' .. name .. ':' .. ARGV[5]
+local ukey = prefix .. suffix
+local holder = redis.call('GET', ukey)
+if holder then
+  -- A key held while unfinished whose job is gone or dead is stale (the scripts that end a
+  -- job delete its key; this covers a key left by anything else).
+  local live = redis.call('EXISTS', prefix .. 'job:' .. holder) == 1
+    and not redis.call('ZSCORE', prefix .. 'dead', holder)
+  if period ~= '' or live then return {holder, 1} end
+  redis.call('DEL', ukey)
+end
+local id = tostring(redis.call('INCR', prefix .. 'seq'))
+if period ~= '' then
+  redis.call('SET', ukey, id, 'NX', 'PX', tonumber(period))
+  redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'e', now)
+else
+  redis.call('SET', ukey, id, 'NX')
+  redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'e', now,
+    'u', suffix)
+end
+redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+redis.call('SADD', prefix .. 'names', name)
+if delay == 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+return {id, 0}
+";
+
+/// Shared Lua helper: frees the unique key a job holds while unfinished, if it still holds it.
+const FREE_UNIQUE: &str = "
+local function free_unique(prefix, id)
+  local key = prefix .. 'job:' .. id
+  local suffix = redis.call('HGET', key, 'u')
+  if suffix then
+    if redis.call('GET', prefix .. suffix) == id then redis.call('DEL', prefix .. suffix) end
+    redis.call('HDEL', key, 'u')
+  end
+end
 ";
 
 /// KEYS: prefix. ARGV: owner, lease_ms, max, names… Returns (id, name, payload, attempt,
@@ -134,6 +181,7 @@ const COMPLETE: &str = "
 local prefix = KEYS[1]
 for i = 1, #ARGV, 2 do
   if held(prefix, ARGV[i], ARGV[i + 1]) then
+    free_unique(prefix, ARGV[i])
     redis.call('ZREM', prefix .. 'leases', ARGV[i])
     redis.call('DEL', prefix .. 'job:' .. ARGV[i])
   end
@@ -179,6 +227,7 @@ const DEAD_LETTER: &str = "
 local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
 if held(prefix, id, owner) then
   local key = prefix .. 'job:' .. id
+  free_unique(prefix, id)
   redis.call('ZADD', prefix .. 'dead', now, id)
   redis.call('HSET', key, 'err', ARGV[3])
   redis.call('HDEL', key, 'o')
@@ -237,6 +286,7 @@ for _, id in ipairs(expired) do
   local job = redis.call('HMGET', key, 'n', 'a', 'm')
   if job[1] then
     if tonumber(job[2]) >= tonumber(job[3]) then
+      free_unique(prefix, id)
       redis.call('ZADD', prefix .. 'dead', now, id)
     else
       redis.call('ZADD', prefix .. 'q:' .. job[1], now, id)
@@ -372,6 +422,7 @@ return #old
 #[derive(Debug)]
 struct Scripts {
     enqueue: Script,
+    enqueue_unique: Script,
     claim: Script,
     complete: Script,
     retry: Script,
@@ -391,9 +442,10 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         let timed = |body: &str| Script::new(&format!("{NOW}{body}"));
-        let leased = |body: &str| Script::new(&format!("{NOW}{HELD}{body}"));
+        let leased = |body: &str| Script::new(&format!("{NOW}{HELD}{FREE_UNIQUE}{body}"));
         Self {
             enqueue: timed(ENQUEUE),
+            enqueue_unique: timed(ENQUEUE_UNIQUE),
             claim: timed(CLAIM),
             complete: leased(COMPLETE),
             retry: leased(RETRY),
@@ -401,7 +453,7 @@ impl Scripts {
             release: leased(RELEASE),
             snooze: leased(SNOOZE),
             extend: leased(EXTEND),
-            recover: timed(RECOVER),
+            recover: Script::new(&format!("{NOW}{FREE_UNIQUE}{RECOVER}")),
             next_due: timed(NEXT_DUE),
             stats: timed(STATS),
             dead_jobs: Script::new(DEAD_JOBS),
@@ -702,7 +754,41 @@ impl Backend for RedisBackend {
         BackendKind::Redis
     }
 
+    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let Some(unique) = &job.unique else {
+            let id = self.enqueue(std::slice::from_ref(job)).await?.remove(0);
+            return Ok(Enqueued {
+                id,
+                duplicate: false,
+            });
+        };
+        // `PX` takes at least a millisecond.
+        let period = unique
+            .period
+            .map(|period| millis(period).clamp(1, MAX_DELAY_MS).to_string())
+            .unwrap_or_default();
+        let (id, duplicate): (String, u8) = self
+            .scripts
+            .enqueue_unique
+            .prepare_invoke()
+            .key(&self.prefix)
+            .arg(job.name)
+            .arg(&job.payload)
+            .arg(job.max_attempts)
+            .arg(millis(job.delay).min(MAX_DELAY_MS))
+            .arg(&unique.key)
+            .arg(period)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(Enqueued {
+            id: JobId(id),
+            duplicate: duplicate == 1,
+        })
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        crate::backend::refuse_unique(jobs)?;
         if jobs.is_empty() {
             return Ok(Vec::new());
         }

@@ -9,24 +9,25 @@ use std::{
 
 use async_trait::async_trait;
 use sqlx::{
-    Row, SqliteConnection, SqlitePool,
+    Connection as _, Row, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::watch;
 
 use crate::{
-    backend::claim_token,
     backend::{
         Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
         WorkSignal, now_ms,
     },
+    backend::{claim_token, refuse_unique},
     error::QueueError,
     sql::{lost_leases, millis, row_id, sql_state},
     stats::QueueStats,
+    unique::Enqueued,
 };
 
 /// See the PostgreSQL backend: every step keeps the table usable by the previous version.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -58,6 +59,22 @@ const SCHEMA_V3: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready_by_name
      ON anb_queue_jobs (name, run_at, id) WHERE state = 'ready'",
     "DROP INDEX IF EXISTS anb_queue_jobs_ready",
+];
+
+/// Version 4: unique jobs, as in the PostgreSQL backend's `SCHEMA_V5`: a key held while
+/// unfinished in the job's row under a partial unique index, a period key in a table of its
+/// own that outlives the row.
+const SCHEMA_V4: &[&str] = &[
+    "ALTER TABLE anb_queue_jobs ADD COLUMN unique_key TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS anb_queue_jobs_unique
+     ON anb_queue_jobs (name, unique_key) WHERE unique_key IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS anb_queue_unique_keys (
+        name TEXT NOT NULL,
+        unique_key TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        unique_until INTEGER NOT NULL,
+        PRIMARY KEY (name, unique_key)
+    ) WITHOUT ROWID",
 ];
 
 /// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
@@ -173,7 +190,12 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
         let version = version.unwrap_or(0);
         if version < SCHEMA_VERSION {
             // One transaction: a step is applied whole or not at all.
-            let steps = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+            let steps = [
+                (1, SCHEMA_V1),
+                (2, SCHEMA_V2),
+                (3, SCHEMA_V3),
+                (4, SCHEMA_V4),
+            ];
             for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
                 for statement in *statements {
                     sqlx::query(*statement).execute(&mut *conn).await?;
@@ -239,6 +261,109 @@ pub(crate) async fn insert_jobs(
     Ok(ids)
 }
 
+/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]),
+/// within a transaction (a savepoint in the caller's). Its first statement writes, so the
+/// transaction holds the file's write lock before it reads who holds the key: no other
+/// writer can take or free the key in between.
+pub(crate) async fn insert_unique_job(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+) -> Result<Enqueued, QueueError> {
+    let Some(unique) = &job.unique else {
+        let id = insert_jobs(conn, std::slice::from_ref(job))
+            .await?
+            .remove(0);
+        return Ok(Enqueued {
+            id,
+            duplicate: false,
+        });
+    };
+    let mut tx = conn.begin().await.map_err(QueueError::from_sqlx)?;
+    let now = now_ms();
+    let enqueued = match unique.period {
+        None => {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO anb_queue_jobs
+                     (name, payload, max_attempts, run_at, enqueued_at, unique_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+                 RETURNING id",
+            )
+            .bind(job.name)
+            .bind(&job.payload)
+            .bind(i64::from(job.max_attempts))
+            .bind(now.saturating_add(millis(job.delay)))
+            .bind(now)
+            .bind(&unique.key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+            match inserted {
+                Some(id) => (id, false),
+                None => (
+                    sqlx::query_scalar(
+                        "SELECT id FROM anb_queue_jobs WHERE name = ?1 AND unique_key = ?2",
+                    )
+                    .bind(job.name)
+                    .bind(&unique.key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?,
+                    true,
+                ),
+            }
+        }
+        Some(period) => {
+            // The key first, with a placeholder holder, so the first statement is the write.
+            let taken: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO anb_queue_unique_keys (name, unique_key, job_id, unique_until)
+                 VALUES (?1, ?2, 0, ?3)
+                 ON CONFLICT (name, unique_key) DO UPDATE
+                 SET job_id = 0, unique_until = excluded.unique_until
+                 WHERE unique_until <= ?4
+                 RETURNING 1",
+            )
+            .bind(job.name)
+            .bind(&unique.key)
+            .bind(now.saturating_add(millis(period)))
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+            let key_holder = "SELECT job_id FROM anb_queue_unique_keys
+                 WHERE name = ?1 AND unique_key = ?2";
+            if taken.is_some() {
+                let id = insert_jobs(&mut tx, std::slice::from_ref(job)).await?;
+                let id: i64 = id[0].0.parse().unwrap_or_default();
+                sqlx::query(
+                    "UPDATE anb_queue_unique_keys SET job_id = ?3
+                     WHERE name = ?1 AND unique_key = ?2",
+                )
+                .bind(job.name)
+                .bind(&unique.key)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(QueueError::from_sqlx)?;
+                (id, false)
+            } else {
+                let holder: i64 = sqlx::query_scalar(key_holder)
+                    .bind(job.name)
+                    .bind(&unique.key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(QueueError::from_sqlx)?;
+                (holder, true)
+            }
+        }
+    };
+    tx.commit().await.map_err(QueueError::from_sqlx)?;
+    Ok(Enqueued {
+        id: JobId(enqueued.0.to_string()),
+        duplicate: enqueued.1,
+    })
+}
+
 /// The SQLite backend.
 #[derive(Debug)]
 pub(crate) struct SqliteBackend {
@@ -272,7 +397,17 @@ impl Backend for SqliteBackend {
         BackendKind::Sqlite
     }
 
+    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
+        let enqueued = insert_unique_job(&mut conn, job).await?;
+        if !enqueued.duplicate {
+            self.wake();
+        }
+        Ok(enqueued)
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        refuse_unique(jobs)?;
         let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
         let ids = insert_jobs(&mut tx, jobs).await?;
         tx.commit().await.map_err(QueueError::from_sqlx)?;
@@ -364,7 +499,8 @@ impl Backend for SqliteBackend {
     async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
         sqlx::query(
             "UPDATE anb_queue_jobs
-             SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
+             SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4,
+                 unique_key = NULL
              WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
                AND locked_by = ?2 AND state = 'running'",
         )
@@ -466,6 +602,7 @@ impl Backend for SqliteBackend {
             "UPDATE anb_queue_jobs
              SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
                  dead_at = CASE WHEN attempts >= max_attempts THEN ?1 END,
+                 unique_key = CASE WHEN attempts < max_attempts THEN unique_key END,
                  run_at = ?1, locked_by = NULL, locked_until = NULL,
                  last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
              WHERE state = 'running' AND locked_until < ?1",
@@ -612,6 +749,12 @@ impl Backend for SqliteBackend {
     }
 
     async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
+        // Period keys whose period is over hold nothing; a worker's periodic prune sweeps them.
+        sqlx::query("DELETE FROM anb_queue_unique_keys WHERE unique_until <= ?1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
         Ok(
             sqlx::query("DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1")
                 .bind(now_ms().saturating_sub(millis(older_than)))

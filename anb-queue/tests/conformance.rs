@@ -2,6 +2,8 @@
 //! every backend (one `conformance_suite!` line per backend at the bottom).
 
 mod support;
+#[path = "conformance/unique.rs"]
+mod unique;
 
 use std::{
     collections::HashSet,
@@ -20,6 +22,7 @@ use anb_queue::{
 use serde::{Deserialize, Serialize};
 use support::{Engine, RunningWorker, TestDb, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use unique::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Echo {
@@ -1349,6 +1352,10 @@ macro_rules! conformance_suite {
                 transactional_enqueue_commits_and_rolls_back_with_the_caller,
                 job_of_a_killed_worker_process_is_completed_by_another,
                 an_idle_worker_does_not_spin,
+                a_unique_key_is_held_while_the_job_is_unfinished,
+                a_period_key_stays_held_after_the_job_completed_until_it_expires,
+                concurrent_unique_enqueues_store_one_job,
+                dead_lettering_frees_a_unique_key,
             );
         }
     };
@@ -1412,7 +1419,7 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5, "upgraded to the current version");
     let during = serde_json::to_string(&Echo {
         n: 2,
         text: "written by version 2 after the upgrade".into(),
@@ -1477,7 +1484,7 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5, "upgraded to the current version");
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'anb_queue_jobs' ORDER BY 1",
     )

@@ -341,6 +341,21 @@ impl Transaction {
         }
     }
 
+    /// Like [`enqueue`](Self::enqueue), unless a job of the same name holds
+    /// `unique`'s key: then nothing is enqueued and the holder's id comes
+    /// back, marked as a duplicate.
+    pub async fn enqueue_unique<J: anb_queue::Job>(
+        &mut self,
+        queue: &anb_queue::Queue,
+        job: &J,
+        unique: anb_queue::Unique,
+    ) -> Result<anb_queue::Enqueued, anb_queue::QueueError> {
+        match self {
+            Self::Postgres(tx) => queue.enqueue_unique_tx(&mut **tx, job, unique).await,
+            Self::Sqlite(tx) => queue.enqueue_unique_tx(&mut **tx, job, unique).await,
+        }
+    }
+
     /// Writes `job` into the outbox of this database inside this transaction,
     /// for a queue that lives elsewhere (SQS, Redis): it commits or rolls back
     /// with the rows written here, and the outbox's relay publishes it once

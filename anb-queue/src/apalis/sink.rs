@@ -80,5 +80,6 @@ pub(super) fn new_job<J: Job>(task: &Task<J>) -> Result<NewJob, QueueError> {
         payload,
         max_attempts,
         delay,
+        unique: None,
     })
 }

@@ -323,6 +323,8 @@ impl Backend for SqsBackend {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        // A standard queue has no deduplication: `enqueue_unique` is left unsupported.
+        crate::backend::refuse_unique(jobs)?;
         let now = now_ms();
         let messages = jobs
             .iter()
