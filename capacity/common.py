@@ -4,8 +4,11 @@ the machine they ran on."""
 import json
 import os
 import platform
+import signal
 import socket
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -37,6 +40,33 @@ def http(method, url, body=None, token=None, timeout=60):
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
+
+
+def wait_until_ready(process, base, log_path, what, seconds=60):
+    """Waits for `GET base/ready` to answer 200 from `process`; dies with the end of its log
+    when it exits or is not ready in time."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            die(f"{what} exited at start:\n{log_path.read_text()[-2000:]}")
+        try:
+            if http("GET", f"{base}/ready", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    die(f"{what} was not ready on {base} within {seconds} s:\n{log_path.read_text()[-2000:]}")
+
+
+def stop_process(process, grace):
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

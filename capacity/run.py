@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import die, free_port, http, machine_description, say
+from common import die, free_port, http, machine_description, say, stop_process, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "capacity"
@@ -243,26 +243,10 @@ class Platform:
             )
             args = [str(self.binary)]
         self.process = subprocess.Popen(args, env=self.env, cwd=self.scratch, stdout=self.log, stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                die(f"the server exited at start: {(self.scratch / 'server.log').read_text()[-2000:]}")
-            try:
-                if http("GET", f"{self.base}/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        die(f"the server was not ready on {self.base} within 60 s")
+        wait_until_ready(self.process, self.base, self.scratch / "server.log", "the server")
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=15)
         if self.database:
             subprocess.run(
                 ["psql", self.pg_url, "-qX", "-c", f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'],

@@ -5,13 +5,12 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
-from common import die, free_port, http
+from common import die, free_port, stop_process, wait_until_ready
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
@@ -214,26 +213,10 @@ class Api:
             subprocess.run([str(self.binary), "migrate"], env=self.env, stdout=log, stderr=log, check=True,
                            timeout=120)
             self.process = subprocess.Popen([str(self.binary)], env=self.env, stdout=log, stderr=log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                die(f"anb-api exited at start:\n{self.log_path.read_text()[-2000:]}")
-            try:
-                if http("GET", f"{self.base}/ready", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        die(f"anb-api was not ready on {self.base} within 60 s:\n{self.log_path.read_text()[-2000:]}")
+        wait_until_ready(self.process, self.base, self.log_path, "anb-api")
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=20)
 
 
 def make_tiny_clip(path):
