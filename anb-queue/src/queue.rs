@@ -259,6 +259,18 @@ impl Queue {
     }
 
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    /// Refuses a transaction on another engine than this queue's.
+    fn check_connection<C: TransactionalConnection>(&self) -> Result<(), QueueError> {
+        if self.backend.kind() == C::KIND {
+            return Ok(());
+        }
+        Err(QueueError::TransactionMismatch {
+            connection: C::KIND.as_str(),
+            backend: self.backend.kind().as_str(),
+        })
+    }
+
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     /// Like [`Queue::enqueue_tx`], for many jobs.
     pub async fn enqueue_bulk_tx<C, J>(
         &self,
@@ -269,12 +281,7 @@ impl Queue {
         C: TransactionalConnection,
         J: Job,
     {
-        if self.backend.kind() != C::KIND {
-            return Err(QueueError::TransactionMismatch {
-                connection: C::KIND.as_str(),
-                backend: self.backend.kind().as_str(),
-            });
-        }
+        self.check_connection::<C>()?;
         let new_jobs = jobs
             .iter()
             .map(|job| new_job(job, Duration::ZERO))
@@ -301,12 +308,7 @@ impl Queue {
         C: TransactionalConnection,
         J: Job,
     {
-        if self.backend.kind() != C::KIND {
-            return Err(QueueError::TransactionMismatch {
-                connection: C::KIND.as_str(),
-                backend: self.backend.kind().as_str(),
-            });
-        }
+        self.check_connection::<C>()?;
         let new_job = unique_job(job, &unique, Duration::ZERO)?;
         conn.insert_unique_job(&new_job).await
     }

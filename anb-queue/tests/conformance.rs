@@ -299,9 +299,28 @@ impl Job for Sleepy {
 
 const SNOOZE: Duration = Duration::from_millis(300);
 
-/// The gaps between consecutive runs a handler recorded.
-fn gaps(runs: &[(u32, Instant)]) -> Vec<Duration> {
-    runs.windows(2).map(|pair| pair[1].1 - pair[0].1).collect()
+/// The runs a handler recorded: the attempt of each, and when it started.
+type Runs = Arc<Mutex<Vec<(u32, Instant)>>>;
+
+/// Runs `worker` until its handler recorded `count` runs and the queue is empty; returns
+/// the attempts of the runs and the gaps between them.
+async fn attempts_and_gaps(
+    queue: &Queue,
+    worker: Worker,
+    runs: &Runs,
+    count: usize,
+) -> (Vec<u32>, Vec<Duration>) {
+    let worker = RunningWorker::spawn(worker);
+    wait_until("every run", 60, || async {
+        runs.lock().unwrap().len() >= count
+    })
+    .await;
+    wait_until("queue empty", 60, || is_empty(queue)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    let attempts = runs.iter().map(|(attempt, _)| *attempt).collect();
+    let gaps = runs.windows(2).map(|pair| pair[1].1 - pair[0].1).collect();
+    (attempts, gaps)
 }
 
 /// A handler that snoozes puts its job off for the delay it names, and the attempt does
@@ -310,7 +329,7 @@ fn gaps(runs: &[(u32, Instant)]) -> Vec<Duration> {
 async fn a_snoozed_job_runs_again_later_without_counting_the_attempt(db: &TestDb) {
     let queue = db.queue().await;
     queue.enqueue(&Sleepy { snoozes: 3 }).await.unwrap();
-    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let runs = Runs::default();
     let recorded = runs.clone();
     let worker = Worker::new(queue.clone()).handle(move |job: Sleepy, ctx: JobContext| {
         let runs = recorded.clone();
@@ -323,21 +342,10 @@ async fn a_snoozed_job_runs_again_later_without_counting_the_attempt(db: &TestDb
             Ok(())
         }
     });
-    let worker = RunningWorker::spawn(worker);
-    wait_until("fourth run", 60, || async {
-        runs.lock().unwrap().len() >= 4
-    })
-    .await;
-    wait_until("queue empty", 60, || is_empty(&queue)).await;
-    worker.stop().await;
-    let runs = runs.lock().unwrap().clone();
-    assert_eq!(
-        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
-        vec![1, 1, 1, 1],
-        "a snooze is not an attempt"
-    );
+    let (attempts, gaps) = attempts_and_gaps(&queue, worker, &runs, 4).await;
+    assert_eq!(attempts, vec![1, 1, 1, 1], "a snooze is not an attempt");
     // A few milliseconds of slack for the store's clock against this process's.
-    for gap in gaps(&runs) {
+    for gap in gaps {
         assert!(
             gap >= SNOOZE - Duration::from_millis(20),
             "ran again after {gap:?}, snoozed for {SNOOZE:?}"
@@ -351,7 +359,7 @@ async fn a_snoozed_job_runs_again_later_without_counting_the_attempt(db: &TestDb
 async fn a_failure_retries_after_the_delay_its_handler_chose(db: &TestDb) {
     let queue = db.queue().await;
     queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
-    let runs = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
+    let runs = Runs::default();
     let recorded = runs.clone();
     let chosen = Duration::from_millis(700);
     let worker = Worker::new(queue.clone())
@@ -366,19 +374,9 @@ async fn a_failure_retries_after_the_delay_its_handler_chose(db: &TestDb) {
                 Ok(())
             }
         });
-    let worker = RunningWorker::spawn(worker);
-    wait_until("second attempt", 60, || async {
-        runs.lock().unwrap().len() >= 2
-    })
-    .await;
-    wait_until("queue empty", 60, || is_empty(&queue)).await;
-    worker.stop().await;
-    let runs = runs.lock().unwrap().clone();
-    assert_eq!(
-        runs.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
-    let gap = gaps(&runs)[0];
+    let (attempts, gaps) = attempts_and_gaps(&queue, worker, &runs, 2).await;
+    assert_eq!(attempts, vec![1, 2]);
+    let gap = gaps[0];
     // The worker's back-off would have retried within 100 ms.
     assert!(
         gap >= chosen - Duration::from_millis(20),
