@@ -425,6 +425,37 @@ const LEASE_SESSION_SETTINGS: [(&str, &str); 3] = [
 ];
 
 impl PostgresBackend {
+    /// Makes leased jobs claimable after `delay` and gives their attempt back (a release,
+    /// or a snooze); wakes idle workers when they are due at once (a later due time is
+    /// found by the workers' next-due timer).
+    async fn give_back(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let (ids, tokens) = lease_columns(leases);
+        let given_back = sqlx::query(
+            "UPDATE anb_queue_jobs AS j
+             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
+                 attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL
+             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
+             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+               AND j.state = 'running'",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(owner)
+        .bind(millis(delay))
+        .execute(&self.leases)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+        if given_back.rows_affected() > 0 && delay.is_zero() {
+            self.notify().await?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(pool: PgPool) -> Self {
         // The queue table churns faster than autovacuum refreshes its statistics; with stale
         // ones (say, right after a bulk enqueue) the planner bitmap-scans and sorts the whole
@@ -604,50 +635,12 @@ impl Backend for PostgresBackend {
     }
 
     async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        let (ids, tokens) = lease_columns(leases);
-        let released = sqlx::query(
-            "UPDATE anb_queue_jobs AS j
-             SET state = 'ready', run_at = now(), attempts = greatest(j.attempts - 1, 0),
-                 locked_by = NULL, locked_until = NULL
-             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
-             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
-               AND j.state = 'running'",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(owner)
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        if released.rows_affected() > 0 {
-            self.notify().await?;
-        }
-        Ok(())
+        self.give_back(owner, leases, Duration::ZERO).await
     }
 
     async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        let Some(id) = row_id(lease) else {
-            return Ok(());
-        };
-        let snoozed = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
-                 attempts = greatest(attempts - 1, 0), locked_by = NULL, locked_until = NULL
-             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(&lease.token)
-        .bind(owner)
-        .bind(millis(delay))
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        // Due at once: wake idle workers, as a release does (a later due time is found by
-        // the workers' next-due timer).
-        if snoozed.rows_affected() > 0 && delay.is_zero() {
-            self.notify().await?;
-        }
-        Ok(())
+        self.give_back(owner, std::slice::from_ref(lease), delay)
+            .await
     }
 
     async fn extend(

@@ -204,24 +204,6 @@ end
 return 0
 ";
 
-/// KEYS: prefix. ARGV: lease token, id, delay_ms. Gives the attempt back and makes the job
-/// due after the delay; its last error stays.
-const SNOOZE: &str = "
-local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
-if held(prefix, id, owner) then
-  local key = prefix .. 'job:' .. id
-  local name = redis.call('HGET', key, 'n')
-  local delay = tonumber(ARGV[3])
-  redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
-  redis.call('SADD', prefix .. 'names', name)
-  redis.call('HINCRBY', key, 'a', -1)
-  redis.call('HDEL', key, 'o')
-  redis.call('ZREM', prefix .. 'leases', id)
-  if delay == 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
-end
-return 0
-";
-
 /// KEYS: prefix. ARGV: lease token, id, error.
 const DEAD_LETTER: &str = "
 local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
@@ -236,17 +218,17 @@ end
 return 0
 ";
 
-/// KEYS: prefix. ARGV: (id, lease token) pairs. Gives the attempt back and makes the jobs
-/// due now.
+/// KEYS: prefix. ARGV: delay_ms, then (id, lease token) pairs. Gives the attempt back and
+/// makes the jobs due after the delay (a release: none; a snooze); their last error stays.
 const RELEASE: &str = "
-local prefix = KEYS[1]
+local prefix, delay = KEYS[1], tonumber(ARGV[1])
 local released = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if held(prefix, id, ARGV[i + 1]) then
     local key = prefix .. 'job:' .. id
     local name = redis.call('HGET', key, 'n')
-    redis.call('ZADD', prefix .. 'q:' .. name, now, id)
+    redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
     redis.call('SADD', prefix .. 'names', name)
     redis.call('HINCRBY', key, 'a', -1)
     redis.call('HDEL', key, 'o')
@@ -254,7 +236,7 @@ for i = 1, #ARGV, 2 do
     released = released + 1
   end
 end
-if released > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
+if released > 0 and delay == 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return released
 ";
 
@@ -428,7 +410,6 @@ struct Scripts {
     retry: Script,
     dead_letter: Script,
     release: Script,
-    snooze: Script,
     extend: Script,
     recover: Script,
     next_due: Script,
@@ -451,7 +432,6 @@ impl Scripts {
             retry: leased(RETRY),
             dead_letter: leased(DEAD_LETTER),
             release: leased(RELEASE),
-            snooze: leased(SNOOZE),
             extend: leased(EXTEND),
             recover: Script::new(&format!("{NOW}{FREE_UNIQUE}{RECOVER}")),
             next_due: timed(NEXT_DUE),
@@ -595,6 +575,23 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
+    /// Makes leased jobs claimable after `delay` and gives their attempt back (a release,
+    /// or a snooze).
+    async fn give_back(&self, leases: &[Lease], delay: Duration) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(&self.prefix)
+            .arg(millis(delay).min(MAX_DELAY_MS));
+        for lease in leases {
+            invocation.arg(lease.id.as_str()).arg(&lease.token);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(())
+    }
+
     pub(crate) async fn new(client: redis::Client, queue: &str) -> Result<Self, QueueError> {
         // The client's defaults wait up to a minute between reconnects after an outage and
         // never time a request out; a queue should be back within seconds of Redis.
@@ -910,31 +907,11 @@ impl Backend for RedisBackend {
     }
 
     async fn release(&self, _owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.key(&self.prefix);
-        for lease in leases {
-            invocation.arg(lease.id.as_str()).arg(&lease.token);
-        }
-        let _: i64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(QueueError::from_redis)?;
-        Ok(())
+        self.give_back(leases, Duration::ZERO).await
     }
 
     async fn snooze(&self, _owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        let _: i64 = self
-            .scripts
-            .snooze
-            .prepare_invoke()
-            .key(&self.prefix)
-            .arg(&lease.token)
-            .arg(lease.id.as_str())
-            .arg(millis(delay).min(MAX_DELAY_MS))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(QueueError::from_redis)?;
-        Ok(())
+        self.give_back(std::slice::from_ref(lease), delay).await
     }
 
     async fn extend(

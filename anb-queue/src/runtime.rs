@@ -397,8 +397,8 @@ impl LeaseRuntime {
                 error = %failure.message, "job failed; dead-lettered"
             );
         }
-        for attempt in 1..=RECORD_ATTEMPTS {
-            let recorded = if retry {
+        self.write_outcome(job, "recording the failure", || async {
+            if retry {
                 self.backend
                     .retry(&self.owner, &job.lease, delay, &failure.message)
                     .await
@@ -406,20 +406,9 @@ impl LeaseRuntime {
                 self.backend
                     .dead_letter(&self.owner, &job.lease, &failure.message)
                     .await
-            };
-            match recorded {
-                Ok(()) => break,
-                Err(error) if attempt < RECORD_ATTEMPTS => {
-                    tracing::warn!(job.id = %job.lease.id, %error, "recording the failure failed; trying again");
-                    tokio::time::sleep(RECORD_RETRY_PAUSE).await;
-                }
-                Err(error) => tracing::error!(
-                    job.id = %job.lease.id, %error,
-                    "recording the failure failed; the job's lease is left to run out, and the attempt counts"
-                ),
             }
-        }
-        self.settle(&job.lease);
+        })
+        .await;
         if retry { "retried" } else { "dead" }
     }
 
@@ -431,8 +420,8 @@ impl LeaseRuntime {
             job.name = job.name, job.id = %job.lease.id, job.attempt = job.attempt,
             snooze_ms = delay.as_millis() as u64, "job snoozed"
         );
-        for attempt in 1..=RECORD_ATTEMPTS {
-            let recorded = match self.backend.snooze(&self.owner, &job.lease, delay).await {
+        self.write_outcome(job, "snoozing the job", || async {
+            match self.backend.snooze(&self.owner, &job.lease, delay).await {
                 Err(QueueError::UnsupportedByBackend { backend, .. }) => {
                     tracing::warn!(
                         job.name = job.name, job.id = %job.lease.id, backend,
@@ -442,22 +431,34 @@ impl LeaseRuntime {
                         .retry(&self.owner, &job.lease, delay, message)
                         .await
                 }
-                recorded => recorded,
-            };
-            match recorded {
+                written => written,
+            }
+        })
+        .await;
+        "snoozed"
+    }
+
+    /// Writes a job's outcome with `write`, trying a few times while it fails, then stops
+    /// holding the job; when every try failed, its lease lapses and recovery counts the attempt.
+    async fn write_outcome<F, Fut>(&self, job: &RunningJob, what: &str, write: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), QueueError>>,
+    {
+        for attempt in 1..=RECORD_ATTEMPTS {
+            match write().await {
                 Ok(()) => break,
                 Err(error) if attempt < RECORD_ATTEMPTS => {
-                    tracing::warn!(job.id = %job.lease.id, %error, "snoozing the job failed; trying again");
+                    tracing::warn!(job.id = %job.lease.id, %error, "{what} failed; trying again");
                     tokio::time::sleep(RECORD_RETRY_PAUSE).await;
                 }
                 Err(error) => tracing::error!(
                     job.id = %job.lease.id, %error,
-                    "snoozing the job failed; its lease is left to run out, and the attempt counts"
+                    "{what} failed; the job's lease is left to run out, and the attempt counts"
                 ),
             }
         }
         self.settle(&job.lease);
-        "snoozed"
     }
 
     /// Gives a job back at once without counting the attempt.

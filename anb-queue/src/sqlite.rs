@@ -376,6 +376,33 @@ pub(crate) struct SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// Makes leased jobs claimable after `delay` and gives their attempt back (a release,
+    /// or a snooze); wakes idle workers when they are due at once.
+    async fn give_back(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let given_back = sqlx::query(
+            "UPDATE anb_queue_jobs
+             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
+                 locked_by = NULL, locked_until = NULL
+             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+               AND locked_by = ?2 AND state = 'running'",
+        )
+        .bind(json_ids(leases))
+        .bind(owner)
+        .bind(now_ms().saturating_add(millis(delay)))
+        .execute(&self.pool)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+        if given_back.rows_affected() > 0 && delay.is_zero() {
+            self.wake();
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(pool: SqlitePool) -> Self {
         Self {
             pool,
@@ -514,43 +541,12 @@ impl Backend for SqliteBackend {
     }
 
     async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        let released = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
-                 locked_by = NULL, locked_until = NULL
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(leases))
-        .bind(owner)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        if released.rows_affected() > 0 {
-            self.wake();
-        }
-        Ok(())
+        self.give_back(owner, leases, Duration::ZERO).await
     }
 
     async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        let snoozed = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
-                 locked_by = NULL, locked_until = NULL
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(std::slice::from_ref(lease)))
-        .bind(owner)
-        .bind(now_ms().saturating_add(millis(delay)))
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        if snoozed.rows_affected() > 0 && delay.is_zero() {
-            self.wake();
-        }
-        Ok(())
+        self.give_back(owner, std::slice::from_ref(lease), delay)
+            .await
     }
 
     async fn extend(

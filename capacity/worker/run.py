@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import cpu_seconds, die, free_port, http, machine_description, say  # noqa: E402
+from common import cpu_seconds, die, free_port, http, machine_description, say, wait_until_ready  # noqa: E402
 
 PASSWORD = "capacidad-del-worker-2026"
 CORES = os.cpu_count() or 1
@@ -136,18 +136,7 @@ class Platform:
         )
         self.api = subprocess.Popen([str(self.bin_dir / "anb-api")], env=self.env, cwd=self.scratch,
                                     stdout=log, stderr=log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.api.poll() is not None:
-                die(f"anb-api exited at start: {(self.scratch / 'api.log').read_text()[-2000:]}")
-            try:
-                if http("GET", f"{self.base}/ready", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            die(f"anb-api not ready on {self.base} within 60 s")
+        wait_until_ready(self.api, self.base, self.scratch / "api.log", "anb-api")
         email = f"plan-b-{os.getpid()}@carga.test"
         status, body = http("POST", f"{self.base}/api/auth/signup", {
             "first_name": "Plan", "last_name": "Be", "email": email, "password1": PASSWORD,
@@ -256,7 +245,7 @@ def saturation(platform, clip, size_label, concurrency, backlog, preset, crf, ti
 def sustained(platform, clip, size_label, concurrency, rate_per_min, seconds, preset, crf):
     say(f"sustained: {size_label} at {rate_per_min:.2f}/min for {seconds} s, {concurrency} at once")
     platform.clear_videos()
-    worker = platform.start_worker(concurrency, preset, crf)
+    platform.start_worker(concurrency, preset, crf)
     interval = 60.0 / rate_per_min
     started = time.time()
     sent, refused, backlog_samples = 0, 0, []
