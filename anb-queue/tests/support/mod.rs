@@ -2,19 +2,14 @@
 
 #![allow(dead_code)]
 
-use std::{
-    future::Future,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
 };
 
-use anb_queue::{Job, JobId, Queue, QueueError, Worker};
+use anb_queue::{Job, JobId, Queue, QueueError};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Which engine a test database runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,17 +182,23 @@ impl TestDb {
         }
     }
 
-    /// What a child process needs in its environment to reach the queue with
-    /// `Queue::connect(&self.url)`.
-    pub fn child_env(&self) -> Vec<(&'static str, String)> {
-        match self.engine {
-            Engine::Sqs => vec![
-                ("AWS_ACCESS_KEY_ID", "test".to_owned()),
-                ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
-                ("AWS_REGION", "us-east-1".to_owned()),
-            ],
-            _ => Vec::new(),
+    /// What a child process needs in its environment to reach the queue: the URL for the
+    /// test kit's `Queue::connect` in the child, and credentials for SQS.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![(
+            anb_queue_testkit::CHILD_QUEUE_URL.to_owned(),
+            self.url.clone(),
+        )];
+        if self.engine == Engine::Sqs {
+            for (name, value) in [
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_REGION", "us-east-1"),
+            ] {
+                env.push((name.to_owned(), value.to_owned()));
+            }
         }
+        env
     }
 
     /// Where the business table of [`TestDb::enqueue_with_business_write`] lives: the
@@ -459,45 +460,8 @@ async fn delete_redis_keys(server: &str, pattern: &str) {
     }
 }
 
-/// A worker running in the background until stopped.
-pub struct RunningWorker {
-    stop: CancellationToken,
-    handle: JoinHandle<Result<(), QueueError>>,
-}
-
-impl RunningWorker {
-    pub fn spawn(worker: Worker) -> Self {
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
-        Self { stop, handle }
-    }
-
-    /// Signals shutdown and waits for the worker to return.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("worker stops within 60 s")
-            .expect("worker task does not panic")
-            .expect("worker returns Ok");
-    }
-}
-
-/// Polls `condition` every 20 ms until it holds; panics after `seconds` seconds.
-pub async fn wait_until<F, Fut>(what: &str, seconds: u64, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {seconds} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use anb_queue_testkit::support::{RunningWorker, wait_until};
 
 /// A TCP gate in front of a server, which a test can close (cutting every connection through
 /// it and refusing new ones) and open again: an outage of a real server, seen only by the

@@ -6,8 +6,9 @@ use anb_queue::{Enqueued, Job, JobContext, Queue, QueueError, Unique, Worker};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Echo, claim_one, stats,
-    support::{Engine, RunningWorker, TestDb, wait_until},
+    Fixture,
+    jobs::Echo,
+    support::{RunningWorker, claim_one, stats, wait_until},
 };
 
 /// Another job name, to show that keys are per name.
@@ -27,10 +28,11 @@ fn echo(n: u32) -> Echo {
     }
 }
 
-/// SQS cannot deduplicate (a standard queue): it refuses a unique enqueue and stores nothing.
-/// Returns whether the backend claims unique jobs.
-async fn claims_unique_jobs(db: &TestDb, queue: &Queue) -> bool {
-    if db.engine != Engine::Sqs {
+/// A backend without unique jobs (SQS: a standard queue cannot deduplicate) refuses a unique
+/// enqueue, and a plain enqueue of a job that carries a key, and stores nothing. Returns
+/// whether the backend claims unique jobs.
+async fn claims_unique_jobs(fx: &impl Fixture, queue: &Queue) -> bool {
+    if fx.capabilities().unique_jobs {
         return true;
     }
     let error = queue
@@ -42,7 +44,7 @@ async fn claims_unique_jobs(db: &TestDb, queue: &Queue) -> bool {
             error,
             QueueError::UnsupportedByBackend {
                 operation: "unique jobs",
-                backend: "sqs"
+                ..
             }
         ),
         "{error:?}"
@@ -84,9 +86,11 @@ async fn drain(queue: &Queue) {
     worker.stop().await;
 }
 
-pub(crate) async fn a_unique_key_is_held_while_the_job_is_unfinished(db: &TestDb) {
-    let queue = db.queue().await;
-    if !claims_unique_jobs(db, &queue).await {
+/// A unique key is held while its job is queued, delayed or running, per job name, and free
+/// once it completed.
+pub async fn a_unique_key_is_held_while_the_job_is_unfinished(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    if !claims_unique_jobs(fx, &queue).await {
         return;
     }
     let first = queue
@@ -176,9 +180,10 @@ pub(crate) async fn a_unique_key_is_held_while_the_job_is_unfinished(db: &TestDb
     assert!(!after_worker.duplicate, "the worker's completion freed it");
 }
 
-pub(crate) async fn a_period_key_stays_held_after_the_job_completed_until_it_expires(db: &TestDb) {
-    let queue = db.queue().await;
-    if !claims_unique_jobs(db, &queue).await {
+/// A key held for a period stays held after its job completed, until the period is over.
+pub async fn a_period_key_stays_held_after_the_job_completed_until_it_expires(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    if !claims_unique_jobs(fx, &queue).await {
         return;
     }
     let period = Duration::from_secs(2);
@@ -224,9 +229,11 @@ pub(crate) async fn a_period_key_stays_held_after_the_job_completed_until_it_exp
     );
 }
 
-pub(crate) async fn concurrent_unique_enqueues_store_one_job(db: &TestDb) {
-    let queue = db.queue().await;
-    if !claims_unique_jobs(db, &queue).await {
+/// Enqueues of one key from many tasks with their own connections store exactly one job, for
+/// each scope.
+pub async fn concurrent_unique_enqueues_store_one_job(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    if !claims_unique_jobs(fx, &queue).await {
         return;
     }
     for unique in [
@@ -236,7 +243,7 @@ pub(crate) async fn concurrent_unique_enqueues_store_one_job(db: &TestDb) {
         // Each task with a queue of its own (its own connections), as separate processes.
         let mut queues = Vec::new();
         for _ in 0..20 {
-            queues.push(db.queue().await);
+            queues.push(fx.queue().await);
         }
         let start = Arc::new(tokio::sync::Barrier::new(queues.len()));
         let tasks: Vec<_> = queues
@@ -264,9 +271,11 @@ pub(crate) async fn concurrent_unique_enqueues_store_one_job(db: &TestDb) {
     assert_eq!(stats(&queue).await.ready, 2, "one job per key");
 }
 
-pub(crate) async fn dead_lettering_frees_a_unique_key(db: &TestDb) {
-    let queue = db.queue().await;
-    if !claims_unique_jobs(db, &queue).await {
+/// Dead-lettering, by the handler or by a lease that ran out on the last attempt, frees the
+/// key.
+pub async fn dead_lettering_frees_a_unique_key(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    if !claims_unique_jobs(fx, &queue).await {
         return;
     }
     let first = queue
