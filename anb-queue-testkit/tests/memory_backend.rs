@@ -1,14 +1,14 @@
-//! A backend from outside `anb-queue`, built on its public API only, that runs the whole
-//! conformance kit against itself: jobs in a `Mutex` of one process, a `watch` channel to
-//! wake idle workers. Copy it as the skeleton of your own backend; every operation of the
-//! `Backend` contract is here, each in a few lines.
+//! A backend from outside `anb-queue`, on its public API only, that runs the whole conformance
+//! kit against itself: jobs behind one `Mutex` in this process, and a `watch` channel that
+//! wakes idle workers. Copy it as the skeleton of your own backend: every operation of the
+//! `Backend` contract is here, in a few lines each.
 //!
-//! It keeps one clock, milliseconds since the Unix epoch (as the SQLite backend does), for
-//! run times, lease deadlines, unique periods and the time a job died.
+//! One clock serves everything, milliseconds since the Unix epoch (as in the SQLite backend):
+//! run times, lease deadlines, unique periods and when a job died.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -31,180 +31,194 @@ fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// `duration` from `now`, in the backend's clock (saturating: a delay of years is fine).
-fn after(now: i64, duration: Duration) -> i64 {
-    now.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+/// `duration` after the time `at` (saturating: a delay of centuries is still a delay).
+fn after(at: i64, duration: Duration) -> i64 {
+    at.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Where a stored job is. A waiting job is `Ready` whether due now or delayed (`run_at`
-/// tells them apart); a finished job is not stored at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Ready,
-    Running,
-    Dead,
+/// The time from `from` to `to`, zero if `to` is not later.
+fn span(from: i64, to: i64) -> Duration {
+    Duration::from_millis(u64::try_from(to - from).unwrap_or(0))
 }
 
-/// The hold of one claim on a running job.
+/// Ids are numbers in enqueue order, printed; text that is not one names no job here.
+fn job_id(number: u64) -> JobId {
+    JobId::new(number.to_string())
+}
+
+fn number(id: &JobId) -> Option<u64> {
+    id.as_str().parse().ok()
+}
+
+fn enqueued(id: u64, duplicate: bool) -> Enqueued {
+    let id = job_id(id);
+    Enqueued { id, duplicate }
+}
+
+/// Where a stored job is (times in the backend's clock). A finished job is not stored.
 #[derive(Debug)]
-struct Held {
-    owner: String,
-    token: String,
-    until_ms: i64,
+enum Stage {
+    /// Waiting for its run time: due once it has passed, delayed before.
+    Waiting,
+    /// Leased to one claim, `owner` and `token`, until the time `until`.
+    Running {
+        owner: String,
+        token: String,
+        until: i64,
+    },
+    /// In the dead letters since the time `at`.
+    Dead { at: i64 },
 }
 
-/// A stored job.
 #[derive(Debug)]
 struct StoredJob {
     name: String,
     payload: String,
     stage: Stage,
-    /// Attempts started, the running one included.
+    /// Attempts started, a running one included.
     attempts: u32,
     max_attempts: u32,
-    run_at_ms: i64,
-    enqueued_at_ms: i64,
-    /// `Some` exactly while `stage` is `Running`.
-    held: Option<Held>,
+    run_at: i64,
+    enqueued_at: i64,
     last_error: Option<String>,
     progress: Option<u8>,
-    dead_at_ms: Option<i64>,
-    /// The key it holds while unfinished, freed when it completes or dies.
+    /// The key it holds while unfinished; completing or dead-lettering it frees the key.
     unique_key: Option<String>,
 }
 
-/// Everything the backend stores, behind one lock: each operation is atomic.
+impl StoredJob {
+    fn state(&self, now: i64) -> JobState {
+        match self.stage {
+            Stage::Waiting if self.run_at > now => JobState::Delayed,
+            Stage::Waiting => JobState::Ready,
+            Stage::Running { .. } => JobState::Running,
+            Stage::Dead { .. } => JobState::Dead,
+        }
+    }
+}
+
+/// Everything the backend stores, behind one lock, so each operation is atomic.
 #[derive(Debug, Default)]
 struct State {
-    next_id: u64,
-    next_claim: u64,
-    /// By id, which is also the order of enqueueing.
+    last_id: u64,
+    last_claim: u64,
     jobs: BTreeMap<u64, StoredJob>,
-    /// Keys held while unfinished: (job name, key) -> the holder.
-    unfinished_keys: HashMap<(String, String), u64>,
-    /// Keys held for a period: (job name, key) -> the holder and the end of the period.
-    period_keys: HashMap<(String, String), (u64, i64)>,
+    /// Unique keys by (job name, key, held for a period): the holder, and when a period
+    /// ends. The two scopes never meet, as in the SQL backends.
+    keys: HashMap<(String, String, bool), (u64, Option<i64>)>,
 }
 
 impl State {
     fn insert(&mut self, job: &NewJob, now: i64, unique_key: Option<String>) -> u64 {
-        self.next_id += 1;
+        self.last_id += 1;
         let stored = StoredJob {
             name: job.name.to_owned(),
             payload: job.payload.clone(),
-            stage: Stage::Ready,
+            stage: Stage::Waiting,
             attempts: 0,
             max_attempts: job.max_attempts,
-            run_at_ms: after(now, job.delay),
-            enqueued_at_ms: now,
-            held: None,
+            run_at: after(now, job.delay),
+            enqueued_at: now,
             last_error: None,
             progress: None,
-            dead_at_ms: None,
             unique_key,
         };
-        self.jobs.insert(self.next_id, stored);
-        self.next_id
+        self.jobs.insert(self.last_id, stored);
+        self.last_id
     }
 
-    /// The running job this claim (owner and token) still holds. Every lease operation goes
-    /// through here, so a stale claim finds nothing and its operation is a no-op.
-    fn held_by(&mut self, owner: &str, lease: &Lease) -> Option<(u64, &mut StoredJob)> {
-        let id: u64 = lease.id.as_str().parse().ok()?;
+    /// The job that this claim still holds. Every lease operation goes through here, so for
+    /// a stale claim (its lease ran out and the job was recovered or claimed again) it finds
+    /// nothing and is a no-op.
+    fn held(&mut self, owner: &str, lease: &Lease) -> Option<(u64, &mut StoredJob)> {
+        let id = number(&lease.id)?;
         let job = self.jobs.get_mut(&id)?;
-        let held = job.held.as_ref()?;
-        (held.owner == owner && held.token == lease.token).then_some((id, job))
+        let holds = matches!(&job.stage, Stage::Running { owner: o, token: t, .. }
+            if o == owner && *t == lease.token);
+        holds.then_some((id, job))
     }
 
-    /// Frees the unfinished key of job `id`, if it holds one.
-    fn free_key(&mut self, id: u64) {
-        let Some(job) = self.jobs.get_mut(&id) else {
-            return;
-        };
-        if let Some(key) = job.unique_key.take() {
-            self.unfinished_keys.remove(&(job.name.clone(), key));
+    /// Extends this claim's lease to the time `to`. `None` for a stale claim.
+    fn renew(&mut self, owner: &str, lease: &Lease, to: i64) -> Option<&mut StoredJob> {
+        let (_, job) = self.held(owner, lease)?;
+        if let Stage::Running { until, .. } = &mut job.stage {
+            *until = to;
         }
+        Some(job)
     }
 
-    /// Makes the job this claim holds wait again until `run_at_ms`; `give_back` returns
-    /// its attempt. Returns the job, or `None` for a stale claim.
+    /// Makes the job this claim holds wait again until `run_at`, giving its attempt back if
+    /// `give_back` (a release or a snooze, not a retry). `None` for a stale claim.
     fn put_back(
         &mut self,
         owner: &str,
         lease: &Lease,
-        run_at_ms: i64,
+        run_at: i64,
         give_back: bool,
     ) -> Option<&mut StoredJob> {
-        let (_, job) = self.held_by(owner, lease)?;
-        job.stage = Stage::Ready;
-        job.held = None;
-        job.run_at_ms = run_at_ms;
+        let (_, job) = self.held(owner, lease)?;
+        job.stage = Stage::Waiting;
+        job.run_at = run_at;
         if give_back {
-            job.attempts = job.attempts.saturating_sub(1);
+            job.attempts -= 1; // a running job has started one
         }
         Some(job)
+    }
+
+    /// Frees the unfinished key of job `id`, if it holds one.
+    fn free_key(&mut self, id: u64) {
+        if let Some(job) = self.jobs.get_mut(&id)
+            && let Some(key) = job.unique_key.take()
+        {
+            self.keys.remove(&(job.name.clone(), key, false));
+        }
     }
 
     /// Moves job `id` to the dead letters with `error`, freeing its key.
     fn kill(&mut self, id: u64, error: &str, now: i64) {
         self.free_key(id);
         if let Some(job) = self.jobs.get_mut(&id) {
-            job.stage = Stage::Dead;
-            job.held = None;
-            job.dead_at_ms = Some(now);
+            job.stage = Stage::Dead { at: now };
             job.last_error = Some(error.to_owned());
         }
     }
 
-    /// Dead jobs, newest first (by when they died, then by id).
-    fn dead_newest_first(&self) -> Vec<(u64, &StoredJob)> {
-        let mut dead: Vec<_> = self
-            .jobs
-            .iter()
-            .filter(|(_, job)| job.stage == Stage::Dead)
-            .map(|(id, job)| (*id, job))
-            .collect();
-        dead.sort_by_key(|(id, job)| std::cmp::Reverse((job.dead_at_ms, *id)));
+    /// Dead jobs, newest first (by when they died, then by id), as operators page them.
+    fn dead_newest_first(&self) -> Vec<DeadJob> {
+        let dead = self.jobs.iter().filter_map(|(&id, job)| match job.stage {
+            Stage::Dead { at } => Some(DeadJob {
+                id: job_id(id),
+                name: job.name.clone(),
+                payload: job.payload.clone(),
+                attempts: job.attempts,
+                last_error: job.last_error.clone(),
+                dead_at_ms: at,
+            }),
+            _ => None,
+        });
+        let mut dead: Vec<DeadJob> = dead.collect();
+        dead.sort_by_key(|job| std::cmp::Reverse((job.dead_at_ms, number(&job.id))));
         dead
     }
 }
 
-fn dead_job(id: u64, job: &StoredJob) -> DeadJob {
-    DeadJob {
-        id: JobId::new(id.to_string()),
-        name: job.name.clone(),
-        payload: job.payload.clone(),
-        attempts: job.attempts,
-        last_error: job.last_error.clone(),
-        dead_at_ms: job.dead_at_ms.unwrap_or_default(),
-    }
-}
-
-/// An in-memory backend. Clones share the same jobs, so every `Queue` made from one reaches
-/// them all.
-#[derive(Debug, Clone)]
+/// An in-memory backend. Clones share their jobs, so every `Queue` made from one reaches
+/// the same queue.
+#[derive(Debug, Clone, Default)]
 struct MemoryBackend {
     state: Arc<Mutex<State>>,
-    /// Bumped whenever a job starts waiting, so idle workers claim again (or recompute how
-    /// long to sleep until a delayed one is due).
-    wake: Arc<watch::Sender<u64>>,
+    /// Bumped whenever a job starts waiting (due now or later): idle workers claim again,
+    /// or work out anew how long to sleep until the next one is due.
+    wake: watch::Sender<u64>,
 }
 
 impl MemoryBackend {
-    fn new() -> Self {
-        Self {
-            state: Arc::default(),
-            wake: Arc::new(watch::channel(0).0),
-        }
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock was held leaves nothing half-written that matters here.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // No operation leaves the state half-written if it panics: go on with it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes idle workers (fine with the state locked: it only marks the signal changed).
     fn wake(&self) {
         self.wake
             .send_modify(|count| *count = count.wrapping_add(1));
@@ -224,48 +238,37 @@ impl Backend for MemoryBackend {
         }
         let now = now_ms();
         let mut state = self.state();
-        let ids = jobs.iter().map(|job| state.insert(job, now, None));
-        let ids = ids.map(|id| JobId::new(id.to_string())).collect();
-        drop(state);
+        let ids = jobs.iter().map(|job| job_id(state.insert(job, now, None)));
+        let ids = ids.collect();
         self.wake();
         Ok(ids)
     }
 
     async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
-        let Some(unique) = &job.unique else {
-            let id = self.enqueue(std::slice::from_ref(job)).await?.remove(0);
-            return Ok(Enqueued {
-                id,
-                duplicate: false,
-            });
-        };
         let now = now_ms();
-        let slot = (job.name.to_owned(), unique.key.clone());
         let mut state = self.state();
-        let (id, duplicate) = match unique.period {
-            None => match state.unfinished_keys.get(&slot) {
-                Some(&holder) => (holder, true),
-                None => {
-                    let id = state.insert(job, now, Some(unique.key.clone()));
-                    state.unfinished_keys.insert(slot, id);
-                    (id, false)
-                }
-            },
-            Some(period) => match state.period_keys.get(&slot) {
-                Some(&(holder, until)) if until > now => (holder, true),
-                _ => {
-                    let id = state.insert(job, now, None);
-                    state.period_keys.insert(slot, (id, after(now, period)));
-                    (id, false)
-                }
-            },
-        };
-        drop(state);
-        if !duplicate {
+        let Some(unique) = &job.unique else {
+            let id = state.insert(job, now, None);
             self.wake();
+            return Ok(enqueued(id, false));
+        };
+        let slot = (
+            job.name.to_owned(),
+            unique.key.clone(),
+            unique.period.is_some(),
+        );
+        if let Some(&(holder, until)) = state.keys.get(&slot)
+            && until.is_none_or(|until| until > now)
+        {
+            return Ok(enqueued(holder, true));
         }
-        let id = JobId::new(id.to_string());
-        Ok(Enqueued { id, duplicate })
+        // A key held while unfinished goes with its job, which frees it when it finishes.
+        let unfinished = unique.period.is_none().then(|| unique.key.clone());
+        let id = state.insert(job, now, unfinished);
+        let until = unique.period.map(|period| after(now, period));
+        state.keys.insert(slot, (id, until));
+        self.wake();
+        Ok(enqueued(id, false))
     }
 
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
@@ -274,30 +277,30 @@ impl Backend for MemoryBackend {
         let mut due: Vec<(i64, u64)> = state
             .jobs
             .iter()
-            .filter(|(_, job)| job.stage == Stage::Ready && job.run_at_ms <= now)
+            .filter(|(_, job)| job.state(now) == JobState::Ready)
             .filter(|(_, job)| request.names.contains(&job.name.as_str()))
-            .map(|(id, job)| (job.run_at_ms, *id))
+            .map(|(&id, job)| (job.run_at, id))
             .collect();
-        due.sort_unstable(); // oldest first: by run time, then by enqueue order
-        state.next_claim += 1;
-        let token = format!("claim-{}", state.next_claim);
+        due.sort_unstable(); // oldest first: by run time, then in enqueue order
+        // A fresh token per claim: what fences this claim's lease operations from any other's.
+        state.last_claim += 1;
+        let token = format!("claim-{}", state.last_claim);
         let mut claimed = Vec::new();
         for (_, id) in due.into_iter().take(request.max) {
             let job = state.jobs.get_mut(&id).expect("a due job is stored");
-            job.stage = Stage::Running;
             job.attempts += 1;
-            job.held = Some(Held {
+            job.stage = Stage::Running {
                 owner: request.owner.to_owned(),
                 token: token.clone(),
-                until_ms: after(now, request.lease),
-            });
+                until: after(now, request.lease),
+            };
             claimed.push(ClaimedJob {
-                id: JobId::new(id.to_string()),
+                id: job_id(id),
                 name: job.name.clone(),
                 payload: job.payload.clone(),
                 attempt: job.attempts,
                 max_attempts: job.max_attempts,
-                enqueued_at_ms: job.enqueued_at_ms,
+                enqueued_at_ms: job.enqueued_at,
                 token: token.clone(),
             });
         }
@@ -307,7 +310,7 @@ impl Backend for MemoryBackend {
     async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let mut state = self.state();
         for lease in leases {
-            if let Some((id, _)) = state.held_by(owner, lease) {
+            if let Some((id, _)) = state.held(owner, lease) {
                 state.free_key(id);
                 state.jobs.remove(&id);
             }
@@ -322,11 +325,9 @@ impl Backend for MemoryBackend {
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
-        let mut state = self.state();
-        let retried = state.put_back(owner, lease, after(now_ms(), delay), false);
-        let retried = retried.map(|job| job.last_error = Some(error.to_owned()));
-        drop(state);
-        if retried.is_some() {
+        let run_at = after(now_ms(), delay);
+        if let Some(job) = self.state().put_back(owner, lease, run_at, false) {
+            job.last_error = Some(error.to_owned());
             self.wake();
         }
         Ok(())
@@ -334,7 +335,7 @@ impl Backend for MemoryBackend {
 
     async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
         let mut state = self.state();
-        if let Some((id, _)) = state.held_by(owner, lease) {
+        if let Some((id, _)) = state.held(owner, lease) {
             state.kill(id, error, now_ms());
         }
         Ok(())
@@ -343,23 +344,17 @@ impl Backend for MemoryBackend {
     async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
         let now = now_ms();
         let mut state = self.state();
-        let mut released = false;
         for lease in leases {
-            released |= state.put_back(owner, lease, now, true).is_some();
-        }
-        drop(state);
-        if released {
-            self.wake();
+            if state.put_back(owner, lease, now, true).is_some() {
+                self.wake();
+            }
         }
         Ok(())
     }
 
     async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        let run_at_ms = after(now_ms(), delay);
-        let snoozed = self
-            .state()
-            .put_back(owner, lease, run_at_ms, true)
-            .is_some();
+        let run_at = after(now_ms(), delay);
+        let snoozed = self.state().put_back(owner, lease, run_at, true).is_some();
         if snoozed {
             self.wake();
         }
@@ -372,16 +367,12 @@ impl Backend for MemoryBackend {
         leases: &[Lease],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let until_ms = after(now_ms(), lease);
+        let to = after(now_ms(), lease);
         let mut state = self.state();
-        let mut lost = Vec::new();
-        for held in leases {
-            match state.held_by(owner, held) {
-                Some((_, job)) => job.held.as_mut().expect("held").until_ms = until_ms,
-                None => lost.push(held.clone()),
-            }
-        }
-        Ok(lost)
+        let lost = leases
+            .iter()
+            .filter(|held| state.renew(owner, held, to).is_none());
+        Ok(lost.cloned().collect())
     }
 
     async fn progress(
@@ -391,10 +382,9 @@ impl Backend for MemoryBackend {
         percent: u8,
         duration: Duration,
     ) -> Result<(), QueueError> {
-        let until_ms = after(now_ms(), duration);
-        if let Some((_, job)) = self.state().held_by(owner, lease) {
+        let to = after(now_ms(), duration);
+        if let Some(job) = self.state().renew(owner, lease, to) {
             job.progress = Some(percent.min(100));
-            job.held.as_mut().expect("held").until_ms = until_ms;
         }
         Ok(())
     }
@@ -405,8 +395,8 @@ impl Backend for MemoryBackend {
         let expired: Vec<u64> = state
             .jobs
             .iter()
-            .filter(|(_, job)| job.held.as_ref().is_some_and(|held| held.until_ms < now))
-            .map(|(id, _)| *id)
+            .filter(|(_, job)| matches!(job.stage, Stage::Running { until, .. } if until < now))
+            .map(|(&id, _)| id)
             .collect();
         for &id in &expired {
             let job = state.jobs.get_mut(&id).expect("an expired job is stored");
@@ -414,13 +404,11 @@ impl Backend for MemoryBackend {
                 // Its last attempt: a job that kills its worker must not loop forever.
                 state.kill(id, LEASE_EXPIRED, now);
             } else {
-                job.stage = Stage::Ready;
-                job.held = None;
-                job.run_at_ms = now;
+                job.stage = Stage::Waiting;
+                job.run_at = now;
                 job.last_error = Some(LEASE_EXPIRED.to_owned());
             }
         }
-        drop(state);
         if !expired.is_empty() {
             self.wake();
         }
@@ -429,15 +417,12 @@ impl Backend for MemoryBackend {
 
     async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
         let now = now_ms();
-        let next = self
-            .state()
-            .jobs
-            .values()
-            .filter(|job| job.stage == Stage::Ready && names.contains(&job.name.as_str()))
-            .map(|job| job.run_at_ms)
-            .min();
-        let wait = |run_at: i64| u64::try_from(run_at.saturating_sub(now)).unwrap_or(0);
-        Ok(next.map(|run_at| Duration::from_millis(wait(run_at))))
+        let state = self.state();
+        let waiting = state.jobs.values().filter(|job| {
+            matches!(job.stage, Stage::Waiting) && names.contains(&job.name.as_str())
+        });
+        let next = waiting.map(|job| job.run_at).min();
+        Ok(next.map(|run_at| span(now, run_at)))
     }
 
     async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
@@ -445,27 +430,26 @@ impl Backend for MemoryBackend {
     }
 
     fn idle_poll_interval(&self) -> Duration {
-        // Every change that makes work wakes the workers; polling only backs that up.
+        // Every change that makes work wakes the workers: polling only backs that up.
         Duration::from_secs(1)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = now_ms();
         let mut stats = QueueStats::default();
-        let mut oldest_due = None::<i64>;
+        let mut oldest_due = now;
         for job in self.state().jobs.values() {
-            match job.stage {
-                Stage::Ready if job.run_at_ms <= now => {
+            match job.state(now) {
+                JobState::Ready => {
                     stats.ready += 1;
-                    oldest_due = Some(oldest_due.map_or(job.run_at_ms, |t| t.min(job.run_at_ms)));
+                    oldest_due = oldest_due.min(job.run_at);
                 }
-                Stage::Ready => stats.delayed += 1,
-                Stage::Running => stats.in_flight += 1,
-                Stage::Dead => stats.dead += 1,
+                JobState::Delayed => stats.delayed += 1,
+                JobState::Running => stats.in_flight += 1,
+                JobState::Dead => stats.dead += 1,
             }
         }
-        let age = oldest_due.map_or(0, |run_at| u64::try_from(now - run_at).unwrap_or(0));
-        stats.oldest_ready_age = Duration::from_millis(age);
+        stats.oldest_ready_age = span(oldest_due, now);
         Ok(stats)
     }
 
@@ -478,42 +462,25 @@ impl Backend for MemoryBackend {
         after: Option<&JobId>,
         limit: usize,
     ) -> Result<Vec<DeadJob>, QueueError> {
-        let state = self.state();
-        let dead = state.dead_newest_first();
-        // Past the page's last job; a cursor that is not a dead job starts no page.
-        let start = match after {
+        let dead = self.state().dead_newest_first();
+        // A page starts past the job `after`; a cursor that is no dead job starts none.
+        let start = match after.map(|after| dead.iter().position(|job| job.id == *after)) {
             None => 0,
-            Some(cursor) => match dead
-                .iter()
-                .position(|(id, _)| id.to_string() == cursor.as_str())
-            {
-                Some(position) => position + 1,
-                None => return Ok(Vec::new()),
-            },
+            Some(Some(position)) => position + 1,
+            Some(None) => return Ok(Vec::new()),
         };
-        let page = dead.iter().skip(start).take(limit);
-        Ok(page.map(|(id, job)| dead_job(*id, job)).collect())
+        Ok(dead.into_iter().skip(start).take(limit).collect())
     }
 
     async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
-        let Ok(number) = id.as_str().parse::<u64>() else {
-            return Ok(None);
-        };
-        let now = now_ms();
         let state = self.state();
-        let Some(job) = state.jobs.get(&number) else {
+        let Some(job) = number(id).and_then(|number| state.jobs.get(&number)) else {
             return Ok(None);
-        };
-        let state = match job.stage {
-            Stage::Ready if job.run_at_ms > now => JobState::Delayed,
-            Stage::Ready => JobState::Ready,
-            Stage::Running => JobState::Running,
-            Stage::Dead => JobState::Dead,
         };
         Ok(Some(JobInfo {
             id: id.clone(),
             name: job.name.clone(),
-            state,
+            state: job.state(now_ms()),
             attempts: job.attempts,
             max_attempts: job.max_attempts,
             last_error: job.last_error.clone(),
@@ -525,21 +492,18 @@ impl Backend for MemoryBackend {
         let now = now_ms();
         let mut state = self.state();
         let mut requeued = 0;
-        for id in ids.iter().filter_map(|id| id.as_str().parse::<u64>().ok()) {
-            // Due now, attempts from zero, last error kept; it died without its key.
-            if let Some(job) = state
-                .jobs
-                .get_mut(&id)
-                .filter(|job| job.stage == Stage::Dead)
+        for id in ids.iter().filter_map(number) {
+            if let Some(job) = state.jobs.get_mut(&id)
+                && let Stage::Dead { .. } = job.stage
             {
-                job.stage = Stage::Ready;
+                // Due now, attempts from zero, last error kept. It died without its key,
+                // and runs without one.
+                job.stage = Stage::Waiting;
                 job.attempts = 0;
-                job.run_at_ms = now;
-                job.dead_at_ms = None;
+                job.run_at = now;
                 requeued += 1;
             }
         }
-        drop(state);
         if requeued > 0 {
             self.wake();
         }
@@ -548,40 +512,36 @@ impl Backend for MemoryBackend {
 
     async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
         let now = now_ms();
-        let cutoff = now.saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = now.saturating_sub(after(0, older_than));
         let mut state = self.state();
         // Period keys whose period is over hold nothing: sweep them on the way.
-        state.period_keys.retain(|_, (_, until)| *until > now);
+        let expired = |until: Option<i64>| until.is_some_and(|until| until <= now);
+        state.keys.retain(|_, (_, until)| !expired(*until));
         let before = state.jobs.len();
-        state.jobs.retain(|_, job| {
-            job.stage != Stage::Dead || job.dead_at_ms.is_some_and(|at| at >= cutoff)
-        });
+        let old = |job: &StoredJob| matches!(job.stage, Stage::Dead { at } if at < cutoff);
+        state.jobs.retain(|_, job| !old(job));
         Ok((before - state.jobs.len()) as u64)
     }
 }
 
-/// One fresh in-memory queue per case.
-struct MemoryFixture {
-    backend: MemoryBackend,
-}
+/// One fresh, empty in-memory queue per case.
+struct MemoryFixture(MemoryBackend);
 
 impl Fixture for MemoryFixture {
     async fn fresh() -> Self {
-        Self {
-            backend: MemoryBackend::new(),
-        }
+        Self(MemoryBackend::default())
     }
 
     async fn queue(&self) -> Queue {
-        Queue::with_backend(self.backend.clone())
+        Queue::with_backend(self.0.clone())
     }
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::full()
     }
 
-    // `child_env` stays `None`: the jobs live in this process, so the killed-worker case
-    // has no other process to reach them from.
+    // `child_env` stays `None`: the jobs live in this process, so no worker in another
+    // process can reach them, and the killed-worker case has nothing to check.
 }
 
 anb_queue_testkit::conformance_suite!(memory, MemoryFixture);
