@@ -218,8 +218,11 @@ pub async fn a_period_key_stays_held_after_the_job_completed_until_it_expires(fx
         2,
         "report-2 and the second report"
     );
-    // The expired keys' sweep leaves held keys alone.
-    queue.prune_dead(Duration::from_secs(3600)).await.unwrap();
+    // The expired keys' sweep (run with the pruning of dead jobs, an operator call) leaves
+    // held keys alone.
+    if fx.capabilities().operator_calls {
+        queue.prune_dead(Duration::from_secs(3600)).await.unwrap();
+    }
     assert!(
         queue
             .enqueue_unique(&echo(6), unique())
@@ -318,7 +321,11 @@ pub async fn dead_lettering_frees_a_unique_key(fx: &impl Fixture) {
         .await
         .unwrap();
     assert!(!third.duplicate, "a job dead by recovery holds no key");
-    // A requeued dead job runs without its key: it does not meet the live holder.
+    if !fx.capabilities().operator_calls {
+        return;
+    }
+    // A requeued dead job (an operator call) runs without its key: it does not meet the
+    // live holder.
     assert_eq!(queue.requeue_dead(&[first.id, fresh.id]).await.unwrap(), 2);
     assert_eq!(stats(&queue).await.ready, 3);
     let holder = queue
