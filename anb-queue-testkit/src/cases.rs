@@ -188,6 +188,59 @@ fn flaky_worker(queue: &Queue, attempts: Arc<Mutex<Vec<u32>>>, permanent: bool) 
         })
 }
 
+/// A running job shows the progress its handler reported, and a retried one waits with
+/// its attempt counted and the error it failed with, as the operator calls read them
+/// (where the backend declares them; their refusal is checked by
+/// [`operators_look_up_page_requeue_and_prune_jobs`]).
+pub async fn a_job_shows_its_progress_while_running_and_its_error_while_waiting(fx: &impl Fixture) {
+    if !fx.capabilities().operator_calls {
+        return;
+    }
+    let queue = fx.queue().await;
+    let id = queue.enqueue(&Flaky { fail_attempts: 1 }).await.unwrap();
+    let fail = Arc::new(tokio::sync::Notify::new());
+    let worker = RunningWorker::spawn(Worker::new(queue.clone()).handle({
+        let fail = fail.clone();
+        move |_job: Flaky, ctx: JobContext| {
+            let fail = fail.clone();
+            async move {
+                ctx.report_progress(40).await.map_err(JobError::retryable)?;
+                fail.notified().await;
+                Err(JobError::retryable("the partner answered 503")
+                    .retry_after(Duration::from_secs(3600)))
+            }
+        }
+    }));
+    wait_until("progress 40 stored", 60, || async {
+        queue
+            .job(&id)
+            .await
+            .unwrap()
+            .is_some_and(|info| info.progress == Some(40))
+    })
+    .await;
+    let running = queue.job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (running.state, running.attempts),
+        (anb_queue::JobState::Running, 1)
+    );
+    fail.notify_one();
+    wait_until("retry waiting", 60, || async {
+        queue
+            .job(&id)
+            .await
+            .unwrap()
+            .is_some_and(|info| info.state == anb_queue::JobState::Delayed)
+    })
+    .await;
+    worker.stop().await;
+    let waiting = queue.job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.attempts, waiting.last_error.as_deref()),
+        (1, Some("the partner answered 503"))
+    );
+}
+
 /// A retryable failure is retried, attempt by attempt, until the handler succeeds.
 pub async fn retryable_failure_is_retried_until_success(fx: &impl Fixture) {
     let queue = fx.queue().await;

@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
                 bulk_enqueue_delivers_every_job_once,
                 delayed_job_waits_for_its_time,
                 retryable_failure_is_retried_until_success,
+                a_job_shows_its_progress_while_running_and_its_error_while_waiting,
                 exhausted_retries_dead_letter_with_last_error,
                 permanent_failure_dead_letters_at_once,
                 a_snoozed_job_runs_again_later_without_counting_the_attempt,
