@@ -31,7 +31,7 @@
 # Usage: anb-api/benches/load.sh
 # Environment (defaults in brackets): DURATION [20] seconds per wrk run,
 # CONNECTIONS [16], THREADS [2] (wrk's -c and -t), PLAYERS [10000],
-# VOTES [100000], VOTERS [200] players logged in to vote, UPLOADS [10],
+# VOTES [100000], VOTERS [200] players logged in to vote, UPLOADS [10] (0: no upload runs),
 # EMBEDDED [1], RANKINGS_CACHE_MS ["0 500"] (the rankings runs are repeated
 # for each value, the API restarted with ANB_RANKINGS_CACHE_MS set to it: 0
 # reads every request from the database, as before the cache), RANKINGS_ONLY
@@ -343,7 +343,7 @@ fi
 
 # --- uploads -------------------------------------------------------------------------------
 
-if [[ "$RANKINGS_ONLY" != 1 ]]; then
+if [[ "$RANKINGS_ONLY" != 1 && "$UPLOADS" -gt 0 ]]; then
 
 VIDEO="$WORK/upload-1080p-near-100MiB.mp4"
 if [[ ! -s "$VIDEO" ]] || (($(stat -c %s "$VIDEO") >= UPLOAD_LIMIT)); then
