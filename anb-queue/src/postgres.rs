@@ -313,7 +313,8 @@ pub(crate) async fn insert_jobs(
     Ok(ids)
 }
 
-/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]).
+/// Inserts a job with a unique key on any connection (see
+/// [`Backend::enqueue_unique`](crate::backend::Backend::enqueue_unique)).
 pub(crate) async fn insert_unique_job(
     conn: &mut PgConnection,
     job: &NewJob,

@@ -264,10 +264,11 @@ pub(crate) async fn insert_jobs(
     Ok(ids)
 }
 
-/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]),
-/// within a transaction (a savepoint in the caller's). Its first statement writes, so the
-/// transaction holds the file's write lock before it reads who holds the key: no other
-/// writer can take or free the key in between.
+/// Inserts a job with a unique key on any connection (see
+/// [`Backend::enqueue_unique`](crate::backend::Backend::enqueue_unique)), within a
+/// transaction (a savepoint in the caller's). Its first statement writes, so the transaction
+/// holds the file's write lock before it reads who holds the key: no other writer can take
+/// or free the key in between.
 pub(crate) async fn insert_unique_job(
     conn: &mut SqliteConnection,
     job: &NewJob,
