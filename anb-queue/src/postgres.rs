@@ -1,27 +1,28 @@
 //! The PostgreSQL backend: one table, `FOR UPDATE SKIP LOCKED` claims in batches,
 //! `LISTEN/NOTIFY` wake-ups, millisecond scheduling and leases renewed by heartbeat.
+//!
+//! Its operations run in the SQL core shared with SQLite ([`SqlBackend`], `sql/backend.rs`);
+//! this module holds what is PostgreSQL's own: the schema and its migrations, inserting
+//! jobs (transactionally too), the statements ([`SQL`]) and [`PostgresDialect`].
 
 use std::{
+    future::Future,
     sync::{Arc, Weak},
     time::Duration,
 };
 
-use async_trait::async_trait;
 use sqlx::{
-    Connection as _, PgConnection, PgPool, Row,
-    postgres::{PgListener, PgPoolOptions},
+    Connection as _, Executor, PgConnection, PgPool, Postgres,
+    postgres::{PgListener, PgPoolOptions, PgQueryResult},
 };
 use tokio::sync::{OnceCell, watch};
 
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
-        WorkSignal,
+        BackendKind, ClaimRequest, ClaimedJob, JobId, Lease, NewJob, UNIQUE_ATTEMPTS, WorkSignal,
     },
-    backend::{UNIQUE_ATTEMPTS, claim_token, refuse_unique},
     error::QueueError,
-    sql::{lost_leases, millis, row_id, sql_state},
-    stats::QueueStats,
+    sql::{At, Dialect, SqlBackend, SqlQuery, Statements, millis, row_id},
     unique::Enqueued,
 };
 
@@ -312,7 +313,8 @@ pub(crate) async fn insert_jobs(
     Ok(ids)
 }
 
-/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]).
+/// Inserts a job with a unique key on any connection (see
+/// [`Backend::enqueue_unique`](crate::backend::Backend::enqueue_unique)).
 pub(crate) async fn insert_unique_job(
     conn: &mut PgConnection,
     job: &NewJob,
@@ -404,18 +406,75 @@ fn lease_columns(leases: &[Lease]) -> (Vec<i64>, Vec<&str>) {
         .unzip()
 }
 
-/// The PostgreSQL backend.
-#[derive(Debug)]
-pub(crate) struct PostgresBackend {
-    /// Enqueues and reads: durable commits.
-    pool: PgPool,
-    /// Lease operations (claim, complete, retry, ...) commit with `synchronous_commit = off`:
-    /// losing the last of them in a database crash only means a job runs again, which
-    /// at-least-once delivery allows, and it spares a disk flush per claimed batch.
-    leases: PgPool,
-    /// Started by the first worker; the listening task stops once the backend is dropped.
-    wake: OnceCell<Arc<watch::Sender<u64>>>,
-}
+/// The statements of the operations the SQL core runs (see [`Statements`] for what each
+/// takes). Sets of leases arrive as parallel arrays for `UNNEST`, one lease as its id and
+/// token; times as offsets from the server's clock, in milliseconds.
+const SQL: Statements = Statements {
+    claim: CLAIM,
+    complete: "DELETE FROM anb_queue_jobs AS j USING UNNEST($1::int8[], $2::text[]) AS l(id, token)
+        WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+          AND j.state = 'running'",
+    retry: "UPDATE anb_queue_jobs
+        SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
+            locked_by = NULL, locked_until = NULL, last_error = $5
+        WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
+    dead_letter: "UPDATE anb_queue_jobs
+        SET state = 'dead', dead_at = now(), locked_by = NULL, locked_until = NULL,
+            last_error = $4, unique_key = NULL
+        WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
+    give_back: "UPDATE anb_queue_jobs AS j
+        SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
+            attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL
+        FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
+        WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+          AND j.state = 'running'",
+    extend: "UPDATE anb_queue_jobs AS j
+        SET locked_until = clock_timestamp() + $4 * interval '1 millisecond'
+        FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
+        WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
+          AND j.state = 'running'
+        RETURNING j.id, l.token",
+    progress: "UPDATE anb_queue_jobs
+        SET progress = $4, locked_until = clock_timestamp() + $5 * interval '1 millisecond'
+        WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
+    recover_expired: "WITH expired AS (
+            SELECT id FROM anb_queue_jobs
+            WHERE state = 'running' AND locked_until < now()
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE anb_queue_jobs AS j
+        SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+            unique_key = CASE WHEN j.attempts < j.max_attempts THEN j.unique_key END,
+            run_at = now(), locked_by = NULL, locked_until = NULL,
+            last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
+        FROM expired WHERE j.id = expired.id",
+    next_due: NEXT_DUE,
+    stats: STATS,
+    job: "SELECT id, name, state, run_at > now() AS later, attempts, max_attempts,
+            last_error, progress
+        FROM anb_queue_jobs WHERE id = $1",
+    dead_jobs: "SELECT id, name, payload::text AS payload, attempts, last_error,
+            (extract(epoch FROM dead_at) * 1000)::int8 AS dead_at_ms
+        FROM anb_queue_jobs
+        WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT $1",
+    dead_jobs_after: "SELECT j.id, j.name, j.payload::text AS payload, j.attempts, j.last_error,
+            (extract(epoch FROM j.dead_at) * 1000)::int8 AS dead_at_ms
+        FROM anb_queue_jobs j, anb_queue_jobs c
+        WHERE c.id = $1 AND c.state = 'dead' AND j.state = 'dead'
+          AND (j.dead_at, j.id) < (c.dead_at, c.id)
+        ORDER BY j.dead_at DESC, j.id DESC LIMIT $2",
+    requeue_dead: "UPDATE anb_queue_jobs
+        SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL,
+            locked_by = NULL, locked_until = NULL, lease_token = NULL
+        WHERE id = ANY($1) AND state = 'dead'",
+    prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= now()",
+    prune_dead: "DELETE FROM anb_queue_jobs
+        WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",
+};
+
+/// The PostgreSQL backend: the SQL core over [`PostgresDialect`].
+pub(crate) type PostgresBackend = SqlBackend<PostgresDialect>;
 
 /// Settings of the lease pool's sessions (see [`PostgresBackend::new`]).
 const LEASE_SESSION_SETTINGS: [(&str, &str); 3] = [
@@ -425,37 +484,11 @@ const LEASE_SESSION_SETTINGS: [(&str, &str); 3] = [
 ];
 
 impl PostgresBackend {
-    /// Makes leased jobs claimable after `delay` and gives their attempt back (a release,
-    /// or a snooze); wakes idle workers when they are due at once (a later due time is
-    /// found by the workers' next-due timer).
-    async fn give_back(
-        &self,
-        owner: &str,
-        leases: &[Lease],
-        delay: Duration,
-    ) -> Result<(), QueueError> {
-        let (ids, tokens) = lease_columns(leases);
-        let given_back = sqlx::query(
-            "UPDATE anb_queue_jobs AS j
-             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
-                 attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL
-             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
-             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
-               AND j.state = 'running'",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(owner)
-        .bind(millis(delay))
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        if given_back.rows_affected() > 0 && delay.is_zero() {
-            self.notify().await?;
-        }
-        Ok(())
-    }
-
+    /// A backend that enqueues and reads through `pool` (durable commits) and runs lease
+    /// operations (claim, complete, retry, ...) on a pool of its own, with the same connect
+    /// options, whose sessions commit with `synchronous_commit = off`: losing the last of
+    /// them in a database crash only means a job runs again, which at-least-once delivery
+    /// allows, and it spares a disk flush per claimed batch.
     pub(crate) fn new(pool: PgPool) -> Self {
         // The queue table churns faster than autovacuum refreshes its statistics; with stale
         // ones (say, right after a bulk enqueue) the planner bitmap-scans and sorts the whole
@@ -470,19 +503,115 @@ impl PostgresBackend {
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
-        Self {
-            pool,
-            leases,
-            wake: OnceCell::new(),
+        Self::with_pools(pool, leases, PostgresDialect::default())
+    }
+}
+
+/// PostgreSQL's part of the SQL core: [`SQL`], arrays for sets of values, the server's
+/// clock, and `LISTEN/NOTIFY` wake-ups.
+#[derive(Debug, Default)]
+pub(crate) struct PostgresDialect {
+    /// Started by the first worker; the listening task stops once the backend is dropped.
+    wake: OnceCell<Arc<watch::Sender<u64>>>,
+}
+
+impl Dialect for PostgresDialect {
+    type Db = Postgres;
+    type Attempts = i32;
+    type Progress = i16;
+
+    const KIND: BackendKind = BackendKind::Postgres;
+    const SQL: Statements = SQL;
+    // LISTEN/NOTIFY wakes workers; polling only covers a lost notification.
+    const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+    fn bind_leases(query: SqlQuery<Postgres>, leases: &[Lease]) -> SqlQuery<Postgres> {
+        let (ids, tokens) = lease_columns(leases);
+        query.bind(ids).bind(tokens)
+    }
+
+    fn bind_lease(query: SqlQuery<Postgres>, id: i64, token: &str) -> SqlQuery<Postgres> {
+        query.bind(id).bind(token)
+    }
+
+    fn bind_ids(query: SqlQuery<Postgres>, ids: &[i64]) -> SqlQuery<Postgres> {
+        query.bind(ids)
+    }
+
+    fn bind_names(query: SqlQuery<Postgres>, names: &[&str]) -> SqlQuery<Postgres> {
+        query.bind(distinct_names(names))
+    }
+
+    fn bind_time(query: SqlQuery<Postgres>, at: At) -> SqlQuery<Postgres> {
+        match at {
+            At::Now => query,
+            At::In(offset) | At::Ago(offset) => query.bind(millis(offset)),
         }
     }
 
+    fn bind_claim(
+        query: SqlQuery<Postgres>,
+        request: &ClaimRequest<'_>,
+        token: &str,
+    ) -> SqlQuery<Postgres> {
+        query
+            .bind(distinct_names(request.names))
+            .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
+            .bind(request.owner)
+            .bind(millis(request.lease))
+            .bind(token)
+    }
+
+    /// `time` is milliseconds from now ([`NEXT_DUE`]), negative when it is past. The clamp
+    /// to zero happens here, where NULL stays `None`.
+    fn until(time: i64) -> Duration {
+        Duration::from_millis(u64::try_from(time.max(0)).unwrap_or(0))
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn insert(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        let mut conn = pool.acquire().await.map_err(QueueError::from_sqlx)?;
+        insert_jobs(&mut conn, jobs).await
+    }
+
+    fn insert_unique(
+        conn: &mut PgConnection,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<Enqueued, QueueError>> + Send {
+        insert_unique_job(conn, job)
+    }
+
+    /// Always: a claim that finds nothing costs an index probe per name, and takes no lock.
+    async fn may_claim(&self, _pool: &PgPool, _names: &[&'static str]) -> Result<bool, QueueError> {
+        Ok(true)
+    }
+
+    fn claimed(&self, _jobs: &[ClaimedJob]) {}
+
+    async fn notify<'e, E>(executor: E) -> Result<(), QueueError>
+    where
+        E: Executor<'e, Database = Postgres> + 'e,
+    {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(executor)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        Ok(())
+    }
+
+    /// Nothing: this process's workers listen like any other's.
+    fn wake_local(&self) {}
+
     /// Starts the LISTEN connection the first time a worker asks for wake-ups.
-    async fn listener(&self) -> Result<WorkSignal, QueueError> {
+    async fn subscribe(&self, pool: &PgPool) -> Result<WorkSignal, QueueError> {
         let sender = self
             .wake
             .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.pool)
+                let mut listener = PgListener::connect_with(pool)
                     .await
                     .map_err(QueueError::from_sqlx)?;
                 listener
@@ -511,405 +640,12 @@ impl PostgresBackend {
             .await?;
         Ok(sender.subscribe())
     }
-
-    async fn notify(&self) -> Result<(), QueueError> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Backend for PostgresBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Postgres
-    }
-
-    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
-        refuse_unique(jobs)?;
-        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
-        insert_jobs(&mut conn, jobs).await
-    }
-
-    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
-        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
-        insert_unique_job(&mut conn, job).await
-    }
-
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
-        let token = claim_token();
-        let rows = sqlx::query(CLAIM)
-            .bind(distinct_names(request.names))
-            .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
-            .bind(request.owner)
-            .bind(millis(request.lease))
-            .bind(&token)
-            .fetch_all(&self.leases)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        let mut jobs = rows
-            .into_iter()
-            .map(|row| {
-                Ok(ClaimedJob {
-                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    attempt: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-                    max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts")?)
-                        .unwrap_or(0),
-                    enqueued_at_ms: row.try_get("enqueued_at_ms")?,
-                    token: token.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(QueueError::from_sqlx)?;
-        // UPDATE ... RETURNING does not keep the CTE's order.
-        jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
-        Ok(jobs)
-    }
-
-    async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        let (ids, tokens) = lease_columns(leases);
-        sqlx::query(
-            "DELETE FROM anb_queue_jobs AS j USING UNNEST($1::int8[], $2::text[]) AS l(id, token)
-             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
-               AND j.state = 'running'",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(owner)
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn retry(
-        &self,
-        owner: &str,
-        lease: &Lease,
-        delay: Duration,
-        error: &str,
-    ) -> Result<(), QueueError> {
-        let Some(id) = row_id(lease) else {
-            return Ok(());
-        };
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = clock_timestamp() + $4 * interval '1 millisecond',
-                 locked_by = NULL, locked_until = NULL, last_error = $5
-             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(&lease.token)
-        .bind(owner)
-        .bind(millis(delay))
-        .bind(error)
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
-        let Some(id) = row_id(lease) else {
-            return Ok(());
-        };
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'dead', dead_at = now(), locked_by = NULL, locked_until = NULL,
-                 last_error = $4, unique_key = NULL
-             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(&lease.token)
-        .bind(owner)
-        .bind(error)
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        self.give_back(owner, leases, Duration::ZERO).await
-    }
-
-    async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        self.give_back(owner, std::slice::from_ref(lease), delay)
-            .await
-    }
-
-    async fn extend(
-        &self,
-        owner: &str,
-        leases: &[Lease],
-        lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
-        let (ids, tokens) = lease_columns(leases);
-        let extended: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE anb_queue_jobs AS j
-             SET locked_until = clock_timestamp() + $4 * interval '1 millisecond'
-             FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
-             WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
-               AND j.state = 'running'
-             RETURNING j.id, l.token",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(owner)
-        .bind(millis(lease))
-        .fetch_all(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(lost_leases(leases, &extended))
-    }
-
-    async fn progress(
-        &self,
-        owner: &str,
-        lease: &Lease,
-        percent: u8,
-        duration: Duration,
-    ) -> Result<(), QueueError> {
-        let Some(id) = row_id(lease) else {
-            return Ok(());
-        };
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET progress = $4, locked_until = clock_timestamp() + $5 * interval '1 millisecond'
-             WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(&lease.token)
-        .bind(owner)
-        .bind(i16::from(percent))
-        .bind(millis(duration))
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn recover_expired(&self) -> Result<u64, QueueError> {
-        let recovered = sqlx::query(
-            "WITH expired AS (
-                SELECT id FROM anb_queue_jobs
-                WHERE state = 'running' AND locked_until < now()
-                FOR UPDATE SKIP LOCKED
-             )
-             UPDATE anb_queue_jobs AS j
-             SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'ready' END,
-                 dead_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-                 unique_key = CASE WHEN j.attempts < j.max_attempts THEN j.unique_key END,
-                 run_at = now(), locked_by = NULL, locked_until = NULL,
-                 last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
-             FROM expired WHERE j.id = expired.id",
-        )
-        .execute(&self.leases)
-        .await
-        .map_err(QueueError::from_sqlx)?
-        .rows_affected();
-        if recovered > 0 {
-            self.notify().await?;
-        }
-        Ok(recovered)
-    }
-
-    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
-        // No `greatest(0, …)` here: PostgreSQL's `greatest` skips NULL arguments, so over an
-        // empty queue it turned "nothing waits" into "due now" and idle workers claimed in a
-        // tight loop. The clamp to zero happens below, where NULL stays `None`.
-        let wait_ms: Option<i64> = sqlx::query_scalar(NEXT_DUE)
-            .bind(distinct_names(names))
-            .fetch_one(&self.leases)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        Ok(wait_ms.map(|ms| Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0))))
-    }
-
-    async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
-        self.listener().await
-    }
-
-    fn idle_poll_interval(&self) -> Duration {
-        // LISTEN/NOTIFY wakes workers; polling only covers a lost notification.
-        Duration::from_secs(1)
-    }
-
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let row = sqlx::query(STATS)
-            .bind(crate::sql::STATS_EXACT_UP_TO)
-            .fetch_one(&self.leases)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        let count = |column: &str| -> Result<u64, sqlx::Error> {
-            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
-        };
-        Ok(QueueStats {
-            ready: count("ready").map_err(QueueError::from_sqlx)?,
-            in_flight: count("in_flight").map_err(QueueError::from_sqlx)?,
-            delayed: count("delayed").map_err(QueueError::from_sqlx)?,
-            dead: count("dead").map_err(QueueError::from_sqlx)?,
-            oldest_ready_age: Duration::from_millis(
-                count("oldest_ms").map_err(QueueError::from_sqlx)?,
-            ),
-        })
-    }
-
-    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
-        let Ok(id) = id.as_str().parse::<i64>() else {
-            return Ok(None);
-        };
-        let row = sqlx::query(
-            "SELECT id, name, state, run_at > now() AS later, attempts, max_attempts,
-                    last_error, progress
-             FROM anb_queue_jobs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state").map_err(QueueError::from_sqlx)?;
-        Ok(Some(JobInfo {
-            id: JobId(id.to_string()),
-            name: row.try_get("name").map_err(QueueError::from_sqlx)?,
-            state: sql_state(&state, row.try_get("later").map_err(QueueError::from_sqlx)?),
-            attempts: u32::try_from(
-                row.try_get::<i32, _>("attempts")
-                    .map_err(QueueError::from_sqlx)?,
-            )
-            .unwrap_or(0),
-            max_attempts: u32::try_from(
-                row.try_get::<i32, _>("max_attempts")
-                    .map_err(QueueError::from_sqlx)?,
-            )
-            .unwrap_or(0),
-            last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
-            progress: row
-                .try_get::<Option<i16>, _>("progress")
-                .map_err(QueueError::from_sqlx)?
-                .and_then(|p| u8::try_from(p).ok()),
-        }))
-    }
-
-    async fn dead_jobs_after(
-        &self,
-        after: Option<&JobId>,
-        limit: usize,
-    ) -> Result<Vec<DeadJob>, QueueError> {
-        let Some(after) = after else {
-            return self.dead_jobs(limit).await;
-        };
-        let Ok(after) = after.as_str().parse::<i64>() else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(
-            "SELECT j.id, j.name, j.payload::text AS payload, j.attempts, j.last_error,
-                    (extract(epoch FROM j.dead_at) * 1000)::int8 AS dead_at_ms
-             FROM anb_queue_jobs j, anb_queue_jobs c
-             WHERE c.id = $1 AND c.state = 'dead' AND j.state = 'dead'
-               AND (j.dead_at, j.id) < (c.dead_at, c.id)
-             ORDER BY j.dead_at DESC, j.id DESC LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        rows.iter().map(dead_job).collect()
-    }
-
-    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
-        let ids: Vec<i64> = ids
-            .iter()
-            .filter_map(|id| id.as_str().parse().ok())
-            .collect();
-        let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
-        let requeued = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL,
-                 locked_by = NULL, locked_until = NULL, lease_token = NULL
-             WHERE id = ANY($1) AND state = 'dead'",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(QueueError::from_sqlx)?
-        .rows_affected();
-        if requeued > 0 {
-            // Workers listen for inserts; an update wakes them this way.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&mut *tx)
-                .await
-                .map_err(QueueError::from_sqlx)?;
-        }
-        tx.commit().await.map_err(QueueError::from_sqlx)?;
-        Ok(requeued)
-    }
-
-    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
-        // Period keys whose period is over hold nothing; a worker's periodic prune sweeps them.
-        sqlx::query("DELETE FROM anb_queue_unique_keys WHERE unique_until <= now()")
-            .execute(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        Ok(sqlx::query(
-            "DELETE FROM anb_queue_jobs
-             WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",
-        )
-        .bind(millis(older_than))
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?
-        .rows_affected())
-    }
-
-    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
-        let rows = sqlx::query(
-            "SELECT id, name, payload::text AS payload, attempts, last_error,
-                    (extract(epoch FROM dead_at) * 1000)::int8 AS dead_at_ms
-             FROM anb_queue_jobs
-             WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT $1",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        rows.iter().map(dead_job).collect()
-    }
-}
-
-/// A dead job from a row of `id, name, payload, attempts, last_error, dead_at_ms`.
-fn dead_job(row: &sqlx::postgres::PgRow) -> Result<DeadJob, QueueError> {
-    Ok(DeadJob {
-        id: JobId(
-            row.try_get::<i64, _>("id")
-                .map_err(QueueError::from_sqlx)?
-                .to_string(),
-        ),
-        name: row.try_get("name").map_err(QueueError::from_sqlx)?,
-        payload: row.try_get("payload").map_err(QueueError::from_sqlx)?,
-        attempts: u32::try_from(
-            row.try_get::<i32, _>("attempts")
-                .map_err(QueueError::from_sqlx)?,
-        )
-        .unwrap_or(0),
-        last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
-        dead_at_ms: row
-            .try_get::<Option<i64>, _>("dead_at_ms")
-            .map_err(QueueError::from_sqlx)?
-            .unwrap_or(0),
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Row;
+
     use super::*;
 
     fn job(payload_bytes: usize) -> NewJob {

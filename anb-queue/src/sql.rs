@@ -1,7 +1,17 @@
-//! What the two SQL backends (PostgreSQL and SQLite) share: lease tokens, row ids and the
-//! reading of a row's state. Their statements differ by dialect and live in their modules.
+//! The two SQL backends, PostgreSQL and SQLite, as one implementation of
+//! [`Backend`](crate::backend::Backend) ([`SqlBackend`], in `sql/backend.rs`: how every
+//! operation runs) over a [`Dialect`] (`sql/dialect.rs`: what an engine must provide). The
+//! engines' modules, `postgres.rs` and `sqlite.rs`, hold what truly differs: the schema and
+//! its migrations, the statements, the encoding of their parameters, inserting jobs, the
+//! claim, and how workers are woken (`LISTEN/NOTIFY`, an in-process signal).
+
+mod backend;
+mod dialect;
 
 use std::time::Duration;
+
+pub(crate) use backend::SqlBackend;
+pub(crate) use dialect::{At, Dialect, SqlQuery, Statements};
 
 use crate::backend::{JobState, Lease};
 

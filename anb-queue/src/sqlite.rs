@@ -1,28 +1,31 @@
 //! The SQLite backend: the same semantics as PostgreSQL on one file, with WAL journaling,
 //! one writing connection, millisecond scheduling and in-process wake-ups.
+//!
+//! Its operations run in the SQL core shared with PostgreSQL ([`SqlBackend`],
+//! `sql/backend.rs`); this module holds what is SQLite's own: opening the file, the schema
+//! and its migrations, inserting jobs (transactionally too), the statements ([`SQL`]) and
+//! [`SqliteDialect`].
 
 use std::{
+    future::Future,
     str::FromStr,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use async_trait::async_trait;
 use sqlx::{
-    Connection as _, Row, SqliteConnection, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Connection as _, Executor, Sqlite, SqliteConnection, SqlitePool,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+        SqliteSynchronous,
+    },
 };
 use tokio::sync::watch;
 
 use crate::{
-    backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
-        WorkSignal, now_ms,
-    },
-    backend::{claim_token, refuse_unique},
+    backend::{BackendKind, ClaimRequest, ClaimedJob, JobId, Lease, NewJob, WorkSignal, now_ms},
     error::QueueError,
-    sql::{lost_leases, millis, row_id, sql_state},
-    stats::QueueStats,
+    sql::{At, Dialect, SqlBackend, SqlQuery, Statements, millis, row_id},
     unique::Enqueued,
 };
 
@@ -99,7 +102,7 @@ const CLAIM: &str = "UPDATE anb_queue_jobs
         ORDER BY c.run_at, c.id
         LIMIT ?5
      )
-     RETURNING id, name, payload, attempts, max_attempts, enqueued_at";
+     RETURNING id, name, payload, attempts, max_attempts, enqueued_at AS enqueued_at_ms";
 
 /// The earliest `run_at` of a ready job of the names in `?1`: the first entry of each name's
 /// ready index.
@@ -261,10 +264,11 @@ pub(crate) async fn insert_jobs(
     Ok(ids)
 }
 
-/// Inserts a job with a unique key on any connection (see [`Backend::enqueue_unique`]),
-/// within a transaction (a savepoint in the caller's). Its first statement writes, so the
-/// transaction holds the file's write lock before it reads who holds the key: no other
-/// writer can take or free the key in between.
+/// Inserts a job with a unique key on any connection (see
+/// [`Backend::enqueue_unique`](crate::backend::Backend::enqueue_unique)), within a
+/// transaction (a savepoint in the caller's). Its first statement writes, so the transaction
+/// holds the file's write lock before it reads who holds the key: no other writer can take
+/// or free the key in between.
 pub(crate) async fn insert_unique_job(
     conn: &mut SqliteConnection,
     job: &NewJob,
@@ -364,10 +368,83 @@ pub(crate) async fn insert_unique_job(
     })
 }
 
-/// The SQLite backend.
+/// The statements of the operations the SQL core runs (see [`Statements`] for what each
+/// takes). Sets of leases arrive as JSON arrays of `[row id, token]` pairs for `json_each`,
+/// one lease as such an array of one; times as milliseconds since the Unix epoch.
+const SQL: Statements = Statements {
+    claim: CLAIM,
+    complete: "DELETE FROM anb_queue_jobs
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'",
+    retry: "UPDATE anb_queue_jobs
+        SET state = 'ready', run_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'",
+    dead_letter: "UPDATE anb_queue_jobs
+        SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4,
+            unique_key = NULL
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'",
+    give_back: "UPDATE anb_queue_jobs
+        SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
+            locked_by = NULL, locked_until = NULL
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'",
+    extend: "UPDATE anb_queue_jobs SET locked_until = ?3
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'
+        RETURNING id, lease_token",
+    progress: "UPDATE anb_queue_jobs SET progress = ?3, locked_until = ?4
+        WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+          AND locked_by = ?2 AND state = 'running'",
+    recover_expired: "UPDATE anb_queue_jobs
+        SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
+            dead_at = CASE WHEN attempts >= max_attempts THEN ?1 END,
+            unique_key = CASE WHEN attempts < max_attempts THEN unique_key END,
+            run_at = ?1, locked_by = NULL, locked_until = NULL,
+            last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
+        WHERE state = 'running' AND locked_until < ?1",
+    next_due: NEXT_DUE,
+    stats: STATS,
+    job: "SELECT id, name, state, run_at > ?2 AS later, attempts, max_attempts, last_error,
+            progress
+        FROM anb_queue_jobs WHERE id = ?1",
+    dead_jobs: "SELECT id, name, payload, attempts, last_error, dead_at AS dead_at_ms
+        FROM anb_queue_jobs
+        WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT ?1",
+    dead_jobs_after:
+        "SELECT j.id, j.name, j.payload, j.attempts, j.last_error, j.dead_at AS dead_at_ms
+        FROM anb_queue_jobs j, anb_queue_jobs c
+        WHERE c.id = ?1 AND c.state = 'dead' AND j.state = 'dead'
+          AND (j.dead_at < c.dead_at OR (j.dead_at = c.dead_at AND j.id < c.id))
+        ORDER BY j.dead_at DESC, j.id DESC LIMIT ?2",
+    requeue_dead: "UPDATE anb_queue_jobs
+        SET state = 'ready', attempts = 0, run_at = ?2, dead_at = NULL,
+            locked_by = NULL, locked_until = NULL, lease_token = NULL
+        WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'",
+    prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= ?1",
+    prune_dead: "DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1",
+};
+
+/// The SQLite backend: the SQL core over [`SqliteDialect`].
+pub(crate) type SqliteBackend = SqlBackend<SqliteDialect>;
+
+impl SqliteBackend {
+    /// A backend on `pool`, for enqueues and lease operations alike (SQLite takes one writer
+    /// at a time: a pool of its own would only queue behind the same lock).
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        let dialect = SqliteDialect {
+            wake: watch::channel(0).0,
+            idle: AtomicBool::new(false),
+        };
+        Self::with_pools(pool.clone(), pool, dialect)
+    }
+}
+
+/// SQLite's part of the SQL core: [`SQL`], JSON text for sets of values, the host's clock,
+/// and in-process wake-ups.
 #[derive(Debug)]
-pub(crate) struct SqliteBackend {
-    pool: SqlitePool,
+pub(crate) struct SqliteDialect {
     wake: watch::Sender<u64>,
     /// Set when the last claim found nothing: the next one first looks with a read, which
     /// in WAL mode takes no lock, so idle workers polling every 100 ms do not queue for the
@@ -375,431 +452,125 @@ pub(crate) struct SqliteBackend {
     idle: AtomicBool,
 }
 
-impl SqliteBackend {
-    /// Makes leased jobs claimable after `delay` and gives their attempt back (a release,
-    /// or a snooze); wakes idle workers when they are due at once.
-    async fn give_back(
-        &self,
-        owner: &str,
-        leases: &[Lease],
-        delay: Duration,
-    ) -> Result<(), QueueError> {
-        let given_back = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = ?3, attempts = max(attempts - 1, 0),
-                 locked_by = NULL, locked_until = NULL
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(leases))
-        .bind(owner)
-        .bind(now_ms().saturating_add(millis(delay)))
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        if given_back.rows_affected() > 0 && delay.is_zero() {
-            self.wake();
-        }
-        Ok(())
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+    type Attempts = i64;
+    type Progress = i64;
+
+    const KIND: BackendKind = BackendKind::Sqlite;
+    const SQL: Statements = SQL;
+    // Wake-ups reach this process's workers at once; this bounds the latency for jobs
+    // enqueued by another process on the same file.
+    const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+    fn bind_leases(query: SqlQuery<Sqlite>, leases: &[Lease]) -> SqlQuery<Sqlite> {
+        query.bind(json_ids(leases))
     }
 
-    pub(crate) fn new(pool: SqlitePool) -> Self {
-        Self {
-            pool,
-            wake: watch::channel(0).0,
-            idle: AtomicBool::new(false),
-        }
+    fn bind_lease(query: SqlQuery<Sqlite>, id: i64, token: &str) -> SqlQuery<Sqlite> {
+        query.bind(serde_json::to_string(&[(id, token)]).unwrap_or_else(|_| "[]".to_owned()))
     }
 
-    /// Wakes this process's workers. Workers in other processes find the job on their next poll.
-    pub(crate) fn wake(&self) {
-        self.wake
-            .send_modify(|count| *count = count.wrapping_add(1));
-    }
-}
-
-#[async_trait]
-impl Backend for SqliteBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Sqlite
+    fn bind_ids(query: SqlQuery<Sqlite>, ids: &[i64]) -> SqlQuery<Sqlite> {
+        query.bind(serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned()))
     }
 
-    async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
-        let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
-        let enqueued = insert_unique_job(&mut conn, job).await?;
-        if !enqueued.duplicate {
-            self.wake();
-        }
-        Ok(enqueued)
+    fn bind_names(query: SqlQuery<Sqlite>, names: &[&str]) -> SqlQuery<Sqlite> {
+        query.bind(json_names(names))
     }
 
-    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
-        refuse_unique(jobs)?;
-        let mut tx = self.pool.begin().await.map_err(QueueError::from_sqlx)?;
-        let ids = insert_jobs(&mut tx, jobs).await?;
-        tx.commit().await.map_err(QueueError::from_sqlx)?;
-        self.wake();
-        Ok(ids)
+    fn bind_time(query: SqlQuery<Sqlite>, at: At) -> SqlQuery<Sqlite> {
+        query.bind(match at {
+            At::Now => now_ms(),
+            At::In(offset) => now_ms().saturating_add(millis(offset)),
+            At::Ago(offset) => now_ms().saturating_sub(millis(offset)),
+        })
     }
 
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError> {
+    fn bind_claim(
+        query: SqlQuery<Sqlite>,
+        request: &ClaimRequest<'_>,
+        token: &str,
+    ) -> SqlQuery<Sqlite> {
         let now = now_ms();
-        if self.idle.load(Ordering::Relaxed) {
-            let due: bool = sqlx::query_scalar(ANY_DUE)
-                .bind(now)
-                .bind(json_names(request.names))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(QueueError::from_sqlx)?;
-            if !due {
-                return Ok(Vec::new());
-            }
-        }
-        let token = claim_token();
-        let rows = sqlx::query(CLAIM)
+        query
             .bind(request.owner)
             .bind(now.saturating_add(millis(request.lease)))
             .bind(now)
             .bind(json_names(request.names))
             .bind(i64::try_from(request.max).unwrap_or(i64::MAX))
-            .bind(&token)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        let mut jobs = rows
-            .into_iter()
-            .map(|row| {
-                Ok(ClaimedJob {
-                    id: JobId(row.try_get::<i64, _>("id")?.to_string()),
-                    name: row.try_get("name")?,
-                    payload: row.try_get("payload")?,
-                    attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts")?)
-                        .unwrap_or(0),
-                    enqueued_at_ms: row.try_get("enqueued_at")?,
-                    token: token.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(QueueError::from_sqlx)?;
-        jobs.sort_by_key(|job| job.id.0.parse::<i64>().unwrap_or(i64::MAX));
-        self.idle.store(jobs.is_empty(), Ordering::Relaxed);
-        Ok(jobs)
+            .bind(token)
     }
 
-    async fn complete(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        sqlx::query(
-            "DELETE FROM anb_queue_jobs
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(leases))
-        .bind(owner)
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
+    /// `time` is a `run_at`, in milliseconds since the Unix epoch.
+    fn until(time: i64) -> Duration {
+        Duration::from_millis(u64::try_from(time.saturating_sub(now_ms())).unwrap_or(0))
     }
 
-    async fn retry(
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    /// In one transaction, since a large batch takes several statements.
+    async fn insert(pool: &SqlitePool, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
+        let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
+        let ids = insert_jobs(&mut tx, jobs).await?;
+        tx.commit().await.map_err(QueueError::from_sqlx)?;
+        Ok(ids)
+    }
+
+    fn insert_unique(
+        conn: &mut SqliteConnection,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<Enqueued, QueueError>> + Send {
+        insert_unique_job(conn, job)
+    }
+
+    /// After a claim that found nothing, only when a read finds a job due (see `idle`).
+    async fn may_claim(
         &self,
-        owner: &str,
-        lease: &Lease,
-        delay: Duration,
-        error: &str,
-    ) -> Result<(), QueueError> {
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', run_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(std::slice::from_ref(lease)))
-        .bind(owner)
-        .bind(now_ms().saturating_add(millis(delay)))
-        .bind(error)
-        .execute(&self.pool)
-        .await.map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, owner: &str, lease: &Lease, error: &str) -> Result<(), QueueError> {
-        sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'dead', dead_at = ?3, locked_by = NULL, locked_until = NULL, last_error = ?4,
-                 unique_key = NULL
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(std::slice::from_ref(lease)))
-        .bind(owner)
-        .bind(now_ms())
-        .bind(error)
-        .execute(&self.pool)
-        .await.map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn release(&self, owner: &str, leases: &[Lease]) -> Result<(), QueueError> {
-        self.give_back(owner, leases, Duration::ZERO).await
-    }
-
-    async fn snooze(&self, owner: &str, lease: &Lease, delay: Duration) -> Result<(), QueueError> {
-        self.give_back(owner, std::slice::from_ref(lease), delay)
-            .await
-    }
-
-    async fn extend(
-        &self,
-        owner: &str,
-        leases: &[Lease],
-        lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
-        let extended: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE anb_queue_jobs SET locked_until = ?3
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'
-             RETURNING id, lease_token",
-        )
-        .bind(json_ids(leases))
-        .bind(owner)
-        .bind(now_ms().saturating_add(millis(lease)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(lost_leases(leases, &extended))
-    }
-
-    async fn progress(
-        &self,
-        owner: &str,
-        lease: &Lease,
-        percent: u8,
-        duration: Duration,
-    ) -> Result<(), QueueError> {
-        sqlx::query(
-            "UPDATE anb_queue_jobs SET progress = ?3, locked_until = ?4
-             WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-               AND locked_by = ?2 AND state = 'running'",
-        )
-        .bind(json_ids(std::slice::from_ref(lease)))
-        .bind(owner)
-        .bind(i64::from(percent))
-        .bind(now_ms().saturating_add(millis(duration)))
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        Ok(())
-    }
-
-    async fn recover_expired(&self) -> Result<u64, QueueError> {
-        let now = now_ms();
-        let recovered = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'ready' END,
-                 dead_at = CASE WHEN attempts >= max_attempts THEN ?1 END,
-                 unique_key = CASE WHEN attempts < max_attempts THEN unique_key END,
-                 run_at = ?1, locked_by = NULL, locked_until = NULL,
-                 last_error = 'lease expired: the worker stopped renewing it (crashed or stalled)'
-             WHERE state = 'running' AND locked_until < ?1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?
-        .rows_affected();
-        if recovered > 0 {
-            self.wake();
+        pool: &SqlitePool,
+        names: &[&'static str],
+    ) -> Result<bool, QueueError> {
+        if !self.idle.load(Ordering::Relaxed) {
+            return Ok(true);
         }
-        Ok(recovered)
-    }
-
-    async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
-        let next: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+        sqlx::query_scalar(ANY_DUE)
+            .bind(now_ms())
             .bind(json_names(names))
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await
-            .map_err(QueueError::from_sqlx)?;
-        Ok(next.map(|run_at| {
-            Duration::from_millis(u64::try_from(run_at.saturating_sub(now_ms())).unwrap_or(0))
-        }))
+            .map_err(QueueError::from_sqlx)
     }
 
-    async fn subscribe(&self) -> Result<WorkSignal, QueueError> {
+    fn claimed(&self, jobs: &[ClaimedJob]) {
+        self.idle.store(jobs.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Nothing: SQLite has no notifications ([`Dialect::wake_local`] wakes this process's
+    /// workers; others find the jobs on their next poll).
+    async fn notify<'e, E>(_executor: E) -> Result<(), QueueError>
+    where
+        E: Executor<'e, Database = Sqlite> + 'e,
+    {
+        Ok(())
+    }
+
+    /// Workers in other processes find the job on their next poll.
+    fn wake_local(&self) {
+        self.wake
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    async fn subscribe(&self, _pool: &SqlitePool) -> Result<WorkSignal, QueueError> {
         Ok(self.wake.subscribe())
     }
-
-    fn idle_poll_interval(&self) -> Duration {
-        // Wake-ups reach this process's workers at once; this bounds the latency for jobs
-        // enqueued by another process on the same file.
-        Duration::from_millis(100)
-    }
-
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let now = now_ms();
-        let row = sqlx::query(STATS)
-            .bind(now)
-            .bind(crate::sql::STATS_EXACT_UP_TO)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        let count = |column: &str| -> Result<u64, sqlx::Error> {
-            Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
-        };
-        Ok(QueueStats {
-            ready: count("ready").map_err(QueueError::from_sqlx)?,
-            in_flight: count("in_flight").map_err(QueueError::from_sqlx)?,
-            delayed: count("delayed").map_err(QueueError::from_sqlx)?,
-            dead: count("dead").map_err(QueueError::from_sqlx)?,
-            oldest_ready_age: Duration::from_millis(
-                count("oldest_ms").map_err(QueueError::from_sqlx)?,
-            ),
-        })
-    }
-
-    async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
-        let Ok(id) = id.as_str().parse::<i64>() else {
-            return Ok(None);
-        };
-        let row = sqlx::query(
-            "SELECT id, name, state, run_at > ?2 AS later, attempts, max_attempts, last_error,
-                    progress
-             FROM anb_queue_jobs WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state").map_err(QueueError::from_sqlx)?;
-        Ok(Some(JobInfo {
-            id: JobId(id.to_string()),
-            name: row.try_get("name").map_err(QueueError::from_sqlx)?,
-            state: sql_state(&state, row.try_get("later").map_err(QueueError::from_sqlx)?),
-            attempts: u32::try_from(
-                row.try_get::<i64, _>("attempts")
-                    .map_err(QueueError::from_sqlx)?,
-            )
-            .unwrap_or(0),
-            max_attempts: u32::try_from(
-                row.try_get::<i64, _>("max_attempts")
-                    .map_err(QueueError::from_sqlx)?,
-            )
-            .unwrap_or(0),
-            last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
-            progress: row
-                .try_get::<Option<i64>, _>("progress")
-                .map_err(QueueError::from_sqlx)?
-                .and_then(|p| u8::try_from(p).ok()),
-        }))
-    }
-
-    async fn dead_jobs_after(
-        &self,
-        after: Option<&JobId>,
-        limit: usize,
-    ) -> Result<Vec<DeadJob>, QueueError> {
-        let Some(after) = after else {
-            return self.dead_jobs(limit).await;
-        };
-        let Ok(after) = after.as_str().parse::<i64>() else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(
-            "SELECT j.id, j.name, j.payload, j.attempts, j.last_error, j.dead_at AS dead_at_ms
-             FROM anb_queue_jobs j, anb_queue_jobs c
-             WHERE c.id = ?1 AND c.state = 'dead' AND j.state = 'dead'
-               AND (j.dead_at < c.dead_at OR (j.dead_at = c.dead_at AND j.id < c.id))
-             ORDER BY j.dead_at DESC, j.id DESC LIMIT ?2",
-        )
-        .bind(after)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        rows.iter().map(dead_job).collect()
-    }
-
-    async fn requeue_dead(&self, ids: &[JobId]) -> Result<u64, QueueError> {
-        let ids: Vec<i64> = ids
-            .iter()
-            .filter_map(|id| id.as_str().parse().ok())
-            .collect();
-        let requeued = sqlx::query(
-            "UPDATE anb_queue_jobs
-             SET state = 'ready', attempts = 0, run_at = ?2, dead_at = NULL,
-                 locked_by = NULL, locked_until = NULL, lease_token = NULL
-             WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'",
-        )
-        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?
-        .rows_affected();
-        if requeued > 0 {
-            self.wake();
-        }
-        Ok(requeued)
-    }
-
-    async fn prune_dead(&self, older_than: Duration) -> Result<u64, QueueError> {
-        // Period keys whose period is over hold nothing; a worker's periodic prune sweeps them.
-        sqlx::query("DELETE FROM anb_queue_unique_keys WHERE unique_until <= ?1")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(QueueError::from_sqlx)?;
-        Ok(
-            sqlx::query("DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1")
-                .bind(now_ms().saturating_sub(millis(older_than)))
-                .execute(&self.pool)
-                .await
-                .map_err(QueueError::from_sqlx)?
-                .rows_affected(),
-        )
-    }
-
-    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
-        let rows = sqlx::query(
-            "SELECT id, name, payload, attempts, last_error, dead_at AS dead_at_ms
-             FROM anb_queue_jobs
-             WHERE state = 'dead' ORDER BY dead_at DESC, id DESC LIMIT ?1",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(QueueError::from_sqlx)?;
-        rows.iter().map(dead_job).collect()
-    }
-}
-
-/// A dead job from a row of `id, name, payload, attempts, last_error, dead_at_ms`.
-fn dead_job(row: &sqlx::sqlite::SqliteRow) -> Result<DeadJob, QueueError> {
-    Ok(DeadJob {
-        id: JobId(
-            row.try_get::<i64, _>("id")
-                .map_err(QueueError::from_sqlx)?
-                .to_string(),
-        ),
-        name: row.try_get("name").map_err(QueueError::from_sqlx)?,
-        payload: row.try_get("payload").map_err(QueueError::from_sqlx)?,
-        attempts: u32::try_from(
-            row.try_get::<i64, _>("attempts")
-                .map_err(QueueError::from_sqlx)?,
-        )
-        .unwrap_or(0),
-        last_error: row.try_get("last_error").map_err(QueueError::from_sqlx)?,
-        dead_at_ms: row
-            .try_get::<Option<i64>, _>("dead_at_ms")
-            .map_err(QueueError::from_sqlx)?
-            .unwrap_or(0),
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Row;
+
     use super::*;
 
     /// The plan lines of `statement` that read the jobs table.
