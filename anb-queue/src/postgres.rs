@@ -528,6 +528,10 @@ impl Backend for PostgresBackend {
         BackendKind::Postgres
     }
 
+    fn supports_unique(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
         refuse_unique(jobs)?;
         let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;

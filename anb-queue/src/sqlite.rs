@@ -424,6 +424,10 @@ impl Backend for SqliteBackend {
         BackendKind::Sqlite
     }
 
+    fn supports_unique(&self) -> bool {
+        true
+    }
+
     async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
         let mut conn = self.pool.acquire().await.map_err(QueueError::from_sqlx)?;
         let enqueued = insert_unique_job(&mut conn, job).await?;
