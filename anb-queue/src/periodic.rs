@@ -166,11 +166,17 @@ impl Schedule {
                 from_unix_ms(next)
             }
             Kind::Cron { cron, zone, .. } => {
-                let from = zoned(after, zone)?;
-                let next = cron.find_next_occurrence(&from, false).ok()?;
-                let next = SystemTime::from(next.timestamp());
-                // A tick is a whole second; `after` may lie within one.
-                (next > after).then_some(next)
+                // Ticks are whole seconds and the search starts at the second after `from`;
+                // should it ever answer `after` itself, it goes on from there (bounded).
+                let mut from = zoned(after, zone)?;
+                for _ in 0..3 {
+                    let next = cron.find_next_occurrence(&from, false).ok()?;
+                    if SystemTime::from(next.timestamp()) > after {
+                        return Some(SystemTime::from(next.timestamp()));
+                    }
+                    from = next;
+                }
+                None
             }
         }
     }
@@ -414,25 +420,15 @@ impl PeriodicJob {
     /// The scheduler of this periodic job: enqueues each tick until `stop` fires.
     pub(crate) async fn run(self, queue: Queue, stop: CancellationToken) {
         tracing::info!(periodic = %self.name, job = self.job_name, schedule = %self.schedule, catch_up = ?self.catch_up, "periodic job scheduled");
-        let now = SystemTime::now();
-        let mut last = None;
-        if self.catch_up == CatchUp::Latest
-            && let Some(latest) = self.schedule.latest_at_or_before(now)
-        {
+        let (catch_up, mut due) = start(&self.schedule, self.catch_up, SystemTime::now());
+        if let Some(latest) = catch_up {
             self.enqueue_tick(&queue, Tick { at: latest }, &stop).await;
-            last = Some(latest);
         }
-        let mut due = self.schedule.next_after(last.unwrap_or(now));
         while let Some(tick) = due {
             if !sleep_until(tick, &stop).await {
                 return;
             }
-            // Woken past the next tick too (a suspended host, a stalled runtime, the clock
-            // set forward): only the latest tick is enqueued, never a burst of the missed ones.
-            let tick = match self.schedule.latest_at_or_before(SystemTime::now()) {
-                Some(latest) if latest > tick => latest,
-                _ => tick,
-            };
+            let tick = on_waking(&self.schedule, tick, SystemTime::now());
             self.enqueue_tick(&queue, Tick { at: tick }, &stop).await;
             if stop.is_cancelled() {
                 return;
@@ -440,6 +436,31 @@ impl PeriodicJob {
             due = self.schedule.next_after(tick);
         }
         tracing::warn!(periodic = %self.name, schedule = %self.schedule, "the schedule has no further tick");
+    }
+}
+
+/// Where a scheduler starting at `now` begins: the missed tick it catches up, if any, and the
+/// first tick it waits for.
+fn start(
+    schedule: &Schedule,
+    catch_up: CatchUp,
+    now: SystemTime,
+) -> (Option<SystemTime>, Option<SystemTime>) {
+    let latest = match catch_up {
+        CatchUp::None => None,
+        CatchUp::Latest => schedule.latest_at_or_before(now),
+    };
+    // The latest tick at or before `now` is followed by the first one after it.
+    (latest, schedule.next_after(latest.unwrap_or(now)))
+}
+
+/// The tick to enqueue on waking at `now` for the tick `due`: `due` itself, or, when the
+/// scheduler woke past later ticks too (a suspended host, a stalled runtime, the clock set
+/// forward), only the latest of them, never a burst of the missed ones.
+fn on_waking(schedule: &Schedule, due: SystemTime, now: SystemTime) -> SystemTime {
+    match schedule.latest_at_or_before(now) {
+        Some(latest) if latest > due => latest,
+        _ => due,
     }
 }
 
@@ -638,6 +659,35 @@ mod tests {
         // February 30 never comes.
         let never = Schedule::cron("0 0 30 2 *").unwrap();
         assert_eq!(never.next_after(at("2026-01-01T00:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_start_catches_up_at_most_the_latest_tick_and_a_late_wake_enqueues_only_the_latest() {
+        let schedule = Schedule::every(Duration::from_secs(1));
+        let now = at("2026-12-04T20:00:05.300Z");
+        assert_eq!(
+            start(&schedule, CatchUp::None, now),
+            (None, Some(at("2026-12-04T20:00:06Z")))
+        );
+        assert_eq!(
+            start(&schedule, CatchUp::Latest, now),
+            (
+                Some(at("2026-12-04T20:00:05Z")),
+                Some(at("2026-12-04T20:00:06Z"))
+            )
+        );
+        let due = at("2026-12-04T20:00:06Z");
+        // On time, or late within the gap: the tick itself.
+        assert_eq!(on_waking(&schedule, due, due), due);
+        assert_eq!(
+            on_waking(&schedule, due, at("2026-12-04T20:00:06.900Z")),
+            due
+        );
+        // Woken three ticks late: the latest one only.
+        assert_eq!(
+            on_waking(&schedule, due, at("2026-12-04T20:00:09.100Z")),
+            at("2026-12-04T20:00:09Z")
+        );
     }
 
     #[test]

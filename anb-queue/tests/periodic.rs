@@ -273,6 +273,47 @@ macro_rules! periodic_suite {
 
 periodic_suite!(postgres, sqlite, redis, redis_cluster);
 
+/// The database away for three ticks: the enqueues of those ticks fail (and are retried until
+/// the next tick comes due), and once it is back the scheduler goes on with every tick, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ticks_go_on_after_an_outage() {
+    let db = TestDb::postgres().await;
+    let mut gated_url = url::Url::parse(&db.url).unwrap();
+    let target = format!(
+        "{}:{}",
+        gated_url.host_str().unwrap(),
+        gated_url.port().unwrap()
+    );
+    let gate = support::TcpGate::start(&target).await;
+    gated_url.set_port(Some(gate.port)).unwrap();
+    let gated = Queue::connect(gated_url.as_str()).await.unwrap();
+    let runs = Runs::default();
+    let running = RunningWorker::spawn(worker(gated, &runs, "gated", Some(every_second())));
+    wait_until("two ticks ran", 30, || async { runs.snapshot().len() >= 2 }).await;
+
+    sleep_to_offset_in_second(500).await;
+    gate.close();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.open();
+    let reopened_ms = now_ms();
+    wait_until("three ticks after the outage ran", 60, || async {
+        runs.ticks_after(reopened_ms).len() >= 3
+    })
+    .await;
+    running.stop().await;
+    drain(&db, &runs).await;
+
+    let after_outage: BTreeMap<u64, u32> = runs
+        .snapshot()
+        .into_iter()
+        .filter(|(tick, _)| *tick > reopened_ms)
+        .collect();
+    assert_each_tick_once_without_gaps(&after_outage);
+    let runs = runs.snapshot();
+    assert!(runs.values().all(|count| *count == 1), "{runs:?}");
+    db.cleanup().await;
+}
+
 /// SQS cannot deduplicate a tick: a worker with a periodic job refuses to start, before it
 /// sends a single request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
