@@ -31,6 +31,24 @@ impl anb_queue::Job for TranscodeVideo {
     const NAME: &'static str = "anb.transcode_video";
 }
 
+/// Finish the deletions still waiting ([`crate::videos::purge_deleted_videos`]):
+/// remove what deleted videos left in storage, then their rows.
+///
+/// The worker enqueues it as a periodic job, one per tick of its purge
+/// interval however many workers run, so a pass runs once per interval.
+/// It carries nothing: each pass reads what is waiting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeDeletedVideos {}
+
+impl anb_queue::Job for PurgeDeletedVideos {
+    /// Stable across releases, like every job name.
+    const NAME: &'static str = "anb.purge_deleted_videos";
+    /// A pass that fails is tried again soon; the next tick runs a new one
+    /// anyway, so a purge that keeps failing is dead-lettered rather than
+    /// retried for long.
+    const MAX_ATTEMPTS: u32 = 3;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +69,15 @@ mod tests {
             })
         );
         assert_eq!(serde_json::from_value::<TranscodeVideo>(json).unwrap(), job);
+    }
+
+    #[test]
+    fn the_purge_payload_is_an_empty_object() {
+        let json = serde_json::to_value(PurgeDeletedVideos::default()).unwrap();
+        assert_eq!(json, serde_json::json!({}));
+        assert_eq!(
+            serde_json::from_value::<PurgeDeletedVideos>(json).unwrap(),
+            PurgeDeletedVideos {}
+        );
     }
 }

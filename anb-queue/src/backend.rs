@@ -229,6 +229,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Err(self.unsupported("unique jobs"))
     }
 
+    /// Whether [`Backend::enqueue_unique`] is implemented (periodic jobs need it to enqueue
+    /// each tick once). The default is `false`: a backend that implements unique enqueues says so.
+    fn supports_unique(&self) -> bool {
+        false
+    }
+
     /// Leases up to `request.max` due jobs, oldest first. Returns an empty list when none is due.
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError>;
 

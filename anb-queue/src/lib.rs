@@ -8,6 +8,7 @@ mod job;
 pub mod middleware;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod outbox;
+mod periodic;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
@@ -31,6 +32,7 @@ pub use error::{JobError, QueueError};
 pub use job::{CancelReason, Job, JobContext};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
+pub use periodic::{CatchUp, MIN_KEY_HOLD, PeriodicJob, Schedule, ScheduleError, Tick};
 pub use queue::Queue;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use queue::TransactionalConnection;

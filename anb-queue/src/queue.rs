@@ -162,6 +162,13 @@ impl Queue {
         self.backend.kind()
     }
 
+    /// Whether the backend enforces unique keys ([`Queue::enqueue_unique`]), which periodic
+    /// jobs ([`Worker::periodic`](crate::Worker::periodic)) need: PostgreSQL, SQLite and
+    /// Redis do; SQS does not.
+    pub fn supports_unique_jobs(&self) -> bool {
+        self.backend.supports_unique()
+    }
+
     /// Enqueues a job to run as soon as a worker is free.
     pub async fn enqueue<J: Job>(&self, job: &J) -> Result<JobId, QueueError> {
         self.enqueue_in(job, Duration::ZERO).await

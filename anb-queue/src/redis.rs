@@ -751,6 +751,10 @@ impl Backend for RedisBackend {
         BackendKind::Redis
     }
 
+    fn supports_unique(&self) -> bool {
+        true
+    }
+
     async fn enqueue_unique(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
         let Some(unique) = &job.unique else {
             let id = self.enqueue(std::slice::from_ref(job)).await?.remove(0);

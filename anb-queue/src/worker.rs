@@ -27,6 +27,7 @@ use crate::{
     error::{JobError, QueueError},
     job::{Job, JobContext},
     middleware::{JobRequest, JobService, WrapFn, layered, wrap_fn},
+    periodic::{self, PeriodicJob},
     queue::Queue,
     runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
 };
@@ -109,6 +110,7 @@ pub struct Worker {
     maintenance: Maintenance,
     timeout: Option<Duration>,
     layers: Vec<WrapFn>,
+    periodic: Vec<PeriodicJob>,
 }
 
 impl fmt::Debug for Worker {
@@ -123,6 +125,7 @@ impl fmt::Debug for Worker {
             .field("timeout", &self.timeout)
             .field("dead_retention", &self.maintenance.dead_retention)
             .field("layers", &self.layers.len())
+            .field("periodic", &self.periodic)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +145,7 @@ impl Worker {
             maintenance: Maintenance::default(),
             timeout: None,
             layers: Vec::new(),
+            periodic: Vec::new(),
         }
     }
 
@@ -280,11 +284,53 @@ impl Worker {
         self
     }
 
+    /// Enqueues a job at every tick of a schedule while this worker runs (see
+    /// [`PeriodicJob`]). Every worker that registers it enqueues each tick, and a unique key
+    /// per tick lets only the first through, so a tick runs once however many workers there
+    /// are; the job then runs like any other, on whichever worker claims it (register its
+    /// handler with [`Worker::handle`] as usual). A periodic job with the name of one
+    /// registered before replaces it.
+    ///
+    /// The scheduler starts with the worker and stops when shutdown begins. It never replays
+    /// the ticks that passed while it was not running (at most the latest one, with
+    /// [`CatchUp::Latest`](crate::CatchUp::Latest)); when the host stalls past a tick it
+    /// enqueues only the latest one due; an enqueue that fails is retried with backoff until
+    /// the next tick comes due.
+    ///
+    /// Periodic jobs need unique keys: on a backend without them (SQS)
+    /// [`Worker::run_until`] returns [`QueueError::UnsupportedByBackend`] before claiming
+    /// anything.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Cleanup {}
+    /// # impl anb_queue::Job for Cleanup { const NAME: &'static str = "cleanup"; }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// use std::time::Duration;
+    /// use anb_queue::{JobContext, PeriodicJob, Schedule, Worker};
+    ///
+    /// Worker::new(queue)
+    ///     .handle(|_job: Cleanup, _ctx: JobContext| async move { Ok(()) })
+    ///     .periodic(PeriodicJob::new(Schedule::every(Duration::from_secs(300)), |_tick| Cleanup {}))
+    ///     .run_until(anb_queue::shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn periodic(mut self, job: PeriodicJob) -> Self {
+        self.periodic
+            .retain(|registered| registered.periodic_name() != job.periodic_name());
+        self.periodic.push(job);
+        self
+    }
+
     /// Runs until `shutdown` completes, then stops claiming, lets running jobs finish within
     /// the grace period, releases the rest and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), QueueError> {
         if self.handlers.is_empty() {
             return Err(QueueError::NoHandlers);
+        }
+        if !self.periodic.is_empty() {
+            periodic::check_supported(&self.queue)?;
         }
         let runtime = Runtime::start(self).await?;
         runtime.run(shutdown).await
@@ -330,6 +376,7 @@ struct Runtime {
     shutdown_grace: Duration,
     maintenance: Maintenance,
     queue: Queue,
+    periodic: Vec<PeriodicJob>,
 }
 
 impl Runtime {
@@ -360,10 +407,11 @@ impl Runtime {
             shutdown_grace: worker.shutdown_grace,
             maintenance: worker.maintenance,
             queue: worker.queue,
+            periodic: worker.periodic,
         })
     }
 
-    async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), QueueError> {
+    async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), QueueError> {
         let shared = self.shared.clone();
         let runtime = shared.runtime.clone();
         let backend = runtime.backend.clone();
@@ -373,6 +421,13 @@ impl Runtime {
         let background = CancellationToken::new();
         let handles =
             runtime.spawn_background(self.queue.clone(), self.maintenance, background.clone());
+        // Stopped as soon as shutdown begins: no tick is enqueued by a worker going away.
+        let schedulers_stop = CancellationToken::new();
+        let schedulers = periodic::spawn_schedulers(
+            std::mem::take(&mut self.periodic),
+            &self.queue,
+            &schedulers_stop,
+        );
 
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
@@ -455,6 +510,7 @@ impl Runtime {
         // Stop claiming; running handlers go on through the grace period, told only that
         // shutdown began, and are cancelled near its end (see `LeaseRuntime`).
         tracing::info!(owner = %runtime.owner, running = tasks.len(), "worker stopping");
+        schedulers_stop.cancel();
         runtime.begin_shutdown();
         let schedule = shutdown_schedule(&runtime, self.shutdown_grace);
         tokio::pin!(schedule);
@@ -476,7 +532,7 @@ impl Runtime {
         runtime.flush_completions().await;
         let outcome = runtime.release_unfinished().await;
         background.cancel();
-        for handle in handles {
+        for handle in handles.into_iter().chain(schedulers) {
             let _ = handle.await;
         }
         tracing::info!(owner = %runtime.owner, released = outcome.as_ref().copied().unwrap_or(0), "worker stopped");

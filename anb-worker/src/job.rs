@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anb_core::db::{Database, DbError, ProcessedOutputs};
 use anb_core::domain::{FailureReason, VideoId, VideoStatus};
-use anb_core::jobs::TranscodeVideo;
+use anb_core::jobs::{PurgeDeletedVideos, TranscodeVideo};
 use anb_core::storage::{ObjectKey, Storage, StorageError, VideoKeys};
 use anb_queue::{CancelReason, JobContext, JobError};
 use tokio::sync::watch;
@@ -363,7 +363,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     pub transcode: TranscodeOptions,
     /// How often the objects and rows of deleted videos left behind are removed
-    /// ([`crate::purge`]); `None` turns it off.
+    /// ([`crate::purge`]): once per interval across all workers on a queue with unique keys,
+    /// once per interval in each worker on SQS; `None` turns it off.
     pub purge_interval: Option<Duration>,
     /// How often videos whose job was dead-lettered without a handler to say so are marked
     /// failed ([`crate::reconcile`]); `None` turns it off.
@@ -452,8 +453,10 @@ pub fn remove_stale_work_dirs(parent: &Path, older_than: Duration) -> usize {
 
 /// Consumes transcode jobs from the queue until `shutdown` completes, then drains: running
 /// jobs get `shutdown_grace` to finish, the rest are released for another worker. Beside the
-/// jobs, removes what deleted videos left behind every `purge_interval` and marks failed the
-/// videos of dead-lettered jobs every `reconcile_interval`.
+/// jobs, removes what deleted videos left behind every `purge_interval` (a periodic
+/// [`PurgeDeletedVideos`] job, run once per interval whatever the number of workers; on a
+/// queue without unique keys, SQS, a loop in each worker) and marks failed the videos of
+/// dead-lettered jobs every `reconcile_interval`.
 pub async fn run(
     db: Database,
     storage: Storage,
@@ -462,7 +465,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let (stop_purge, purge_stopped) = watch::channel(false);
-    let purge = config.purge_interval.map(|interval| {
+    // One pass per interval across the workers needs a key per tick; SQS has none.
+    let (periodic_purge, purge_loop) = match config.purge_interval {
+        Some(interval) if queue.supports_unique_jobs() => (Some(interval), None),
+        Some(interval) => {
+            tracing::info!(
+                queue = ?queue.kind(),
+                "the queue has no unique keys: each worker purges deleted videos on its own"
+            );
+            (None, Some(interval))
+        }
+        None => (None, None),
+    };
+    let purge = purge_loop.map(|interval| {
         tokio::spawn(crate::purge::run_periodically(
             db.clone(),
             storage.clone(),
@@ -497,9 +512,9 @@ pub async fn run(
             "removed transcode folders a killed worker left"
         );
     }
-    let jobs = TranscodeJobs::new(db, storage, config.transcode);
+    let jobs = TranscodeJobs::new(db.clone(), storage.clone(), config.transcode);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
-    let consumed = anb_queue::Worker::new(queue)
+    let mut worker = anb_queue::Worker::new(queue)
         .name("anb-worker")
         .concurrency(config.concurrency)
         .shutdown_grace(config.shutdown_grace)
@@ -508,8 +523,15 @@ pub async fn run(
             let jobs = jobs.clone();
             async move { jobs.handle(job, ctx).await }
         })
-        .run_until(shutdown)
-        .await;
+        // Whatever this worker's own interval, it runs the passes other workers enqueue.
+        .handle(move |_job: PurgeDeletedVideos, _ctx: JobContext| {
+            let (db, storage) = (db.clone(), storage.clone());
+            async move { crate::purge::handle(&db, &storage).await }
+        });
+    if let Some(interval) = periodic_purge {
+        worker = worker.periodic(crate::purge::periodic_job(interval));
+    }
+    let consumed = worker.run_until(shutdown).await;
     stop_purge.send_replace(true);
     for (task, name) in [(purge, "purge"), (reconcile, "reconcile")] {
         if let Some(task) = task

@@ -57,7 +57,8 @@ struct RunArgs {
     /// Seconds running jobs may take to finish after SIGTERM before they are released.
     #[arg(long, env = "ANB_WORKER_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
-    /// Seconds between passes removing what deleted videos left in storage (0: never).
+    /// Seconds between passes removing what deleted videos left in storage, one pass per
+    /// interval across all workers (each worker on SQS); 0: this worker schedules none.
     #[arg(long, env = "ANB_WORKER_PURGE_INTERVAL", default_value_t = 300)]
     purge_interval: u64,
     /// Seconds between passes marking failed the videos whose job was dead-lettered (0: never).

@@ -11,6 +11,8 @@
 //! | `anb_worker_encodes_running` | gauge | transcodes running now |
 //! | `anb_worker_encode_seconds` | histogram | wall time of each finished transcode |
 //! | `anb_worker_encode_frames_per_second` | gauge | frames per second of the last finished transcode |
+//! | `anb_worker_purge_passes_total{result}` | counter | passes finishing deletions ([`crate::purge`]), by result (`ok`, `failed`) |
+//! | `anb_worker_videos_purged_total` | counter | deleted videos whose objects and row the purge removed |
 //! | `anb_queue_jobs{state}`, `anb_queue_oldest_ready_age_seconds` | gauges | queue depth (ready, in flight, delayed, dead), refreshed by the queue's worker |
 
 use std::time::Duration;
@@ -77,6 +79,15 @@ fn health() -> Json<serde_json::Value> {
 /// Records a job's outcome.
 pub(crate) fn job_done(outcome: &'static str) {
     metrics::counter!("anb_worker_jobs_total", "outcome" => outcome).increment(1);
+}
+
+/// Records a purge pass: its report, or `None` when it failed.
+pub(crate) fn purge_pass(report: Option<&anb_core::videos::PurgeReport>) {
+    let result = if report.is_some() { "ok" } else { "failed" };
+    metrics::counter!("anb_worker_purge_passes_total", "result" => result).increment(1);
+    if let Some(report) = report {
+        metrics::counter!("anb_worker_videos_purged_total").increment(report.purged as u64);
+    }
 }
 
 /// Counts a transcode as running until dropped.

@@ -1,15 +1,16 @@
-//! Finishing deletions whose object removal failed: the worker's purge task on a real SQLite
-//! database and local storage.
+//! Finishing deletions whose object removal failed: the worker's purge on a real SQLite
+//! database, its SQL queue and local storage, in process and as two worker processes.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anb_core::storage::VideoKeys;
 use anb_queue::Queue;
 use anb_worker::job::WorkerConfig;
 use anb_worker::purge::{PurgeReport, purge_deleted_videos};
 use common::platform::platform;
+use common::process::WorkerProcess;
 
 #[tokio::test]
 async fn objects_left_by_a_deletion_are_removed_then_the_row() {
@@ -181,4 +182,128 @@ async fn the_running_worker_purges_periodically() {
     assert!(!platform.storage.exists(&keys.original()).await.unwrap());
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Two worker processes on one queue, purging every second: the purge is a periodic job of
+/// the queue, so the two together run one pass per tick, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_purge_once_per_tick_between_them() {
+    let platform = platform().await;
+    let player = platform.player().await;
+    let job = platform.upload(&player, 1, (320, 240)).await;
+    let keys = VideoKeys::new(job.video_id.into());
+    // Every pass counted below comes from a tick from this second on.
+    let first_tick_ms = now_ms() / 1000 * 1000;
+    let every_second = [("ANB_WORKER_PURGE_INTERVAL", "1")];
+    let mut first = WorkerProcess::start(&platform, "first", &every_second);
+    let mut second = WorkerProcess::start(&platform, "second", &every_second);
+    let passes = |first: &WorkerProcess, second: &WorkerProcess| {
+        let sample = "anb_worker_purge_passes_total{result=\"ok\"}";
+        first.metric(sample) + second.metric(sample)
+    };
+
+    platform
+        .db
+        .delete_video(player.id, job.video_id)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while passes(&first, &second) < 6.0 {
+        assert!(
+            Instant::now() < deadline,
+            "six passes did not run within 60 s: {}\n{}",
+            first.log_text(),
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let passes = passes(&first, &second);
+    let ticks = (now_ms() / 1000 * 1000 - first_tick_ms) / 1000 + 1;
+    assert!(
+        passes <= ticks as f64,
+        "{passes} passes in {ticks} ticks: the workers purged on their own"
+    );
+    assert!(
+        platform
+            .db
+            .videos_awaiting_purge(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!platform.storage.exists(&keys.original()).await.unwrap());
+
+    for worker in [&first, &second] {
+        worker.signal("TERM");
+    }
+    for worker in [&mut first, &mut second] {
+        assert!(worker.exit_within(Duration::from_secs(60)).success());
+    }
+}
+
+/// On SQS, which has no unique keys, the purge cannot be a periodic job: each worker runs its
+/// own passes, and deleted videos are purged all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqs_each_worker_purges_on_its_own() {
+    let platform = platform().await;
+    let player = platform.player().await;
+    let job = platform.upload(&player, 1, (320, 240)).await;
+    let keys = VideoKeys::new(job.video_id.into());
+    let (client, url) = common::sqs_queue().await;
+    let queue = Queue::from_sqs_client(client.clone(), &url).await.unwrap();
+    assert!(!queue.supports_unique_jobs());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(anb_worker::job::run(
+        platform.db.clone(),
+        platform.storage.clone(),
+        queue,
+        WorkerConfig {
+            concurrency: 1,
+            purge_interval: Some(Duration::from_millis(200)),
+            reconcile_interval: None,
+            ..Default::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    platform
+        .db
+        .delete_video(player.id, job.video_id)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !platform
+        .db
+        .videos_awaiting_purge(10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            !worker.is_finished(),
+            "the worker stopped: {:?}",
+            worker.await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the deleted video was not purged within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!platform.storage.exists(&keys.original()).await.unwrap());
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    common::delete_sqs_queue(&client, &url).await;
 }

@@ -31,12 +31,14 @@ async fn sigterm_mid_encode_more_often_than_the_attempts_still_ends_processed() 
     let queue = Queue::connect(&platform.url).await.unwrap();
     queue.enqueue(&job).await.unwrap();
 
+    // The purge, a periodic job of the same queue, is off: the queue holds only the transcode.
+    let no_purge = ("ANB_WORKER_PURGE_INTERVAL", "0");
     for round in 1..=TranscodeVideo::MAX_ATTEMPTS + 1 {
         // A short grace, so the encode cannot finish within it and must be given back.
         let mut worker = WorkerProcess::start(
             &platform,
             &format!("interrupted-{round}"),
-            &[("ANB_WORKER_SHUTDOWN_GRACE", "1")],
+            &[("ANB_WORKER_SHUTDOWN_GRACE", "1"), no_purge],
         );
         let deadline = Instant::now() + Duration::from_secs(300);
         while worker.metric("anb_worker_encodes_running") < 1.0 {
@@ -85,7 +87,7 @@ async fn sigterm_mid_encode_more_often_than_the_attempts_still_ends_processed() 
         assert_eq!(stats.ready, 1, "round {round}: the job is given back");
     }
 
-    let mut worker = WorkerProcess::start(&platform, "finishing", &[]);
+    let mut worker = WorkerProcess::start(&platform, "finishing", &[no_purge]);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let video = platform.db.find_video(job.video_id).await.unwrap().unwrap();
@@ -145,7 +147,12 @@ async fn sigkill_mid_encode_ends_processed_after_exactly_one_more_encode() {
     let work = platform.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let work_dir = work.to_str().unwrap();
-    let settings = [("ANB_WORKER_LEASE", "3"), ("TMPDIR", work_dir)];
+    // The purge, a periodic job of the same queue, is off: the queue holds only the transcode.
+    let settings = [
+        ("ANB_WORKER_LEASE", "3"),
+        ("TMPDIR", work_dir),
+        ("ANB_WORKER_PURGE_INTERVAL", "0"),
+    ];
 
     let killed = WorkerProcess::start(&platform, "killed", &settings);
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -169,6 +169,10 @@ where
         D::KIND
     }
 
+    fn supports_unique(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
         refuse_unique(jobs)?;
         let ids = D::insert(&self.pool, jobs).await?;

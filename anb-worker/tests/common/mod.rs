@@ -182,3 +182,55 @@ pub fn number(value: &Value) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// A fresh SQS queue with its dead-letter queue on the server at `ANB_TEST_AWS_ENDPOINT`: a
+/// client of that server and the queue's URL. [`delete_sqs_queue`] removes both.
+pub async fn sqs_queue() -> (aws_sdk_sqs::Client, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let endpoint = std::env::var("ANB_TEST_AWS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    let client = aws_sdk_sqs::Client::from_conf(config);
+    let name = format!("anb-worker-{}", uuid::Uuid::new_v4().simple());
+    let dead_letters = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("SQS is not reachable at {endpoint}: {error}"));
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(dead_letters.queue_url().unwrap())
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    let queue = client
+        .create_queue()
+        .queue_name(&name)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
+        )
+        .send()
+        .await
+        .unwrap();
+    (client, queue.queue_url().unwrap().to_owned())
+}
+
+/// Deletes a queue made by [`sqs_queue`] and its dead-letter queue.
+pub async fn delete_sqs_queue(client: &aws_sdk_sqs::Client, url: &str) {
+    for queue_url in [url.to_owned(), format!("{url}-dlq")] {
+        let _ = client.delete_queue().queue_url(queue_url).send().await;
+    }
+}
