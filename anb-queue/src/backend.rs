@@ -5,11 +5,13 @@
 //! handlers, retry policy, metrics, tracing, shutdown) lives above this trait and is shared
 //! by every backend. To add a backend:
 //!
-//! 1. implement [`Backend`] (see `postgres.rs` and `sqlite.rs`), in this crate or your own,
-//!    returning [`BackendKind::Other`] from `kind` if it lives outside;
+//! 1. implement [`Backend`] (see `sql/backend.rs` for the SQL engines, `redis.rs`, or the
+//!    in-memory example in `anb-queue-testkit/tests/memory_backend.rs`), in this crate or your
+//!    own, returning [`BackendKind::Other`] from `kind` if it lives outside;
 //! 2. hand it to [`Queue::with_backend`](crate::Queue::with_backend) (or, in this crate,
 //!    accept its URL scheme in [`Queue::connect`](crate::Queue::connect));
-//! 3. run the conformance suite (`tests/conformance.rs`) over it: one macro line in this crate.
+//! 3. run the conformance suite over it with the `anb-queue-testkit` crate: a `Fixture` and
+//!    one `conformance_suite!` line.
 //!
 //! Contract, for every backend:
 //! - a claimed job is leased to one `owner` until `now + lease`; a lease that runs out makes
