@@ -382,7 +382,10 @@ impl Transaction {
 
 /// Declares each operation once and gives it to both [`Transaction`] (joins
 /// the caller's transaction) and [`Database`] (`read`: on a pooled
-/// connection; `write`: in a transaction of its own).
+/// connection; `write`: in a transaction of its own; `statement`: a write that
+/// is one statement on PostgreSQL, atomic by itself, so it runs there on a
+/// pooled connection without `BEGIN`/`COMMIT` round trips, and in a transaction
+/// of its own on SQLite, where it takes several).
 macro_rules! operations {
     ($(
         $(#[$doc:meta])*
@@ -415,6 +418,12 @@ macro_rules! operations {
         let result = tx.conn().$name($($arg),*).await?;
         tx.commit().await?;
         Ok(result)
+    }};
+    (@run statement $db:ident, $name:ident($($arg:ident),*)) => {{
+        match $db {
+            Database::Postgres(_) => operations!(@run read $db, $name($($arg),*)),
+            Database::Sqlite(_) => operations!(@run write $db, $name($($arg),*)),
+        }
     }};
 }
 
@@ -559,7 +568,7 @@ operations! {
     /// Records a vote. Errors: [`DbError::VideoNotFound`] (unknown, deleted or
     /// unpublished), [`DbError::OwnVideo`], [`DbError::AlreadyVoted`] (also
     /// when two votes race: exactly one counts), [`DbError::UserNotFound`].
-    write fn cast_vote(voter: UserId, video: VideoId) -> ();
+    statement fn cast_vote(voter: UserId, video: VideoId) -> ();
 
     /// The videos the user voted for, latest vote first.
     read fn voted_video_ids(voter: UserId) -> Vec<VideoId>;

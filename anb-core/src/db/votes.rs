@@ -7,20 +7,29 @@ use super::users::on_missing_user;
 use super::{Conn, DbError};
 use crate::domain::{UserId, VideoId};
 
-/// The whole vote in one statement on PostgreSQL (one round trip instead of
-/// four): each step runs only if the one before it did, and the outcome says
-/// which step stopped. The caller's transaction rolls back on a refusal.
+/// The whole vote in one statement on PostgreSQL, run on its own (autocommit): one
+/// round trip, where a transaction around it took three (`BEGIN`, the statement,
+/// `COMMIT`). Each step runs only if the one before it did, and the outcome says which
+/// step stopped. `FOR UPDATE` takes the video's row first and re-reads it: a deletion
+/// committed meanwhile leaves `target` empty, and a deletion that comes later waits for
+/// the vote, so a vote is counted exactly when it is stored. A statement that fails
+/// (a voter deleted meanwhile) stores nothing.
 const CAST_VOTE_POSTGRES: &str = "WITH target AS ( \
          SELECT owner_id FROM videos \
          WHERE id = $1 AND published_at IS NOT NULL AND deleted_at IS NULL \
+         FOR UPDATE \
+     ), ranking AS ( \
+         SELECT player_id FROM player_rankings \
+         WHERE player_id = (SELECT owner_id FROM target) \
      ), cast_vote AS ( \
          INSERT INTO votes (user_id, video_id, cast_at) \
-         SELECT $2, $1, $3 FROM target WHERE owner_id <> $2 \
+         SELECT $2, $1, $3 FROM target JOIN ranking ON player_id = owner_id \
+         WHERE owner_id <> $2 \
          ON CONFLICT (user_id, video_id) DO NOTHING \
          RETURNING video_id \
      ), counted AS ( \
          UPDATE videos SET vote_count = vote_count + 1 \
-         WHERE id = (SELECT video_id FROM cast_vote) AND deleted_at IS NULL \
+         WHERE id = (SELECT video_id FROM cast_vote) \
          RETURNING owner_id \
      ), ranked AS ( \
          UPDATE player_rankings SET votes = votes + 1 \
@@ -28,15 +37,15 @@ const CAST_VOTE_POSTGRES: &str = "WITH target AS ( \
          RETURNING player_id \
      ) \
      SELECT (SELECT owner_id FROM target) AS owner, \
+         EXISTS (SELECT 1 FROM ranking) AS has_ranking, \
          EXISTS (SELECT 1 FROM cast_vote) AS inserted, \
-         EXISTS (SELECT 1 FROM counted) AS counted, \
          EXISTS (SELECT 1 FROM ranked) AS ranked";
 
 #[derive(sqlx::FromRow)]
 struct VoteSteps {
     owner: Option<Uuid>,
+    has_ranking: bool,
     inserted: bool,
-    counted: bool,
     ranked: bool,
 }
 
@@ -56,18 +65,20 @@ impl Conn<'_> {
         if owner == voter.as_uuid() {
             return Err(DbError::OwnVideo);
         }
+        // Without a ranking row the vote is not stored: nothing could count it.
+        let no_ranking = || {
+            DbError::CorruptData(format!(
+                "player {owner} has a published video but no ranking row"
+            ))
+        };
+        if !steps.has_ranking {
+            return Err(no_ranking());
+        }
         if !steps.inserted {
             return Err(DbError::AlreadyVoted);
         }
-        // Deleted after the statement's snapshot was taken: the vote goes with the caller's
-        // transaction.
-        if !steps.counted {
-            return Err(DbError::VideoNotFound);
-        }
         if !steps.ranked {
-            return Err(DbError::CorruptData(format!(
-                "player {owner} has a published video but no ranking row"
-            )));
+            return Err(no_ranking());
         }
         Ok(())
     }
