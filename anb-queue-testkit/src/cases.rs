@@ -86,7 +86,8 @@ pub async fn payloads_arrive_exactly_as_sent(fx: &impl Fixture) {
     assert_eq!(seen, sent);
 }
 
-/// A bulk enqueue stores every job, and each is handled exactly once.
+/// A bulk enqueue stores every job, and each is handled exactly once by three competing
+/// workers.
 pub async fn bulk_enqueue_delivers_every_job_once(fx: &impl Fixture) {
     let queue = fx.queue().await;
     let jobs: Vec<Echo> = (0..500)
@@ -104,17 +105,35 @@ pub async fn bulk_enqueue_delivers_every_job_once(fx: &impl Fixture) {
     );
     assert_eq!(stats(&queue).await.ready, 500);
 
+    // Three workers, each on its own handle (its own connections), compete for the backlog.
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()).concurrency(8));
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let handle = fx.queue().await;
+        workers.push(RunningWorker::spawn(
+            recording_worker(&handle, seen.clone()).concurrency(8),
+        ));
+    }
     wait_until("500 jobs handled", 120, || async {
         seen.lock().unwrap().len() >= 500
     })
     .await;
     wait_until("queue empty", 60, || is_empty(&queue)).await;
-    worker.stop().await;
+    for worker in workers {
+        worker.stop().await;
+    }
     let numbers: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
-    assert_eq!(numbers.len(), 500, "no job delivered twice");
-    assert_eq!(numbers.iter().collect::<HashSet<_>>().len(), 500);
+    assert_eq!(
+        numbers.iter().collect::<HashSet<_>>().len(),
+        500,
+        "every job delivered"
+    );
+    let repeats = numbers.len() - 500;
+    if fx.capabilities().may_redeliver {
+        assert!(repeats <= 5, "{repeats} of 500 jobs delivered twice");
+    } else {
+        assert_eq!(repeats, 0, "no job delivered twice");
+    }
 }
 
 /// A delayed job is not handled before its time, and is handled soon after it.

@@ -68,6 +68,10 @@ pub struct Capabilities {
     /// redelivered after the kill may come as its third attempt rather than its second (SQS
     /// long polls).
     pub lost_receives_count: bool,
+    /// The backend may deliver a job twice even when no worker fails (SQS standard queues
+    /// promise at-least-once delivery and occasionally hand a message to two consumers).
+    /// Cases with competing workers then accept a few repeats (at most 1 %) instead of none.
+    pub may_redeliver: bool,
 }
 
 impl Capabilities {
@@ -78,6 +82,7 @@ impl Capabilities {
             operator_calls: true,
             oldest_ready_age: true,
             lost_receives_count: false,
+            may_redeliver: false,
         }
     }
 
@@ -96,6 +101,12 @@ impl Capabilities {
     /// With or without the oldest ready job's age in the statistics.
     pub const fn oldest_ready_age(mut self, yes: bool) -> Self {
         self.oldest_ready_age = yes;
+        self
+    }
+
+    /// Whether a job may be delivered twice without a failure.
+    pub const fn may_redeliver(mut self, yes: bool) -> Self {
+        self.may_redeliver = yes;
         self
     }
 

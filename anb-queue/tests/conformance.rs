@@ -61,7 +61,8 @@ fixture!(Redis, redis, Capabilities::full());
 fixture!(RedisCluster, redis_cluster, Capabilities::full());
 // A standard SQS queue cannot deduplicate, look a message up by id, page or prune its
 // dead-letter queue, or tell the oldest message's age (a CloudWatch metric); a long poll
-// still open when its worker died may count a receive.
+// still open when its worker died may count a receive; it delivers at least once, and
+// competing consumers occasionally both get a message (seen: 1 of 500 on a loaded machine).
 fixture!(
     Sqs,
     sqs,
@@ -70,6 +71,7 @@ fixture!(
         .operator_calls(false)
         .oldest_ready_age(false)
         .lost_receives_count(true)
+        .may_redeliver(true)
 );
 
 conformance_suite!(postgres, Postgres);
