@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anb_queue::{CancelReason, Job, JobContext, JobError, Queue, QueueError, QueueStats, Worker};
+use anb_queue::{
+    CancelReason, Job, JobContext, JobError, Queue, QueueError, QueueStats, Worker,
+    backend::ClaimRequest,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -868,6 +871,60 @@ struct ShutdownView {
     /// Per run: the attempt, whether the cancel token had fired a moment after shutdown
     /// began, and the reason it fired with in the end.
     runs: Mutex<Vec<(u32, bool, Option<CancelReason>)>>,
+}
+
+/// A worker that dies during a job's last attempt (its lease never renewed, completed or
+/// given back) costs the job that attempt: once the lease runs out the job goes to the dead
+/// letters, and no other worker runs it again.
+pub async fn a_job_whose_last_attempt_crashed_is_dead_lettered_not_run_again(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    queue.enqueue(&LastChance).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let claimed = queue
+            .backend()
+            .claim(ClaimRequest {
+                names: &[LastChance::NAME],
+                max: 1,
+                owner: "a-worker-that-dies",
+                lease: Duration::from_secs(1),
+            })
+            .await
+            .unwrap();
+        if !claimed.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no job to claim within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let worker = RunningWorker::spawn(
+        Worker::new(queue.clone())
+            .lease(Duration::from_secs(1))
+            .handle({
+                let runs = runs.clone();
+                move |_job: LastChance, _ctx: JobContext| {
+                    let runs = runs.clone();
+                    async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }
+            }),
+    );
+    wait_until("the crashed job dead", 90, || async {
+        stats(&queue).await.dead == 1
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "not run again after its last attempt"
+    );
+    let counts = stats(&queue).await;
+    assert_eq!((counts.ready, counts.in_flight, counts.delayed), (0, 0, 0));
 }
 
 /// A worker whose `LastChance` handler waits for the runtime to cancel it, then fails.

@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
                 shutdown_releases_jobs_still_running_after_the_grace_period,
                 shutdown_cancels_handlers_near_the_end_of_the_grace_and_gives_the_attempt_back,
                 a_stale_claim_cannot_touch_the_job_claimed_again,
+                a_job_whose_last_attempt_crashed_is_dead_lettered_not_run_again,
                 a_lost_lease_cancels_the_handler_and_its_outcome_is_not_recorded,
                 a_job_past_its_timeout_is_cancelled_aborted_and_failed,
                 an_idle_worker_does_not_spin,
