@@ -2,11 +2,14 @@
 //! fresh PostgreSQL database and a fresh queue on Redis, with jobs enqueued and dead-lettered
 //! through the queue's own API.
 
+mod common;
+
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use anb_queue::backend::ClaimRequest;
 use anb_queue::{Job, JobId, Queue};
+use common::sqs_queue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Connection;
@@ -362,53 +365,6 @@ fn a_queue_out_of_reach_or_missing_is_one_line_and_status_1() {
 
     let message = fails(None, &["stats"]);
     assert!(message.contains("ANB_QUEUE_URL"), "{message}");
-}
-
-/// A fresh SQS queue with its dead-letter queue on the server at `ANB_TEST_AWS_ENDPOINT`:
-/// a client of that server and the queue's URL (which is also the endpoint for the
-/// operator commands).
-async fn sqs_queue() -> (aws_sdk_sqs::Client, String) {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let endpoint = std::env::var("ANB_TEST_AWS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .build();
-    let client = aws_sdk_sqs::Client::from_conf(config);
-    let name = format!("anb-cli-{}", uuid::Uuid::new_v4().simple());
-    let dead_letters = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .unwrap_or_else(|error| panic!("SQS is not reachable at {endpoint}: {error}"));
-    let arn = client
-        .get_queue_attributes()
-        .queue_url(dead_letters.queue_url().unwrap())
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|attributes| attributes.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap();
-    let queue = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"10"}}"#),
-        )
-        .send()
-        .await
-        .unwrap();
-    let url = queue.queue_url().unwrap().to_owned();
-    (client, url)
 }
 
 /// SQS lists its dead letters and counts them; what its API cannot do (look a job up, page,
