@@ -231,6 +231,10 @@ impl Backend for MemoryBackend {
         BackendKind::Other("memory")
     }
 
+    fn supports_unique(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
         // A plain enqueue would store a unique job without enforcing its key.
         if let Some(job) = jobs.iter().find(|job| job.unique.is_some()) {

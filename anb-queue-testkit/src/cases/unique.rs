@@ -30,8 +30,14 @@ fn echo(n: u32) -> Echo {
 
 /// A backend without unique jobs (SQS: a standard queue cannot deduplicate) refuses a unique
 /// enqueue, and a plain enqueue of a job that carries a key, and stores nothing. Returns
-/// whether the backend claims unique jobs.
+/// whether the backend claims unique jobs. Either way the backend says what it was declared
+/// to do (`Queue::supports_unique_jobs`, which periodic jobs rely on).
 async fn claims_unique_jobs(fx: &impl Fixture, queue: &Queue) -> bool {
+    assert_eq!(
+        queue.supports_unique_jobs(),
+        fx.capabilities().unique_jobs,
+        "Backend::supports_unique disagrees with the declared capability"
+    );
     if fx.capabilities().unique_jobs {
         return true;
     }
