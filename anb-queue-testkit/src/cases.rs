@@ -2,6 +2,7 @@
 //! panics when the backend breaks a promise; [`crate::conformance_suite!`] turns each into a
 //! test.
 
+mod cancel;
 mod unique;
 
 use std::{
@@ -21,6 +22,7 @@ use anb_queue::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+pub use cancel::*;
 pub use unique::*;
 
 use crate::{

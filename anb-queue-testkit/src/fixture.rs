@@ -59,6 +59,8 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 pub struct Capabilities {
     /// `Queue::enqueue_unique` holds a key while the job is unfinished or for a period.
     pub unique_jobs: bool,
+    /// `Queue::cancel` and `Queue::cancel_unique` remove a waiting job and stop a running one.
+    pub cancellation: bool,
     /// `Queue::job`, `requeue_dead`, `prune_dead` and paging of `dead_jobs_after` past the first
     /// page, and the worker's pruning of dead jobs.
     pub operator_calls: bool,
@@ -79,6 +81,7 @@ impl Capabilities {
     pub const fn full() -> Self {
         Self {
             unique_jobs: true,
+            cancellation: true,
             operator_calls: true,
             oldest_ready_age: true,
             lost_receives_count: false,
@@ -89,6 +92,12 @@ impl Capabilities {
     /// With or without unique jobs.
     pub const fn unique_jobs(mut self, yes: bool) -> Self {
         self.unique_jobs = yes;
+        self
+    }
+
+    /// With or without cancellation.
+    pub const fn cancellation(mut self, yes: bool) -> Self {
+        self.cancellation = yes;
         self
     }
 

@@ -73,6 +73,9 @@ macro_rules! conformance_suite {
                 a_period_key_stays_held_after_the_job_completed_until_it_expires,
                 concurrent_unique_enqueues_store_one_job,
                 dead_lettering_frees_a_unique_key,
+                a_cancelled_waiting_job_is_removed_and_never_runs,
+                a_cancelled_running_job_is_told_to_stop_and_removed_whatever_it_returns,
+                a_job_cancelled_while_running_is_not_run_again_after_its_release,
             );
 
             #[test]

@@ -13,8 +13,9 @@ use std::{
 };
 
 use anb_queue::{
-    BackendKind, DeadJob, Enqueued, JobId, JobInfo, JobState, Queue, QueueError, QueueStats,
-    backend::{Backend, ClaimRequest, ClaimedJob, Lease, NewJob, WorkSignal},
+    BackendKind, Cancelled, DeadJob, Enqueued, JobId, JobInfo, JobState, Queue, QueueError,
+    QueueStats,
+    backend::{Backend, ClaimRequest, ClaimedJob, Lease, NewJob, Renewal, WorkSignal},
 };
 use anb_queue_testkit::{Capabilities, Fixture};
 use async_trait::async_trait;
@@ -84,6 +85,9 @@ struct StoredJob {
     progress: Option<u8>,
     /// The key it holds while unfinished; completing or dead-lettering it frees the key.
     unique_key: Option<String>,
+    /// Cancelled while it ran: the heartbeat tells its worker, and a claim that finds it
+    /// again hands it out flagged so the worker removes it.
+    cancel_requested: bool,
 }
 
 impl StoredJob {
@@ -122,6 +126,7 @@ impl State {
             last_error: None,
             progress: None,
             unique_key,
+            cancel_requested: false,
         };
         self.jobs.insert(self.last_id, stored);
         self.last_id
@@ -306,6 +311,7 @@ impl Backend for MemoryBackend {
                 max_attempts: job.max_attempts,
                 enqueued_at_ms: job.enqueued_at,
                 token: token.clone(),
+                cancel_requested: job.cancel_requested,
             });
         }
         Ok(claimed)
@@ -371,12 +377,60 @@ impl Backend for MemoryBackend {
         leases: &[Lease],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
+        Ok(self.renew(owner, leases, lease).await?.lost)
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Renewal, QueueError> {
         let to = after(now_ms(), lease);
         let mut state = self.state();
-        let lost = leases
-            .iter()
-            .filter(|held| state.renew(owner, held, to).is_none());
-        Ok(lost.cloned().collect())
+        let mut renewal = Renewal::default();
+        for held in leases {
+            match state.renew(owner, held, to) {
+                None => renewal.lost.push(held.clone()),
+                Some(job) if job.cancel_requested => renewal.cancelled.push(held.clone()),
+                Some(_) => {}
+            }
+        }
+        Ok(renewal)
+    }
+
+    fn supports_cancel(&self) -> bool {
+        true
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
+        let mut state = self.state();
+        let Some(id) = number(id) else {
+            return Ok(Cancelled::NotFound);
+        };
+        let Some(job) = state.jobs.get_mut(&id) else {
+            return Ok(Cancelled::NotFound);
+        };
+        match job.stage {
+            Stage::Dead { .. } => Ok(Cancelled::NotFound),
+            Stage::Running { .. } => {
+                job.cancel_requested = true;
+                Ok(Cancelled::Requested)
+            }
+            Stage::Waiting => {
+                state.free_key(id);
+                state.jobs.remove(&id);
+                Ok(Cancelled::Removed)
+            }
+        }
+    }
+
+    async fn unique_holder(&self, name: &str, key: &str) -> Result<Option<JobId>, QueueError> {
+        let state = self.state();
+        let holder = [false, true]
+            .into_iter()
+            .find_map(|period| state.keys.get(&(name.to_owned(), key.to_owned(), period)));
+        Ok(holder.map(|&(id, _)| job_id(id)))
     }
 
     async fn progress(
@@ -505,6 +559,7 @@ impl Backend for MemoryBackend {
                 job.stage = Stage::Waiting;
                 job.attempts = 0;
                 job.run_at = now;
+                job.cancel_requested = false;
                 requeued += 1;
             }
         }

@@ -168,6 +168,10 @@ pub struct ClaimedJob {
     pub enqueued_at_ms: i64,
     /// The token of this claim, for [`Lease`].
     pub token: String,
+    /// Whether the job was cancelled while it ran before ([`Backend::cancel`] found it
+    /// running, and its attempt then ended in a retry or a release): the worker removes it
+    /// instead of running it.
+    pub cancel_requested: bool,
 }
 
 impl ClaimedJob {
@@ -203,6 +207,43 @@ pub struct ClaimRequest<'a> {
     pub owner: &'a str,
     /// How long the leases last unless extended.
     pub lease: Duration,
+}
+
+/// What a lease renewal ([`Backend::renew`]) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Leases that are lost (expired, or the job is held by another claim now): not extended.
+    pub lost: Vec<Lease>,
+    /// Leases extended whose job was cancelled ([`Backend::cancel`]) while it runs.
+    pub cancelled: Vec<Lease>,
+}
+
+/// What a cancel request ([`Backend::cancel`], [`Queue::cancel`](crate::Queue::cancel)) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The job was waiting (due or delayed): it is deleted and will not run, and a unique
+    /// key it held while unfinished is free.
+    Removed,
+    /// The job is running. Its worker learns it at its next lease renewal (every third of
+    /// the lease), fires the handler's [`JobContext::cancelled`](crate::JobContext::cancelled)
+    /// with [`CancelReason::Cancelled`](crate::CancelReason::Cancelled), and removes the
+    /// job whatever the handler returns. An attempt that ended before (in a retry, or a
+    /// release at shutdown) leaves the job to be removed by the claim that next finds it.
+    Requested,
+    /// No waiting or running job has this id: it finished, is dead, or never existed.
+    NotFound,
+}
+
+impl Cancelled {
+    /// The outcome's name: `removed`, `requested` or `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::Requested => "requested",
+            Self::NotFound => "not_found",
+        }
+    }
 }
 
 /// A signal that new work may be available: a counter bumped on every wake-up.
@@ -275,6 +316,42 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         leases: &[Lease],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError>;
+
+    /// Extends leases like [`Backend::extend`], and also reports the jobs among them that
+    /// were cancelled while running ([`Backend::cancel`]). The worker's heartbeat calls this.
+    /// The default reports no cancellations: a backend that implements `cancel` overrides it.
+    async fn renew(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Renewal, QueueError> {
+        Ok(Renewal {
+            lost: self.extend(owner, leases, lease).await?,
+            cancelled: Vec::new(),
+        })
+    }
+
+    /// Cancels a job, from any process: a waiting job is deleted, a running one is flagged
+    /// for its worker (see [`Cancelled`]). A backend that implements this also overrides
+    /// [`Backend::renew`], [`Backend::supports_cancel`] and [`Backend::unique_holder`], and
+    /// sets [`ClaimedJob::cancel_requested`]. The default refuses.
+    async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
+        let _ = id;
+        Err(self.unsupported("cancelling a job"))
+    }
+
+    /// Whether [`Backend::cancel`] is implemented. `false` by default.
+    fn supports_cancel(&self) -> bool {
+        false
+    }
+
+    /// The job holding the unique key `key` of the job name `name`, if one does (for
+    /// cancelling a job by its key). The default refuses.
+    async fn unique_holder(&self, name: &str, key: &str) -> Result<Option<JobId>, QueueError> {
+        let _ = (name, key);
+        Err(self.unsupported("finding a job by its unique key"))
+    }
 
     /// Stores a running job's progress (0–100) and extends its lease.
     async fn progress(

@@ -129,6 +129,13 @@ pub enum QueueError {
         /// The key.
         key: String,
     },
+    /// A cancel found the job changing state (claimed, given back) every time it looked, too
+    /// many times in a row.
+    #[error("job {job} kept changing state while being cancelled; try again")]
+    CancelContended {
+        /// The job's id.
+        job: String,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

@@ -59,6 +59,10 @@ pub enum CancelReason {
     /// [`Worker::timeout`](crate::Worker::timeout)). The attempt counts as a retryable
     /// failure; the handler is aborted after a short moment.
     Timeout,
+    /// The job was cancelled ([`Queue::cancel`](crate::Queue::cancel), from any process).
+    /// The handler decides how to stop (clean up, return early): it is not aborted, and
+    /// whatever it returns the job is removed, not retried.
+    Cancelled,
 }
 
 /// A running job's cancellation: a token and the reason it fired with (the first wins).
@@ -137,20 +141,23 @@ impl JobContext {
     /// The worker already renews the lease of every running job in the background; call this
     /// before a step known to outlast the configured lease, or to check the job is still
     /// ours: a lease that is gone is [`QueueError::LeaseLost`], and fires
-    /// [`JobContext::cancelled`] with [`CancelReason::LeaseLost`].
+    /// [`JobContext::cancelled`] with [`CancelReason::LeaseLost`]. A job cancelled meanwhile
+    /// keeps its lease, and fires it with [`CancelReason::Cancelled`].
     pub async fn extend_lease(&self, by: Duration) -> Result<(), QueueError> {
-        let lost = self
+        let renewal = self
             .backend
-            .extend(&self.owner, std::slice::from_ref(&self.lease), by)
+            .renew(&self.owner, std::slice::from_ref(&self.lease), by)
             .await?;
-        if lost.is_empty() {
-            Ok(())
-        } else {
+        if !renewal.lost.is_empty() {
             self.cancel.fire(CancelReason::LeaseLost);
-            Err(QueueError::LeaseLost {
+            return Err(QueueError::LeaseLost {
                 job: self.id.to_string(),
-            })
+            });
         }
+        if !renewal.cancelled.is_empty() {
+            self.cancel.fire(CancelReason::Cancelled);
+        }
+        Ok(())
     }
 
     /// Records the job's progress (0–100) where the backend can keep it, and renews the lease.
@@ -173,8 +180,8 @@ impl JobContext {
     }
 
     /// Completes when the runtime wants this handler to stop: near the end of the shutdown
-    /// grace period, when the lease was lost, or on timeout ([`JobContext::cancel_reason`]
-    /// says which). Race long steps against it with `tokio::select!`.
+    /// grace period, when the lease was lost, on timeout, or when the job was cancelled
+    /// ([`JobContext::cancel_reason`] says which). Race long steps against it with `tokio::select!`.
     pub async fn cancelled(&self) {
         self.cancel.fired().await;
     }

@@ -28,7 +28,7 @@ mod worker;
 
 #[cfg(feature = "apalis")]
 pub use apalis::ApalisBackend;
-pub use backend::{BackendKind, DeadJob, JobId, JobInfo, JobState};
+pub use backend::{BackendKind, Cancelled, DeadJob, JobId, JobInfo, JobState};
 pub use error::{JobError, QueueError};
 pub use job::{CancelReason, Job, JobContext};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -34,7 +34,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -112,6 +112,14 @@ const SCHEMA_V5: &[&str] = &[
     )",
 ];
 
+/// Version 6: cancellation. A running job that is cancelled is flagged for its worker, which
+/// reads the flag when it renews the lease. Code of version 5 ignores the column: a job it
+/// runs is not stopped, and a flagged job it claims again runs (an older worker only misses
+/// cancellations, nothing else changes for it).
+const SCHEMA_V6: &[&str] = &[
+    "ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS cancel_requested BOOLEAN NOT NULL DEFAULT false",
+];
+
 /// Inserts a job whose key is held while it is unfinished, unless a live job of its name
 /// holds the key: then the holder's id. `ON CONFLICT` waits for a concurrent insert of the
 /// key to commit or roll back. The holder is read in the statement's snapshot, so a holder
@@ -179,7 +187,7 @@ const CLAIM: &str = "WITH picked AS (
          locked_until = clock_timestamp() + $4 * interval '1 millisecond'
      WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
      RETURNING j.id, j.name, j.payload::text AS payload, j.attempts, j.max_attempts,
-         (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms";
+         (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms, j.cancel_requested";
 
 /// Milliseconds until the next ready job of the given names is due (negative when one is
 /// overdue, NULL when none waits): the first entry of each name's ready index.
@@ -261,6 +269,7 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
             (3, SCHEMA_V3),
             (4, SCHEMA_V4),
             (5, SCHEMA_V5),
+            (6, SCHEMA_V6),
         ];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
@@ -433,7 +442,7 @@ const SQL: Statements = Statements {
         FROM UNNEST($1::int8[], $2::text[]) AS l(id, token)
         WHERE j.id = l.id AND j.lease_token = l.token AND j.locked_by = $3
           AND j.state = 'running'
-        RETURNING j.id, l.token",
+        RETURNING j.id, l.token, j.cancel_requested",
     progress: "UPDATE anb_queue_jobs
         SET progress = $4, locked_until = clock_timestamp() + $5 * interval '1 millisecond'
         WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND state = 'running'",
@@ -466,8 +475,16 @@ const SQL: Statements = Statements {
         ORDER BY j.dead_at DESC, j.id DESC LIMIT $2",
     requeue_dead: "UPDATE anb_queue_jobs
         SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL,
-            locked_by = NULL, locked_until = NULL, lease_token = NULL
+            locked_by = NULL, locked_until = NULL, lease_token = NULL, cancel_requested = false
         WHERE id = ANY($1) AND state = 'dead'",
+    // A key held while unfinished frees with the row it lives in.
+    cancel_waiting: "DELETE FROM anb_queue_jobs WHERE id = $1 AND state = 'ready'",
+    cancel_running: "UPDATE anb_queue_jobs SET cancel_requested = true
+        WHERE id = $1 AND state = 'running'",
+    unique_holder: "SELECT id FROM anb_queue_jobs WHERE name = $1 AND unique_key = $2
+        UNION ALL
+        SELECT job_id FROM anb_queue_unique_keys WHERE name = $1 AND unique_key = $2
+        LIMIT 1",
     prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= now()",
     prune_dead: "DELETE FROM anb_queue_jobs
         WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",

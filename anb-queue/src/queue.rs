@@ -18,7 +18,7 @@ use crate::sqlite::{self, SqliteBackend};
 #[cfg(feature = "sqs")]
 use crate::sqs::{self, SqsBackend};
 use crate::{
-    backend::{Backend, BackendKind, DeadJob, JobId, JobInfo, NewJob, SharedBackend},
+    backend::{Backend, BackendKind, Cancelled, DeadJob, JobId, JobInfo, NewJob, SharedBackend},
     error::QueueError,
     job::Job,
     stats::{PollCounter, PollCounts, QueueStats},
@@ -348,6 +348,46 @@ impl Queue {
     /// id.
     pub async fn job(&self, id: &JobId) -> Result<Option<JobInfo>, QueueError> {
         self.backend.job(id).await
+    }
+
+    /// Cancels a job, from any process: a waiting job (due or delayed) is deleted and never
+    /// runs; a running one is flagged, and its worker fires the handler's
+    /// [`JobContext::cancelled`](crate::JobContext::cancelled) with
+    /// [`CancelReason::Cancelled`](crate::CancelReason::Cancelled) at its next lease renewal
+    /// (within a third of the lease), then removes the job whatever the handler returns.
+    /// See [`Cancelled`] for the answers. PostgreSQL, SQLite and Redis; SQS answers
+    /// [`QueueError::UnsupportedByBackend`] (its API deletes a message only through the
+    /// receipt of the consumer holding it).
+    ///
+    /// ```no_run
+    /// # async fn example(queue: anb_queue::Queue, id: anb_queue::JobId) -> Result<(), anb_queue::QueueError> {
+    /// use anb_queue::Cancelled;
+    ///
+    /// match queue.cancel(&id).await? {
+    ///     Cancelled::Removed => println!("it will not run"),
+    ///     Cancelled::Requested => println!("its handler is told to stop"),
+    ///     _ => println!("nothing to cancel: it finished, or is dead"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
+        self.backend.cancel(id).await
+    }
+
+    /// Cancels the job of type `J` holding the unique key `key` (the key given to
+    /// [`Unique::key`]; for [`Unique::by_args`], [`Unique::key_for`] computes it), as
+    /// [`Queue::cancel`] does; [`Cancelled::NotFound`] when no job holds the key.
+    pub async fn cancel_unique<J: Job>(&self, key: &str) -> Result<Cancelled, QueueError> {
+        match self.backend.unique_holder(J::NAME, key).await? {
+            Some(id) => self.backend.cancel(&id).await,
+            None => Ok(Cancelled::NotFound),
+        }
+    }
+
+    /// Whether the backend cancels jobs ([`Queue::cancel`]): PostgreSQL, SQLite and Redis do;
+    /// SQS does not.
+    pub fn supports_cancel(&self) -> bool {
+        self.backend.supports_cancel()
     }
 
     /// Puts dead jobs back in the queue, due now, with a fresh set of attempts; ids that are

@@ -40,8 +40,8 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, JobState, Lease,
-        NewJob, WorkSignal,
+        Backend, BackendKind, Cancelled, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo,
+        JobState, Lease, NewJob, Renewal, WorkSignal,
     },
     error::QueueError,
     stats::QueueStats,
@@ -133,7 +133,7 @@ end
 ";
 
 /// KEYS: prefix. ARGV: owner, lease_ms, max, names… Returns (id, name, payload, attempt,
-/// max_attempts, enqueued_at) per claimed job, oldest due first.
+/// max_attempts, enqueued_at, cancelled: '1' or '0') per claimed job, oldest due first.
 const CLAIM: &str = "
 local prefix, owner, lease, max = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local candidates = {}
@@ -156,8 +156,8 @@ for k = 1, math.min(max, #candidates) do
     local attempt = redis.call('HINCRBY', key, 'a', 1)
     redis.call('HSET', key, 'o', owner)
     redis.call('ZREM', prefix .. 'q:' .. name, id)
-    local fields = redis.call('HMGET', key, 'p', 'm', 'e')
-    for _, value in ipairs({id, name, fields[1], tostring(attempt), fields[2], fields[3]}) do
+    local fields = redis.call('HMGET', key, 'p', 'm', 'e', 'c')
+    for _, value in ipairs({id, name, fields[1], tostring(attempt), fields[2], fields[3], fields[4] or '0'}) do
       out[#out + 1] = value
     end
   else
@@ -175,6 +175,26 @@ local function held(prefix, id, token)
     and redis.call('ZSCORE', prefix .. 'leases', id) ~= false
 end
 ";
+
+/// KEYS: prefix. ARGV: a job id. Deletes the job if it waits (freeing its unique key), flags
+/// it if it runs; returns `removed`, `requested` or `not_found` (no such job, or dead).
+const CANCEL: &str = "
+local prefix, id = KEYS[1], ARGV[1]
+local key = prefix .. 'job:' .. id
+local name = redis.call('HGET', key, 'n')
+if not name or redis.call('ZSCORE', prefix .. 'dead', id) then return 'not_found' end
+if redis.call('ZSCORE', prefix .. 'leases', id) then
+  redis.call('HSET', key, 'c', '1')
+  return 'requested'
+end
+free_unique(prefix, id)
+redis.call('ZREM', prefix .. 'q:' .. name, id)
+redis.call('DEL', key)
+return 'removed'
+";
+
+/// KEYS: prefix, the unique key. Returns the id of the job holding it, or nil.
+const UNIQUE_HOLDER: &str = "return redis.call('GET', KEYS[2])";
 
 /// KEYS: prefix. ARGV: (id, lease token) pairs.
 const COMPLETE: &str = "
@@ -241,21 +261,28 @@ return released
 ";
 
 /// KEYS: prefix. ARGV: lease_ms, progress ('' for none), then (id, lease token) pairs.
-/// Returns the ids and tokens of the leases that are lost, as pairs.
+/// Returns (kind, id, lease token) triples: kind `l` for a lease that is lost (not
+/// extended), `c` for one extended whose job was cancelled.
 const EXTEND: &str = "
 local prefix, lease, progress = KEYS[1], tonumber(ARGV[1]), ARGV[2]
-local lost = {}
+local out = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
+  local kind = nil
   if held(prefix, id, ARGV[i + 1]) then
     redis.call('ZADD', prefix .. 'leases', 'XX', now + lease, id)
     if progress ~= '' then redis.call('HSET', prefix .. 'job:' .. id, 'pr', progress) end
+    if redis.call('HGET', prefix .. 'job:' .. id, 'c') then kind = 'c' end
   else
-    lost[#lost + 1] = id
-    lost[#lost + 1] = ARGV[i + 1]
+    kind = 'l'
+  end
+  if kind then
+    out[#out + 1] = kind
+    out[#out + 1] = id
+    out[#out + 1] = ARGV[i + 1]
   end
 end
-return lost
+return out
 ";
 
 /// KEYS: prefix. ARGV: limit. Returns how many expired leases it handled.
@@ -380,6 +407,7 @@ for i = 1, #ARGV do
     redis.call('ZADD', prefix .. 'q:' .. name, now, id)
     redis.call('SADD', prefix .. 'names', name)
     redis.call('HSET', key, 'a', 0)
+    redis.call('HDEL', key, 'c')
     redis.call('ZREM', prefix .. 'dead', id)
     requeued = requeued + 1
   end
@@ -411,6 +439,8 @@ struct Scripts {
     dead_letter: Script,
     release: Script,
     extend: Script,
+    cancel: Script,
+    unique_holder: Script,
     recover: Script,
     next_due: Script,
     stats: Script,
@@ -433,6 +463,8 @@ impl Scripts {
             dead_letter: leased(DEAD_LETTER),
             release: leased(RELEASE),
             extend: leased(EXTEND),
+            cancel: leased(CANCEL),
+            unique_holder: Script::new(UNIQUE_HOLDER),
             recover: Script::new(&format!("{NOW}{FREE_UNIQUE}{RECOVER}")),
             next_due: timed(NEXT_DUE),
             stats: timed(STATS),
@@ -649,12 +681,12 @@ impl RedisBackend {
     }
 
     /// Extends leases (and stores a progress); returns the leases that are lost.
-    async fn renew(
+    async fn renew_leases(
         &self,
         leases: &[Lease],
         duration: Duration,
         progress: Option<u8>,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Renewal, QueueError> {
         let mut invocation = self.scripts.extend.prepare_invoke();
         invocation.key(&self.prefix).arg(millis(duration)).arg(
             progress
@@ -664,17 +696,22 @@ impl RedisBackend {
         for lease in leases {
             invocation.arg(lease.id.as_str()).arg(&lease.token);
         }
-        let lost: Vec<String> = invocation
+        let found: Vec<String> = invocation
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(QueueError::from_redis)?;
-        Ok(lost
-            .chunks_exact(2)
-            .map(|pair| Lease {
-                id: JobId(pair[0].clone()),
-                token: pair[1].clone(),
-            })
-            .collect())
+        let mut renewal = Renewal::default();
+        for triple in found.chunks_exact(3) {
+            let lease = Lease {
+                id: JobId(triple[1].clone()),
+                token: triple[2].clone(),
+            };
+            match triple[0].as_str() {
+                "c" => renewal.cancelled.push(lease),
+                _ => renewal.lost.push(lease),
+            }
+        }
+        Ok(renewal)
     }
 
     fn channel(&self) -> String {
@@ -842,7 +879,7 @@ impl Backend for RedisBackend {
             .await
             .map_err(QueueError::from_redis)?;
         Ok(fields
-            .chunks_exact(6)
+            .chunks_exact(7)
             .map(|job| ClaimedJob {
                 id: JobId(job[0].clone()),
                 name: job[1].clone(),
@@ -851,6 +888,7 @@ impl Backend for RedisBackend {
                 max_attempts: parse_u32(&job[4]),
                 enqueued_at_ms: job[5].parse().unwrap_or(0),
                 token: token.clone(),
+                cancel_requested: job[6] == "1",
             })
             .collect())
     }
@@ -924,7 +962,50 @@ impl Backend for RedisBackend {
         leases: &[Lease],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        self.renew(leases, lease, None).await
+        Ok(self.renew_leases(leases, lease, None).await?.lost)
+    }
+
+    async fn renew(
+        &self,
+        _owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Renewal, QueueError> {
+        self.renew_leases(leases, lease, None).await
+    }
+
+    fn supports_cancel(&self) -> bool {
+        true
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
+        let outcome: String = self
+            .scripts
+            .cancel
+            .prepare_invoke()
+            .key(&self.prefix)
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(match outcome.as_str() {
+            "removed" => Cancelled::Removed,
+            "requested" => Cancelled::Requested,
+            _ => Cancelled::NotFound,
+        })
+    }
+
+    async fn unique_holder(&self, name: &str, key: &str) -> Result<Option<JobId>, QueueError> {
+        let holder: Option<String> = self
+            .scripts
+            .unique_holder
+            .prepare_invoke()
+            .key(&self.prefix)
+            .key(format!("{}u:{}:{name}:{key}", self.prefix, name.len()))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(holder.map(JobId))
     }
 
     async fn progress(
@@ -934,7 +1015,7 @@ impl Backend for RedisBackend {
         percent: u8,
         duration: Duration,
     ) -> Result<(), QueueError> {
-        self.renew(std::slice::from_ref(lease), duration, Some(percent))
+        self.renew_leases(std::slice::from_ref(lease), duration, Some(percent))
             .await
             .map(drop)
     }

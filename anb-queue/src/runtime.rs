@@ -4,6 +4,8 @@
 //!
 //! - every held job's lease is renewed by one heartbeat; a lease reported lost fires the
 //!   job's cancellation with [`CancelReason::LeaseLost`] and its outcome is not recorded;
+//!   a job reported cancelled fires it with [`CancelReason::Cancelled`], and is removed
+//!   whatever its handler returns (its handler is not aborted);
 //! - a handler runs until it returns, or until it is aborted: a short moment after a
 //!   [`CancelReason::Timeout`] or [`CancelReason::LeaseLost`], or at the end of the
 //!   shutdown grace period;
@@ -221,6 +223,31 @@ impl LeaseRuntime {
         true
     }
 
+    /// Removes the claimed jobs that were cancelled while an earlier attempt ran
+    /// ([`ClaimedJob::cancel_requested`]) without running them, and returns the others.
+    pub(crate) async fn discard_cancelled(&self, claimed: Vec<ClaimedJob>) -> Vec<ClaimedJob> {
+        if !claimed.iter().any(|job| job.cancel_requested) {
+            return claimed;
+        }
+        let (cancelled, run): (Vec<_>, Vec<_>) =
+            claimed.into_iter().partition(|job| job.cancel_requested);
+        let leases: Vec<Lease> = cancelled.iter().map(ClaimedJob::lease).collect();
+        match self.backend.complete(&self.owner, &leases).await {
+            Ok(()) => {
+                for job in &cancelled {
+                    tracing::info!(job.name = %job.name, job.id = %job.id, "job cancelled: removed");
+                    metrics::counter!("anb_queue_jobs_total", "job" => job.name.clone(), "outcome" => "cancelled")
+                        .increment(1);
+                }
+            }
+            // Their leases run out and the next claim finds them again.
+            Err(error) => {
+                tracing::warn!(%error, jobs = leases.len(), "removing cancelled jobs failed")
+            }
+        }
+        run
+    }
+
     /// Forgets a job held under `lease` (settled in the backend, or given up locally).
     fn settle(&self, lease: &Lease) {
         self.held().jobs.remove(lease);
@@ -316,9 +343,10 @@ impl LeaseRuntime {
                 () = tokio::time::sleep_until(abort_at), if abort_at < far => return Ended::Aborted,
                 () = job.cancel.fired(), if !cancel_seen => {
                     cancel_seen = true;
-                    // A shutdown cancel waits for the end of the grace (`abort`); the others
-                    // give the handler a moment of its own.
-                    if job.cancel.reason() != Some(CancelReason::Shutdown) {
+                    // A shutdown cancel waits for the end of the grace (`abort`), and a
+                    // cancelled job's handler decides how to stop; the others give the
+                    // handler a moment of its own.
+                    if !matches!(job.cancel.reason(), Some(CancelReason::Shutdown | CancelReason::Cancelled)) {
                         abort_at = tokio::time::Instant::now() + ABORT_AFTER_CANCEL;
                     }
                 }
@@ -338,6 +366,19 @@ impl LeaseRuntime {
     ) -> &'static str {
         let result = match (job.cancel.reason(), outcome) {
             (Some(CancelReason::Shutdown), _) => return self.release_now(job).await,
+            (Some(CancelReason::Cancelled), _) => {
+                tracing::info!(job.name = job.name, job.id = %job.lease.id, "job cancelled: removed");
+                return if self
+                    .completions
+                    .send(Completion::Done(job.lease.clone()))
+                    .is_ok()
+                {
+                    "cancelled"
+                } else {
+                    self.settle(&job.lease);
+                    "lost"
+                };
+            }
             (Some(CancelReason::LeaseLost), _) => {
                 tracing::warn!(job.name = job.name, job.id = %job.lease.id, "the job's lease was lost; its outcome is not recorded");
                 self.settle(&job.lease);
@@ -567,15 +608,26 @@ impl LeaseRuntime {
         if held.is_empty() {
             return;
         }
-        match self.backend.extend(&self.owner, &held, self.lease).await {
-            Ok(lost) if lost.is_empty() => {}
-            Ok(lost) => {
-                let ids: Vec<&JobId> = lost.iter().map(|lease| &lease.id).collect();
-                tracing::warn!(jobs = ?ids, "leases lost: another claim may run these jobs");
+        match self.backend.renew(&self.owner, &held, self.lease).await {
+            Ok(renewal) => {
+                if !renewal.lost.is_empty() {
+                    let ids: Vec<&JobId> = renewal.lost.iter().map(|lease| &lease.id).collect();
+                    tracing::warn!(jobs = ?ids, "leases lost: another claim may run these jobs");
+                }
                 let held = self.held();
-                for lease in &lost {
+                let fired = renewal
+                    .lost
+                    .iter()
+                    .map(|lease| (lease, CancelReason::LeaseLost))
+                    .chain(
+                        renewal
+                            .cancelled
+                            .iter()
+                            .map(|lease| (lease, CancelReason::Cancelled)),
+                    );
+                for (lease, reason) in fired {
                     if let Some(job) = held.jobs.get(lease) {
-                        job.cancel.fire(CancelReason::LeaseLost);
+                        job.cancel.fire(reason);
                     }
                 }
             }

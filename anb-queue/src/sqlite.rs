@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// See the PostgreSQL backend: every step keeps the table usable by the previous version.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -80,6 +80,10 @@ const SCHEMA_V4: &[&str] = &[
     ) WITHOUT ROWID",
 ];
 
+/// Version 5: cancellation, as in the PostgreSQL backend's `SCHEMA_V6`.
+const SCHEMA_V5: &[&str] =
+    &["ALTER TABLE anb_queue_jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0"];
+
 /// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
 /// ready index per name. An idle worker asks this instead of claiming, since a claim takes
 /// the write lock.
@@ -102,7 +106,8 @@ const CLAIM: &str = "UPDATE anb_queue_jobs
         ORDER BY c.run_at, c.id
         LIMIT ?5
      )
-     RETURNING id, name, payload, attempts, max_attempts, enqueued_at AS enqueued_at_ms";
+     RETURNING id, name, payload, attempts, max_attempts, enqueued_at AS enqueued_at_ms,
+         cancel_requested";
 
 /// The earliest `run_at` of a ready job of the names in `?1`: the first entry of each name's
 /// ready index.
@@ -198,6 +203,7 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
                 (2, SCHEMA_V2),
                 (3, SCHEMA_V3),
                 (4, SCHEMA_V4),
+                (5, SCHEMA_V5),
             ];
             for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
                 for statement in *statements {
@@ -393,7 +399,7 @@ const SQL: Statements = Statements {
     extend: "UPDATE anb_queue_jobs SET locked_until = ?3
         WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
           AND locked_by = ?2 AND state = 'running'
-        RETURNING id, lease_token",
+        RETURNING id, lease_token, cancel_requested",
     progress: "UPDATE anb_queue_jobs SET progress = ?3, locked_until = ?4
         WHERE (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
           AND locked_by = ?2 AND state = 'running'",
@@ -420,8 +426,15 @@ const SQL: Statements = Statements {
         ORDER BY j.dead_at DESC, j.id DESC LIMIT ?2",
     requeue_dead: "UPDATE anb_queue_jobs
         SET state = 'ready', attempts = 0, run_at = ?2, dead_at = NULL,
-            locked_by = NULL, locked_until = NULL, lease_token = NULL
+            locked_by = NULL, locked_until = NULL, lease_token = NULL, cancel_requested = 0
         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'dead'",
+    cancel_waiting: "DELETE FROM anb_queue_jobs WHERE id = ?1 AND state = 'ready'",
+    cancel_running: "UPDATE anb_queue_jobs SET cancel_requested = 1
+        WHERE id = ?1 AND state = 'running'",
+    unique_holder: "SELECT id FROM anb_queue_jobs WHERE name = ?1 AND unique_key = ?2
+        UNION ALL
+        SELECT job_id FROM anb_queue_unique_keys WHERE name = ?1 AND unique_key = ?2
+        LIMIT 1",
     prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= ?1",
     prune_dead: "DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1",
 };

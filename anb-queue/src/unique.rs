@@ -65,6 +65,16 @@ impl Unique {
         self
     }
 
+    /// The key this makes for `job` (for [`Queue::cancel_unique`](crate::Queue::cancel_unique)).
+    pub fn key_for<J: crate::Job>(&self, job: &J) -> Result<String, crate::QueueError> {
+        let payload =
+            serde_json::to_string(job).map_err(|source| crate::QueueError::Serialize {
+                job: J::NAME,
+                source,
+            })?;
+        Ok(self.resolve(&payload).key)
+    }
+
     /// The key and its scope for a job with this serialized payload.
     pub(crate) fn resolve(&self, payload: &str) -> UniqueKey {
         let key = match &self.source {

@@ -501,6 +501,7 @@ impl Runtime {
                 }
                 continue;
             }
+            let claimed = runtime.discard_cancelled(claimed).await;
             runtime.hold(&claimed);
             for (job, permit) in claimed.into_iter().zip(permits) {
                 tasks.spawn(run_job(shared.clone(), job, permit));

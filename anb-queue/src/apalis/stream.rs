@@ -99,6 +99,7 @@ pub(super) async fn claim(
         })
         .await?;
     shared.polls.claimed(claimed.len());
+    let claimed = runtime.discard_cancelled(claimed).await;
     if runtime.hold(&claimed) {
         return Ok(claimed);
     }

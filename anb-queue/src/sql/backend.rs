@@ -13,13 +13,16 @@ use super::{
 };
 use crate::{
     backend::{
-        Backend, BackendKind, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo, Lease, NewJob,
-        WorkSignal, claim_token, refuse_unique,
+        Backend, BackendKind, Cancelled, ClaimRequest, ClaimedJob, DeadJob, JobId, JobInfo,
+        JobState, Lease, NewJob, Renewal, WorkSignal, claim_token, refuse_unique,
     },
     error::QueueError,
     stats::QueueStats,
     unique::Enqueued,
 };
+
+/// How many times a cancel looks again for a job that changed state under it.
+const CANCEL_ATTEMPTS: usize = 20;
 
 /// A row of a dialect's engine.
 type RowOf<D> = <<D as Dialect>::Db as Database>::Row;
@@ -107,6 +110,7 @@ where
             max_attempts: Self::attempts(row, "max_attempts")?,
             enqueued_at_ms: row.try_get("enqueued_at_ms")?,
             token: token.to_owned(),
+            cancel_requested: row.try_get("cancel_requested")?,
         })
     }
 
@@ -266,6 +270,15 @@ where
         leases: &[Lease],
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
+        Ok(self.renew(owner, leases, lease).await?.lost)
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<Renewal, QueueError> {
         let query = D::bind_leases(sqlx::query(D::SQL.extend), leases).bind(owner);
         let rows = D::bind_time(query, At::In(lease))
             .fetch_all(&self.leases)
@@ -273,10 +286,80 @@ where
             .map_err(QueueError::from_sqlx)?;
         let extended = rows
             .iter()
-            .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<bool, _>(2)?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(QueueError::from_sqlx)?;
-        Ok(lost_leases(leases, &extended))
+        let cancelled = extended
+            .iter()
+            .filter(|(_, _, cancelled)| *cancelled)
+            .map(|(id, token, _)| Lease {
+                id: JobId(id.to_string()),
+                token: token.clone(),
+            })
+            .collect();
+        let extended: Vec<(i64, String)> = extended
+            .into_iter()
+            .map(|(id, token, _)| (id, token))
+            .collect();
+        Ok(Renewal {
+            lost: lost_leases(leases, &extended),
+            cancelled,
+        })
+    }
+
+    fn supports_cancel(&self) -> bool {
+        true
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
+        let Ok(id) = id.as_str().parse::<i64>() else {
+            return Ok(Cancelled::NotFound);
+        };
+        // A job changing state under the two statements (claimed between them, or given
+        // back) is seen by neither: look again while it is still waiting or running.
+        for _ in 0..CANCEL_ATTEMPTS {
+            let removed = sqlx::query(D::SQL.cancel_waiting)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(QueueError::from_sqlx)?;
+            if D::rows_affected(&removed) > 0 {
+                return Ok(Cancelled::Removed);
+            }
+            let flagged = sqlx::query(D::SQL.cancel_running)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(QueueError::from_sqlx)?;
+            if D::rows_affected(&flagged) > 0 {
+                return Ok(Cancelled::Requested);
+            }
+            let state = self.job(&JobId(id.to_string())).await?.map(|job| job.state);
+            if matches!(state, None | Some(JobState::Dead)) {
+                return Ok(Cancelled::NotFound);
+            }
+        }
+        Err(QueueError::CancelContended {
+            job: id.to_string(),
+        })
+    }
+
+    async fn unique_holder(&self, name: &str, key: &str) -> Result<Option<JobId>, QueueError> {
+        let row = sqlx::query(D::SQL.unique_holder)
+            .bind(name)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        row.map(|row| row.try_get::<i64, _>(0).map(|id| JobId(id.to_string())))
+            .transpose()
+            .map_err(QueueError::from_sqlx)
     }
 
     async fn progress(

@@ -39,7 +39,7 @@ pub(crate) enum At {
 #[derive(Debug)]
 pub(crate) struct Statements {
     /// Claims due jobs: [`Dialect::bind_claim`]'s parameters. Returns `id, name, payload,
-    /// attempts, max_attempts, enqueued_at_ms` of each job it leased.
+    /// attempts, max_attempts, enqueued_at_ms, cancel_requested` of each job it leased.
     pub(crate) claim: &'static str,
     /// Deletes finished jobs: leases, owner.
     pub(crate) complete: &'static str,
@@ -52,8 +52,8 @@ pub(crate) struct Statements {
     /// Makes jobs claimable again and gives their attempt back: leases, owner, `At` (their
     /// due time).
     pub(crate) give_back: &'static str,
-    /// Extends leases: leases, owner, `At` (the leases' end). Returns the row id and lease
-    /// token of each job it extended.
+    /// Extends leases: leases, owner, `At` (the leases' end). Returns the row id, lease
+    /// token and `cancel_requested` flag of each job it extended.
     pub(crate) extend: &'static str,
     /// Stores a job's progress and extends its lease: lease, owner, percent (`i16`), `At`
     /// (the lease's end).
@@ -78,6 +78,12 @@ pub(crate) struct Statements {
     pub(crate) dead_jobs_after: &'static str,
     /// Puts dead jobs back, due now: row ids, `At::Now`.
     pub(crate) requeue_dead: &'static str,
+    /// Deletes a waiting job (cancelled before it ran): its row id.
+    pub(crate) cancel_waiting: &'static str,
+    /// Flags a running job as cancelled: its row id.
+    pub(crate) cancel_running: &'static str,
+    /// The row id of the job holding a unique key: name, key. Returns one `id`, or no row.
+    pub(crate) unique_holder: &'static str,
     /// Deletes period keys whose period is over: `At::Now`.
     pub(crate) prune_unique_keys: &'static str,
     /// Deletes dead jobs that died before a time: `At::Ago`.

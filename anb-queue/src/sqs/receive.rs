@@ -92,6 +92,7 @@ impl Inner {
                 max_attempts: lease.job.max_attempts,
                 enqueued_at_ms: lease.job.enqueued_at_ms,
                 token: lease.receipt.clone(),
+                cancel_requested: false,
             });
             self.leases().insert(id, lease);
         }
