@@ -85,7 +85,7 @@ impl AppState {
             settings.jwt_secret.expose(),
         )
         .await?;
-        let shares = settings.queue_url == settings.database_url.as_str();
+        let shares = settings.queue_in_database();
         let (queue, delivery) = match (&db, shares) {
             (Database::Postgres(pool), true) => (
                 Queue::from_postgres_pool(pool.clone()).await?,

@@ -263,6 +263,13 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether the queue is the database itself (the default): jobs are then
+    /// enqueued in the transaction of the row they are about, with their
+    /// unique key, so the queue can cancel them by it.
+    pub fn queue_in_database(&self) -> bool {
+        self.queue_url == self.database_url.as_str()
+    }
+
     /// Default listen address of `anb-api`.
     pub const DEFAULT_HTTP_ADDR: &'static str = "0.0.0.0:8080";
 

@@ -21,7 +21,12 @@ impl TranscodeVideo {
     /// same video (a retried request, a replayed commit) returns the job
     /// already waiting or running, so the video is never encoded twice at once.
     pub fn unique(&self) -> anb_queue::Unique {
-        anb_queue::Unique::key(format!("video:{}", self.video_id))
+        anb_queue::Unique::key(Self::unique_key(self.video_id))
+    }
+
+    /// The unique key of a video's transcode, by which a deletion cancels it.
+    pub fn unique_key(video_id: VideoId) -> String {
+        format!("video:{video_id}")
     }
 }
 

@@ -10,8 +10,11 @@
 //! no row. Every step is idempotent, so a deletion finished twice at once is
 //! harmless.
 
+use anb_queue::{Cancelled, Queue};
+
 use crate::db::{Database, DbError, DeletedVideo, Video};
 use crate::domain::{UserId, VideoId};
+use crate::jobs::TranscodeVideo;
 use crate::storage::{ObjectKey, Storage, StorageError, VideoKeys};
 
 /// How a [`finish_deletion`] ended.
@@ -66,13 +69,20 @@ async fn remove_objects(storage: &Storage, video: &DeletedVideo) -> Result<(), S
 /// [`DbError::VideoPublished`], or an outage before the video was taken out
 /// of service. A failure while removing its objects or its row is logged and
 /// left to [`purge_deleted_videos`]: the player's deletion has happened.
+///
+/// A transcode of the video still waiting in the queue is cancelled, and a
+/// running one told to stop, through the queue (on the queues that cancel:
+/// PostgreSQL, SQLite, Redis; the worker watches the row where the queue
+/// cannot, see [`cancel_transcode`]).
 pub async fn delete_video(
     db: &Database,
     storage: &Storage,
+    queue: &Queue,
     owner: UserId,
     id: VideoId,
 ) -> Result<(), DbError> {
     let deleted = db.delete_video(owner, id).await?;
+    cancel_transcode(queue, id).await;
     match finish_deletion(db, storage, &deleted).await {
         Ok(DeletionFinished::Purged | DeletionFinished::AlreadyPurged) => {}
         Ok(DeletionFinished::ObjectsLeft(error)) => {
@@ -81,6 +91,30 @@ pub async fn delete_video(
         Err(error) => tracing::warn!(video_id = %id, %error, "deleted video row not purged yet"),
     }
     Ok(())
+}
+
+/// Cancels the transcode of a deleted video through the queue: a job still
+/// waiting is removed, a running one is told to stop (its worker then finds
+/// the video deleted and removes what it wrote). Best effort: a queue that
+/// cannot cancel (SQS), a job enqueued without its key (through the outbox)
+/// or a failure leaves it to the worker, which skips a deleted video's job
+/// and, where the queue cannot cancel, watches the row while it encodes.
+pub async fn cancel_transcode(queue: &Queue, id: VideoId) {
+    if !queue.supports_cancel() {
+        return;
+    }
+    match queue
+        .cancel_unique::<TranscodeVideo>(&TranscodeVideo::unique_key(id))
+        .await
+    {
+        Ok(Cancelled::NotFound) => {}
+        Ok(outcome) => {
+            tracing::info!(video_id = %id, outcome = outcome.as_str(), "transcode of a deleted video cancelled")
+        }
+        Err(error) => {
+            tracing::warn!(video_id = %id, %error, "transcode of a deleted video not cancelled; the worker skips it")
+        }
+    }
 }
 
 /// The owner publishes one of their videos for voting: now if it is

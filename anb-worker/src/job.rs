@@ -18,8 +18,9 @@ use tracing::Instrument;
 
 use crate::{TranscodeError, TranscodeOptions, check_size, transcode};
 
-/// How often a running transcode checks that its video still exists.
-const DELETION_POLL: Duration = Duration::from_secs(3);
+/// How often a running transcode checks that its video still exists, where the queue does
+/// not cancel it on deletion ([`WorkerConfig::deletion_poll`]).
+pub const DELETION_POLL: Duration = Duration::from_secs(3);
 
 /// Everything a transcode job needs; cheap to clone into each job.
 #[derive(Debug, Clone)]
@@ -27,6 +28,7 @@ pub struct TranscodeJobs {
     db: Database,
     storage: Storage,
     options: Arc<TranscodeOptions>,
+    deletion_poll: Option<Duration>,
 }
 
 /// How a job ended, for the log and for tests.
@@ -64,7 +66,15 @@ impl TranscodeJobs {
             db,
             storage,
             options: Arc::new(options),
+            deletion_poll: Some(DELETION_POLL),
         }
+    }
+
+    /// How often a running transcode checks that its video still exists; `None` when
+    /// deletions cancel it through the queue ([`WorkerConfig::deletion_poll`]).
+    pub fn deletion_poll(mut self, every: Option<Duration>) -> Self {
+        self.deletion_poll = every;
+        self
     }
 
     /// The queue handler: maps the outcome to the queue's retry rules. Failures of storage or the
@@ -299,8 +309,11 @@ impl TranscodeJobs {
         });
         tokio::pin!(encoding);
 
-        let mut poll = tokio::time::interval(DELETION_POLL);
+        let mut poll =
+            tokio::time::interval(self.deletion_poll.unwrap_or(Duration::from_secs(24 * 3600)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once; the video was just found.
+        poll.tick().await;
         let mut recorded = 0u8;
         loop {
             tokio::select! {
@@ -321,7 +334,7 @@ impl TranscodeJobs {
                         }
                     }
                 }
-                _ = poll.tick() => {
+                _ = poll.tick(), if self.deletion_poll.is_some() => {
                     if matches!(self.db.find_video(id).await, Ok(None)) {
                         tracing::info!("video deleted while processing: cancelling");
                         cancel.store(true, Ordering::Relaxed);
@@ -372,6 +385,12 @@ pub struct WorkerConfig {
     /// How long a claimed job stays leased without a heartbeat (renewed every third of it):
     /// a killed worker's job runs again elsewhere about this long after.
     pub lease: Duration,
+    /// How often a running transcode checks that its video still exists, to stop when the
+    /// player deletes it. `None` where the API cancels the job through the queue on
+    /// deletion instead (the queue is the database: see
+    /// [`anb_core::config::Settings::queue_in_database`]); the handler then stops when the
+    /// queue fires its cancellation, at the next lease renewal (a third of `lease`).
+    pub deletion_poll: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -384,6 +403,7 @@ impl Default for WorkerConfig {
             purge_interval: Some(Duration::from_secs(300)),
             reconcile_interval: Some(Duration::from_secs(60)),
             lease: Duration::from_secs(30),
+            deletion_poll: Some(DELETION_POLL),
         }
     }
 }
@@ -512,7 +532,8 @@ pub async fn run(
             "removed transcode folders a killed worker left"
         );
     }
-    let jobs = TranscodeJobs::new(db.clone(), storage.clone(), config.transcode);
+    let jobs = TranscodeJobs::new(db.clone(), storage.clone(), config.transcode)
+        .deletion_poll(config.deletion_poll);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
     let mut worker = anb_queue::Worker::new(queue)
         .name("anb-worker")

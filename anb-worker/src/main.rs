@@ -186,6 +186,10 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(concurrency) = args.concurrency {
         config.concurrency = concurrency.max(1);
     }
+    // The API then cancels a deleted video's transcode through the queue.
+    if settings.queue_in_database() {
+        config.deletion_poll = None;
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // Serving from the start (before connecting), so a stuck start-up shows as a live

@@ -11,7 +11,9 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anb_queue::{BackendKind, DeadJob, JobId, JobInfo, JobState, Queue, QueueError, QueueStats};
+use anb_queue::{
+    BackendKind, Cancelled, DeadJob, JobId, JobInfo, JobState, Queue, QueueError, QueueStats,
+};
 use clap::{Args, Subcommand};
 use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width, presets};
 use serde_json::{Value, json};
@@ -72,6 +74,13 @@ pub enum QueueCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Cancels jobs: a waiting one is removed and never runs; a running one's handler is told
+    /// to stop at its worker's next lease renewal, and the job is then removed.
+    Cancel {
+        /// The jobs' ids.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
     /// Deletes the dead jobs that died longer ago than a duration.
     Prune {
         /// How long ago, e.g. `7d`, `24h`, `90min`, `1h 30m`.
@@ -127,6 +136,9 @@ pub enum OperatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Some of the ids given to `cancel` were not waiting or running.
+    #[error("{} of the ids given were not cancelled: {} (finished, dead or unknown)", .0.len(), .0.join(", "))]
+    NotCancelled(Vec<String>),
     /// Some of the ids given to `requeue` were not dead jobs.
     #[error("{} of the ids given were not requeued: {}", .0.len(), describe_skipped(.0))]
     NotRequeued(Vec<Skipped>),
@@ -293,6 +305,29 @@ pub async fn execute(
                 Err(OperatorError::NotRequeued(skipped))
             }
         }
+        QueueCommand::Cancel { ids } => {
+            let mut outcomes = Vec::with_capacity(ids.len());
+            for id in ids {
+                let outcome = queue
+                    .cancel(&JobId::new(id.as_str()))
+                    .await
+                    .map_err(|error| unsupported(error, CANCEL_HINT))?;
+                outcomes.push((id.as_str(), outcome));
+            }
+            emit(out, json, cancel_json(&outcomes), || {
+                cancel_table(&outcomes)
+            })?;
+            let missed: Vec<String> = outcomes
+                .iter()
+                .filter(|(_, outcome)| *outcome == Cancelled::NotFound)
+                .map(|(id, _)| (*id).to_owned())
+                .collect();
+            if missed.is_empty() {
+                Ok(())
+            } else {
+                Err(OperatorError::NotCancelled(missed))
+            }
+        }
         QueueCommand::Prune { older_than } => {
             let age = parse_age(older_than)?;
             let pruned = queue
@@ -317,6 +352,7 @@ pub async fn execute(
 
 const REQUEUE_HINT: &str =
     "redrive its dead-letter queue instead (the console, or StartMessageMoveTask)";
+const CANCEL_HINT: &str = "an SQS message is deleted only by the consumer holding it: let the job run, or purge the queue";
 const PRUNE_HINT: &str = "the dead-letter queue's message retention period removes old dead jobs";
 
 /// An unsupported operation with what to do instead; other errors as they are.
@@ -555,6 +591,29 @@ pub fn job_table(info: &JobInfo) -> String {
         "last error".to_owned(),
         info.last_error.clone().unwrap_or_else(|| "none".to_owned()),
     ]);
+    format!("{table}\n")
+}
+
+fn cancel_json(outcomes: &[(&str, Cancelled)]) -> Value {
+    json!({
+        "cancelled": outcomes
+            .iter()
+            .map(|(id, outcome)| json!({"id": id, "outcome": outcome.as_str()}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// One line per job: what the cancel did.
+pub fn cancel_table(outcomes: &[(&str, Cancelled)]) -> String {
+    let mut table = table(&["id", "outcome"]);
+    for (id, outcome) in outcomes {
+        let said = match outcome {
+            Cancelled::Removed => "removed: it will not run",
+            Cancelled::Requested => "running: its handler is told to stop",
+            _ => "not found: finished, dead or unknown",
+        };
+        table.add_row(vec![(*id).to_owned(), said.to_owned()]);
+    }
     format!("{table}\n")
 }
 

@@ -283,6 +283,61 @@ async fn operator_commands(url: &str, backend: &str) {
     let pruned = ok_json(url, &["prune", "--older-than", "1s"]);
     assert_eq!(pruned["pruned"], 3, "{pruned}");
     assert_eq!(counts(&ok_json(url, &["stats"])), (0, 1, 0, 0));
+
+    // Cancelled: the delayed job is removed; a running one is flagged for its worker; an
+    // id that is neither is named and fails the command, after the others were cancelled.
+    let running = queue.enqueue(&Report { n: 5 }).await.unwrap();
+    let held = queue
+        .backend()
+        .claim(ClaimRequest {
+            names: &[Report::NAME],
+            max: 1,
+            owner: "operator-test",
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(held[0].id, running);
+    let output = queue_cli(
+        Some(url),
+        &[
+            "cancel",
+            delayed.as_str(),
+            running.as_str(),
+            "424242",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let cancelled: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        cancelled["cancelled"],
+        serde_json::json!([
+            {"id": delayed.as_str(), "outcome": "removed"},
+            {"id": running.as_str(), "outcome": "requested"},
+            {"id": "424242", "outcome": "not_found"},
+        ]),
+        "{cancelled}"
+    );
+    let message = stderr(&output);
+    assert!(
+        message.contains("1 of the ids given were not cancelled: 424242"),
+        "{message}"
+    );
+    assert_eq!(counts(&ok_json(url, &["stats"])), (0, 0, 1, 0));
+    let renewal = queue
+        .backend()
+        .renew("operator-test", &[held[0].lease()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        renewal.cancelled,
+        vec![held[0].lease()],
+        "the worker is told"
+    );
+    let table = ok(url, &["cancel", running.as_str()]);
+    assert_fits(&table);
+    assert!(table.contains("its handler is told to stop"), "{table}");
 }
 
 #[tokio::test]
@@ -410,6 +465,10 @@ async fn on_sqs_operators_list_dead_jobs_and_are_told_what_it_cannot_do() {
             "requeueing dead jobs is not available on the sqs backend",
         ),
         (vec!["prune", "--older-than", "7d"], "retention period"),
+        (
+            vec!["cancel", dead[0].as_str()],
+            "cancelling a job is not available on the sqs backend",
+        ),
     ] {
         let message = fails(Some(&url), &args);
         assert!(message.contains(says), "{args:?}: {message}");

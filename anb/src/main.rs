@@ -103,6 +103,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bounds: anb_worker::InputBounds::from_env()?,
             ..Default::default()
         }),
+        // The API then cancels a deleted video's transcode through the queue.
+        deletion_poll: (!settings.queue_in_database()).then_some(anb_worker::job::DELETION_POLL),
         ..Default::default()
     };
     let state = anb_api::AppState::connect(settings, api_settings)

@@ -283,7 +283,7 @@ impl VideosApi {
         video_id: Path<VideoIdParam>,
     ) -> Result<DeleteResponse, DeleteProblems> {
         let id = parse_video_id(&video_id)?;
-        anb_core::videos::delete_video(&state.db, &state.storage, auth.user_id(), id)
+        anb_core::videos::delete_video(&state.db, &state.storage, &state.queue, auth.user_id(), id)
             .await
             .map_err(ApiError::from)?;
         Ok(DeleteResponse::Ok(Json(VideoDeleted {
