@@ -52,7 +52,13 @@ impl anb_queue::Job for PurgeDeletedVideos {
     /// anyway, so a purge that keeps failing is dead-lettered rather than
     /// retried for long.
     const MAX_ATTEMPTS: u32 = 3;
+    /// Its own queue, one at a time, so a pass never waits behind a backlog of
+    /// transcodes (which run in the default queue).
+    const QUEUE: &'static str = MAINTENANCE_QUEUE;
 }
+
+/// The named queue of the platform's upkeep jobs ([`PurgeDeletedVideos`]).
+pub const MAINTENANCE_QUEUE: &str = "maintenance";
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! test.
 
 mod cancel;
+mod queues;
 mod unique;
 
 use std::{
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use cancel::*;
+pub use queues::*;
 pub use unique::*;
 
 use crate::{

@@ -61,6 +61,9 @@ pub struct Capabilities {
     pub unique_jobs: bool,
     /// `Queue::cancel` and `Queue::cancel_unique` remove a waiting job and stop a running one.
     pub cancellation: bool,
+    /// A worker runs several named queues (`Worker::queue`), each claiming only its own job
+    /// names (`Backend::claims_by_name`).
+    pub named_queues: bool,
     /// `Queue::job`, `requeue_dead`, `prune_dead` and paging of `dead_jobs_after` past the first
     /// page, and the worker's pruning of dead jobs.
     pub operator_calls: bool,
@@ -82,6 +85,7 @@ impl Capabilities {
         Self {
             unique_jobs: true,
             cancellation: true,
+            named_queues: true,
             operator_calls: true,
             oldest_ready_age: true,
             lost_receives_count: false,
@@ -98,6 +102,12 @@ impl Capabilities {
     /// With or without cancellation.
     pub const fn cancellation(mut self, yes: bool) -> Self {
         self.cancellation = yes;
+        self
+    }
+
+    /// With or without several named queues in one worker.
+    pub const fn named_queues(mut self, yes: bool) -> Self {
+        self.named_queues = yes;
         self
     }
 

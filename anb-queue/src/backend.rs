@@ -341,6 +341,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Err(self.unsupported("cancelling a job"))
     }
 
+    /// Whether a claim returns only jobs of [`ClaimRequest::names`] (`true` by default), so
+    /// a worker may run several named queues, each claiming its own names. A broker that
+    /// receives whatever comes next (SQS) says `false`.
+    fn claims_by_name(&self) -> bool {
+        true
+    }
+
     /// Whether [`Backend::cancel`] is implemented. `false` by default.
     fn supports_cancel(&self) -> bool {
         false

@@ -136,6 +136,17 @@ pub enum QueueError {
         /// The job's id.
         job: String,
     },
+    /// A registered job type names a queue ([`Job::QUEUE`](crate::Job::QUEUE)) that the
+    /// worker did not declare with [`Worker::queue`](crate::Worker::queue).
+    #[error(
+        "job {job} runs in queue {queue:?}, which this worker does not declare (Worker::queue)"
+    )]
+    UndeclaredQueue {
+        /// The queue it names.
+        queue: &'static str,
+        /// The job's stable name.
+        job: &'static str,
+    },
     /// The worker was started without any handler.
     #[error("a worker needs at least one registered handler")]
     NoHandlers,

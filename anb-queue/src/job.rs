@@ -41,7 +41,15 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// [`CancelReason::Timeout`] and the attempt fails (retryably). `None` (the default)
     /// leaves it to the worker's [`Worker::timeout`](crate::Worker::timeout), if any.
     const TIMEOUT: Option<Duration> = None;
+    /// The named queue the job runs in: a worker runs each named queue with its own
+    /// concurrency ([`Worker::queue`](crate::Worker::queue)). Jobs are stored by name, so
+    /// moving a job type to another queue needs no migration.
+    const QUEUE: &'static str = DEFAULT_QUEUE;
 }
+
+/// The queue of jobs that name none ([`Job::QUEUE`]); its concurrency is
+/// [`Worker::concurrency`](crate::Worker::concurrency).
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// Why the runtime wants a handler to stop ([`JobContext::cancel_reason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -30,7 +30,7 @@ mod worker;
 pub use apalis::ApalisBackend;
 pub use backend::{BackendKind, Cancelled, DeadJob, JobId, JobInfo, JobState};
 pub use error::{JobError, QueueError};
-pub use job::{CancelReason, Job, JobContext};
+pub use job::{CancelReason, DEFAULT_QUEUE, Job, JobContext};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
 pub use periodic::{CatchUp, MIN_KEY_HOLD, PeriodicJob, Schedule, ScheduleError, Tick};

@@ -6,7 +6,6 @@ use std::{
     collections::HashMap,
     fmt,
     future::Future,
-    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -25,7 +24,7 @@ use tower::{BoxError, Layer, Service};
 use crate::{
     backend::{ClaimRequest, ClaimedJob, Lease, now_ms},
     error::{JobError, QueueError},
-    job::{Job, JobContext},
+    job::{DEFAULT_QUEUE, Job, JobContext},
     middleware::{JobRequest, JobService, WrapFn, layered, wrap_fn},
     periodic::{self, PeriodicJob},
     queue::Queue,
@@ -38,6 +37,7 @@ pub(crate) type HandlerFn =
 /// A registered handler and what its job type says about running it.
 struct Handler {
     name: &'static str,
+    queue: &'static str,
     timeout: Option<Duration>,
     run: HandlerFn,
 }
@@ -111,6 +111,8 @@ pub struct Worker {
     timeout: Option<Duration>,
     layers: Vec<WrapFn>,
     periodic: Vec<PeriodicJob>,
+    /// Named queues declared with [`Worker::queue`], and their concurrency.
+    queues: HashMap<&'static str, usize>,
 }
 
 impl fmt::Debug for Worker {
@@ -126,6 +128,7 @@ impl fmt::Debug for Worker {
             .field("dead_retention", &self.maintenance.dead_retention)
             .field("layers", &self.layers.len())
             .field("periodic", &self.periodic)
+            .field("queues", &self.queues)
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +149,7 @@ impl Worker {
             timeout: None,
             layers: Vec::new(),
             periodic: Vec::new(),
+            queues: HashMap::new(),
         }
     }
 
@@ -155,9 +159,56 @@ impl Worker {
         self
     }
 
-    /// How many jobs run at once.
+    /// How many jobs of the default queue ([`DEFAULT_QUEUE`]) run at once.
     pub fn concurrency(mut self, jobs: usize) -> Self {
         self.concurrency = jobs.max(1);
+        self
+    }
+
+    /// Runs the jobs of the named queue `queue` (the job types whose [`Job::QUEUE`] it is)
+    /// with a concurrency of their own, beside the default queue's: a backlog in one queue
+    /// never holds up another's jobs. Each named queue claims on its own, only its job
+    /// names, with the indexes the claims already use (jobs are stored by name; the queue a
+    /// job runs in is its type's). Declare every queue the registered job types name;
+    /// [`Worker::run_until`] refuses a job type whose queue is not declared
+    /// ([`QueueError::UndeclaredQueue`]). Declaring [`DEFAULT_QUEUE`] sets
+    /// [`Worker::concurrency`].
+    ///
+    /// On SQS, whose receive cannot choose messages by name, one SQS queue holds one named
+    /// queue: open a [`Queue`] on each and run a worker per queue; a worker with several
+    /// named queues on SQS is refused ([`QueueError::UnsupportedByBackend`]).
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+    /// # #[derive(Serialize, Deserialize)] struct Cleanup {}
+    /// use anb_queue::{Job, JobContext, Worker};
+    ///
+    /// impl Job for Transcode {
+    ///     const NAME: &'static str = "transcode";
+    ///     const QUEUE: &'static str = "media";
+    /// }
+    /// impl Job for Cleanup {
+    ///     const NAME: &'static str = "cleanup";
+    ///     const QUEUE: &'static str = "maintenance";
+    /// }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// // Two transcodes at once, and a cleanup never waits behind them.
+    /// Worker::new(queue)
+    ///     .queue("media", 2)
+    ///     .queue("maintenance", 1)
+    ///     .handle(|_job: Transcode, _ctx: JobContext| async move { Ok(()) })
+    ///     .handle(|_job: Cleanup, _ctx: JobContext| async move { Ok(()) })
+    ///     .run_until(anb_queue::shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn queue(mut self, queue: &'static str, concurrency: usize) -> Self {
+        if queue == DEFAULT_QUEUE {
+            self.concurrency = concurrency.max(1);
+        } else {
+            self.queues.insert(queue, concurrency.max(1));
+        }
         self
     }
 
@@ -277,6 +328,7 @@ impl Worker {
             J::NAME,
             Handler {
                 name: J::NAME,
+                queue: J::QUEUE,
                 timeout: J::TIMEOUT,
                 run: erased,
             },
@@ -332,6 +384,14 @@ impl Worker {
         if !self.periodic.is_empty() {
             periodic::check_supported(&self.queue)?;
         }
+        if let Some(handler) = self.handlers.values().find(|handler| {
+            handler.queue != DEFAULT_QUEUE && !self.queues.contains_key(handler.queue)
+        }) {
+            return Err(QueueError::UndeclaredQueue {
+                queue: handler.queue,
+                job: handler.name,
+            });
+        }
         let runtime = Runtime::start(self).await?;
         runtime.run(shutdown).await
     }
@@ -365,14 +425,13 @@ pub async fn shutdown_signal() {
 struct Shared {
     runtime: Arc<LeaseRuntime>,
     handlers: HashMap<&'static str, Handler>,
-    names: Vec<&'static str>,
     /// The worker's timeout, for jobs without their own [`Job::TIMEOUT`].
     timeout: Option<Duration>,
 }
 
 struct Runtime {
     shared: Arc<Shared>,
-    concurrency: usize,
+    lanes: Vec<Lane>,
     shutdown_grace: Duration,
     maintenance: Maintenance,
     queue: Queue,
@@ -382,8 +441,28 @@ struct Runtime {
 impl Runtime {
     async fn start(worker: Worker) -> Result<Self, QueueError> {
         let backend = worker.queue.backend().clone();
-        let mut names: Vec<&'static str> = worker.handlers.keys().copied().collect();
-        names.sort_unstable();
+        let mut lanes: Vec<Lane> = Vec::new();
+        for handler in worker.handlers.values() {
+            match lanes.iter_mut().find(|lane| lane.queue == handler.queue) {
+                Some(lane) => lane.names.push(handler.name),
+                None => lanes.push(Lane {
+                    queue: handler.queue,
+                    names: vec![handler.name],
+                    concurrency: worker
+                        .queues
+                        .get(handler.queue)
+                        .copied()
+                        .unwrap_or(worker.concurrency),
+                }),
+            }
+        }
+        for lane in &mut lanes {
+            lane.names.sort_unstable();
+        }
+        lanes.sort_unstable_by_key(|lane| lane.queue);
+        if lanes.len() > 1 && !backend.claims_by_name() {
+            return Err(backend.unsupported("several named queues in one worker"));
+        }
         let owner = format!("{}-{}", worker.name, uuid::Uuid::new_v4());
         Ok(Self {
             shared: Arc::new(Shared {
@@ -400,10 +479,9 @@ impl Runtime {
                         })
                         .collect()
                 },
-                names,
                 timeout: worker.timeout,
             }),
-            concurrency: worker.concurrency,
+            lanes,
             shutdown_grace: worker.shutdown_grace,
             maintenance: worker.maintenance,
             queue: worker.queue,
@@ -415,8 +493,20 @@ impl Runtime {
         let shared = self.shared.clone();
         let runtime = shared.runtime.clone();
         let backend = runtime.backend.clone();
-        let mut signal = backend.subscribe().await?;
-        tracing::info!(owner = %runtime.owner, jobs = ?shared.names, concurrency = self.concurrency, "worker started");
+        let signal = backend.subscribe().await?;
+        let queues: Vec<String> = self
+            .lanes
+            .iter()
+            .map(|lane| {
+                format!(
+                    "{} ({} at once): {}",
+                    lane.queue,
+                    lane.concurrency,
+                    lane.names.join(", ")
+                )
+            })
+            .collect();
+        tracing::info!(owner = %runtime.owner, ?queues, "worker started");
 
         let background = CancellationToken::new();
         let handles =
@@ -429,85 +519,24 @@ impl Runtime {
             &schedulers_stop,
         );
 
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut tasks = JoinSet::new();
-        let mut shutdown = pin!(shutdown.fuse());
-        let poll_interval = backend.idle_poll_interval();
-        let polls = self.queue.poll_counter().clone();
-
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            let permits = gather_slots(&slots, first, self.concurrency).await;
-            // Mark the signal seen before claiming: a wake-up during the claim is not lost.
-            signal.borrow_and_update();
-            let request = ClaimRequest {
-                names: &shared.names,
-                max: permits.len(),
-                owner: &runtime.owner,
-                lease: runtime.lease,
-            };
-            // Raced against shutdown: a broker's claim may long-poll for many seconds.
-            let claim = backend.claim(request);
-            tokio::pin!(claim);
-            let claim = tokio::select! {
-                claim = &mut claim => claim,
-                () = &mut shutdown => {
-                    // A quick claim may finish: its jobs go back at once rather than wait
-                    // for their leases to run out. A long poll is abandoned (the backend
-                    // gives back what it still receives).
-                    if let Ok(Ok(claimed)) = tokio::time::timeout(Duration::from_secs(1), claim).await {
-                        let leases: Vec<Lease> = claimed.iter().map(ClaimedJob::lease).collect();
-                        if !leases.is_empty() && let Err(error) = backend.release(&runtime.owner, &leases).await {
-                            tracing::warn!(%error, "releasing jobs claimed during shutdown failed; their leases will expire");
-                        }
-                    }
-                    break;
-                }
-            };
-            let claimed = match claim {
-                Ok(claimed) => {
-                    polls.claimed(claimed.len());
-                    claimed
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "claiming jobs failed; retrying in 1 s");
-                    drop(permits);
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = &mut shutdown => break,
-                    }
-                }
-            };
-            if claimed.is_empty() {
-                drop(permits);
-                polls.checked_due();
-                let wait = idle_wait(backend.next_due_in(&shared.names).await, poll_interval);
-                tokio::select! {
-                    changed = signal.changed() => {
-                        if changed.is_err() {
-                            // The wake-up source is gone; fall back to polling.
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                    () = tokio::time::sleep(wait) => {}
-                    () = &mut shutdown => break,
-                }
-                continue;
-            }
-            let claimed = runtime.discard_cancelled(claimed).await;
-            runtime.hold(&claimed);
-            for (job, permit) in claimed.into_iter().zip(permits) {
-                tasks.spawn(run_job(shared.clone(), job, permit));
-            }
-        }
-
+        let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let stop = CancellationToken::new();
+        let lanes = std::mem::take(&mut self.lanes);
+        let claiming = futures::future::join_all(lanes.into_iter().map(|lane| {
+            claim_loop(
+                shared.clone(),
+                lane,
+                signal.clone(),
+                stop.clone(),
+                self.queue.poll_counter().clone(),
+                tasks.clone(),
+            )
+        }));
+        tokio::join!(claiming, async {
+            shutdown.await;
+            stop.cancel();
+        });
+        let mut tasks = std::mem::take(&mut *lock(&tasks));
         // Stop claiming; running handlers go on through the grace period, told only that
         // shutdown began, and are cancelled near its end (see `LeaseRuntime`).
         tracing::info!(owner = %runtime.owner, running = tasks.len(), "worker stopping");
@@ -538,6 +567,113 @@ impl Runtime {
         }
         tracing::info!(owner = %runtime.owner, released = outcome.as_ref().copied().unwrap_or(0), "worker stopped");
         outcome.map(drop)
+    }
+}
+
+/// A named queue of a worker ([`Worker::queue`]): the job names it claims, and how many of
+/// them run at once.
+#[derive(Debug)]
+struct Lane {
+    queue: &'static str,
+    names: Vec<&'static str>,
+    concurrency: usize,
+}
+
+/// The running tasks of every lane, spawned by their claim loops.
+type Tasks = Arc<std::sync::Mutex<JoinSet<()>>>;
+
+fn lock(tasks: &Tasks) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+    tasks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Claims the jobs of one lane while it has free slots, until `stop`, and spawns each into
+/// `tasks`.
+async fn claim_loop(
+    shared: Arc<Shared>,
+    lane: Lane,
+    mut signal: crate::backend::WorkSignal,
+    stop: CancellationToken,
+    polls: Arc<crate::stats::PollCounter>,
+    tasks: Tasks,
+) {
+    let runtime = &shared.runtime;
+    let backend = runtime.backend.clone();
+    let poll_interval = backend.idle_poll_interval();
+    let slots = Arc::new(Semaphore::new(lane.concurrency));
+    tracing::debug!(queue = lane.queue, jobs = ?lane.names, concurrency = lane.concurrency, "claiming");
+    loop {
+        while lock(&tasks).try_join_next().is_some() {}
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let permits = gather_slots(&slots, first, lane.concurrency).await;
+        // Mark the signal seen before claiming: a wake-up during the claim is not lost.
+        signal.borrow_and_update();
+        let request = ClaimRequest {
+            names: &lane.names,
+            max: permits.len(),
+            owner: &runtime.owner,
+            lease: runtime.lease,
+        };
+        // Raced against shutdown: a broker's claim may long-poll for many seconds.
+        let claim = backend.claim(request);
+        tokio::pin!(claim);
+        let claim = tokio::select! {
+            claim = &mut claim => claim,
+            () = stop.cancelled() => {
+                // A quick claim may finish: its jobs go back at once rather than wait
+                // for their leases to run out. A long poll is abandoned (the backend
+                // gives back what it still receives).
+                if let Ok(Ok(claimed)) = tokio::time::timeout(Duration::from_secs(1), claim).await {
+                    let leases: Vec<Lease> = claimed.iter().map(ClaimedJob::lease).collect();
+                    if !leases.is_empty() && let Err(error) = backend.release(&runtime.owner, &leases).await {
+                        tracing::warn!(%error, "releasing jobs claimed during shutdown failed; their leases will expire");
+                    }
+                }
+                break;
+            }
+        };
+        let claimed = match claim {
+            Ok(claimed) => {
+                polls.claimed(claimed.len());
+                claimed
+            }
+            Err(error) => {
+                tracing::warn!(%error, "claiming jobs failed; retrying in 1 s");
+                drop(permits);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
+        if claimed.is_empty() {
+            drop(permits);
+            polls.checked_due();
+            let wait = idle_wait(backend.next_due_in(&lane.names).await, poll_interval);
+            tokio::select! {
+                changed = signal.changed() => {
+                    if changed.is_err() {
+                        // The wake-up source is gone; fall back to polling.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => break,
+            }
+            continue;
+        }
+        let claimed = runtime.discard_cancelled(claimed).await;
+        runtime.hold(&claimed);
+        for (job, permit) in claimed.into_iter().zip(permits) {
+            lock(&tasks).spawn(run_job(shared.clone(), job, permit));
+        }
     }
 }
 

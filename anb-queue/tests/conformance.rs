@@ -70,6 +70,7 @@ fixture!(
     Capabilities::full()
         .unique_jobs(false)
         .cancellation(false)
+        .named_queues(false)
         .operator_calls(false)
         .oldest_ready_age(false)
         .lost_receives_count(true)

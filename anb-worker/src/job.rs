@@ -535,6 +535,9 @@ pub async fn run(
     let jobs = TranscodeJobs::new(db.clone(), storage.clone(), config.transcode)
         .deletion_poll(config.deletion_poll);
     tracing::info!(concurrency = config.concurrency, queue = ?queue.kind(), "worker started");
+    // Purge passes are jobs only where the queue has unique keys (not SQS, whose receive
+    // also cannot keep them in a queue of their own).
+    let purge_jobs = queue.supports_unique_jobs();
     let mut worker = anb_queue::Worker::new(queue)
         .name("anb-worker")
         .concurrency(config.concurrency)
@@ -543,12 +546,17 @@ pub async fn run(
         .handle(move |job: TranscodeVideo, ctx: JobContext| {
             let jobs = jobs.clone();
             async move { jobs.handle(job, ctx).await }
-        })
-        // Whatever this worker's own interval, it runs the passes other workers enqueue.
-        .handle(move |_job: PurgeDeletedVideos, _ctx: JobContext| {
-            let (db, storage) = (db.clone(), storage.clone());
-            async move { crate::purge::handle(&db, &storage).await }
         });
+    if purge_jobs {
+        // Whatever this worker's own interval, it runs the passes other workers enqueue, in
+        // their own queue: a pass never waits behind the transcodes.
+        worker = worker.queue(anb_core::jobs::MAINTENANCE_QUEUE, 1).handle(
+            move |_job: PurgeDeletedVideos, _ctx: JobContext| {
+                let (db, storage) = (db.clone(), storage.clone());
+                async move { crate::purge::handle(&db, &storage).await }
+            },
+        );
+    }
     if let Some(interval) = periodic_purge {
         worker = worker.periodic(crate::purge::periodic_job(interval));
     }

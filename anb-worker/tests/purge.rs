@@ -307,3 +307,81 @@ async fn on_sqs_each_worker_purges_on_its_own() {
     worker.await.unwrap().unwrap();
     common::delete_sqs_queue(&client, &url).await;
 }
+
+/// The purge runs in a queue of its own: with the worker's one transcode slot busy encoding,
+/// a deleted video is still purged at the next tick, long before the encode ends. In one
+/// queue with the transcodes, the pass waited behind every transcode ahead of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_pass_does_not_wait_behind_a_running_transcode() {
+    let platform = platform().await;
+    let player = platform.player().await;
+    let encoding = platform.upload(&player, 21, (1920, 1080)).await;
+    let deleted = platform.upload(&player, 1, (320, 240)).await;
+    let queue = Queue::connect(&platform.url).await.unwrap();
+    queue.enqueue(&encoding).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(anb_worker::job::run(
+        platform.db.clone(),
+        platform.storage.clone(),
+        queue,
+        WorkerConfig {
+            concurrency: 1,
+            purge_interval: Some(Duration::from_millis(500)),
+            transcode: common::fast_options(),
+            ..Default::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let video = platform
+            .db
+            .find_video(encoding.video_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if video.status == anb_core::domain::VideoStatus::Processing && video.progress_percent >= 5
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the encode did not start: {video:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    platform
+        .db
+        .delete_video(player.id, deleted.video_id)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !platform
+        .db
+        .videos_awaiting_purge(10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted video was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let video = platform
+        .db
+        .find_video(encoding.video_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        video.status,
+        anb_core::domain::VideoStatus::Processing,
+        "purged while the transcode still ran: {video:?}"
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}

@@ -322,6 +322,11 @@ impl Backend for SqsBackend {
         BackendKind::Sqs
     }
 
+    // A receive takes whatever message comes next, of any job name.
+    fn claims_by_name(&self) -> bool {
+        false
+    }
+
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, QueueError> {
         // A standard queue has no deduplication: `enqueue_unique` is left unsupported.
         crate::backend::refuse_unique(jobs)?;
