@@ -368,16 +368,7 @@ impl LeaseRuntime {
             (Some(CancelReason::Shutdown), _) => return self.release_now(job).await,
             (Some(CancelReason::Cancelled), _) => {
                 tracing::info!(job.name = job.name, job.id = %job.lease.id, "job cancelled: removed");
-                return if self
-                    .completions
-                    .send(Completion::Done(job.lease.clone()))
-                    .is_ok()
-                {
-                    "cancelled"
-                } else {
-                    self.settle(&job.lease);
-                    "lost"
-                };
+                return self.remove(job, "cancelled");
             }
             (Some(CancelReason::LeaseLost), _) => {
                 tracing::warn!(job.name = job.name, job.id = %job.lease.id, "the job's lease was lost; its outcome is not recorded");
@@ -398,19 +389,24 @@ impl LeaseRuntime {
         match result {
             Ok(()) => {
                 tracing::debug!(job.name = job.name, job.id = %job.lease.id, "job completed");
-                // The completer settles it, in a batch.
-                if self
-                    .completions
-                    .send(Completion::Done(job.lease.clone()))
-                    .is_ok()
-                {
-                    "completed"
-                } else {
-                    self.settle(&job.lease);
-                    "lost"
-                }
+                self.remove(job, "completed")
             }
             Err(failure) => self.record_failure(job, failure).await,
+        }
+    }
+
+    /// Hands a finished job to the completer, which deletes it in a batch; returns `label`,
+    /// or `lost` when the completer is gone (the job's lease then lapses).
+    fn remove(&self, job: &RunningJob, label: &'static str) -> &'static str {
+        if self
+            .completions
+            .send(Completion::Done(job.lease.clone()))
+            .is_ok()
+        {
+            label
+        } else {
+            self.settle(&job.lease);
+            "lost"
         }
     }
 

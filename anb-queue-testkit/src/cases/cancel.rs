@@ -21,6 +21,17 @@ fn echo(n: u32) -> Echo {
     }
 }
 
+/// Runs a worker until the queue is empty, and a moment more (a job wrongly left behind
+/// would run then); returns the numbers of the jobs it ran.
+async fn drain(queue: &Queue) -> Vec<u32> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(queue, seen.clone()));
+    wait_until("queue empty", 60, || is_empty(queue)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.stop().await;
+    seen.lock().unwrap().iter().map(|job| job.n).collect()
+}
+
 /// A backend without cancellation (SQS) refuses a cancel, and the job still runs. Returns
 /// whether the backend cancels. Either way it says what it was declared to do.
 async fn cancels_jobs(fx: &impl Fixture, queue: &Queue) -> bool {
@@ -80,14 +91,11 @@ pub async fn a_cancelled_waiting_job_is_removed_and_never_runs(fx: &impl Fixture
     let counts = stats(&queue).await;
     assert_eq!((counts.ready, counts.delayed), (1, 0), "{counts:?}");
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
-    wait_until("queue empty", 60, || is_empty(&queue)).await;
-    // A moment more: a job wrongly left behind would run now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    worker.stop().await;
-    let ran: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
-    assert_eq!(ran, vec![3], "only the job not cancelled ran");
+    assert_eq!(
+        drain(&queue).await,
+        vec![3],
+        "only the job not cancelled ran"
+    );
     assert_eq!(queue.cancel(&kept).await.unwrap(), Cancelled::NotFound);
 
     if fx.capabilities().unique_jobs {
@@ -200,13 +208,11 @@ pub async fn a_job_cancelled_while_running_is_not_run_again_after_its_release(fx
         .unwrap();
     queue.enqueue(&echo(2)).await.unwrap();
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
-    wait_until("queue empty", 60, || is_empty(&queue)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    worker.stop().await;
-    let ran: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
-    assert_eq!(ran, vec![2], "the cancelled job did not run again");
+    assert_eq!(
+        drain(&queue).await,
+        vec![2],
+        "the cancelled job did not run again"
+    );
 
     // A dead job is past cancelling.
     let doomed = queue.enqueue(&echo(3)).await.unwrap();
