@@ -3,6 +3,7 @@
 //! test.
 
 mod cancel;
+mod priority;
 mod queues;
 mod unique;
 
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use cancel::*;
+pub use priority::*;
 pub use queues::*;
 pub use unique::*;
 

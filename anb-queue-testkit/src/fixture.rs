@@ -64,6 +64,9 @@ pub struct Capabilities {
     /// A worker runs several named queues (`Worker::queue`), each claiming only its own job
     /// names (`Backend::claims_by_name`).
     pub named_queues: bool,
+    /// Claims take due jobs highest priority first (`Job::PRIORITY`,
+    /// `EnqueueOptions::priority`).
+    pub priorities: bool,
     /// `Queue::job`, `requeue_dead`, `prune_dead` and paging of `dead_jobs_after` past the first
     /// page, and the worker's pruning of dead jobs.
     pub operator_calls: bool,
@@ -86,6 +89,7 @@ impl Capabilities {
             unique_jobs: true,
             cancellation: true,
             named_queues: true,
+            priorities: true,
             operator_calls: true,
             oldest_ready_age: true,
             lost_receives_count: false,
@@ -108,6 +112,12 @@ impl Capabilities {
     /// With or without several named queues in one worker.
     pub const fn named_queues(mut self, yes: bool) -> Self {
         self.named_queues = yes;
+        self
+    }
+
+    /// With or without priorities.
+    pub const fn priorities(mut self, yes: bool) -> Self {
+        self.priorities = yes;
         self
     }
 

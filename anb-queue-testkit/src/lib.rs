@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
                 a_cancelled_running_job_is_told_to_stop_and_removed_whatever_it_returns,
                 a_job_cancelled_while_running_is_not_run_again_after_its_release,
                 named_queues_run_with_their_own_concurrency,
+                due_jobs_run_highest_priority_first,
             );
 
             #[test]

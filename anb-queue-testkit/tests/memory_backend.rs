@@ -596,7 +596,8 @@ impl Fixture for MemoryFixture {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full()
+        // Its claims take the oldest due job whatever its priority.
+        Capabilities::full().priorities(false)
     }
 
     // `child_env` stays `None`: the jobs live in this process, so no worker in another

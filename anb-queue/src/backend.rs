@@ -45,6 +45,7 @@ use tokio::sync::watch;
 
 use crate::{
     error::QueueError,
+    priority::Priority,
     stats::QueueStats,
     unique::{Enqueued, UniqueKey},
 };
@@ -146,6 +147,8 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// How long to wait before the job may run.
     pub delay: Duration,
+    /// Which due job runs first ([`Priority`]).
+    pub priority: Priority,
     /// The job's unique key, if it has one: such a job goes through
     /// [`Backend::enqueue_unique`], never [`Backend::enqueue`].
     pub unique: Option<UniqueKey>,
@@ -278,7 +281,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         false
     }
 
-    /// Leases up to `request.max` due jobs, oldest first. Returns an empty list when none is due.
+    /// Whether claims honour [`NewJob::priority`]: of the due jobs, the highest priority
+    /// first, then the oldest due. `false` by default; the queue then refuses jobs of any
+    /// priority but [`Priority::HIGHEST`] rather than run them out of order.
+    fn supports_priorities(&self) -> bool {
+        false
+    }
+
+    /// Leases up to `request.max` due jobs, highest priority first (where
+    /// [`Backend::supports_priorities`]), then oldest due first. Returns an empty list when
+    /// none is due.
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ClaimedJob>, QueueError>;
 
     /// Deletes finished jobs.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backend::{JobId, Lease, SharedBackend},
     error::QueueError,
+    priority::Priority,
 };
 
 /// A typed background job: a serde payload with a stable name.
@@ -45,6 +46,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// concurrency ([`Worker::queue`](crate::Worker::queue)). Jobs are stored by name, so
     /// moving a job type to another queue needs no migration.
     const QUEUE: &'static str = DEFAULT_QUEUE;
+    /// Which due job a worker takes first: [`Priority::HIGHEST`] (the default) first, then
+    /// each lower level (see [`Priority`]). An enqueue may give another
+    /// ([`EnqueueOptions::priority`](crate::EnqueueOptions::priority)).
+    const PRIORITY: Priority = Priority::HIGHEST;
 }
 
 /// The queue of jobs that name none ([`Job::QUEUE`]); its concurrency is

@@ -12,6 +12,7 @@ mod outbox;
 mod periodic;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod priority;
 mod queue;
 #[cfg(feature = "redis")]
 mod redis;
@@ -34,9 +35,10 @@ pub use job::{CancelReason, DEFAULT_QUEUE, Job, JobContext};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
 pub use periodic::{CatchUp, MIN_KEY_HOLD, PeriodicJob, Schedule, ScheduleError, Tick};
-pub use queue::Queue;
+pub use priority::{Priority, PriorityOutOfRange};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use queue::TransactionalConnection;
+pub use queue::{EnqueueOptions, Queue};
 pub use stats::{PollCounts, QueueStats};
 pub use unique::{Enqueued, Unique, UniqueKey};
 pub use worker::{RetryBackoff, Worker, shutdown_signal};

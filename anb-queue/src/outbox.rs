@@ -317,6 +317,7 @@ impl Outbox {
             payload,
             max_attempts: J::MAX_ATTEMPTS.max(1),
             delay,
+            priority: crate::Priority::HIGHEST,
             unique: None,
         };
         let id = conn.insert_outbox(&entry).await?;
@@ -846,6 +847,7 @@ impl Entry {
             payload: self.payload.clone(),
             max_attempts: u32::try_from(self.max_attempts).unwrap_or(1).max(1),
             delay: Duration::from_millis(u64::try_from(self.not_before_ms - now).unwrap_or(0)),
+            priority: crate::Priority::HIGHEST,
             unique: None,
         }
     }

@@ -34,7 +34,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -120,13 +120,26 @@ const SCHEMA_V6: &[&str] = &[
     "ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS cancel_requested BOOLEAN NOT NULL DEFAULT false",
 ];
 
+/// Version 7: priorities. The ready index leads with the name and then the priority, so a
+/// claim probes each (name, priority) range for its due head, highest priority first, and
+/// no probe reads past another priority's rows or a range's delayed ones. Code of version 6
+/// still works on it: it inserts priority 0 (the column's default), and its claims, which
+/// order by due time alone, are served by this index's name prefix (reading the name's whole
+/// ready range, slower on a deep backlog, until its workers are replaced).
+const SCHEMA_V7: &[&str] = &[
+    "ALTER TABLE anb_queue_jobs ADD COLUMN IF NOT EXISTS priority SMALLINT NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready_by_priority
+     ON anb_queue_jobs (name, priority, run_at, id) WHERE state = 'ready'",
+    "DROP INDEX IF EXISTS anb_queue_jobs_ready_by_name",
+];
+
 /// Inserts a job whose key is held while it is unfinished, unless a live job of its name
 /// holds the key: then the holder's id. `ON CONFLICT` waits for a concurrent insert of the
 /// key to commit or roll back. The holder is read in the statement's snapshot, so a holder
 /// committed meanwhile (or one completed since the conflict) reads as no row: try again.
 const INSERT_UNIQUE: &str = "WITH inserted AS (
-        INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, unique_key)
-        VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5)
+        INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, unique_key, priority)
+        VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5, $7)
         ON CONFLICT (name, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
         RETURNING id
      )
@@ -150,9 +163,9 @@ const INSERT_FOR_PERIOD: &str = "WITH new_job AS (
         RETURNING job_id
      ),
      inserted AS (
-        INSERT INTO anb_queue_jobs (id, name, payload, max_attempts, run_at)
+        INSERT INTO anb_queue_jobs (id, name, payload, max_attempts, run_at, priority)
         OVERRIDING SYSTEM VALUE
-        SELECT job_id, $1, $2, $3, now() + $4 * interval '1 millisecond' FROM taken
+        SELECT job_id, $1, $2, $3, now() + $4 * interval '1 millisecond', $7 FROM taken
         RETURNING id
      )
      SELECT id, false AS duplicate FROM inserted
@@ -160,26 +173,36 @@ const INSERT_FOR_PERIOD: &str = "WITH new_job AS (
      SELECT job_id, true FROM anb_queue_unique_keys
      WHERE name = $1 AND unique_key = $5 AND NOT EXISTS (SELECT 1 FROM taken)";
 
-const INSERT_JOBS: &str = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
-     SELECT n, p, m, now() + d * interval '1 millisecond'
-     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
+const INSERT_JOBS: &str =
+    "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, priority)
+     SELECT n, p, m, now() + d * interval '1 millisecond', r
+     FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int2[])
+        WITH ORDINALITY AS t(n, p, m, d, r, o)
      ORDER BY o
      RETURNING id";
 
-/// Claims the oldest due jobs of the given names: one probe of the ready index per name
-/// (`name, run_at, id`), so a claim for a rare name reads none of another name's backlog.
-/// Each probe locks at most `$2` rows; the outer order and limit keep the oldest `$2` of them
-/// (the others are unlocked when the statement's transaction ends).
+/// Claims the due jobs of the given names, highest priority first, then oldest due: per
+/// name, one probe of the ready index (`name, priority, run_at, id`) per priority, in order,
+/// until `$2` jobs are found (the executor pulls the priorities one at a time and stops at
+/// the limit), so a claim reads none of another name's backlog, nor a lower priority's when a
+/// higher one has enough. Each probe locks at most `$2` rows; the outer order and limit keep
+/// the first `$2` of them (the others are unlocked when the statement's transaction ends).
+/// `generate_series(0, 9)` is every priority level ([`Priority`](crate::Priority)).
 const CLAIM: &str = "WITH picked AS (
         SELECT c.id FROM UNNEST($1::text[]) AS n(name)
         CROSS JOIN LATERAL (
-            SELECT j.id, j.run_at FROM anb_queue_jobs AS j
-            WHERE j.state = 'ready' AND j.name = n.name AND j.run_at <= now()
-            ORDER BY j.run_at, j.id
+            SELECT d.id, d.priority, d.run_at FROM generate_series(0, 9) AS p(priority)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.run_at FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = n.name AND j.priority = p.priority
+                    AND j.run_at <= now()
+                ORDER BY j.run_at, j.id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            ) AS d
             LIMIT $2
-            FOR UPDATE SKIP LOCKED
         ) AS c
-        ORDER BY c.run_at, c.id
+        ORDER BY c.priority, c.run_at, c.id
         LIMIT $2
      )
      UPDATE anb_queue_jobs AS j
@@ -190,22 +213,24 @@ const CLAIM: &str = "WITH picked AS (
          (extract(epoch FROM j.enqueued_at) * 1000)::int8 AS enqueued_at_ms, j.cancel_requested";
 
 /// Milliseconds until the next ready job of the given names is due (negative when one is
-/// overdue, NULL when none waits): the first entry of each name's ready index.
+/// overdue, NULL when none waits): the first entry of each (name, priority) range of the
+/// ready index.
 ///
 /// No `greatest(0, …)` here: PostgreSQL's `greatest` skips NULL arguments, so over an empty
 /// queue it turned "nothing waits" into "due now" and idle workers claimed in a tight loop.
 const NEXT_DUE: &str = "SELECT ceil(extract(epoch FROM min(first.run_at) - now()) * 1000)::int8
      FROM UNNEST($1::text[]) AS n(name)
+     CROSS JOIN generate_series(0, 9) AS p(priority)
      CROSS JOIN LATERAL (
         SELECT j.run_at FROM anb_queue_jobs AS j
-        WHERE j.state = 'ready' AND j.name = n.name
+        WHERE j.state = 'ready' AND j.name = n.name AND j.priority = p.priority
         ORDER BY j.run_at
         LIMIT 1
      ) AS first";
 
 /// The queue's stats without a table scan: the distinct names of ready jobs by a skip scan
-/// of the ready index, then capped index range counts per name (the `ORDER BY` in each
-/// capped subquery keeps the planner on the index).
+/// of the ready index, then capped index range counts per name and priority (the `ORDER BY`
+/// in each capped subquery keeps the planner on the index).
 const STATS: &str = "WITH RECURSIVE names(name) AS (
         (SELECT name FROM anb_queue_jobs WHERE state = 'ready' ORDER BY name LIMIT 1)
         UNION ALL
@@ -215,15 +240,23 @@ const STATS: &str = "WITH RECURSIVE names(name) AS (
      ),
      per_name AS (
         SELECT
-            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at <= now()
-                ORDER BY j.run_at LIMIT $1) AS r) AS ready,
-            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at > now()
-                ORDER BY j.run_at LIMIT $1) AS d) AS delayed,
-            (SELECT j.run_at FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name
-                ORDER BY j.run_at LIMIT 1) AS first_run_at
+            (SELECT count(*) FROM (SELECT 1 FROM generate_series(0, 9) AS p(priority)
+                CROSS JOIN LATERAL (SELECT 1 FROM anb_queue_jobs AS j
+                    WHERE j.state = 'ready' AND j.name = names.name
+                        AND j.priority = p.priority AND j.run_at <= now()
+                    ORDER BY j.run_at LIMIT $1) AS q
+                LIMIT $1) AS r) AS ready,
+            (SELECT count(*) FROM (SELECT 1 FROM generate_series(0, 9) AS p(priority)
+                CROSS JOIN LATERAL (SELECT 1 FROM anb_queue_jobs AS j
+                    WHERE j.state = 'ready' AND j.name = names.name
+                        AND j.priority = p.priority AND j.run_at > now()
+                    ORDER BY j.run_at LIMIT $1) AS q
+                LIMIT $1) AS d) AS delayed,
+            (SELECT min(q.run_at) FROM generate_series(0, 9) AS p(priority)
+                CROSS JOIN LATERAL (SELECT j.run_at FROM anb_queue_jobs AS j
+                    WHERE j.state = 'ready' AND j.name = names.name
+                        AND j.priority = p.priority
+                    ORDER BY j.run_at LIMIT 1) AS q) AS first_run_at
         FROM names WHERE names.name IS NOT NULL
      )
      SELECT
@@ -270,6 +303,7 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
             (4, SCHEMA_V4),
             (5, SCHEMA_V5),
             (6, SCHEMA_V6),
+            (7, SCHEMA_V7),
         ];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
@@ -349,6 +383,7 @@ pub(crate) async fn insert_unique_job(
             .bind(millis(job.delay))
             .bind(&unique.key)
             .bind(unique.period.map_or(0, millis))
+            .bind(i16::from(job.priority.level()))
             .fetch_optional(&mut *conn)
             .await
             .map_err(QueueError::from_sqlx)?;
@@ -371,8 +406,8 @@ fn split_by_size(jobs: &[NewJob], budget: usize) -> Vec<&[NewJob]> {
     let mut runs = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (index, job) in jobs.iter().enumerate() {
-        // Per row, besides the text: four array element headers, an int4 and an int8.
-        let size = job.name.len() + job.payload.len() + 28;
+        // Per row, besides the text: five array element headers, an int4, an int8, an int2.
+        let size = job.name.len() + job.payload.len() + 34;
         if index > start && bytes + size > budget {
             runs.push(&jobs[start..index]);
             (start, bytes) = (index, 0);
@@ -396,11 +431,16 @@ async fn insert_statement(
         .map(|job| i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
         .collect();
     let delays: Vec<i64> = jobs.iter().map(|job| millis(job.delay)).collect();
+    let priorities: Vec<i16> = jobs
+        .iter()
+        .map(|job| i16::from(job.priority.level()))
+        .collect();
     let ids: Vec<i64> = sqlx::query_scalar(INSERT_JOBS)
         .bind(&names)
         .bind(&payloads)
         .bind(&max_attempts)
         .bind(&delays)
+        .bind(&priorities)
         .fetch_all(conn)
         .await
         .map_err(QueueError::from_sqlx)?;
@@ -671,6 +711,7 @@ mod tests {
             payload: "x".repeat(payload_bytes),
             max_attempts: 1,
             delay: Duration::ZERO,
+            priority: crate::Priority::HIGHEST,
             unique: None,
         }
     }
@@ -778,16 +819,89 @@ mod tests {
     }
 
     async fn insert_many(pool: &PgPool, name: &str, count: i32, delay_ms: i64) {
+        insert_at_priority(pool, name, count, delay_ms, 0).await;
+    }
+
+    async fn insert_at_priority(
+        pool: &PgPool,
+        name: &str,
+        count: i32,
+        delay_ms: i64,
+        priority: i16,
+    ) {
         sqlx::query(
-            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
-             SELECT $1, '{}', 5, now() + $3 * interval '1 millisecond' FROM generate_series(1, $2)",
+            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, priority)
+             SELECT $1, '{}', 5, now() + $3 * interval '1 millisecond', $4
+             FROM generate_series(1, $2)",
         )
         .bind(name)
         .bind(count)
         .bind(delay_ms)
+        .bind(priority)
         .execute(pool)
         .await
         .unwrap();
+    }
+
+    fn claim_of_ten(
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(vec!["job"])
+            .bind(10_i64)
+            .bind("owner")
+            .bind(30_000_i64)
+            .bind("token")
+    }
+
+    /// A claim reads the due head of each priority in order: neither the delayed jobs of a
+    /// higher priority nor the backlog of a lower one once the higher has enough. Ordered by
+    /// `priority, run_at` over one range, it read all 3,000 delayed jobs to claim one.
+    #[tokio::test]
+    async fn a_claim_reads_no_delayed_jobs_and_no_lower_priority_it_does_not_take() {
+        let (pool, admin_url, database) = fresh_database().await;
+        insert_at_priority(&pool, "job", 3_000, 3_600_000, 0).await;
+        insert_at_priority(&pool, "job", 3_000, -60_000, 9).await;
+        insert_at_priority(&pool, "job", 10, -1_000, 4).await;
+        sqlx::query("ANALYZE anb_queue_jobs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // Ten of priority 4 fill the claim: priority 9's backlog is not read. (Each job
+        // claimed is read twice: by its probe, and by the update that leases it.)
+        let read = rows_read_by(&pool, CLAIM, claim_of_ten).await;
+        assert!(read <= 21.0, "the claim read {read} rows of the jobs table");
+        let rows = claim_of_ten(sqlx::query(CLAIM))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
+        let priorities: Vec<i16> =
+            sqlx::query_scalar("SELECT priority FROM anb_queue_jobs WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(priorities, vec![4; 10]);
+        // With priority 4 taken, the next claim goes on to priority 9.
+        let read = rows_read_by(&pool, CLAIM, claim_of_ten).await;
+        assert!(read <= 21.0, "the claim read {read} rows of the jobs table");
+        let due = rows_read_by(&pool, NEXT_DUE, |query| query.bind(vec!["job"])).await;
+        assert!(due <= 10.0, "the due check read {due} rows");
+        drop_database(pool, &admin_url, &database).await;
+    }
+
+    /// `generate_series(0, 9)` in the statements is every priority level.
+    #[test]
+    fn the_statements_probe_every_priority_level() {
+        let levels = format!(
+            "generate_series({}, {})",
+            crate::Priority::HIGHEST.level(),
+            crate::Priority::LOWEST.level()
+        );
+        for statement in [CLAIM, NEXT_DUE, STATS] {
+            assert!(statement.contains(&levels), "{statement}");
+        }
     }
 
     /// Before the ready index led with the name, a claim for a rare job name walked the

@@ -21,6 +21,7 @@ use crate::{
     backend::{Backend, BackendKind, Cancelled, DeadJob, JobId, JobInfo, NewJob, SharedBackend},
     error::QueueError,
     job::Job,
+    priority::Priority,
     stats::{PollCounter, PollCounts, QueueStats},
     unique::{Enqueued, Unique},
 };
@@ -169,6 +170,12 @@ impl Queue {
         self.backend.supports_unique()
     }
 
+    /// Whether the backend takes due jobs highest priority first ([`Priority`]): PostgreSQL,
+    /// SQLite and Redis do; SQS does not, and refuses jobs of any priority but the default.
+    pub fn supports_priorities(&self) -> bool {
+        self.backend.supports_priorities()
+    }
+
     /// Enqueues a job to run as soon as a worker is free.
     pub async fn enqueue<J: Job>(&self, job: &J) -> Result<JobId, QueueError> {
         self.enqueue_in(job, Duration::ZERO).await
@@ -177,6 +184,7 @@ impl Queue {
     /// Enqueues a job to run once `delay` has passed (millisecond precision).
     pub async fn enqueue_in<J: Job>(&self, job: &J, delay: Duration) -> Result<JobId, QueueError> {
         let new_job = new_job(job, delay)?;
+        self.check_priority(&new_job)?;
         let mut ids = self.backend.enqueue(std::slice::from_ref(&new_job)).await?;
         Ok(ids.remove(0))
     }
@@ -214,7 +222,55 @@ impl Queue {
         delay: Duration,
     ) -> Result<Enqueued, QueueError> {
         let new_job = unique_job(job, &unique, delay)?;
+        self.check_priority(&new_job)?;
         self.backend.enqueue_unique(&new_job).await
+    }
+
+    /// Enqueues a job with options ([`EnqueueOptions`]): a delay, a priority other than its
+    /// type's ([`Job::PRIORITY`]), a unique key. Returns the job's id, with `duplicate` set
+    /// when a unique key's holder answered instead (never without a key).
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+    /// # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// use std::time::Duration;
+    /// use anb_queue::{EnqueueOptions, Priority, Unique};
+    ///
+    /// let backfill = EnqueueOptions::new()
+    ///     .priority(Priority::new(7))
+    ///     .delay(Duration::from_secs(60))
+    ///     .unique(Unique::key("video:1"));
+    /// let enqueued = queue.enqueue_with(&Transcode { video_id: 1 }, backfill).await?;
+    /// # let _ = enqueued; Ok(()) }
+    /// ```
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        job: &J,
+        options: EnqueueOptions,
+    ) -> Result<Enqueued, QueueError> {
+        let new_job = options.apply(new_job(job, Duration::ZERO)?);
+        self.check_priority(&new_job)?;
+        if new_job.unique.is_some() {
+            return self.backend.enqueue_unique(&new_job).await;
+        }
+        let mut ids = self.backend.enqueue(std::slice::from_ref(&new_job)).await?;
+        Ok(Enqueued {
+            id: ids.remove(0),
+            duplicate: false,
+        })
+    }
+
+    /// Refuses a priority the backend cannot honour (SQS has no ordering to give).
+    fn check_priority(&self, job: &NewJob) -> Result<(), QueueError> {
+        if job.priority == Priority::HIGHEST || self.backend.supports_priorities() {
+            return Ok(());
+        }
+        Err(QueueError::UnsupportedByBackend {
+            backend: self.backend.kind().as_str(),
+            operation: "job priorities",
+        })
     }
 
     /// Enqueues many jobs at once and returns their ids in order.
@@ -233,6 +289,7 @@ impl Queue {
         if new_jobs.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_priority(&new_jobs[0])?;
         self.backend.enqueue(&new_jobs).await
     }
 
@@ -404,6 +461,51 @@ impl Queue {
     }
 }
 
+/// How one job is enqueued ([`Queue::enqueue_with`]): when it may run, its priority, its
+/// unique key. The default runs it now, at its type's priority, without a key.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct EnqueueOptions {
+    delay: Duration,
+    priority: Option<Priority>,
+    unique: Option<Unique>,
+}
+
+impl EnqueueOptions {
+    /// Now, at the job type's priority, without a unique key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs the job once `delay` has passed (millisecond precision).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Gives the job this priority instead of its type's ([`Job::PRIORITY`]).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Makes the enqueue unique (see [`Queue::enqueue_unique`]).
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
+
+    /// The job as these options have it.
+    fn apply(self, mut job: NewJob) -> NewJob {
+        job.delay = self.delay;
+        if let Some(priority) = self.priority {
+            job.priority = priority;
+        }
+        job.unique = self.unique.map(|unique| unique.resolve(&job.payload));
+        job
+    }
+}
+
 /// The cargo feature that builds the backend of a URL scheme.
 fn feature_of_scheme(scheme: &str) -> Option<&'static str> {
     match scheme {
@@ -425,6 +527,7 @@ fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
         payload,
         max_attempts: J::MAX_ATTEMPTS.max(1),
         delay,
+        priority: J::PRIORITY,
         unique: None,
     })
 }

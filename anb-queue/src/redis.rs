@@ -5,6 +5,9 @@
 //! - `q:<name>`: a sorted set per job name of the jobs waiting to run, scored by the time (ms)
 //!   they become due, so delayed jobs, retries and ready jobs share one structure and a claim
 //!   reads only the due head (`ZRANGEBYSCORE … LIMIT`): nothing moves a whole backlog at once;
+//!   jobs of a priority other than 0 wait in `qp:<priority>:<name>` instead (the job's hash
+//!   holds its priority in field `r`), and a claim reads the sets of each priority in order
+//!   until it has enough;
 //! - `leases`: a sorted set of leased job ids scored by the lease deadline; a job whose
 //!   deadline passed is put back by [`Backend::recover_expired`], so a worker that dies
 //!   mid-job loses nothing;
@@ -63,26 +66,39 @@ const ENQUEUE_CHUNK: usize = 1000;
 /// server (it loops until none is left).
 const RECOVER_BATCH: usize = 1000;
 
-/// Shared Lua prelude: the server clock in milliseconds.
+/// Shared Lua prelude: the server clock in milliseconds, and the key of the set where a job
+/// of a name and priority waits (priority 0's is `q:<name>`, the key of releases without
+/// priorities; a job hash without field `r` is of priority 0).
 const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function ready_key(prefix, name, priority)
+  if not priority or priority == '0' or priority == 0 then return prefix .. 'q:' .. name end
+  return prefix .. 'qp:' .. priority .. ':' .. name
+end
+local function waiting_key(prefix, id, name)
+  return ready_key(prefix, name, redis.call('HGET', prefix .. 'job:' .. id, 'r'))
+end
 ";
 
-/// KEYS: prefix. ARGV: (name, payload, max_attempts, delay_ms) per job. Returns the first
-/// id; the jobs get consecutive ids.
+/// The highest priority level's number, for the scripts that visit every level.
+const LOWEST_PRIORITY: u8 = crate::Priority::LOWEST.level();
+
+/// KEYS: prefix. ARGV: (name, payload, max_attempts, delay_ms, priority) per job. Returns
+/// the first id; the jobs get consecutive ids.
 const ENQUEUE: &str = "
 local prefix = KEYS[1]
-local count = #ARGV / 4
+local count = #ARGV / 5
 local last = redis.call('INCRBY', prefix .. 'seq', count)
 local first = last - count + 1
 local wake = false
 for i = 0, count - 1 do
-  local base = 1 + i * 4
-  local name, delay = ARGV[base], tonumber(ARGV[base + 3])
+  local base = 1 + i * 5
+  local name, delay, priority = ARGV[base], tonumber(ARGV[base + 3]), ARGV[base + 4]
   local id = tostring(first + i)
   redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[base + 1], 'a', 0,
     'm', ARGV[base + 2], 'e', now)
-  redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+  if priority ~= '0' then redis.call('HSET', prefix .. 'job:' .. id, 'r', priority) end
+  redis.call('ZADD', ready_key(prefix, name, priority), now + delay, id)
   redis.call('SADD', prefix .. 'names', name)
   if delay == 0 then wake = true end
 end
@@ -91,7 +107,8 @@ return first
 ";
 
 /// KEYS: prefix. ARGV: name, payload, max_attempts, delay_ms, key, period_ms ('' while
-/// unfinished). Returns (id, 1) for a duplicate (the holder's id), (id, 0) for a new job.
+/// unfinished), priority. Returns (id, 1) for a duplicate (the holder's id), (id, 0) for a
+/// new job.
 const ENQUEUE_UNIQUE: &str = "
 local prefix, name, delay, period = KEYS[1], ARGV[1], tonumber(ARGV[4]), ARGV[6]
 local suffix = 'u:' .. #name .. ':' .. name .. ':' .. ARGV[5]
@@ -114,7 +131,8 @@ else
   redis.call('HSET', prefix .. 'job:' .. id, 'n', name, 'p', ARGV[2], 'a', 0, 'm', ARGV[3], 'e', now,
     'u', suffix)
 end
-redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+if ARGV[7] ~= '0' then redis.call('HSET', prefix .. 'job:' .. id, 'r', ARGV[7]) end
+redis.call('ZADD', ready_key(prefix, name, ARGV[7]), now + delay, id)
 redis.call('SADD', prefix .. 'names', name)
 if delay == 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return {id, 0}
@@ -132,22 +150,30 @@ local function free_unique(prefix, id)
 end
 ";
 
-/// KEYS: prefix. ARGV: owner, lease_ms, max, names… Returns (id, name, payload, attempt,
-/// max_attempts, enqueued_at, cancelled: '1' or '0') per claimed job, oldest due first.
+/// KEYS: prefix. ARGV: owner, lease_ms, max, lowest priority, names… Returns (id, name,
+/// payload, attempt, max_attempts, enqueued_at, cancelled: '1' or '0') per claimed job,
+/// highest priority first, then oldest due: the due heads of each priority's sets in turn,
+/// until `max` are found.
 const CLAIM: &str = "
 local prefix, owner, lease, max = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local candidates = {}
-for i = 4, #ARGV do
-  local name = ARGV[i]
-  local due = redis.call('ZRANGEBYSCORE', prefix .. 'q:' .. name, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
-  for j = 1, #due, 2 do
-    candidates[#candidates + 1] = {due[j], tonumber(due[j + 1]), name}
+for priority = 0, tonumber(ARGV[4]) do
+  local level = {}
+  for i = 5, #ARGV do
+    local name = ARGV[i]
+    local key = ready_key(prefix, name, priority)
+    local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max - #candidates)
+    for j = 1, #due, 2 do
+      level[#level + 1] = {due[j], tonumber(due[j + 1]), name, key}
+    end
   end
+  table.sort(level, function(a, b) return a[2] < b[2] end)
+  for k = 1, math.min(max - #candidates, #level) do candidates[#candidates + 1] = level[k] end
+  if #candidates >= max then break end
 end
-table.sort(candidates, function(a, b) return a[2] < b[2] end)
 local out = {}
-for k = 1, math.min(max, #candidates) do
-  local id, name = candidates[k][1], candidates[k][3]
+for k = 1, #candidates do
+  local id, name, waiting = candidates[k][1], candidates[k][3], candidates[k][4]
   local key = prefix .. 'job:' .. id
   if redis.call('EXISTS', key) == 1 then
     -- The lease first, the ready entry last: a server that refuses a write midway (out of
@@ -155,13 +181,13 @@ for k = 1, math.min(max, #candidates) do
     redis.call('ZADD', prefix .. 'leases', now + lease, id)
     local attempt = redis.call('HINCRBY', key, 'a', 1)
     redis.call('HSET', key, 'o', owner)
-    redis.call('ZREM', prefix .. 'q:' .. name, id)
+    redis.call('ZREM', waiting, id)
     local fields = redis.call('HMGET', key, 'p', 'm', 'e', 'c')
     for _, value in ipairs({id, name, fields[1], tostring(attempt), fields[2], fields[3], fields[4] or '0'}) do
       out[#out + 1] = value
     end
   else
-    redis.call('ZREM', prefix .. 'q:' .. name, id)
+    redis.call('ZREM', waiting, id)
   end
 end
 return out
@@ -188,7 +214,7 @@ if redis.call('ZSCORE', prefix .. 'leases', id) then
   return 'requested'
 end
 free_unique(prefix, id)
-redis.call('ZREM', prefix .. 'q:' .. name, id)
+redis.call('ZREM', waiting_key(prefix, id, name), id)
 redis.call('DEL', key)
 return 'removed'
 ";
@@ -215,7 +241,7 @@ local prefix, owner, id = KEYS[1], ARGV[1], ARGV[2]
 if held(prefix, id, owner) then
   local key = prefix .. 'job:' .. id
   local name = redis.call('HGET', key, 'n')
-  redis.call('ZADD', prefix .. 'q:' .. name, now + tonumber(ARGV[3]), id)
+  redis.call('ZADD', waiting_key(prefix, id, name), now + tonumber(ARGV[3]), id)
   redis.call('SADD', prefix .. 'names', name)
   redis.call('HSET', key, 'err', ARGV[4])
   redis.call('HDEL', key, 'o')
@@ -248,7 +274,7 @@ for i = 2, #ARGV, 2 do
   if held(prefix, id, ARGV[i + 1]) then
     local key = prefix .. 'job:' .. id
     local name = redis.call('HGET', key, 'n')
-    redis.call('ZADD', prefix .. 'q:' .. name, now + delay, id)
+    redis.call('ZADD', waiting_key(prefix, id, name), now + delay, id)
     redis.call('SADD', prefix .. 'names', name)
     redis.call('HINCRBY', key, 'a', -1)
     redis.call('HDEL', key, 'o')
@@ -298,7 +324,7 @@ for _, id in ipairs(expired) do
       free_unique(prefix, id)
       redis.call('ZADD', prefix .. 'dead', now, id)
     else
-      redis.call('ZADD', prefix .. 'q:' .. job[1], now, id)
+      redis.call('ZADD', waiting_key(prefix, id, job[1]), now, id)
       redis.call('SADD', prefix .. 'names', job[1])
       requeued = requeued + 1
     end
@@ -311,38 +337,46 @@ if requeued > 0 then redis.call('PUBLISH', prefix .. 'wake', '') end
 return #expired
 ";
 
-/// KEYS: prefix. ARGV: names… Returns milliseconds until the earliest job is due (0 if one
-/// is due now), or -1 when none waits.
+/// KEYS: prefix. ARGV: lowest priority, names… Returns milliseconds until the earliest job
+/// is due (0 if one is due now), or -1 when none waits.
 const NEXT_DUE: &str = "
 local earliest = nil
-for i = 1, #ARGV do
-  local head = redis.call('ZRANGE', KEYS[1] .. 'q:' .. ARGV[i], 0, 0, 'WITHSCORES')
-  if head[2] then
-    local due = tonumber(head[2])
-    if earliest == nil or due < earliest then earliest = due end
+for priority = 0, tonumber(ARGV[1]) do
+  for i = 2, #ARGV do
+    local head = redis.call('ZRANGE', ready_key(KEYS[1], ARGV[i], priority), 0, 0, 'WITHSCORES')
+    if head[2] then
+      local due = tonumber(head[2])
+      if earliest == nil or due < earliest then earliest = due end
+    end
   end
 end
 if earliest == nil then return -1 end
 return math.max(0, earliest - now)
 ";
 
-/// KEYS: prefix. Returns ready, in flight, delayed, dead, age of the oldest ready job (ms).
-/// Forgets the names with no job waiting (their sorted set is gone): every script that puts
-/// a job back in a name's set adds the name again, and leased and dead jobs are counted
-/// without the names, so the set holds the names that have jobs waiting, not every name
-/// ever enqueued.
+/// KEYS: prefix. ARGV: lowest priority. Returns ready, in flight, delayed, dead, age of the
+/// oldest ready job (ms). Forgets the names with no job waiting (none of their sorted sets is
+/// left): every script that puts a job back in a name's set adds the name again, and leased
+/// and dead jobs are counted without the names, so the set holds the names that have jobs
+/// waiting, not every name ever enqueued.
 const STATS: &str = "
 local prefix = KEYS[1]
 local ready, delayed, oldest = 0, 0, nil
 for _, name in ipairs(redis.call('SMEMBERS', prefix .. 'names')) do
-  local key = prefix .. 'q:' .. name
-  if redis.call('EXISTS', key) == 0 then redis.call('SREM', prefix .. 'names', name) end
-  ready = ready + redis.call('ZCOUNT', key, '-inf', now)
-  delayed = delayed + redis.call('ZCOUNT', key, '(' .. now, '+inf')
-  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if head[2] and tonumber(head[2]) <= now and (oldest == nil or tonumber(head[2]) < oldest) then
-    oldest = tonumber(head[2])
+  local waiting = false
+  for priority = 0, tonumber(ARGV[1]) do
+    local key = ready_key(prefix, name, priority)
+    if redis.call('EXISTS', key) == 1 then
+      waiting = true
+      ready = ready + redis.call('ZCOUNT', key, '-inf', now)
+      delayed = delayed + redis.call('ZCOUNT', key, '(' .. now, '+inf')
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if head[2] and tonumber(head[2]) <= now and (oldest == nil or tonumber(head[2]) < oldest) then
+        oldest = tonumber(head[2])
+      end
+    end
   end
+  if not waiting then redis.call('SREM', prefix .. 'names', name) end
 end
 local age = 0
 if oldest ~= nil then age = now - oldest end
@@ -387,7 +421,7 @@ if redis.call('ZSCORE', prefix .. 'dead', id) then
 elseif redis.call('ZSCORE', prefix .. 'leases', id) then
   state = 'running'
 else
-  local due = redis.call('ZSCORE', prefix .. 'q:' .. job[1], id)
+  local due = redis.call('ZSCORE', waiting_key(prefix, id, job[1]), id)
   if due and tonumber(due) > now then state = 'delayed' end
 end
 local has_error = '0'
@@ -404,7 +438,7 @@ for i = 1, #ARGV do
   local key = prefix .. 'job:' .. id
   local name = redis.call('HGET', key, 'n')
   if name and redis.call('ZSCORE', prefix .. 'dead', id) then
-    redis.call('ZADD', prefix .. 'q:' .. name, now, id)
+    redis.call('ZADD', waiting_key(prefix, id, name), now, id)
     redis.call('SADD', prefix .. 'names', name)
     redis.call('HSET', key, 'a', 0)
     redis.call('HDEL', key, 'c')
@@ -788,6 +822,10 @@ impl Backend for RedisBackend {
         BackendKind::Redis
     }
 
+    fn supports_priorities(&self) -> bool {
+        true
+    }
+
     fn supports_unique(&self) -> bool {
         true
     }
@@ -816,6 +854,7 @@ impl Backend for RedisBackend {
             .arg(millis(job.delay).min(MAX_DELAY_MS))
             .arg(&unique.key)
             .arg(period)
+            .arg(job.priority.level())
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(QueueError::from_redis)?;
@@ -842,7 +881,8 @@ impl Backend for RedisBackend {
                     .arg(job.name)
                     .arg(&job.payload)
                     .arg(job.max_attempts)
-                    .arg(millis(job.delay).min(MAX_DELAY_MS));
+                    .arg(millis(job.delay).min(MAX_DELAY_MS))
+                    .arg(job.priority.level());
             }
             let first: u64 = match invocation.invoke_async(&mut self.connection.clone()).await {
                 Ok(first) => first,
@@ -870,7 +910,8 @@ impl Backend for RedisBackend {
             .key(&self.prefix)
             .arg(&token)
             .arg(millis(request.lease))
-            .arg(request.max);
+            .arg(request.max)
+            .arg(LOWEST_PRIORITY);
         for name in request.names {
             invocation.arg(*name);
         }
@@ -1041,7 +1082,7 @@ impl Backend for RedisBackend {
 
     async fn next_due_in(&self, names: &[&'static str]) -> Result<Option<Duration>, QueueError> {
         let mut invocation = self.scripts.next_due.prepare_invoke();
-        invocation.key(&self.prefix);
+        invocation.key(&self.prefix).arg(LOWEST_PRIORITY);
         for name in names {
             invocation.arg(*name);
         }
@@ -1067,6 +1108,7 @@ impl Backend for RedisBackend {
             .stats
             .prepare_invoke()
             .key(&self.prefix)
+            .arg(LOWEST_PRIORITY)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(QueueError::from_redis)?;

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// See the PostgreSQL backend: every step keeps the table usable by the previous version.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -84,38 +84,51 @@ const SCHEMA_V4: &[&str] = &[
 const SCHEMA_V5: &[&str] =
     &["ALTER TABLE anb_queue_jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0"];
 
-/// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
-/// ready index per name. An idle worker asks this instead of claiming, since a claim takes
-/// the write lock.
-const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM json_each(?2) AS n WHERE EXISTS (
-        SELECT 1 FROM anb_queue_jobs AS j
-        WHERE j.state = 'ready' AND j.name = n.value AND j.run_at <= ?1))";
+/// Version 6: priorities, as in the PostgreSQL backend's `SCHEMA_V7`.
+const SCHEMA_V6: &[&str] = &[
+    "ALTER TABLE anb_queue_jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS anb_queue_jobs_ready_by_priority
+     ON anb_queue_jobs (name, priority, run_at, id) WHERE state = 'ready'",
+    "DROP INDEX IF EXISTS anb_queue_jobs_ready_by_name",
+];
 
-/// Claims the oldest jobs due at `?3` of the names in `?4`: per name, the first `?5` entries
-/// of its ready index, then the oldest `?5` of those.
+/// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
+/// ready index per name and priority. An idle worker asks this instead of claiming, since a
+/// claim takes the write lock.
+const ANY_DUE: &str =
+    "SELECT EXISTS (SELECT 1 FROM json_each(?2) AS n, json_each('[0,1,2,3,4,5,6,7,8,9]') AS p
+        WHERE EXISTS (SELECT 1 FROM anb_queue_jobs AS j
+            WHERE j.state = 'ready' AND j.name = n.value AND j.priority = p.value
+                AND j.run_at <= ?1))";
+
+/// Claims the jobs due at `?3` of the names in `?4`, highest priority first, then oldest due:
+/// per name and priority, the first `?5` entries of its range of the ready index, then the
+/// first `?5` of those.
 const CLAIM: &str = "UPDATE anb_queue_jobs
      SET state = 'running', attempts = attempts + 1, locked_by = ?1, locked_until = ?2,
          lease_token = ?6
      WHERE id IN (
         SELECT c.id FROM json_each(?4) AS n
+        JOIN json_each('[0,1,2,3,4,5,6,7,8,9]') AS p
         JOIN anb_queue_jobs AS c ON c.id IN (
             SELECT j.id FROM anb_queue_jobs AS j
-            WHERE j.state = 'ready' AND j.name = n.value AND j.run_at <= ?3
+            WHERE j.state = 'ready' AND j.name = n.value AND j.priority = p.value
+                AND j.run_at <= ?3
             ORDER BY j.run_at, j.id
             LIMIT ?5)
-        ORDER BY c.run_at, c.id
+        ORDER BY c.priority, c.run_at, c.id
         LIMIT ?5
      )
      RETURNING id, name, payload, attempts, max_attempts, enqueued_at AS enqueued_at_ms,
          cancel_requested";
 
-/// The earliest `run_at` of a ready job of the names in `?1`: the first entry of each name's
-/// ready index.
+/// The earliest `run_at` of a ready job of the names in `?1`: the first entry of each (name,
+/// priority) range of the ready index.
 const NEXT_DUE: &str = "SELECT min((
         SELECT j.run_at FROM anb_queue_jobs AS j
-        WHERE j.state = 'ready' AND j.name = n.value
+        WHERE j.state = 'ready' AND j.name = n.value AND j.priority = p.value
         ORDER BY j.run_at LIMIT 1))
-     FROM json_each(?1) AS n";
+     FROM json_each(?1) AS n, json_each('[0,1,2,3,4,5,6,7,8,9]') AS p";
 
 /// The queue's stats without a table scan, counts capped at `?2` per name and state (see
 /// the PostgreSQL backend's `STATS`).
@@ -128,15 +141,17 @@ const STATS: &str = "WITH RECURSIVE names(name) AS (
      ),
      per_name AS (
         SELECT
-            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at <= ?1
-                ORDER BY j.run_at LIMIT ?2)) AS ready,
-            (SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name AND j.run_at > ?1
-                ORDER BY j.run_at LIMIT ?2)) AS delayed,
-            (SELECT j.run_at FROM anb_queue_jobs AS j
-                WHERE j.state = 'ready' AND j.name = names.name
-                ORDER BY j.run_at LIMIT 1) AS first_run_at
+            min(?2, (SELECT sum((SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS q
+                WHERE q.state = 'ready' AND q.name = names.name AND q.priority = p.value
+                    AND q.run_at <= ?1
+                ORDER BY q.run_at LIMIT ?2))) FROM json_each('[0,1,2,3,4,5,6,7,8,9]') AS p)) AS ready,
+            min(?2, (SELECT sum((SELECT count(*) FROM (SELECT 1 FROM anb_queue_jobs AS q
+                WHERE q.state = 'ready' AND q.name = names.name AND q.priority = p.value
+                    AND q.run_at > ?1
+                ORDER BY q.run_at LIMIT ?2))) FROM json_each('[0,1,2,3,4,5,6,7,8,9]') AS p)) AS delayed,
+            (SELECT min((SELECT q.run_at FROM anb_queue_jobs AS q
+                WHERE q.state = 'ready' AND q.name = names.name AND q.priority = p.value
+                ORDER BY q.run_at LIMIT 1)) FROM json_each('[0,1,2,3,4,5,6,7,8,9]') AS p) AS first_run_at
         FROM names WHERE names.name IS NOT NULL
      )
      SELECT
@@ -204,6 +219,7 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
                 (3, SCHEMA_V3),
                 (4, SCHEMA_V4),
                 (5, SCHEMA_V5),
+                (6, SCHEMA_V6),
             ];
             for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
                 for statement in *statements {
@@ -236,7 +252,7 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
     }
 }
 
-/// Rows per multi-row insert: 5 bound values each, well under SQLite's variable limit.
+/// Rows per multi-row insert: 6 bound values each, well under SQLite's variable limit.
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// Inserts jobs on any connection, typically the caller's open transaction.
@@ -248,14 +264,15 @@ pub(crate) async fn insert_jobs(
     let mut ids = Vec::with_capacity(jobs.len());
     for statement in jobs.chunks(ROWS_PER_STATEMENT) {
         let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, enqueued_at) ",
+            "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at, enqueued_at, priority) ",
         );
         insert.push_values(statement, |mut row, job| {
             row.push_bind(job.name)
                 .push_bind(job.payload.as_str())
                 .push_bind(i64::from(job.max_attempts))
                 .push_bind(now.saturating_add(millis(job.delay)))
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(i64::from(job.priority.level()));
         });
         insert.push(" RETURNING id");
         let mut inserted: Vec<i64> = insert
@@ -294,8 +311,8 @@ pub(crate) async fn insert_unique_job(
         None => {
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO anb_queue_jobs
-                     (name, payload, max_attempts, run_at, enqueued_at, unique_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     (name, payload, max_attempts, run_at, enqueued_at, unique_key, priority)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
                  RETURNING id",
             )
@@ -305,6 +322,7 @@ pub(crate) async fn insert_unique_job(
             .bind(now.saturating_add(millis(job.delay)))
             .bind(now)
             .bind(&unique.key)
+            .bind(i64::from(job.priority.level()))
             .fetch_optional(&mut *tx)
             .await
             .map_err(QueueError::from_sqlx)?;
@@ -607,7 +625,7 @@ mod tests {
 
     /// Before the ready index led with the name, a claim (and an idle worker's due check)
     /// searched by `run_at` alone and read every other name's due jobs; a stats read scanned
-    /// the table.
+    /// the table. Each (name, priority) is one range: the statements list every level.
     #[tokio::test]
     async fn every_polling_statement_searches_by_name_and_none_scans_the_table() {
         let dir = tempfile::tempdir().unwrap();
@@ -618,10 +636,20 @@ mod tests {
             let lines = plan_lines(&pool, statement).await;
             assert!(!lines.is_empty(), "{statement}");
             for line in &lines {
-                let by_name = line.contains("anb_queue_jobs_ready_by_name (name=?");
+                let by_name =
+                    line.contains("anb_queue_jobs_ready_by_priority (name=? AND priority=?");
                 let by_id = line.contains("INTEGER PRIMARY KEY");
                 assert!(by_name || by_id, "{line}\nin the plan of {statement}");
             }
+        }
+        let levels = serde_json::to_string(
+            &crate::Priority::all()
+                .map(crate::Priority::level)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        for statement in [ANY_DUE, CLAIM, NEXT_DUE, STATS] {
+            assert!(statement.contains(&levels), "{statement}");
         }
         let lines = plan_lines(&pool, STATS).await;
         assert!(!lines.is_empty());

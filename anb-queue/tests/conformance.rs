@@ -71,6 +71,7 @@ fixture!(
         .unique_jobs(false)
         .cancellation(false)
         .named_queues(false)
+        .priorities(false)
         .operator_calls(false)
         .oldest_ready_age(false)
         .lost_receives_count(true)

@@ -62,6 +62,7 @@ async fn claims_unique_jobs(fx: &impl Fixture, queue: &Queue) -> bool {
             payload: "{}".into(),
             max_attempts: 1,
             delay: Duration::ZERO,
+            priority: anb_queue::Priority::HIGHEST,
             unique: Some(anb_queue::UniqueKey {
                 key: "k".into(),
                 period: None,

@@ -80,6 +80,7 @@ pub(super) fn new_job<J: Job>(task: &Task<J>) -> Result<NewJob, QueueError> {
         payload,
         max_attempts,
         delay,
+        priority: crate::Priority::HIGHEST,
         unique: None,
     })
 }

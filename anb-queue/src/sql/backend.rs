@@ -173,6 +173,10 @@ where
         D::KIND
     }
 
+    fn supports_priorities(&self) -> bool {
+        true
+    }
+
     fn supports_unique(&self) -> bool {
         true
     }

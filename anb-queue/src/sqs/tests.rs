@@ -175,6 +175,7 @@ mod against_a_server {
             payload,
             max_attempts: 5,
             delay,
+            priority: crate::Priority::HIGHEST,
             unique: None,
         }
     }
