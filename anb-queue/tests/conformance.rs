@@ -205,7 +205,7 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 6, "upgraded to the current version");
+    assert_eq!(version, 7, "upgraded to the current version");
     let during = serde_json::to_string(&Echo {
         n: 2,
         text: "written by version 2 after the upgrade".into(),
@@ -249,7 +249,7 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
     drop(db.queue().await);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     for statement in [
-        "DROP INDEX anb_queue_jobs_ready_by_name",
+        "DROP INDEX anb_queue_jobs_ready_by_priority",
         "CREATE INDEX anb_queue_jobs_ready ON anb_queue_jobs (run_at, id) WHERE state = 'ready'",
         "UPDATE anb_queue_schema SET version = 3",
     ] {
@@ -270,7 +270,7 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 6, "upgraded to the current version");
+    assert_eq!(version, 7, "upgraded to the current version");
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'anb_queue_jobs' ORDER BY 1",
     )
@@ -278,13 +278,12 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
     .await
     .unwrap();
     assert!(
-        indexes.contains(&"anb_queue_jobs_ready_by_name".to_owned()),
+        indexes.contains(&"anb_queue_jobs_ready_by_priority".to_owned()),
         "{indexes:?}"
     );
-    assert!(
-        !indexes.contains(&"anb_queue_jobs_ready".to_owned()),
-        "{indexes:?}"
-    );
+    for replaced in ["anb_queue_jobs_ready", "anb_queue_jobs_ready_by_name"] {
+        assert!(!indexes.contains(&replaced.to_owned()), "{indexes:?}");
+    }
     for n in 1..=2 {
         queue
             .enqueue(&Echo {
@@ -313,6 +312,81 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
     let new: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
     assert_eq!(new.len(), 1);
     assert_ne!(new[0], old.n);
+    conn.close().await.unwrap();
+    db.cleanup().await;
+}
+
+/// Rolling deploy across PostgreSQL schema version 7 (priorities): version 6's insert and
+/// claim statements still work on the upgraded table beside the new code. An old insert's
+/// job gets priority 0; an old claim, which orders by due time alone, still claims through
+/// the new index's name prefix; a new worker handles the rest in priority order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_7_keeps_version_6_inserts_and_claims_working() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    let queue = db.queue().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let old_insert = "INSERT INTO anb_queue_jobs (name, payload, max_attempts, run_at)
+         SELECT n, p, m, now() + d * interval '1 millisecond'
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) WITH ORDINALITY AS t(n, p, m, d, o)
+         ORDER BY o
+         RETURNING id";
+    let old_claim = "WITH picked AS (
+            SELECT c.id FROM UNNEST($1::text[]) AS n(name)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.run_at FROM anb_queue_jobs AS j
+                WHERE j.state = 'ready' AND j.name = n.name AND j.run_at <= now()
+                ORDER BY j.run_at, j.id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            ) AS c
+            ORDER BY c.run_at, c.id
+            LIMIT $2
+         )
+         UPDATE anb_queue_jobs AS j
+         SET state = 'running', attempts = j.attempts + 1, locked_by = 'v6', lease_token = 't',
+             locked_until = clock_timestamp() + interval '1 minute'
+         WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+         RETURNING j.payload::text";
+    let payload = |n: u32| {
+        serde_json::to_string(&Echo {
+            n,
+            text: "written by version 6".into(),
+        })
+        .unwrap()
+    };
+    sqlx::query(old_insert)
+        .bind(vec![Echo::NAME.to_owned(); 2])
+        .bind(vec![payload(1), payload(2)])
+        .bind(vec![5_i32; 2])
+        .bind(vec![0_i64; 2])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let priorities: Vec<i16> =
+        sqlx::query_scalar("SELECT priority FROM anb_queue_jobs ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(priorities, [0, 0]);
+    let claimed: Vec<String> = sqlx::query_scalar(old_claim)
+        .bind(vec![Echo::NAME.to_owned()])
+        .bind(1_i64)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let old: Echo = serde_json::from_str(&claimed[0]).unwrap();
+    assert_eq!(old.n, 1, "the old claim takes the oldest due job");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = RunningWorker::spawn(recording_worker(&queue, seen.clone()));
+    wait_until("the new worker handles the other job", 60, || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    worker.stop().await;
+    let new: Vec<u32> = seen.lock().unwrap().iter().map(|job| job.n).collect();
+    assert_eq!(new, [2]);
     conn.close().await.unwrap();
     db.cleanup().await;
 }
