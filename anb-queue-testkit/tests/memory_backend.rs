@@ -543,6 +543,7 @@ impl Backend for MemoryBackend {
             max_attempts: job.max_attempts,
             last_error: job.last_error.clone(),
             progress: job.progress,
+            priority: anb_queue::Priority::HIGHEST,
         }))
     }
 

@@ -507,6 +507,8 @@ pub struct JobInfo {
     pub last_error: Option<String>,
     /// The progress its handler last reported (0–100), where the backend keeps it.
     pub progress: Option<u8>,
+    /// Its priority ([`Priority::HIGHEST`] where the backend has none).
+    pub priority: Priority,
 }
 
 /// A job in the dead letters.

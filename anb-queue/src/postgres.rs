@@ -501,7 +501,7 @@ const SQL: Statements = Statements {
     next_due: NEXT_DUE,
     stats: STATS,
     job: "SELECT id, name, state, run_at > now() AS later, attempts, max_attempts,
-            last_error, progress
+            last_error, progress, priority
         FROM anb_queue_jobs WHERE id = $1",
     dead_jobs: "SELECT id, name, payload::text AS payload, attempts, last_error,
             (extract(epoch FROM dead_at) * 1000)::int8 AS dead_at_ms

@@ -410,10 +410,10 @@ return out
 ";
 
 /// KEYS: prefix. ARGV: id. Returns (name, state, attempts, max_attempts, has_error, error,
-/// progress) or nothing.
+/// progress, priority) or nothing.
 const JOB: &str = "
 local prefix, id = KEYS[1], ARGV[1]
-local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'a', 'm', 'err', 'pr')
+local job = redis.call('HMGET', prefix .. 'job:' .. id, 'n', 'a', 'm', 'err', 'pr', 'r')
 if not job[1] then return {} end
 local state = 'ready'
 if redis.call('ZSCORE', prefix .. 'dead', id) then
@@ -426,7 +426,8 @@ else
 end
 local has_error = '0'
 if job[4] then has_error = '1' end
-return {job[1], state, job[2] or '0', job[3] or '0', has_error, job[4] or '', job[5] or ''}
+return {job[1], state, job[2] or '0', job[3] or '0', has_error, job[4] or '', job[5] or '',
+  job[6] or '0'}
 ";
 
 /// KEYS: prefix. ARGV: ids… Returns how many dead jobs were requeued.
@@ -1175,6 +1176,7 @@ impl Backend for RedisBackend {
             has_error,
             error,
             progress,
+            priority,
         ] = fields.as_slice()
         else {
             return Ok(None);
@@ -1192,6 +1194,11 @@ impl Backend for RedisBackend {
             max_attempts: parse_u32(max_attempts),
             last_error: (has_error == "1").then(|| error.clone()),
             progress: progress.parse().ok(),
+            priority: priority
+                .parse()
+                .ok()
+                .and_then(|level: u8| crate::Priority::try_from(level).ok())
+                .unwrap_or_default(),
         }))
     }
 

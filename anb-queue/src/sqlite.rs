@@ -431,7 +431,7 @@ const SQL: Statements = Statements {
     next_due: NEXT_DUE,
     stats: STATS,
     job: "SELECT id, name, state, run_at > ?2 AS later, attempts, max_attempts, last_error,
-            progress
+            progress, priority
         FROM anb_queue_jobs WHERE id = ?1",
     dead_jobs: "SELECT id, name, payload, attempts, last_error, dead_at AS dead_at_ms
         FROM anb_queue_jobs

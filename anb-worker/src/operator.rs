@@ -571,6 +571,7 @@ fn job_json(info: &JobInfo) -> Value {
         "max_attempts": info.max_attempts,
         "last_error": info.last_error,
         "progress": info.progress,
+        "priority": info.priority.level(),
     })
 }
 
@@ -587,6 +588,7 @@ pub fn job_table(info: &JobInfo) -> String {
     if let Some(progress) = info.progress {
         table.add_row(vec!["progress".to_owned(), format!("{progress} %")]);
     }
+    table.add_row(vec!["priority".to_owned(), info.priority.to_string()]);
     table.add_row(vec![
         "last error".to_owned(),
         info.last_error.clone().unwrap_or_else(|| "none".to_owned()),

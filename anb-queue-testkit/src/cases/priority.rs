@@ -95,7 +95,7 @@ pub async fn due_jobs_run_highest_priority_first(fx: &impl Fixture) {
         .enqueue_bulk(&[Bulk { n: 1 }, Bulk { n: 2 }])
         .await
         .unwrap();
-    queue.enqueue_with(&Ranked { n: 9 }, at(9)).await.unwrap();
+    let lowest = queue.enqueue_with(&Ranked { n: 9 }, at(9)).await.unwrap();
     queue.enqueue_with(&Ranked { n: 5 }, at(5)).await.unwrap();
     queue.enqueue_with(&Bulk { n: 3 }, at(2)).await.unwrap();
     let delayed_by = Duration::from_millis(1_500);
@@ -104,8 +104,17 @@ pub async fn due_jobs_run_highest_priority_first(fx: &impl Fixture) {
         .enqueue_with(&Ranked { n: 100 }, at(0).delay(delayed_by))
         .await
         .unwrap();
-    queue.enqueue(&Ranked { n: 0 }).await.unwrap();
+    let default = queue.enqueue(&Ranked { n: 0 }).await.unwrap();
     queue.enqueue(&Ranked { n: 1 }).await.unwrap();
+    if fx.capabilities().operator_calls {
+        for (id, priority) in [
+            (&lowest.id, Priority::LOWEST),
+            (&default, Priority::HIGHEST),
+        ] {
+            let info = queue.job(id).await.unwrap().expect("the job is stored");
+            assert_eq!(info.priority, priority, "{info:?}");
+        }
+    }
     let ran = Arc::new(Mutex::new(Vec::new()));
     let record = |kind: &'static str| {
         let ran = ran.clone();

@@ -17,6 +17,7 @@ use crate::{
         JobState, Lease, NewJob, Renewal, WorkSignal, claim_token, refuse_unique,
     },
     error::QueueError,
+    priority::Priority,
     stats::QueueStats,
     unique::Enqueued,
 };
@@ -127,6 +128,13 @@ where
             progress: row
                 .try_get::<Option<D::Progress>, _>("progress")?
                 .and_then(|p| p.try_into().ok()),
+            // A small integer column, as `progress` is.
+            priority: row
+                .try_get::<D::Progress, _>("priority")?
+                .try_into()
+                .ok()
+                .and_then(|level: u8| Priority::try_from(level).ok())
+                .unwrap_or_default(),
         })
     }
 
