@@ -55,11 +55,63 @@
 //!   [`Outbox::dead_entries`] lists dead rows and [`Outbox::requeue_dead`] gives them back
 //!   to the relay, for instance after raising the queue's limit.
 //!
+//! Unique jobs go through [`Outbox::enqueue_unique_tx`], and what is guaranteed depends on
+//! how long the key is held and where the relay publishes:
+//!
+//! | queue the relay publishes to | key held for a period | key held while unfinished |
+//! |---|---|---|
+//! | SQS | enforced by the outbox, in the producer's database | refused: the entry dies with the reason |
+//! | Redis, PostgreSQL, SQLite | enforced by the outbox, and by the queue | enforced by the queue |
+//!
+//! - A key held **for a period** ([`Unique::for_period`]) is taken in the caller's
+//!   transaction, in `anb_queue_outbox_unique` (primary key: job name and key), by an upsert
+//!   that replaces only an expired key: a duplicate within the period writes nothing and
+//!   answers the id of the entry that took the key, on any queue. Concurrent enqueues of a
+//!   key wait for each other (PostgreSQL: the conflicting insert's transaction; SQLite: the
+//!   write lock), so one entry is written. The period runs by the producer's clock from the
+//!   enqueue, whatever becomes of the entry (published, dead). The next enqueue of a key
+//!   replaces it once expired, and relays delete expired keys when they start and every
+//!   minute. A queue with unique jobs is also given the key, for what is left of the period,
+//!   so that producers with outboxes in different databases meet there.
+//! - A key held **while unfinished** (the default) cannot be judged by the producer's
+//!   database, which never learns when the job finishes: the entry is always written, with
+//!   its key, and the relay publishes it with a unique enqueue, so Redis (or a SQL queue)
+//!   enforces the key with its own semantics, and a duplicate it reports counts as published
+//!   (the entry is deleted; the job holding the key stays the only one). A standard SQS
+//!   queue cannot deduplicate: the relay moves such an entry to the dead state at its first
+//!   attempt with the reason (`anb_queue_outbox_dead_total{reason="unique"}`), and never
+//!   publishes it without its key.
+//!
+//! Keyed entries are published one at a time (one unique enqueue each), the others in
+//! batches.
+//!
+//! ```no_run
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+//! # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+//! # async fn example(pool: sqlx::PgPool, outbox: anb_queue::Outbox) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use anb_queue::Unique;
+//!
+//! let mut tx = pool.begin().await?;
+//! // At most one transcode of video 1 an hour, even published to SQS.
+//! let hourly = Unique::key("video:1").for_period(Duration::from_secs(3600));
+//! let enqueued = outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 1 }, hourly).await?;
+//! // One unfinished transcode of video 2 at a time: the relay's queue must have unique
+//! // jobs (Redis); on SQS the entry dies.
+//! outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 2 }, Unique::key("video:2")).await?;
+//! tx.commit().await?;
+//! # let _ = enqueued; Ok(()) }
+//! ```
+//!
 //! The table's schema is versioned (`anb_queue_outbox_schema`) and upgraded by
 //! [`Outbox::setup`]. Each upgrade keeps the table usable by the relays of the release
 //! before it, which run beside new ones during a rolling deploy: columns are only added,
 //! and a row waiting for its retry or dead keeps `claimed_until_ms` in the future (for ever,
-//! when dead), which older relays already respect.
+//! when dead), which older relays already respect. A row with a unique key keeps it in the
+//! future for ever too (its claim lives in a column of its own), since an older relay would
+//! publish it without its key; an older release's `requeue_dead` would clear that, so
+//! requeue keyed entries with this release.
 
 use std::{
     collections::HashSet,
