@@ -383,8 +383,9 @@ pub struct OutboxEnqueued {
 }
 
 impl Outbox {
-    /// Creates the outbox table (`anb_queue_outbox`) in the database of `pool` if missing,
-    /// or upgrades its schema to this release's version (see the module documentation).
+    /// Creates the outbox tables (`anb_queue_outbox`, and `anb_queue_outbox_unique` for
+    /// period keys) in the database of `pool` if missing, or upgrades their schema to this
+    /// release's version (see the module documentation).
     ///
     /// The pool is the application's own: enqueues happen on its transactions, and the relay
     /// uses one of its connections (plus, on PostgreSQL, one `LISTEN` connection with the
