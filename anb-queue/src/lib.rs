@@ -33,7 +33,7 @@ pub use backend::{BackendKind, Cancelled, DeadJob, JobId, JobInfo, JobState};
 pub use error::{JobError, QueueError};
 pub use job::{CancelReason, DEFAULT_QUEUE, Job, JobContext};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use outbox::{Outbox, OutboxEntry, OutboxPool, Relay};
+pub use outbox::{Outbox, OutboxEnqueued, OutboxEntry, OutboxPool, Relay};
 pub use periodic::{CatchUp, MIN_KEY_HOLD, PeriodicJob, Schedule, ScheduleError, Tick};
 pub use priority::{Priority, PriorityOutOfRange};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

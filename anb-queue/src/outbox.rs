@@ -55,11 +55,63 @@
 //!   [`Outbox::dead_entries`] lists dead rows and [`Outbox::requeue_dead`] gives them back
 //!   to the relay, for instance after raising the queue's limit.
 //!
+//! Unique jobs go through [`Outbox::enqueue_unique_tx`], and what is guaranteed depends on
+//! how long the key is held and where the relay publishes:
+//!
+//! | queue the relay publishes to | key held for a period | key held while unfinished |
+//! |---|---|---|
+//! | SQS | enforced by the outbox, in the producer's database | refused: the entry dies with the reason |
+//! | Redis, PostgreSQL, SQLite | enforced by the outbox, and by the queue | enforced by the queue |
+//!
+//! - A key held **for a period** ([`Unique::for_period`]) is taken in the caller's
+//!   transaction, in `anb_queue_outbox_unique` (primary key: job name and key), by an upsert
+//!   that replaces only an expired key: a duplicate within the period writes nothing and
+//!   answers the id of the entry that took the key, on any queue. Concurrent enqueues of a
+//!   key wait for each other (PostgreSQL: the conflicting insert's transaction; SQLite: the
+//!   write lock), so one entry is written. The period runs by the producer's clock from the
+//!   enqueue, whatever becomes of the entry (published, dead). The next enqueue of a key
+//!   replaces it once expired, and relays delete expired keys when they start and every
+//!   minute. A queue with unique jobs is also given the key, for what is left of the period,
+//!   so that producers with outboxes in different databases meet there.
+//! - A key held **while unfinished** (the default) cannot be judged by the producer's
+//!   database, which never learns when the job finishes: the entry is always written, with
+//!   its key, and the relay publishes it with a unique enqueue, so Redis (or a SQL queue)
+//!   enforces the key with its own semantics, and a duplicate it reports counts as published
+//!   (the entry is deleted; the job holding the key stays the only one). A standard SQS
+//!   queue cannot deduplicate: the relay moves such an entry to the dead state at its first
+//!   attempt with the reason (`anb_queue_outbox_dead_total{reason="unique"}`), and never
+//!   publishes it without its key.
+//!
+//! Keyed entries are published one at a time (one unique enqueue each), the others in
+//! batches.
+//!
+//! ```no_run
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+//! # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+//! # async fn example(pool: sqlx::PgPool, outbox: anb_queue::Outbox) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use anb_queue::Unique;
+//!
+//! let mut tx = pool.begin().await?;
+//! // At most one transcode of video 1 an hour, even published to SQS.
+//! let hourly = Unique::key("video:1").for_period(Duration::from_secs(3600));
+//! let enqueued = outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 1 }, hourly).await?;
+//! // One unfinished transcode of video 2 at a time: the relay's queue must have unique
+//! // jobs (Redis); on SQS the entry dies.
+//! outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 2 }, Unique::key("video:2")).await?;
+//! tx.commit().await?;
+//! # let _ = enqueued; Ok(()) }
+//! ```
+//!
 //! The table's schema is versioned (`anb_queue_outbox_schema`) and upgraded by
 //! [`Outbox::setup`]. Each upgrade keeps the table usable by the relays of the release
 //! before it, which run beside new ones during a rolling deploy: columns are only added,
 //! and a row waiting for its retry or dead keeps `claimed_until_ms` in the future (for ever,
-//! when dead), which older relays already respect.
+//! when dead), which older relays already respect. A row with a unique key keeps it in the
+//! future for ever too (its claim lives in a column of its own), since an older relay would
+//! publish it without its key; an older release's `requeue_dead` would clear that, so
+//! requeue keyed entries with this release.
 
 use std::{
     collections::HashSet,
@@ -82,6 +134,7 @@ use crate::{
     job::Job,
     queue::{Queue, TransactionalConnection},
     sql::millis,
+    unique::{Unique, UniqueKey},
 };
 
 #[cfg(feature = "postgres")]
@@ -157,7 +210,70 @@ const MIGRATIONS: &[Migration] = &[
              WHERE dead_at_ms IS NOT NULL",
         ],
     },
+    // Unique keys. A keyed row carries its key (`unique_key`; `unique_until_ms` is the end of
+    // a period key, `NULL` for a key held while unfinished) for the relay to publish it with.
+    // Relays of version 2 and before would publish it without the key, so a keyed row keeps
+    // `claimed_until_ms` at its largest, which they never claim, and this release's relays
+    // keep its claim in `unique_claimed_until_ms` instead. Period keys are held in
+    // `anb_queue_outbox_unique`, which older code never reads or writes.
+    Migration {
+        version: 3,
+        postgres: &[
+            "ALTER TABLE anb_queue_outbox ADD COLUMN IF NOT EXISTS unique_key TEXT",
+            "ALTER TABLE anb_queue_outbox ADD COLUMN IF NOT EXISTS unique_until_ms BIGINT",
+            "ALTER TABLE anb_queue_outbox ADD COLUMN IF NOT EXISTS unique_claimed_until_ms BIGINT",
+            "CREATE TABLE IF NOT EXISTS anb_queue_outbox_unique (
+                name TEXT NOT NULL,
+                unique_key TEXT NOT NULL,
+                entry_id BIGINT NOT NULL,
+                unique_until_ms BIGINT NOT NULL,
+                PRIMARY KEY (name, unique_key)
+            )",
+        ],
+        sqlite: &[
+            "ALTER TABLE anb_queue_outbox ADD COLUMN unique_key TEXT",
+            "ALTER TABLE anb_queue_outbox ADD COLUMN unique_until_ms INTEGER",
+            "ALTER TABLE anb_queue_outbox ADD COLUMN unique_claimed_until_ms INTEGER",
+            "CREATE TABLE IF NOT EXISTS anb_queue_outbox_unique (
+                name TEXT NOT NULL,
+                unique_key TEXT NOT NULL,
+                entry_id INTEGER NOT NULL,
+                unique_until_ms INTEGER NOT NULL,
+                PRIMARY KEY (name, unique_key)
+            )",
+        ],
+    },
 ];
+
+/// A row's claim as this release reads it: `claimed_until_ms`, or for a keyed row (which
+/// keeps that at its largest, so that older relays never take it) `unique_claimed_until_ms`.
+macro_rules! claim_of_row {
+    () => {
+        "(CASE WHEN unique_key IS NULL THEN claimed_until_ms ELSE unique_claimed_until_ms END)"
+    };
+}
+
+/// Sets a row's claim (see [`claim_of_row`]) to `$param`.
+macro_rules! set_claim {
+    ($param:literal) => {
+        concat!(
+            "claimed_until_ms = CASE WHEN unique_key IS NULL THEN ",
+            $param,
+            " ELSE claimed_until_ms END, unique_claimed_until_ms = CASE WHEN unique_key IS NULL THEN NULL ELSE ",
+            $param,
+            " END"
+        )
+    };
+}
+
+/// Gives a dead row back: no claim, and a keyed row still hidden from older relays.
+macro_rules! requeue_set {
+    () => {
+        "dead_at_ms = NULL, publish_attempts = 0,
+         claimed_until_ms = CASE WHEN unique_key IS NULL THEN NULL ELSE claimed_until_ms END,
+         unique_claimed_until_ms = NULL"
+    };
+}
 
 /// Which schema versions a database has; created by the first [`Outbox::setup`] of a
 /// release that versions the schema.
@@ -170,7 +286,8 @@ const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS anb_queue_outbox_schema (
 #[cfg(feature = "postgres")]
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_6f75_7462; // "anb_outb"
 
-/// `claimed_until_ms` of a dead row: a claim that never runs out.
+/// `claimed_until_ms` of a dead row, and of every keyed row: a claim that never runs out,
+/// so older relays never take them.
 const DEAD_CLAIM: i64 = i64::MAX;
 
 /// How long a relay holds the batch it claimed: longer than a publish can take, so that
@@ -252,11 +369,23 @@ pub struct OutboxEntry {
     pub next_attempt_at_ms: Option<i64>,
     /// When it was moved to the dead state; `None` while it waits to be published.
     pub dead_at_ms: Option<i64>,
+    /// The unique key it is published with ([`Outbox::enqueue_unique_tx`]), if any.
+    pub unique_key: Option<String>,
+}
+
+/// What a unique enqueue into the outbox did ([`Outbox::enqueue_unique_tx`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxEnqueued {
+    /// The new outbox entry's id, or, for a duplicate, the id of the entry holding the key.
+    pub id: i64,
+    /// Whether an entry already held the key (a period key), so nothing was written.
+    pub duplicate: bool,
 }
 
 impl Outbox {
-    /// Creates the outbox table (`anb_queue_outbox`) in the database of `pool` if missing,
-    /// or upgrades its schema to this release's version (see the module documentation).
+    /// Creates the outbox tables (`anb_queue_outbox`, and `anb_queue_outbox_unique` for
+    /// period keys) in the database of `pool` if missing, or upgrades their schema to this
+    /// release's version (see the module documentation).
     ///
     /// The pool is the application's own: enqueues happen on its transactions, and the relay
     /// uses one of its connections (plus, on PostgreSQL, one `LISTEN` connection with the
@@ -302,6 +431,87 @@ impl Outbox {
         C: TransactionalConnection,
         J: Job,
     {
+        let entry = self.entry::<C, J>(job, delay)?;
+        let id = conn.insert_outbox(&entry).await?;
+        self.wake_on_sqlite::<C>();
+        Ok(id)
+    }
+
+    /// Writes a job into the outbox on the caller's connection, like
+    /// [`Outbox::enqueue_tx`], unless its unique key is taken: returns the new entry's id,
+    /// or the holder's with `duplicate` set (and nothing written).
+    ///
+    /// What is enforced depends on how long the key is held (see the module documentation):
+    /// - **for a period** ([`Unique::for_period`]): by the outbox itself, in the caller's
+    ///   database and transaction, whatever queue the relay publishes to. A duplicate within
+    ///   the period answers the id of the entry that took the key (which the relay may have
+    ///   published and deleted since). A concurrent enqueue of the same key waits for this
+    ///   transaction to end (PostgreSQL) or for the write lock (SQLite). The relay also
+    ///   passes the key, for what is left of the period, to a queue that enforces unique keys.
+    /// - **while unfinished** (the default): only the queue knows when the job finishes, so
+    ///   the entry is always written, carrying its key, and the relay publishes it with
+    ///   [`Queue::enqueue_unique`]'s semantics: a duplicate there counts as published. A
+    ///   queue without unique keys (SQS) cannot hold such a key, so the relay moves the entry
+    ///   to the dead state with the reason rather than publish it without its key.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
+    /// # impl anb_queue::Job for Transcode { const NAME: &'static str = "transcode"; }
+    /// # async fn example(pool: sqlx::PgPool, outbox: anb_queue::Outbox) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use anb_queue::Unique;
+    ///
+    /// let hourly = Unique::key("video:1").for_period(Duration::from_secs(3600));
+    /// let mut tx = pool.begin().await?;
+    /// let first = outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 1 }, hourly.clone()).await?;
+    /// let again = outbox.enqueue_unique_tx(&mut *tx, &Transcode { video_id: 1 }, hourly).await?;
+    /// assert!(!first.duplicate && again.duplicate && again.id == first.id);
+    /// tx.commit().await?; // one job reaches the queue, SQS or Redis alike
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_unique_tx<C, J>(
+        &self,
+        conn: &mut C,
+        job: &J,
+        unique: Unique,
+    ) -> Result<OutboxEnqueued, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
+        self.enqueue_unique_in_tx(conn, job, unique, Duration::ZERO)
+            .await
+    }
+
+    /// Like [`Outbox::enqueue_unique_tx`], for a job to run once `delay` has passed. A period
+    /// key's period counts from now, not from when the job runs.
+    pub async fn enqueue_unique_in_tx<C, J>(
+        &self,
+        conn: &mut C,
+        job: &J,
+        unique: Unique,
+        delay: Duration,
+    ) -> Result<OutboxEnqueued, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
+        let mut entry = self.entry::<C, J>(job, delay)?;
+        entry.unique = Some(unique.resolve(&entry.payload));
+        let enqueued = conn.insert_outbox_unique(&entry).await?;
+        if !enqueued.duplicate {
+            self.wake_on_sqlite::<C>();
+        }
+        Ok(enqueued)
+    }
+
+    /// The outbox row for `job`, once the connection is known to be of the outbox's engine.
+    fn entry<C, J>(&self, job: &J, delay: Duration) -> Result<NewJob, QueueError>
+    where
+        C: TransactionalConnection,
+        J: Job,
+    {
         if self.kind() != C::KIND {
             return Err(QueueError::TransactionMismatch {
                 connection: C::KIND.as_str(),
@@ -312,21 +522,22 @@ impl Outbox {
             job: J::NAME,
             source,
         })?;
-        let entry = NewJob {
+        Ok(NewJob {
             name: J::NAME,
             payload,
             max_attempts: J::MAX_ATTEMPTS.max(1),
             delay,
             priority: crate::Priority::HIGHEST,
             unique: None,
-        };
-        let id = conn.insert_outbox(&entry).await?;
+        })
+    }
+
+    /// After a write on SQLite, before the caller commits: the relay's claim waits for the
+    /// commit (see the module documentation).
+    fn wake_on_sqlite<C: TransactionalConnection>(&self) {
         if C::KIND == BackendKind::Sqlite {
-            // Before the caller commits: the relay's claim waits for the commit (see the
-            // module documentation).
             self.wake();
         }
-        Ok(id)
     }
 
     /// Counts jobs written but not yet published, dead ones excepted.
@@ -482,6 +693,13 @@ where
             }
             if Instant::now() >= dead_gauge_due {
                 self.refresh_dead_gauge(&mut dead_known).await;
+                match self.store.prune_unique_keys(now_ms()).await {
+                    Ok(pruned) if pruned > 0 => {
+                        tracing::debug!(pruned, "expired outbox unique keys deleted");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(%error, "pruning outbox unique keys failed"),
+                }
                 dead_gauge_due = Instant::now() + DEAD_GAUGE_REFRESH;
             }
             let outcome = match &queue {
@@ -586,7 +804,30 @@ where
         // Bounded well within the claim, so no other relay takes the batch meanwhile.
         let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
         let mut attempt = Attempt::default();
-        publish_split(queue, entries, deadline, &mut attempt).await;
+        let supports_unique = queue.backend().supports_unique();
+        let mut plain = Vec::with_capacity(entries.len());
+        let mut keyed = Vec::new();
+        for entry in entries {
+            match entry.route(supports_unique, now) {
+                Route::Plain => plain.push(entry),
+                Route::Keyed(key) => keyed.push((entry, key)),
+                Route::Refused => {
+                    let error = format!(
+                        "the {} queue cannot hold the unique key {:?} while the job is unfinished, \
+                         and the job is never published without its key (hold the key for a \
+                         period instead, which the outbox enforces itself, or publish to a \
+                         queue with unique jobs)",
+                        queue.kind().as_str(),
+                        entry.unique_key.as_deref().unwrap_or_default()
+                    );
+                    attempt.refuse(entry, error, "unique");
+                }
+            }
+        }
+        if !plain.is_empty() {
+            publish_split(queue, plain, deadline, &mut attempt).await;
+        }
+        publish_keyed(queue, keyed, deadline, &mut attempt).await;
 
         let ids: Vec<i64> = attempt.published.iter().map(|entry| entry.id).collect();
         let mut round = Round {
@@ -649,7 +890,7 @@ where
     fn settlement(&self, failed: &FailedEntry, now: i64) -> Settlement {
         let attempts = u32::try_from(failed.entry.publish_attempts).unwrap_or(u32::MAX);
         let death = if failed.permanent {
-            Some("refused")
+            Some(failed.reason)
         } else if attempts >= self.max_publish_attempts {
             Some("attempts")
         } else {
@@ -726,6 +967,46 @@ fn publish_split<'a>(
     })
 }
 
+/// Publishes keyed rows one by one with a unique enqueue. A duplicate counts as published:
+/// the queue holds the key for another job, as the key asks. A failure other than the row's
+/// ends the run, the rest failing with the same error without being tried.
+async fn publish_keyed(
+    queue: &Queue,
+    rows: Vec<(Entry, UniqueKey)>,
+    deadline: tokio::time::Instant,
+    attempt: &mut Attempt,
+) {
+    let mut rows = rows.into_iter();
+    while let Some((entry, key)) = rows.next() {
+        let result = if tokio::time::Instant::now() >= deadline {
+            Err(publish_timeout())
+        } else {
+            let mut job = entry.job(now_ms());
+            job.unique = Some(key);
+            tokio::time::timeout_at(deadline, queue.backend().enqueue_unique(&job))
+                .await
+                .unwrap_or_else(|_| Err(publish_timeout()))
+        };
+        match result {
+            Ok(enqueued) => {
+                if enqueued.duplicate {
+                    tracing::debug!(outbox_id = entry.id, job = %entry.name, holder = %enqueued.id, "the queue already holds the job's unique key");
+                    metrics::counter!("anb_queue_outbox_duplicates_total").increment(1);
+                }
+                attempt.published.push(entry);
+            }
+            Err(error) if refused_for_good(&error) => attempt.fail(vec![entry], error),
+            Err(error) => {
+                let rest = std::iter::once(entry)
+                    .chain(rows.map(|(entry, _)| entry))
+                    .collect();
+                attempt.fail(rest, error);
+                return;
+            }
+        }
+    }
+}
+
 fn publish_timeout() -> QueueError {
     QueueError::Timeout {
         operation: "publishing to the queue",
@@ -756,10 +1037,22 @@ impl Attempt {
                 entry,
                 error: message.clone(),
                 permanent,
+                reason: "refused",
             }));
         if !permanent && self.queue_error.is_none() {
             self.queue_error = Some(error);
         }
+    }
+
+    /// Refuses a row for good without trying it: it dies with `error`, counted under
+    /// `reason`.
+    fn refuse(&mut self, entry: Entry, error: String, reason: &'static str) {
+        self.failed.push(FailedEntry {
+            entry,
+            error,
+            permanent: true,
+            reason,
+        });
     }
 
     /// Rows settled for good so far: published, or refused for good.
@@ -773,6 +1066,8 @@ struct FailedEntry {
     entry: Entry,
     error: String,
     permanent: bool,
+    /// Why a permanent failure dies (the metric's `reason`).
+    reason: &'static str,
 }
 
 /// How many jobs one round published or moved to the dead state.
@@ -838,6 +1133,8 @@ struct Entry {
     max_attempts: i64,
     not_before_ms: i64,
     publish_attempts: i64,
+    unique_key: Option<String>,
+    unique_until_ms: Option<i64>,
 }
 
 impl Entry {
@@ -851,6 +1148,41 @@ impl Entry {
             unique: None,
         }
     }
+
+    /// How this row goes to a queue that does (or does not) enforce unique keys, at `now`.
+    fn route(&self, supports_unique: bool, now: i64) -> Route {
+        let Some(key) = &self.unique_key else {
+            return Route::Plain;
+        };
+        match self.unique_until_ms {
+            // Only the queue can hold a key until the job finishes.
+            None if supports_unique => Route::Keyed(UniqueKey {
+                key: key.clone(),
+                period: None,
+            }),
+            None => Route::Refused,
+            // The outbox held the period key; a queue that enforces keys holds it too, for
+            // what is left of the period (a key from another producer's outbox then meets it).
+            Some(until) if supports_unique && until > now => Route::Keyed(UniqueKey {
+                key: key.clone(),
+                period: Some(Duration::from_millis(
+                    u64::try_from(until - now).unwrap_or(0),
+                )),
+            }),
+            Some(_) => Route::Plain,
+        }
+    }
+}
+
+/// How a claimed row is published.
+#[derive(Debug)]
+enum Route {
+    /// With the batch, by a plain enqueue.
+    Plain,
+    /// On its own, by a unique enqueue with this key.
+    Keyed(UniqueKey),
+    /// Not at all: its key is held while unfinished and the queue cannot hold such a key.
+    Refused,
 }
 
 /// An outbox row as listed for an operator.
@@ -864,6 +1196,7 @@ struct EntryRow {
     created_at_ms: i64,
     claimed_until_ms: Option<i64>,
     dead_at_ms: Option<i64>,
+    unique_key: Option<String>,
 }
 
 impl From<EntryRow> for OutboxEntry {
@@ -880,6 +1213,7 @@ impl From<EntryRow> for OutboxEntry {
                 .claimed_until_ms
                 .filter(|until| row.dead_at_ms.is_none() && *until > now),
             dead_at_ms: row.dead_at_ms,
+            unique_key: row.unique_key,
         }
     }
 }
@@ -980,6 +1314,18 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes period keys whose period is over (an enqueue would replace them anyway; this
+    /// keeps keys that are never used again from piling up). Returns how many.
+    async fn prune_unique_keys(&self, now: i64) -> Result<u64, QueueError> {
+        const SQL: &str = "DELETE FROM anb_queue_outbox_unique WHERE unique_until_ms <= $1";
+        Ok(on_pool!(self, pool => sqlx::query(SQL)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(QueueError::from_sqlx)?
+            .rows_affected()))
+    }
+
     /// Counts dead jobs, or those waiting to be published.
     async fn count(&self, dead: bool) -> Result<i64, QueueError> {
         let sql = if dead {
@@ -999,15 +1345,21 @@ impl Store {
         after_id: Option<i64>,
     ) -> Result<Vec<OutboxEntry>, QueueError> {
         let sql = if dead {
-            "SELECT id, name, payload, publish_attempts, last_error, created_at_ms,
-                    claimed_until_ms, dead_at_ms
-             FROM anb_queue_outbox WHERE dead_at_ms IS NOT NULL AND id > $1
-             ORDER BY id LIMIT $2"
+            concat!(
+                "SELECT id, name, payload, publish_attempts, last_error, created_at_ms, ",
+                claim_of_row!(),
+                " AS claimed_until_ms, dead_at_ms, unique_key
+                 FROM anb_queue_outbox WHERE dead_at_ms IS NOT NULL AND id > $1
+                 ORDER BY id LIMIT $2"
+            )
         } else {
-            "SELECT id, name, payload, publish_attempts, last_error, created_at_ms,
-                    claimed_until_ms, dead_at_ms
-             FROM anb_queue_outbox WHERE dead_at_ms IS NULL AND id > $1
-             ORDER BY id LIMIT $2"
+            concat!(
+                "SELECT id, name, payload, publish_attempts, last_error, created_at_ms, ",
+                claim_of_row!(),
+                " AS claimed_until_ms, dead_at_ms, unique_key
+                 FROM anb_queue_outbox WHERE dead_at_ms IS NULL AND id > $1
+                 ORDER BY id LIMIT $2"
+            )
         };
         let after = after_id.unwrap_or(0);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -1021,8 +1373,11 @@ impl Store {
 
     /// Whether any job waits unclaimed: a read, so polling takes no write lock.
     async fn any_claimable(&self, now: i64) -> Result<bool, QueueError> {
-        const SQL: &str = "SELECT EXISTS (SELECT 1 FROM anb_queue_outbox
-             WHERE dead_at_ms IS NULL AND (claimed_until_ms IS NULL OR claimed_until_ms < $1))";
+        const SQL: &str = concat!(
+            "SELECT EXISTS (SELECT 1 FROM anb_queue_outbox WHERE dead_at_ms IS NULL AND coalesce(",
+            claim_of_row!(),
+            ", 0) < $1)"
+        );
         Ok(
             on_pool!(self, pool => sqlx::query_scalar(SQL).bind(now).fetch_one(pool).await.map_err(QueueError::from_sqlx)?),
         )
@@ -1035,17 +1390,20 @@ impl Store {
             #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
                 // SKIP LOCKED: concurrent relays claim different rows instead of waiting.
-                sqlx::query_as(
-                    "UPDATE anb_queue_outbox
-                     SET claimed_until_ms = $2, publish_attempts = publish_attempts + 1
+                sqlx::query_as(concat!(
+                    "UPDATE anb_queue_outbox SET ",
+                    set_claim!("$2"),
+                    ", publish_attempts = publish_attempts + 1
                      WHERE id IN (
                         SELECT id FROM anb_queue_outbox
-                        WHERE dead_at_ms IS NULL
-                          AND (claimed_until_ms IS NULL OR claimed_until_ms < $1)
+                        WHERE dead_at_ms IS NULL AND coalesce(",
+                    claim_of_row!(),
+                    ", 0) < $1
                         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED
                      )
-                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts",
-                )
+                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts,
+                        unique_key, unique_until_ms"
+                ))
                 .bind(now)
                 .bind(until)
                 .bind(batch)
@@ -1056,17 +1414,20 @@ impl Store {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
                 // One writer at a time: the statement itself is the lock.
-                sqlx::query_as(
-                    "UPDATE anb_queue_outbox
-                     SET claimed_until_ms = ?2, publish_attempts = publish_attempts + 1
+                sqlx::query_as(concat!(
+                    "UPDATE anb_queue_outbox SET ",
+                    set_claim!("?2"),
+                    ", publish_attempts = publish_attempts + 1
                      WHERE id IN (
                         SELECT id FROM anb_queue_outbox
-                        WHERE dead_at_ms IS NULL
-                          AND (claimed_until_ms IS NULL OR claimed_until_ms < ?1)
+                        WHERE dead_at_ms IS NULL AND coalesce(",
+                    claim_of_row!(),
+                    ", 0) < ?1
                         ORDER BY id LIMIT ?3
                      )
-                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts",
-                )
+                     RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts,
+                        unique_key, unique_until_ms"
+                ))
                 .bind(now)
                 .bind(until)
                 .bind(batch)
@@ -1105,8 +1466,11 @@ impl Store {
     /// Records failed publishes, in one transaction: each job keeps its error and is either
     /// claimed until its retry is due (so no relay, old or new, takes it earlier) or dead.
     async fn settle(&self, settlements: &[Settlement]) -> Result<(), QueueError> {
-        const RETRY: &str = "UPDATE anb_queue_outbox SET claimed_until_ms = $2, last_error = $3
-             WHERE id = $1";
+        const RETRY: &str = concat!(
+            "UPDATE anb_queue_outbox SET ",
+            set_claim!("$2"),
+            ", last_error = $3 WHERE id = $1"
+        );
         const DIE: &str = "UPDATE anb_queue_outbox
              SET claimed_until_ms = $2, last_error = $3, dead_at_ms = $4 WHERE id = $1";
         on_pool!(self, pool => {
@@ -1138,20 +1502,20 @@ impl Store {
             (Store::Postgres(pool), ids) => {
                 let mut tx = pool.begin().await.map_err(QueueError::from_sqlx)?;
                 let done = match ids {
-                    Some(ids) => sqlx::query(
-                        "UPDATE anb_queue_outbox
-                             SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
-                             WHERE dead_at_ms IS NOT NULL AND id = ANY($1)",
-                    )
+                    Some(ids) => sqlx::query(concat!(
+                        "UPDATE anb_queue_outbox SET ",
+                        requeue_set!(),
+                        " WHERE dead_at_ms IS NOT NULL AND id = ANY($1)"
+                    ))
                     .bind(ids)
                     .execute(&mut *tx)
                     .await
                     .map_err(QueueError::from_sqlx)?,
-                    None => sqlx::query(
-                        "UPDATE anb_queue_outbox
-                             SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
-                             WHERE dead_at_ms IS NOT NULL",
-                    )
+                    None => sqlx::query(concat!(
+                        "UPDATE anb_queue_outbox SET ",
+                        requeue_set!(),
+                        " WHERE dead_at_ms IS NOT NULL"
+                    ))
                     .execute(&mut *tx)
                     .await
                     .map_err(QueueError::from_sqlx)?,
@@ -1166,22 +1530,22 @@ impl Store {
                 done.rows_affected()
             }
             #[cfg(feature = "sqlite")]
-            (Store::Sqlite(pool), Some(ids)) => sqlx::query(
-                "UPDATE anb_queue_outbox
-                 SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
-                 WHERE dead_at_ms IS NOT NULL AND id IN (SELECT value FROM json_each(?1))",
-            )
+            (Store::Sqlite(pool), Some(ids)) => sqlx::query(concat!(
+                "UPDATE anb_queue_outbox SET ",
+                requeue_set!(),
+                " WHERE dead_at_ms IS NOT NULL AND id IN (SELECT value FROM json_each(?1))"
+            ))
             .bind(json_ids(ids))
             .execute(pool)
             .await
             .map_err(QueueError::from_sqlx)?
             .rows_affected(),
             #[cfg(feature = "sqlite")]
-            (Store::Sqlite(pool), None) => sqlx::query(
-                "UPDATE anb_queue_outbox
-                 SET dead_at_ms = NULL, claimed_until_ms = NULL, publish_attempts = 0
-                 WHERE dead_at_ms IS NOT NULL",
-            )
+            (Store::Sqlite(pool), None) => sqlx::query(concat!(
+                "UPDATE anb_queue_outbox SET ",
+                requeue_set!(),
+                " WHERE dead_at_ms IS NOT NULL"
+            ))
             .execute(pool)
             .await
             .map_err(QueueError::from_sqlx)?
@@ -1233,6 +1597,186 @@ pub(crate) async fn insert_sqlite(
     .await
     .map_err(QueueError::from_sqlx)?;
     Ok(id)
+}
+
+/// Writes a keyed row (see the schema's version 3), whose claim `claimed_until_ms` keeps
+/// from older relays.
+#[cfg(feature = "postgres")]
+const POSTGRES_INSERT_KEYED: &str = "INSERT INTO anb_queue_outbox
+        (name, payload, max_attempts, not_before_ms, created_at_ms, unique_key, claimed_until_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+
+/// Takes a period key (a fresh one, or one whose period is over) for a new entry's id drawn
+/// from the outbox's sequence, and writes the entry only if the key was taken; else reads
+/// the holder. `ON CONFLICT` waits for a concurrent transaction that took the key to end;
+/// the holder is read in the statement's snapshot, so one committed meanwhile reads as no
+/// row: try again (the next statement sees it).
+#[cfg(feature = "postgres")]
+const POSTGRES_INSERT_FOR_PERIOD: &str = "WITH new_entry AS (
+        SELECT nextval(pg_get_serial_sequence('anb_queue_outbox', 'id')) AS id
+     ),
+     taken AS (
+        INSERT INTO anb_queue_outbox_unique AS k (name, unique_key, entry_id, unique_until_ms)
+        SELECT $1, $6, id, $7 FROM new_entry
+        ON CONFLICT (name, unique_key) DO UPDATE
+        SET entry_id = EXCLUDED.entry_id, unique_until_ms = EXCLUDED.unique_until_ms
+        WHERE k.unique_until_ms <= $5
+        RETURNING entry_id
+     ),
+     inserted AS (
+        INSERT INTO anb_queue_outbox (id, name, payload, max_attempts, not_before_ms,
+            created_at_ms, unique_key, unique_until_ms, claimed_until_ms)
+        OVERRIDING SYSTEM VALUE
+        SELECT entry_id, $1, $2, $3, $4, $5, $6, $7, $8 FROM taken
+        RETURNING id
+     )
+     SELECT id, false AS duplicate FROM inserted
+     UNION ALL
+     SELECT entry_id, true FROM anb_queue_outbox_unique
+     WHERE name = $1 AND unique_key = $6 AND NOT EXISTS (SELECT 1 FROM taken)";
+
+/// Writes one job with a unique key into the outbox on a PostgreSQL connection.
+#[cfg(feature = "postgres")]
+pub(crate) async fn insert_unique_postgres(
+    conn: &mut PgConnection,
+    job: &NewJob,
+) -> Result<OutboxEnqueued, QueueError> {
+    let Some(unique) = &job.unique else {
+        let id = insert_postgres(conn, job).await?;
+        return Ok(OutboxEnqueued {
+            id,
+            duplicate: false,
+        });
+    };
+    let now = now_ms();
+    let not_before = now.saturating_add(millis(job.delay));
+    let Some(period) = unique.period else {
+        let id = sqlx::query_scalar(POSTGRES_INSERT_KEYED)
+            .bind(job.name)
+            .bind(&job.payload)
+            .bind(i64::from(job.max_attempts))
+            .bind(not_before)
+            .bind(now)
+            .bind(&unique.key)
+            .bind(DEAD_CLAIM)
+            .fetch_one(conn)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        return Ok(OutboxEnqueued {
+            id,
+            duplicate: false,
+        });
+    };
+    for _ in 0..crate::backend::UNIQUE_ATTEMPTS {
+        let row: Option<(i64, bool)> = sqlx::query_as(POSTGRES_INSERT_FOR_PERIOD)
+            .bind(job.name)
+            .bind(&job.payload)
+            .bind(i64::from(job.max_attempts))
+            .bind(not_before)
+            .bind(now)
+            .bind(&unique.key)
+            .bind(now.saturating_add(millis(period)))
+            .bind(DEAD_CLAIM)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        if let Some((id, duplicate)) = row {
+            return Ok(OutboxEnqueued { id, duplicate });
+        }
+    }
+    Err(QueueError::UniqueKeyContended {
+        job: job.name,
+        key: unique.key.clone(),
+    })
+}
+
+/// Writes one job with a unique key into the outbox on a SQLite connection, within a
+/// savepoint in the caller's transaction. Its first statement writes, so the transaction
+/// holds the file's write lock before it reads who holds a period key: no other writer can
+/// take the key in between.
+#[cfg(feature = "sqlite")]
+pub(crate) async fn insert_unique_sqlite(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+) -> Result<OutboxEnqueued, QueueError> {
+    use sqlx::Connection as _;
+
+    const INSERT_KEYED: &str = "INSERT INTO anb_queue_outbox (name, payload, max_attempts,
+            not_before_ms, created_at_ms, unique_key, unique_until_ms, claimed_until_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id";
+    let Some(unique) = &job.unique else {
+        let id = insert_sqlite(conn, job).await?;
+        return Ok(OutboxEnqueued {
+            id,
+            duplicate: false,
+        });
+    };
+    let now = now_ms();
+    let until = unique
+        .period
+        .map(|period| now.saturating_add(millis(period)));
+    let mut tx = conn.begin().await.map_err(QueueError::from_sqlx)?;
+    if let Some(until) = until {
+        // The key first, with a placeholder holder, so the first statement is the write.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO anb_queue_outbox_unique (name, unique_key, entry_id, unique_until_ms)
+             VALUES (?1, ?2, 0, ?3)
+             ON CONFLICT (name, unique_key) DO UPDATE
+             SET entry_id = 0, unique_until_ms = excluded.unique_until_ms
+             WHERE unique_until_ms <= ?4
+             RETURNING 1",
+        )
+        .bind(job.name)
+        .bind(&unique.key)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+        if taken.is_none() {
+            let holder: i64 = sqlx::query_scalar(
+                "SELECT entry_id FROM anb_queue_outbox_unique WHERE name = ?1 AND unique_key = ?2",
+            )
+            .bind(job.name)
+            .bind(&unique.key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+            tx.commit().await.map_err(QueueError::from_sqlx)?;
+            return Ok(OutboxEnqueued {
+                id: holder,
+                duplicate: true,
+            });
+        }
+    }
+    let id: i64 = sqlx::query_scalar(INSERT_KEYED)
+        .bind(job.name)
+        .bind(&job.payload)
+        .bind(i64::from(job.max_attempts))
+        .bind(now.saturating_add(millis(job.delay)))
+        .bind(now)
+        .bind(&unique.key)
+        .bind(until)
+        .bind(DEAD_CLAIM)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+    if until.is_some() {
+        sqlx::query(
+            "UPDATE anb_queue_outbox_unique SET entry_id = ?3 WHERE name = ?1 AND unique_key = ?2",
+        )
+        .bind(job.name)
+        .bind(&unique.key)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(QueueError::from_sqlx)?;
+    }
+    tx.commit().await.map_err(QueueError::from_sqlx)?;
+    Ok(OutboxEnqueued {
+        id,
+        duplicate: false,
+    })
 }
 
 /// The relay's `LISTEN` connection on PostgreSQL, reopened when it drops; while it is down

@@ -584,6 +584,12 @@ pub trait TransactionalConnection: sealed::Sealed + Send {
         &mut self,
         job: &NewJob,
     ) -> impl Future<Output = Result<i64, QueueError>> + Send;
+
+    #[doc(hidden)]
+    fn insert_outbox_unique(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<crate::outbox::OutboxEnqueued, QueueError>> + Send;
 }
 
 #[cfg(feature = "postgres")]
@@ -610,6 +616,13 @@ impl TransactionalConnection for PgConnection {
     ) -> impl Future<Output = Result<i64, QueueError>> + Send {
         crate::outbox::insert_postgres(self, job)
     }
+
+    fn insert_outbox_unique(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<crate::outbox::OutboxEnqueued, QueueError>> + Send {
+        crate::outbox::insert_unique_postgres(self, job)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -635,6 +648,13 @@ impl TransactionalConnection for SqliteConnection {
         job: &NewJob,
     ) -> impl Future<Output = Result<i64, QueueError>> + Send {
         crate::outbox::insert_sqlite(self, job)
+    }
+
+    fn insert_outbox_unique(
+        &mut self,
+        job: &NewJob,
+    ) -> impl Future<Output = Result<crate::outbox::OutboxEnqueued, QueueError>> + Send {
+        crate::outbox::insert_unique_sqlite(self, job)
     }
 }
 

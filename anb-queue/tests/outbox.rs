@@ -3,7 +3,10 @@
 //! commit time, a rolled-back job never does, a commit wakes the relay, and relays working
 //! side by side publish each job once; a job the broker refuses dies with its reason while
 //! the others flow, failed publishes are retried with backoff and counted, dead jobs can be
-//! requeued, and an upgraded table keeps working beside relays of the first release.
+//! requeued, and an upgraded table keeps working beside relays of the first release. Unique
+//! keys: a period key is held by the outbox itself (one job reaches SQS, however many
+//! concurrent transactions enqueue it), a key held while unfinished is enforced by a Redis
+//! target and refused, as a dead entry with its reason, by an SQS one.
 
 mod support;
 
@@ -14,7 +17,9 @@ use std::{
     time::Duration,
 };
 
-use anb_queue::{Job, JobContext, Outbox, Queue, QueueError, Relay, RetryBackoff, Worker};
+use anb_queue::{
+    Job, JobContext, Outbox, OutboxEnqueued, Queue, QueueError, Relay, RetryBackoff, Unique, Worker,
+};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{
@@ -128,6 +133,46 @@ impl AppDb {
                 id
             }
         }
+    }
+
+    /// Writes `job` into the outbox with `unique` in a transaction of its own, then commits
+    /// or rolls back.
+    async fn enqueue_unique<J: Job>(
+        &self,
+        outbox: &Outbox,
+        job: &J,
+        unique: Unique,
+        commit: bool,
+    ) -> OutboxEnqueued {
+        macro_rules! in_tx {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.unwrap();
+                let enqueued = outbox
+                    .enqueue_unique_tx(&mut *tx, job, unique)
+                    .await
+                    .unwrap();
+                if commit {
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+                enqueued
+            }};
+        }
+        match self {
+            Self::Postgres(pool) => in_tx!(pool),
+            Self::Sqlite(pool) => in_tx!(pool),
+        }
+    }
+
+    /// How many period keys the outbox holds (expired or not).
+    async fn unique_key_rows(&self) -> i64 {
+        let sql = "SELECT count(*) FROM anb_queue_outbox_unique";
+        match self {
+            Self::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Self::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .unwrap()
     }
 
     async fn close(&self) {
@@ -974,6 +1019,363 @@ async fn an_upgraded_outbox_works_beside_relays_of_the_first_release(engine: Eng
     database.cleanup().await;
 }
 
+/// A relay publishing `outbox` to the SQS queue at `queue_url`, until `stop` is cancelled.
+fn spawn_sqs_relay(
+    outbox: &Outbox,
+    queue_url: String,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), QueueError>> {
+    tokio::spawn(
+        outbox
+            .relay(move || {
+                let (client, queue_url) = (sqs_client(&aws_endpoint()), queue_url.clone());
+                async move { Queue::from_sqs_client(client, &queue_url).await }
+            })
+            .run_until(stop.clone().cancelled_owned()),
+    )
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn a_period_key_is_held_by_the_outbox_and_one_job_reaches_sqs(engine: Engine) {
+    let broker = TestDb::sqs().await;
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+    let hourly = |video_id: i64| Unique::key(format!("video:{video_id}")).for_period(HOUR);
+
+    // A transaction that rolls back takes no key.
+    let rolled_back = app
+        .enqueue_unique(&outbox, &Transcode { video_id: 1 }, hourly(1), false)
+        .await;
+    assert!(!rolled_back.duplicate);
+    let first = app
+        .enqueue_unique(&outbox, &Transcode { video_id: 1 }, hourly(1), true)
+        .await;
+    assert!(!first.duplicate, "the rolled-back enqueue holds no key");
+    for _ in 0..2 {
+        let again = app
+            .enqueue_unique(&outbox, &Transcode { video_id: 1 }, hourly(1), true)
+            .await;
+        assert_eq!(
+            again,
+            OutboxEnqueued {
+                id: first.id,
+                duplicate: true
+            }
+        );
+    }
+    let other = app
+        .enqueue_unique(&outbox, &Transcode { video_id: 2 }, hourly(2), true)
+        .await;
+    assert!(!other.duplicate && other.id != first.id);
+    assert_eq!(outbox.pending().await.unwrap(), 2, "one entry per key");
+    let waiting = outbox.pending_entries(10, None).await.unwrap();
+    assert_eq!(waiting[0].unique_key.as_deref(), Some("video:1"));
+    // A relay of the first release, still running during a deploy, would publish a keyed
+    // entry without its key: it never takes one.
+    assert_eq!(app.first_release_claim().await, Vec::<i64>::new());
+
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_sqs_relay(&outbox, broker.url.clone(), &stop_relay);
+    let consumer_queue = broker.queue().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    wait_until("both jobs arrive", 120, || async {
+        deliveries(&seen.lock().unwrap()).len() == 2
+    })
+    .await;
+    wait_until("the outbox is drained", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    // Published and gone from the outbox, the key is still held for its period.
+    let after = app
+        .enqueue_unique(&outbox, &Transcode { video_id: 1 }, hourly(1), true)
+        .await;
+    assert_eq!(
+        after,
+        OutboxEnqueued {
+            id: first.id,
+            duplicate: true
+        }
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        deliveries(&seen),
+        HashMap::from([(1, 1), (2, 1)]),
+        "one job per key reaches SQS: {seen:?}"
+    );
+    assert_eq!(outbox.dead_count().await.unwrap(), 0);
+    app.close().await;
+    database.cleanup().await;
+    broker.cleanup().await;
+}
+
+async fn a_period_key_is_free_once_its_period_is_over_and_then_pruned(engine: Engine) {
+    let broker = TestDb::redis().await;
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+    let brief = || Unique::key("video:1").for_period(Duration::from_millis(300));
+    let job = Transcode { video_id: 1 };
+
+    let first = app.enqueue_unique(&outbox, &job, brief(), true).await;
+    let again = app.enqueue_unique(&outbox, &job, brief(), true).await;
+    assert!(!first.duplicate && again.duplicate && again.id == first.id);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later = app.enqueue_unique(&outbox, &job, brief(), true).await;
+    assert!(!later.duplicate && later.id != first.id, "{later:?}");
+    assert_eq!(outbox.pending().await.unwrap(), 2);
+    assert_eq!(
+        app.unique_key_rows().await,
+        1,
+        "the expired key was replaced"
+    );
+
+    // Keys nobody enqueues again are pruned by the relay once expired.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, broker.url.clone(), &stop_relay, |relay| relay);
+    wait_until("expired keys are pruned", 30, || async {
+        app.unique_key_rows().await == 0
+    })
+    .await;
+    wait_until("the outbox is drained", 30, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(broker.queue().await.stats().await.unwrap().ready, 2);
+    app.close().await;
+    database.cleanup().await;
+    broker.cleanup().await;
+}
+
+async fn concurrent_period_enqueues_of_one_key_store_one_entry(engine: Engine) {
+    const TASKS: usize = 32;
+    let database = test_db(engine).await;
+    let app = match engine {
+        // One connection per task, so that every transaction is open at once.
+        Engine::Postgres => AppDb::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(TASKS as u32)
+                .connect(&database.url)
+                .await
+                .unwrap(),
+        ),
+        _ => AppDb::open(&database).await,
+    };
+    let app = Arc::new(app);
+    let outbox = app.outbox().await;
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (app, outbox, start) = (app.clone(), outbox.clone(), start.clone());
+            tokio::spawn(async move {
+                let unique = Unique::key("video:1").for_period(HOUR);
+                let job = Transcode { video_id: 1 };
+                macro_rules! in_tx {
+                    ($pool:expr) => {{
+                        let mut tx = $pool.begin().await.unwrap();
+                        // Every transaction open before any enqueues (where a connection
+                        // per task lets them be).
+                        if matches!(&*app, AppDb::Postgres(_)) {
+                            start.wait().await;
+                        }
+                        let enqueued = outbox
+                            .enqueue_unique_tx(&mut *tx, &job, unique)
+                            .await
+                            .unwrap();
+                        // Held open a while, so the others meet an uncommitted key.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tx.commit().await.unwrap();
+                        enqueued
+                    }};
+                }
+                match &*app {
+                    AppDb::Postgres(pool) => in_tx!(pool),
+                    AppDb::Sqlite(pool) => in_tx!(pool),
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let fresh: Vec<_> = answers.iter().filter(|answer| !answer.duplicate).collect();
+    assert_eq!(fresh.len(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|answer| answer.id == fresh[0].id),
+        "{answers:?}"
+    );
+    assert_eq!(outbox.pending().await.unwrap(), 1);
+    assert_eq!(app.unique_key_rows().await, 1);
+    app.close().await;
+    database.cleanup().await;
+}
+
+async fn a_key_held_while_unfinished_is_enforced_by_redis_through_the_relay(engine: Engine) {
+    let broker = TestDb::redis().await;
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+    let consumer_queue = broker.queue().await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, broker.url.clone(), &stop_relay, |relay| relay);
+    let job = Transcode { video_id: 1 };
+
+    let first = app
+        .enqueue_unique(&outbox, &job, Unique::key("video:1"), true)
+        .await;
+    assert!(!first.duplicate);
+    wait_until("the first job is published", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    // The outbox cannot tell whether the first job has finished: it writes the entry, and
+    // Redis, which holds the key until the job finishes, answers it is a duplicate.
+    let second = app
+        .enqueue_unique(&outbox, &job, Unique::key("video:1"), true)
+        .await;
+    assert!(!second.duplicate && second.id != first.id, "{second:?}");
+    wait_until("the second entry is settled", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(
+        outbox.dead_count().await.unwrap(),
+        0,
+        "a duplicate is published"
+    );
+    assert_eq!(
+        consumer_queue.stats().await.unwrap().ready,
+        1,
+        "one job on Redis"
+    );
+    let direct = consumer_queue
+        .enqueue_unique(&job, Unique::key("video:1"))
+        .await
+        .unwrap();
+    assert!(direct.duplicate, "Redis holds the key: {direct:?}");
+
+    // A period key is held on Redis as well as in the outbox.
+    let hourly = Unique::key("video:2").for_period(HOUR);
+    let periodic = Transcode { video_id: 2 };
+    app.enqueue_unique(&outbox, &periodic, hourly.clone(), true)
+        .await;
+    wait_until("the period-keyed job is published", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    let direct = consumer_queue
+        .enqueue_unique(&periodic, hourly)
+        .await
+        .unwrap();
+    assert!(direct.duplicate, "Redis holds the period key: {direct:?}");
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(consumer_queue.stats().await.unwrap().ready, 2);
+    app.close().await;
+    database.cleanup().await;
+    broker.cleanup().await;
+}
+
+async fn a_key_held_while_unfinished_dies_in_the_outbox_when_relayed_to_sqs(engine: Engine) {
+    let broker = TestDb::sqs().await;
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+
+    let keyed = app
+        .enqueue_unique(
+            &outbox,
+            &Transcode { video_id: 1 },
+            Unique::key("video:1"),
+            true,
+        )
+        .await;
+    app.insert_video(&outbox, 2, true).await;
+    app.enqueue_unique(
+        &outbox,
+        &Transcode { video_id: 3 },
+        Unique::key("video:3").for_period(HOUR),
+        true,
+    )
+    .await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_sqs_relay(&outbox, broker.url.clone(), &stop_relay);
+    let consumer_queue = broker.queue().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    wait_until("the other jobs arrive", 120, || async {
+        deliveries(&seen.lock().unwrap()).len() >= 2
+    })
+    .await;
+    wait_until("the keyed job is dead", 60, || async {
+        outbox.dead_count().await.unwrap() == 1
+    })
+    .await;
+    assert_eq!(outbox.pending().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+
+    assert_eq!(
+        deliveries(&seen.lock().unwrap()),
+        HashMap::from([(2, 1), (3, 1)]),
+        "the keyed job is never published without its key"
+    );
+    let dead = outbox.dead_entries(10, None).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].id, keyed.id);
+    assert_eq!(dead[0].unique_key.as_deref(), Some("video:1"));
+    assert_eq!(
+        dead[0].publish_attempts, 1,
+        "refused for good: dead at once"
+    );
+    let reason = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("sqs") && reason.contains("unique key") && reason.contains("unfinished"),
+        "{reason}"
+    );
+
+    // Given back, it waits for a relay of this release with no claim, still out of reach
+    // of older relays, and a relay to Redis publishes it with its key.
+    assert_eq!(outbox.requeue_dead(&[keyed.id]).await.unwrap(), 1);
+    let waiting = outbox.pending_entries(10, None).await.unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0].next_attempt_at_ms, None, "{waiting:?}");
+    assert_eq!(app.first_release_claim().await, Vec::<i64>::new());
+    let redis = TestDb::redis().await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, redis.url.clone(), &stop_relay, |relay| relay);
+    wait_until("the requeued job is published", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    let redis_queue = redis.queue().await;
+    let direct = redis_queue
+        .enqueue_unique(&Transcode { video_id: 1 }, Unique::key("video:1"))
+        .await
+        .unwrap();
+    assert!(direct.duplicate, "published with its key: {direct:?}");
+    app.close().await;
+    database.cleanup().await;
+    broker.cleanup().await;
+    redis.cleanup().await;
+}
+
 /// Runs every case above on one engine.
 macro_rules! outbox_suite {
     ($module:ident, $engine:expr) => {
@@ -1018,6 +1420,33 @@ macro_rules! outbox_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_upgraded_outbox_works_beside_relays_of_the_first_release() {
                 super::an_upgraded_outbox_works_beside_relays_of_the_first_release($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_period_key_is_held_by_the_outbox_and_one_job_reaches_sqs() {
+                super::a_period_key_is_held_by_the_outbox_and_one_job_reaches_sqs($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_period_key_is_free_once_its_period_is_over_and_then_pruned() {
+                super::a_period_key_is_free_once_its_period_is_over_and_then_pruned($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_period_enqueues_of_one_key_store_one_entry() {
+                super::concurrent_period_enqueues_of_one_key_store_one_entry($engine).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_key_held_while_unfinished_is_enforced_by_redis_through_the_relay() {
+                super::a_key_held_while_unfinished_is_enforced_by_redis_through_the_relay($engine)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_key_held_while_unfinished_dies_in_the_outbox_when_relayed_to_sqs() {
+                super::a_key_held_while_unfinished_dies_in_the_outbox_when_relayed_to_sqs($engine)
+                    .await;
             }
 
             #[tokio::test]
