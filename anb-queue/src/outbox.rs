@@ -85,6 +85,11 @@
 //! Keyed entries are published one at a time (one unique enqueue each), the others in
 //! batches.
 //!
+//! An entry keeps its job's priority ([`Job::PRIORITY`](crate::Job::PRIORITY)) and is
+//! published at it; a queue without priorities (SQS) never gets a job out of its order: the
+//! relay moves an entry of any priority but the default to the dead state with the reason
+//! (`anb_queue_outbox_dead_total{reason="priority"}`).
+//!
 //! ```no_run
 //! # use serde::{Deserialize, Serialize};
 //! # #[derive(Serialize, Deserialize)] struct Transcode { video_id: i64 }
@@ -128,7 +133,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 
 use crate::{
-    RetryBackoff,
+    Priority, RetryBackoff,
     backend::{BackendKind, NewJob, now_ms},
     error::QueueError,
     job::Job,
@@ -242,6 +247,15 @@ const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY (name, unique_key)
             )",
         ],
+    },
+    // Priorities. A row keeps its job's priority for the relay to publish it with; relays of
+    // version 3 and before ignore the column and publish at the default priority.
+    Migration {
+        version: 4,
+        postgres: &[
+            "ALTER TABLE anb_queue_outbox ADD COLUMN IF NOT EXISTS priority SMALLINT NOT NULL DEFAULT 0",
+        ],
+        sqlite: &["ALTER TABLE anb_queue_outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"],
     },
 ];
 
@@ -527,7 +541,7 @@ impl Outbox {
             payload,
             max_attempts: J::MAX_ATTEMPTS.max(1),
             delay,
-            priority: crate::Priority::HIGHEST,
+            priority: J::PRIORITY,
             unique: None,
         })
     }
@@ -805,9 +819,21 @@ where
         let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
         let mut attempt = Attempt::default();
         let supports_unique = queue.backend().supports_unique();
+        let supports_priorities = queue.backend().supports_priorities();
         let mut plain = Vec::with_capacity(entries.len());
         let mut keyed = Vec::new();
         for entry in entries {
+            if entry.priority() != Priority::HIGHEST && !supports_priorities {
+                let error = format!(
+                    "the {} queue has no priorities, and the job of priority {} is never \
+                     published out of its order (publish to a queue with priorities, or \
+                     give jobs for this queue the default priority)",
+                    queue.kind().as_str(),
+                    entry.priority()
+                );
+                attempt.refuse(entry, error, "priority");
+                continue;
+            }
             match entry.route(supports_unique, now) {
                 Route::Plain => plain.push(entry),
                 Route::Keyed(key) => keyed.push((entry, key)),
@@ -1135,6 +1161,7 @@ struct Entry {
     publish_attempts: i64,
     unique_key: Option<String>,
     unique_until_ms: Option<i64>,
+    priority: i64,
 }
 
 impl Entry {
@@ -1144,9 +1171,17 @@ impl Entry {
             payload: self.payload.clone(),
             max_attempts: u32::try_from(self.max_attempts).unwrap_or(1).max(1),
             delay: Duration::from_millis(u64::try_from(self.not_before_ms - now).unwrap_or(0)),
-            priority: crate::Priority::HIGHEST,
+            priority: self.priority(),
             unique: None,
         }
+    }
+
+    /// The row's priority (a level out of range, written by hand, is the default).
+    fn priority(&self) -> Priority {
+        u8::try_from(self.priority)
+            .ok()
+            .and_then(|level| Priority::try_from(level).ok())
+            .unwrap_or_default()
     }
 
     /// How this row goes to a queue that does (or does not) enforce unique keys, at `now`.
@@ -1402,7 +1437,7 @@ impl Store {
                         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED
                      )
                      RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts,
-                        unique_key, unique_until_ms"
+                        unique_key, unique_until_ms, priority::int8 AS priority"
                 ))
                 .bind(now)
                 .bind(until)
@@ -1426,7 +1461,7 @@ impl Store {
                         ORDER BY id LIMIT ?3
                      )
                      RETURNING id, name, payload, max_attempts, not_before_ms, publish_attempts,
-                        unique_key, unique_until_ms"
+                        unique_key, unique_until_ms, priority"
                 ))
                 .bind(now)
                 .bind(until)
@@ -1563,14 +1598,16 @@ pub(crate) async fn insert_postgres(
 ) -> Result<i64, QueueError> {
     let now = now_ms();
     let id = sqlx::query_scalar(
-        "INSERT INTO anb_queue_outbox (name, payload, max_attempts, not_before_ms, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO anb_queue_outbox
+             (name, payload, max_attempts, not_before_ms, created_at_ms, priority)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(job.name)
     .bind(&job.payload)
     .bind(i64::from(job.max_attempts))
     .bind(now.saturating_add(millis(job.delay)))
     .bind(now)
+    .bind(i16::from(job.priority.level()))
     .fetch_one(conn)
     .await
     .map_err(QueueError::from_sqlx)?;
@@ -1585,14 +1622,16 @@ pub(crate) async fn insert_sqlite(
 ) -> Result<i64, QueueError> {
     let now = now_ms();
     let id = sqlx::query_scalar(
-        "INSERT INTO anb_queue_outbox (name, payload, max_attempts, not_before_ms, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        "INSERT INTO anb_queue_outbox
+             (name, payload, max_attempts, not_before_ms, created_at_ms, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
     )
     .bind(job.name)
     .bind(&job.payload)
     .bind(i64::from(job.max_attempts))
     .bind(now.saturating_add(millis(job.delay)))
     .bind(now)
+    .bind(i64::from(job.priority.level()))
     .fetch_one(conn)
     .await
     .map_err(QueueError::from_sqlx)?;
@@ -1603,8 +1642,9 @@ pub(crate) async fn insert_sqlite(
 /// from older relays.
 #[cfg(feature = "postgres")]
 const POSTGRES_INSERT_KEYED: &str = "INSERT INTO anb_queue_outbox
-        (name, payload, max_attempts, not_before_ms, created_at_ms, unique_key, claimed_until_ms)
-     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        (name, payload, max_attempts, not_before_ms, created_at_ms, unique_key, claimed_until_ms,
+         priority)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
 
 /// Takes a period key (a fresh one, or one whose period is over) for a new entry's id drawn
 /// from the outbox's sequence, and writes the entry only if the key was taken; else reads
@@ -1625,9 +1665,9 @@ const POSTGRES_INSERT_FOR_PERIOD: &str = "WITH new_entry AS (
      ),
      inserted AS (
         INSERT INTO anb_queue_outbox (id, name, payload, max_attempts, not_before_ms,
-            created_at_ms, unique_key, unique_until_ms, claimed_until_ms)
+            created_at_ms, unique_key, unique_until_ms, claimed_until_ms, priority)
         OVERRIDING SYSTEM VALUE
-        SELECT entry_id, $1, $2, $3, $4, $5, $6, $7, $8 FROM taken
+        SELECT entry_id, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM taken
         RETURNING id
      )
      SELECT id, false AS duplicate FROM inserted
@@ -1659,6 +1699,7 @@ pub(crate) async fn insert_unique_postgres(
             .bind(now)
             .bind(&unique.key)
             .bind(DEAD_CLAIM)
+            .bind(i16::from(job.priority.level()))
             .fetch_one(conn)
             .await
             .map_err(QueueError::from_sqlx)?;
@@ -1677,6 +1718,7 @@ pub(crate) async fn insert_unique_postgres(
             .bind(&unique.key)
             .bind(now.saturating_add(millis(period)))
             .bind(DEAD_CLAIM)
+            .bind(i16::from(job.priority.level()))
             .fetch_optional(&mut *conn)
             .await
             .map_err(QueueError::from_sqlx)?;
@@ -1702,8 +1744,8 @@ pub(crate) async fn insert_unique_sqlite(
     use sqlx::Connection as _;
 
     const INSERT_KEYED: &str = "INSERT INTO anb_queue_outbox (name, payload, max_attempts,
-            not_before_ms, created_at_ms, unique_key, unique_until_ms, claimed_until_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id";
+            not_before_ms, created_at_ms, unique_key, unique_until_ms, claimed_until_ms, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id";
     let Some(unique) = &job.unique else {
         let id = insert_sqlite(conn, job).await?;
         return Ok(OutboxEnqueued {
@@ -1758,6 +1800,7 @@ pub(crate) async fn insert_unique_sqlite(
         .bind(&unique.key)
         .bind(until)
         .bind(DEAD_CLAIM)
+        .bind(i64::from(job.priority.level()))
         .fetch_one(&mut *tx)
         .await
         .map_err(QueueError::from_sqlx)?;

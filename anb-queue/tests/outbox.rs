@@ -18,7 +18,8 @@ use std::{
 };
 
 use anb_queue::{
-    Job, JobContext, Outbox, OutboxEnqueued, Queue, QueueError, Relay, RetryBackoff, Unique, Worker,
+    Job, JobContext, Outbox, OutboxEnqueued, Priority, Queue, QueueError, Relay, RetryBackoff,
+    Unique, Worker, backend::ClaimRequest,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,17 @@ struct Transcode {
 
 impl Job for Transcode {
     const NAME: &'static str = "transcode";
+}
+
+/// A job that may wait: a lower priority than the default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Backfill {
+    video_id: i64,
+}
+
+impl Job for Backfill {
+    const NAME: &'static str = "backfill";
+    const PRIORITY: Priority = Priority::new(6);
 }
 
 /// The application's database, with its own `videos` table beside the outbox.
@@ -1376,6 +1388,78 @@ async fn a_key_held_while_unfinished_dies_in_the_outbox_when_relayed_to_sqs(engi
     redis.cleanup().await;
 }
 
+/// A job's priority travels with its outbox entry: a Redis target runs it in priority order
+/// (the default-priority job written after it is claimed first) and shows it; an SQS target,
+/// which has no priorities, never gets it out of order: the entry dies with its reason while
+/// the default-priority job is delivered.
+async fn a_job_keeps_its_priority_through_the_outbox_and_sqs_refuses_it(engine: Engine) {
+    let database = test_db(engine).await;
+    let app = AppDb::open(&database).await;
+    let outbox = app.outbox().await;
+    app.insert_video_with(&outbox, 1, &Backfill { video_id: 1 }, true)
+        .await;
+    app.insert_video(&outbox, 2, true).await;
+
+    let redis = TestDb::redis().await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_relay(&outbox, redis.url.clone(), &stop_relay, |relay| relay);
+    wait_until("both jobs are published", 60, || async {
+        outbox.pending().await.unwrap() == 0
+    })
+    .await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    let redis_queue = redis.queue().await;
+    let claimed = redis_queue
+        .backend()
+        .claim(ClaimRequest {
+            names: &[Backfill::NAME, Transcode::NAME],
+            max: 2,
+            owner: "test",
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    let names: Vec<&str> = claimed.iter().map(|job| job.name.as_str()).collect();
+    assert_eq!(names, [Transcode::NAME, Backfill::NAME], "priority order");
+    let backfill = redis_queue.job(&claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(backfill.priority, Priority::new(6));
+
+    app.insert_video_with(&outbox, 3, &Backfill { video_id: 3 }, true)
+        .await;
+    app.insert_video(&outbox, 4, true).await;
+    let sqs = TestDb::sqs().await;
+    let stop_relay = CancellationToken::new();
+    let relay = spawn_sqs_relay(&outbox, sqs.url.clone(), &stop_relay);
+    let consumer_queue = sqs.queue().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let worker = recording_worker(&consumer_queue, seen.clone());
+    wait_until("the default-priority job arrives", 120, || async {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    wait_until("the lower-priority job is dead", 60, || async {
+        outbox.dead_count().await.unwrap() == 1
+    })
+    .await;
+    worker.stop().await;
+    stop_relay.cancel();
+    relay.await.unwrap().unwrap();
+    assert_eq!(deliveries(&seen.lock().unwrap()), HashMap::from([(4, 1)]));
+    let dead = outbox.dead_entries(10, None).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].name, Backfill::NAME);
+    let reason = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("sqs") && reason.contains("priority 6"),
+        "{reason}"
+    );
+    app.close().await;
+    database.cleanup().await;
+    redis.cleanup().await;
+    sqs.cleanup().await;
+}
+
 /// Runs every case above on one engine.
 macro_rules! outbox_suite {
     ($module:ident, $engine:expr) => {
@@ -1385,6 +1469,12 @@ macro_rules! outbox_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_job_committed_while_the_broker_is_down_arrives_once_it_is_back() {
                 super::a_job_committed_while_the_broker_is_down_arrives_once_it_is_back($engine)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_job_keeps_its_priority_through_the_outbox_and_sqs_refuses_it() {
+                super::a_job_keeps_its_priority_through_the_outbox_and_sqs_refuses_it($engine)
                     .await;
             }
 
