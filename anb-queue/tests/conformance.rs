@@ -60,10 +60,11 @@ fixture!(Sqlite, sqlite, Capabilities::full());
 fixture!(Redis, redis, Capabilities::full());
 fixture!(RedisCluster, redis_cluster, Capabilities::full());
 // A standard SQS queue cannot deduplicate, cancel a message (only the consumer holding it
-// may delete it), look a message up by id, page or prune its
-// dead-letter queue, or tell the oldest message's age (a CloudWatch metric); a long poll
-// still open when its worker died may count a receive; it delivers at least once, and
-// competing consumers occasionally both get a message (seen: 1 of 500 on a loaded machine).
+// may delete it), keep a counter its workers share (a global rate limit), look a message up
+// by id, page or prune its dead-letter queue, or tell the oldest message's age (a CloudWatch
+// metric); a long poll still open when its worker died may count a receive; it delivers at
+// least once, and competing consumers occasionally both get a message (seen: 1 of 500 on a
+// loaded machine).
 fixture!(
     Sqs,
     sqs,
@@ -72,6 +73,7 @@ fixture!(
         .cancellation(false)
         .named_queues(false)
         .priorities(false)
+        .global_rate_limit(false)
         .operator_calls(false)
         .oldest_ready_age(false)
         .lost_receives_count(true)
