@@ -881,3 +881,97 @@ mod middleware {
         db.cleanup().await;
     }
 }
+
+/// Rolling deploy across the rate-limit schema step (PostgreSQL version 8, SQLite version 7),
+/// which only adds `anb_queue_rate_limits`: a queue of the version before, with a job in it,
+/// is upgraded by a new worker's `setup`, the job is still claimed, and the new table counts
+/// permits.
+mod rate_limit_schema {
+    use std::time::Duration;
+
+    use anb_queue::RateLimit;
+    use anb_queue_testkit::support::claim_one;
+
+    use crate::{Echo, TestDb, support::Engine};
+
+    async fn upgrades(db: TestDb, older: i64, current: i64) {
+        drop(db.queue().await);
+        let downgrade = [
+            "DROP TABLE anb_queue_rate_limits".to_owned(),
+            format!("UPDATE anb_queue_schema SET version = {older}"),
+        ];
+        let version = match db.engine {
+            Engine::Postgres => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                for statement in &downgrade {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                let queue = db.queue().await;
+                queue
+                    .enqueue(&Echo {
+                        n: 1,
+                        text: "before".into(),
+                    })
+                    .await
+                    .unwrap();
+                drop(queue);
+                let upgraded = db.queue().await;
+                let version: i32 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (upgraded, i64::from(version))
+            }
+            _ => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+                for statement in &downgrade {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                let queue = db.queue().await;
+                queue
+                    .enqueue(&Echo {
+                        n: 1,
+                        text: "before".into(),
+                    })
+                    .await
+                    .unwrap();
+                drop(queue);
+                let upgraded = db.queue().await;
+                let version: i64 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (upgraded, version)
+            }
+        };
+        let (queue, version) = version;
+        assert_eq!(version, current, "upgraded to the current version");
+        let claimed = claim_one(&queue, "new", Duration::from_secs(30)).await;
+        assert!(claimed.payload.contains("before"), "{}", claimed.payload);
+        let taken = queue
+            .backend()
+            .take_permits("default", 4, RateLimit::per(3, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        assert_eq!(taken.granted, 3);
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        upgrades(TestDb::postgres().await, 7, 8).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        upgrades(TestDb::sqlite().await, 6, 7).await;
+    }
+}

@@ -48,6 +48,76 @@ fn paced_worker(queue: &Queue, worker: usize, starts: Starts) -> Worker {
         })
 }
 
+/// The backend's counter itself: takes from one window grant at most its permits in all,
+/// from any handle, and permits given back can be taken again in the same window; another
+/// named queue has its own count, and a limit's own permits bound a take however many are
+/// asked for. (An hour's window, so that the checks fall in one window; they start over in
+/// the rare case one ends meanwhile.) A backend without the counter refuses.
+pub async fn rate_limit_permits_are_counted_per_window_and_given_back(fx: &impl Fixture) {
+    let queue = fx.queue().await;
+    let backend = queue.backend();
+    let limit = RateLimit::per(3, Duration::from_secs(3600));
+    if !fx.capabilities().global_rate_limit {
+        assert!(!backend.supports_global_rate_limit());
+        let error = backend.take_permits("paced", 1, limit).await.unwrap_err();
+        assert!(
+            matches!(error, QueueError::UnsupportedByBackend { .. }),
+            "{error:?}"
+        );
+        return;
+    }
+    assert!(backend.supports_global_rate_limit());
+    let other = fx.queue().await;
+    for attempt in 1..=3 {
+        let first = backend.take_permits("paced", 2, limit).await.unwrap();
+        let second = other
+            .backend()
+            .take_permits("paced", 2, limit)
+            .await
+            .unwrap();
+        let third = backend.take_permits("paced", 5, limit).await.unwrap();
+        other
+            .backend()
+            .return_permits("paced", second, 1)
+            .await
+            .unwrap();
+        let again = backend.take_permits("paced", 5, limit).await.unwrap();
+        let emptied = other
+            .backend()
+            .take_permits("paced", 1, limit)
+            .await
+            .unwrap();
+        let elsewhere = backend.take_permits("other", 9, limit).await.unwrap();
+        let windows = [&first, &second, &third, &again, &emptied, &elsewhere];
+        if windows.iter().any(|taken| taken.window != first.window) {
+            assert!(attempt < 3, "the window kept changing: {windows:?}");
+            continue;
+        }
+        assert_eq!(
+            [first.granted, second.granted, third.granted],
+            [2, 1, 0],
+            "three permits, taken by two handles"
+        );
+        assert_eq!(
+            (again.granted, emptied.granted),
+            (1, 0),
+            "the one given back"
+        );
+        assert_eq!(elsewhere.granted, 3, "another queue counts its own");
+        assert!(
+            third.window_ends_in <= limit.period() && third.window_ends_in > Duration::ZERO,
+            "{third:?}"
+        );
+        let start = Duration::from_millis(u64::try_from(first.window).unwrap());
+        assert_eq!(
+            start.as_millis() % limit.period().as_millis(),
+            0,
+            "windows are aligned to the epoch"
+        );
+        return;
+    }
+}
+
 /// Two workers, each on its own handle and each with room for more jobs than the limit,
 /// share a limit of 5 starts per 1 s window: 30 quick jobs take at least six windows, which
 /// one worker's limit alone (or a limit counted per process, 10 per window between them)
