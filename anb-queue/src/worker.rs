@@ -219,7 +219,8 @@ impl Worker {
 
     /// Limits how many jobs of the named queue `queue` (or [`DEFAULT_QUEUE`]) start, across
     /// every worker process that shares the backend: at most `limit.permits()` starts per
-    /// window of `limit.period()`. Declaring a queue's limit again replaces it.
+    /// window of `limit.period()`. Declaring a queue's limit again replaces it; a limit on a
+    /// queue this worker has no handler for does nothing here.
     ///
     /// The windows are fixed: aligned to the Unix epoch by the backend's clock (PostgreSQL's
     /// and Redis's server clock; on SQLite the host's, which every process on the file
