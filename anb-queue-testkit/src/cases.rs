@@ -5,6 +5,7 @@
 mod cancel;
 mod priority;
 mod queues;
+mod rate_limit;
 mod unique;
 
 use std::{
@@ -27,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub use cancel::*;
 pub use priority::*;
 pub use queues::*;
+pub use rate_limit::*;
 pub use unique::*;
 
 use crate::{

@@ -67,6 +67,9 @@ pub struct Capabilities {
     /// Claims take due jobs highest priority first (`Job::PRIORITY`,
     /// `EnqueueOptions::priority`).
     pub priorities: bool,
+    /// `Worker::rate_limit` limits a named queue's job starts across every worker sharing
+    /// the backend (`Backend::take_permits`).
+    pub global_rate_limit: bool,
     /// `Queue::job`, `requeue_dead`, `prune_dead` and paging of `dead_jobs_after` past the first
     /// page, and the worker's pruning of dead jobs.
     pub operator_calls: bool,
@@ -90,6 +93,7 @@ impl Capabilities {
             cancellation: true,
             named_queues: true,
             priorities: true,
+            global_rate_limit: true,
             operator_calls: true,
             oldest_ready_age: true,
             lost_receives_count: false,
@@ -118,6 +122,12 @@ impl Capabilities {
     /// With or without priorities.
     pub const fn priorities(mut self, yes: bool) -> Self {
         self.priorities = yes;
+        self
+    }
+
+    /// With or without a global rate limit per named queue.
+    pub const fn global_rate_limit(mut self, yes: bool) -> Self {
+        self.global_rate_limit = yes;
         self
     }
 

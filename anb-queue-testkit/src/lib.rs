@@ -78,6 +78,8 @@ macro_rules! conformance_suite {
                 a_job_cancelled_while_running_is_not_run_again_after_its_release,
                 named_queues_run_with_their_own_concurrency,
                 due_jobs_run_highest_priority_first,
+                rate_limit_permits_are_counted_per_window_and_given_back,
+                a_rate_limit_holds_across_workers,
             );
 
             #[test]

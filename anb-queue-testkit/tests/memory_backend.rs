@@ -597,8 +597,11 @@ impl Fixture for MemoryFixture {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Its claims take the oldest due job whatever its priority.
-        Capabilities::full().priorities(false)
+        // Its claims take the oldest due job whatever its priority, and it keeps no rate
+        // limit counter (a worker refuses a rate limit on it).
+        Capabilities::full()
+            .priorities(false)
+            .global_rate_limit(false)
     }
 
     // `child_env` stays `None`: the jobs live in this process, so no worker in another

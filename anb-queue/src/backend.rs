@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use crate::{
     error::QueueError,
     priority::Priority,
+    rate_limit::{Permits, RateLimit},
     stats::QueueStats,
     unique::{Enqueued, UniqueKey},
 };
@@ -351,6 +352,41 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn cancel(&self, id: &JobId) -> Result<Cancelled, QueueError> {
         let _ = id;
         Err(self.unsupported("cancelling a job"))
+    }
+
+    /// Takes up to `want` job starts from the current window of the rate limit of the named
+    /// queue `queue` (see [`Worker::rate_limit`](crate::Worker::rate_limit)), atomically
+    /// however many workers ask at once: windows are `limit.period()` long, aligned to the
+    /// Unix epoch by the backend's clock, and each grants at most `limit.permits()` in all.
+    /// A backend that implements this also overrides [`Backend::return_permits`] and
+    /// [`Backend::supports_global_rate_limit`]. The default refuses.
+    async fn take_permits(
+        &self,
+        queue: &str,
+        want: u32,
+        limit: RateLimit,
+    ) -> Result<Permits, QueueError> {
+        let _ = (queue, want, limit);
+        Err(self.unsupported("a global rate limit"))
+    }
+
+    /// Gives back `unused` permits of `permits` (a claim found fewer jobs than it was granted),
+    /// if their window is still the current one; permits of a window that ended are lost.
+    /// The default does nothing.
+    async fn return_permits(
+        &self,
+        queue: &str,
+        permits: Permits,
+        unused: u32,
+    ) -> Result<(), QueueError> {
+        let _ = (queue, permits, unused);
+        Ok(())
+    }
+
+    /// Whether [`Backend::take_permits`] is implemented: a counter every worker process
+    /// shares. `false` by default.
+    fn supports_global_rate_limit(&self) -> bool {
+        false
     }
 
     /// Whether a claim returns only jobs of [`ClaimRequest::names`] (`true` by default), so

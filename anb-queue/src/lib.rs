@@ -14,6 +14,7 @@ mod periodic;
 mod postgres;
 mod priority;
 mod queue;
+mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
 mod runtime;
@@ -39,6 +40,7 @@ pub use priority::{Priority, PriorityOutOfRange};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use queue::TransactionalConnection;
 pub use queue::{EnqueueOptions, Queue};
+pub use rate_limit::{Permits, RateLimit};
 pub use stats::{PollCounts, QueueStats};
 pub use unique::{Enqueued, Unique, UniqueKey};
 pub use worker::{RetryBackoff, Worker, shutdown_signal};

@@ -34,7 +34,7 @@ const CHANNEL: &str = "anb_queue";
 /// Every step must leave the table usable by the code of the version before it, since
 /// workers of both run side by side during a rolling deploy: add nullable columns and
 /// indexes, never rename or drop. Old code's `setup` leaves a newer version alone.
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 /// Arbitrary constant key for the advisory lock that serializes concurrent `setup`s.
 const SETUP_LOCK_KEY: i64 = 0x616e_625f_7175_6575; // "anb_queu"
@@ -132,6 +132,47 @@ const SCHEMA_V7: &[&str] = &[
      ON anb_queue_jobs (name, priority, run_at, id) WHERE state = 'ready'",
     "DROP INDEX IF EXISTS anb_queue_jobs_ready_by_name",
 ];
+
+/// Version 8: global rate limits per named queue. One row per limited queue holds the
+/// current window (its start, in milliseconds since the Unix epoch by the server's clock) and
+/// the permits taken from it; `granted` is what the last take granted (the upsert's way of
+/// returning it). Only a table is added: code of version 7 never reads or writes it (its
+/// workers are not limited, so a limit holds once every worker runs version 8).
+const SCHEMA_V8: &[&str] = &["CREATE TABLE IF NOT EXISTS anb_queue_rate_limits (
+        queue TEXT PRIMARY KEY,
+        window_start BIGINT NOT NULL,
+        used BIGINT NOT NULL,
+        granted BIGINT NOT NULL
+    )"];
+
+/// Takes up to `$2` permits from the current window of queue `$1`'s limit of `$3` per `$4`
+/// ms, in one upsert (the row lock orders concurrent takes): a newer window starts over, the
+/// current one grants what is left, and a take whose clock read an older window than the
+/// row's (it waited for the lock across a boundary) gets nothing. Returns `granted,
+/// window_start, wait_ms`.
+const TAKE_PERMITS: &str = "WITH w AS (
+        SELECT ms, ms - ms % $4 AS start
+        FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS ms) AS clock
+     ),
+     taken AS (
+        INSERT INTO anb_queue_rate_limits AS r (queue, window_start, used, granted)
+        SELECT $1, w.start, least($2, $3), least($2, $3) FROM w
+        ON CONFLICT (queue) DO UPDATE SET
+            window_start = greatest(r.window_start, EXCLUDED.window_start),
+            used = CASE
+                WHEN EXCLUDED.window_start > r.window_start THEN EXCLUDED.used
+                WHEN EXCLUDED.window_start = r.window_start
+                    THEN r.used + greatest(least($2, $3 - r.used), 0)
+                ELSE r.used END,
+            granted = CASE
+                WHEN EXCLUDED.window_start > r.window_start THEN EXCLUDED.granted
+                WHEN EXCLUDED.window_start = r.window_start
+                    THEN greatest(least($2, $3 - r.used), 0)
+                ELSE 0 END
+        RETURNING r.granted, r.window_start
+     )
+     SELECT taken.granted, taken.window_start, taken.window_start + $4 - w.ms AS wait_ms
+     FROM taken, w";
 
 /// Inserts a job whose key is held while it is unfinished, unless a live job of its name
 /// holds the key: then the holder's id. `ON CONFLICT` waits for a concurrent insert of the
@@ -304,6 +345,7 @@ pub(crate) async fn setup(pool: &PgPool) -> Result<(), QueueError> {
             (5, SCHEMA_V5),
             (6, SCHEMA_V6),
             (7, SCHEMA_V7),
+            (8, SCHEMA_V8),
         ];
         for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
             for statement in *statements {
@@ -528,6 +570,9 @@ const SQL: Statements = Statements {
     prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= now()",
     prune_dead: "DELETE FROM anb_queue_jobs
         WHERE state = 'dead' AND dead_at < now() - $1 * interval '1 millisecond'",
+    take_permits: TAKE_PERMITS,
+    return_permits: "UPDATE anb_queue_rate_limits SET used = greatest(used - $3, 0)
+        WHERE queue = $1 AND window_start = $2",
 };
 
 /// The PostgreSQL backend: the SQL core over [`PostgresDialect`].

@@ -17,6 +17,8 @@
 //!   holding it; one held while the job is unfinished is deleted by the script that completes
 //!   or dead-letters the job (the job's hash names it in field `u`), one held for a period
 //!   expires by itself (`PX`);
+//! - `rl:<length of queue>:<named queue>:<window start>`: the permits taken from one window
+//!   of a named queue's global rate limit, expiring by itself once the window is over;
 //! - channel `wake`: published when a job becomes due now, so idle workers claim at once.
 //!
 //! Times come from the Redis server's clock (`TIME`), so workers on several hosts agree.
@@ -47,6 +49,7 @@ use crate::{
         JobState, Lease, NewJob, Renewal, WorkSignal,
     },
     error::QueueError,
+    rate_limit::{Permits, RateLimit},
     stats::QueueStats,
     unique::Enqueued,
 };
@@ -463,6 +466,34 @@ end
 return #old
 ";
 
+/// KEYS: prefix. ARGV: named queue, want, permits per window, period_ms. Takes up to `want`
+/// permits from the current window of the queue's rate limit (windows aligned to the Unix
+/// epoch by the server's clock). Returns (granted, window start, ms until the window ends).
+const TAKE_PERMITS: &str = "
+local prefix, queue = KEYS[1], ARGV[1]
+local want, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local start = now - now % period
+local key = prefix .. 'rl:' .. #queue .. ':' .. queue .. ':' .. start
+local used = tonumber(redis.call('GET', key) or '0')
+local granted = math.max(math.min(want, limit - used), 0)
+if granted > 0 then
+  redis.call('INCRBY', key, granted)
+  -- Kept a period past the window's end, so a late give-back finds it and does nothing.
+  redis.call('PEXPIRE', key, start + 2 * period - now)
+end
+return {granted, start, start + period - now}
+";
+
+/// KEYS: prefix. ARGV: named queue, window start, count. Gives permits back to their window
+/// (a window that ended is never taken from again, so giving back to it changes nothing).
+const RETURN_PERMITS: &str = "
+local prefix, queue, count = KEYS[1], ARGV[1], tonumber(ARGV[3])
+local key = prefix .. 'rl:' .. #queue .. ':' .. queue .. ':' .. ARGV[2]
+local used = tonumber(redis.call('GET', key) or '0')
+if used > 0 then redis.call('DECRBY', key, math.min(count, used)) end
+return 0
+";
+
 /// The scripts, hashed once; `invoke_async` runs them by hash and loads them when missing.
 #[derive(Debug)]
 struct Scripts {
@@ -483,6 +514,8 @@ struct Scripts {
     job: Script,
     requeue_dead: Script,
     prune_dead: Script,
+    take_permits: Script,
+    return_permits: Script,
 }
 
 impl Scripts {
@@ -507,6 +540,8 @@ impl Scripts {
             job: timed(JOB),
             requeue_dead: timed(REQUEUE_DEAD),
             prune_dead: timed(PRUNE_DEAD),
+            take_permits: timed(TAKE_PERMITS),
+            return_permits: Script::new(RETURN_PERMITS),
         }
     }
 }
@@ -1101,6 +1136,58 @@ impl Backend for RedisBackend {
     fn idle_poll_interval(&self) -> Duration {
         // Pub/sub wakes workers; polling only covers a message lost while resubscribing.
         Duration::from_secs(1)
+    }
+
+    fn supports_global_rate_limit(&self) -> bool {
+        true
+    }
+
+    async fn take_permits(
+        &self,
+        queue: &str,
+        want: u32,
+        limit: RateLimit,
+    ) -> Result<Permits, QueueError> {
+        let (granted, window, wait_ms): (u32, i64, u64) = self
+            .scripts
+            .take_permits
+            .prepare_invoke()
+            .key(&self.prefix)
+            .arg(queue)
+            .arg(want)
+            .arg(limit.permits())
+            .arg(limit.period_ms().min(MAX_DELAY_MS as i64))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(Permits {
+            granted,
+            window,
+            window_ends_in: Duration::from_millis(wait_ms),
+        })
+    }
+
+    async fn return_permits(
+        &self,
+        queue: &str,
+        permits: Permits,
+        unused: u32,
+    ) -> Result<(), QueueError> {
+        if unused == 0 {
+            return Ok(());
+        }
+        let _: i64 = self
+            .scripts
+            .return_permits
+            .prepare_invoke()
+            .key(&self.prefix)
+            .arg(queue)
+            .arg(permits.window)
+            .arg(unused)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(QueueError::from_redis)?;
+        Ok(())
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

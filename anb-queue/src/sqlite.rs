@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// See the PostgreSQL backend: every step keeps the table usable by the previous version.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS anb_queue_jobs (
@@ -91,6 +91,31 @@ const SCHEMA_V6: &[&str] = &[
      ON anb_queue_jobs (name, priority, run_at, id) WHERE state = 'ready'",
     "DROP INDEX IF EXISTS anb_queue_jobs_ready_by_name",
 ];
+
+/// Version 7: global rate limits per named queue, as in the PostgreSQL backend's
+/// `SCHEMA_V8` (windows by the host's clock, which every process on the file shares).
+const SCHEMA_V7: &[&str] = &["CREATE TABLE IF NOT EXISTS anb_queue_rate_limits (
+        queue TEXT PRIMARY KEY,
+        window_start INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        granted INTEGER NOT NULL
+    ) WITHOUT ROWID"];
+
+/// Takes permits as the PostgreSQL backend's `TAKE_PERMITS` does, at the time `?5`: queue
+/// `?1`, want `?2`, `?3` per `?4` ms. The write lock orders concurrent takes.
+const TAKE_PERMITS: &str = "INSERT INTO anb_queue_rate_limits (queue, window_start, used, granted)
+     VALUES (?1, ?5 - ?5 % ?4, min(?2, ?3), min(?2, ?3))
+     ON CONFLICT (queue) DO UPDATE SET
+        window_start = max(window_start, excluded.window_start),
+        used = CASE
+            WHEN excluded.window_start > window_start THEN excluded.used
+            WHEN excluded.window_start = window_start THEN used + max(min(?2, ?3 - used), 0)
+            ELSE used END,
+        granted = CASE
+            WHEN excluded.window_start > window_start THEN excluded.granted
+            WHEN excluded.window_start = window_start THEN max(min(?2, ?3 - used), 0)
+            ELSE 0 END
+     RETURNING granted, window_start, window_start + ?4 - ?5 AS wait_ms";
 
 /// Whether a job of the given names (`?2`, a JSON array) is due at `?1`: one probe of the
 /// ready index per name and priority. An idle worker asks this instead of claiming, since a
@@ -220,6 +245,7 @@ pub(crate) async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
                 (4, SCHEMA_V4),
                 (5, SCHEMA_V5),
                 (6, SCHEMA_V6),
+                (7, SCHEMA_V7),
             ];
             for (_, statements) in steps.iter().filter(|(step, _)| *step > version) {
                 for statement in *statements {
@@ -455,6 +481,9 @@ const SQL: Statements = Statements {
         LIMIT 1",
     prune_unique_keys: "DELETE FROM anb_queue_unique_keys WHERE unique_until <= ?1",
     prune_dead: "DELETE FROM anb_queue_jobs WHERE state = 'dead' AND dead_at < ?1",
+    take_permits: TAKE_PERMITS,
+    return_permits: "UPDATE anb_queue_rate_limits SET used = max(used - ?3, 0)
+        WHERE queue = ?1 AND window_start = ?2",
 };
 
 /// The SQLite backend: the SQL core over [`SqliteDialect`].

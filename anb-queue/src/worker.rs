@@ -28,6 +28,7 @@ use crate::{
     middleware::{JobRequest, JobService, WrapFn, layered, wrap_fn},
     periodic::{self, PeriodicJob},
     queue::Queue,
+    rate_limit::{Permits, RateLimit},
     runtime::{Ended, Failure, LeaseRuntime, Maintenance, record_duration, shutdown_schedule},
 };
 
@@ -113,6 +114,8 @@ pub struct Worker {
     periodic: Vec<PeriodicJob>,
     /// Named queues declared with [`Worker::queue`], and their concurrency.
     queues: HashMap<&'static str, usize>,
+    /// Global rate limits by named queue ([`Worker::rate_limit`]).
+    rate_limits: HashMap<&'static str, RateLimit>,
 }
 
 impl fmt::Debug for Worker {
@@ -129,6 +132,7 @@ impl fmt::Debug for Worker {
             .field("layers", &self.layers.len())
             .field("periodic", &self.periodic)
             .field("queues", &self.queues)
+            .field("rate_limits", &self.rate_limits)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +154,7 @@ impl Worker {
             layers: Vec::new(),
             periodic: Vec::new(),
             queues: HashMap::new(),
+            rate_limits: HashMap::new(),
         }
     }
 
@@ -209,6 +214,57 @@ impl Worker {
         } else {
             self.queues.insert(queue, concurrency.max(1));
         }
+        self
+    }
+
+    /// Limits how many jobs of the named queue `queue` (or [`DEFAULT_QUEUE`]) start, across
+    /// every worker process that shares the backend: at most `limit.permits()` starts per
+    /// window of `limit.period()`. Declaring a queue's limit again replaces it; a limit on a
+    /// queue this worker has no handler for does nothing here.
+    ///
+    /// The windows are fixed: aligned to the Unix epoch by the backend's clock (PostgreSQL's
+    /// and Redis's server clock; on SQLite the host's, which every process on the file
+    /// shares), each granting at most `permits` starts in all. It is not a sliding window: up
+    /// to twice `permits` may start within one period across a window boundary (the end of
+    /// one window and the start of the next). The count is of claims, not of handlers
+    /// entered: a job counts when its worker claims it, so a retry counts again and a job
+    /// claimed and then given back (a shutdown) used its permit. Before each claim the queue's
+    /// lane takes as many permits as it has free slots (at most `permits`) and claims at most
+    /// that many jobs; what the claim did not use goes back to the window, unless the window
+    /// ended meanwhile. A lane with no permit left sleeps until the window ends (at most a
+    /// second at a time, to pick up permits other workers gave back), so a limited worker
+    /// does not poll faster than an unlimited one; an idle lane takes permits only once a
+    /// job is due. Every worker of a queue should declare the same limit: each take is
+    /// checked against its own worker's. A limit per process instead (which every backend
+    /// offers) is a [`Worker::layer`] of `tower::limit::RateLimitLayer`.
+    ///
+    /// The count lives in the backend: a table on PostgreSQL and SQLite, a key per window on
+    /// Redis. SQS keeps no counter workers could share, so [`Worker::run_until`] refuses a
+    /// rate limit there ([`QueueError::UnsupportedByBackend`]) rather than enforce it per
+    /// process.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Notify { user_id: i64 }
+    /// use std::time::Duration;
+    /// use anb_queue::{Job, JobContext, RateLimit, Worker};
+    ///
+    /// impl Job for Notify {
+    ///     const NAME: &'static str = "notify";
+    ///     const QUEUE: &'static str = "mail";
+    /// }
+    /// # async fn example(queue: anb_queue::Queue) -> Result<(), anb_queue::QueueError> {
+    /// // However many workers run, at most 10 mails start per second.
+    /// Worker::new(queue)
+    ///     .queue("mail", 4)
+    ///     .rate_limit("mail", RateLimit::per(10, Duration::from_secs(1)))
+    ///     .handle(|_job: Notify, _ctx: JobContext| async move { Ok(()) })
+    ///     .run_until(anb_queue::shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn rate_limit(mut self, queue: &'static str, limit: RateLimit) -> Self {
+        self.rate_limits.insert(queue, limit);
         self
     }
 
@@ -392,6 +448,9 @@ impl Worker {
                 job: handler.name,
             });
         }
+        if !self.rate_limits.is_empty() && !self.queue.backend().supports_global_rate_limit() {
+            return Err(self.queue.backend().unsupported("a global rate limit"));
+        }
         let runtime = Runtime::start(self).await?;
         runtime.run(shutdown).await
     }
@@ -453,6 +512,7 @@ impl Runtime {
                         .get(handler.queue)
                         .copied()
                         .unwrap_or(worker.concurrency),
+                    rate_limit: worker.rate_limits.get(handler.queue).copied(),
                 }),
             }
         }
@@ -577,6 +637,8 @@ struct Lane {
     queue: &'static str,
     names: Vec<&'static str>,
     concurrency: usize,
+    /// The queue's global rate limit ([`Worker::rate_limit`]).
+    rate_limit: Option<RateLimit>,
 }
 
 /// The running tasks of every lane, spawned by their claim loops.
@@ -602,7 +664,10 @@ async fn claim_loop(
     let backend = runtime.backend.clone();
     let poll_interval = backend.idle_poll_interval();
     let slots = Arc::new(Semaphore::new(lane.concurrency));
-    tracing::debug!(queue = lane.queue, jobs = ?lane.names, concurrency = lane.concurrency, "claiming");
+    tracing::debug!(queue = lane.queue, jobs = ?lane.names, concurrency = lane.concurrency, rate_limit = ?lane.rate_limit, "claiming");
+    // Whether the last claim found nothing: a rate-limited lane then takes permits only once
+    // a job is due, so an idle lane does not take (and give back) permits at every poll.
+    let mut idle = false;
     loop {
         while lock(&tasks).try_join_next().is_some() {}
         let first = tokio::select! {
@@ -612,9 +677,53 @@ async fn claim_loop(
             },
             () = stop.cancelled() => break,
         };
-        let permits = gather_slots(&slots, first, lane.concurrency).await;
+        let mut permits = gather_slots(&slots, first, lane.concurrency).await;
         // Mark the signal seen before claiming: a wake-up during the claim is not lost.
         signal.borrow_and_update();
+        let mut taken: Option<Permits> = None;
+        if let Some(limit) = lane.rate_limit {
+            if idle {
+                let next_due = backend.next_due_in(&lane.names).await;
+                if !matches!(next_due, Ok(Some(due)) if due.is_zero()) {
+                    drop(permits);
+                    polls.checked_due();
+                    let wait = idle_wait(next_due, poll_interval);
+                    if wait_for_work(&mut signal, wait, &stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let want = u32::try_from(permits.len())
+                .unwrap_or(u32::MAX)
+                .min(limit.permits());
+            match backend.take_permits(lane.queue, want, limit).await {
+                Ok(granted) if granted.granted == 0 => {
+                    drop(permits);
+                    // Until the window ends, or a second to pick up permits given back.
+                    let wait = granted
+                        .window_ends_in
+                        .clamp(MIN_IDLE_WAIT, RATE_LIMITED_RECHECK);
+                    tracing::trace!(queue = lane.queue, ?wait, "rate limit reached");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = stop.cancelled() => break,
+                    }
+                }
+                Ok(granted) => {
+                    permits.truncate(granted.granted as usize);
+                    taken = Some(granted);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, queue = lane.queue, "taking rate limit permits failed; retrying in 1 s");
+                    drop(permits);
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
         let request = ClaimRequest {
             names: &lane.names,
             max: permits.len(),
@@ -639,9 +748,21 @@ async fn claim_loop(
                 break;
             }
         };
+        if let Some(taken) = taken {
+            let used = claim.as_ref().map_or(0, Vec::len);
+            let unused = taken
+                .granted
+                .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX));
+            if unused > 0
+                && let Err(error) = backend.return_permits(lane.queue, taken, unused).await
+            {
+                tracing::warn!(%error, queue = lane.queue, unused, "giving back unused rate limit permits failed; they are lost for this window");
+            }
+        }
         let claimed = match claim {
             Ok(claimed) => {
                 polls.claimed(claimed.len());
+                idle = claimed.is_empty();
                 claimed
             }
             Err(error) => {
@@ -657,15 +778,8 @@ async fn claim_loop(
             drop(permits);
             polls.checked_due();
             let wait = idle_wait(backend.next_due_in(&lane.names).await, poll_interval);
-            tokio::select! {
-                changed = signal.changed() => {
-                    if changed.is_err() {
-                        // The wake-up source is gone; fall back to polling.
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => break,
+            if wait_for_work(&mut signal, wait, &stop).await {
+                break;
             }
             continue;
         }
@@ -676,6 +790,29 @@ async fn claim_loop(
         }
     }
 }
+
+/// Waits for a wake-up, at most `wait`; `true` when `stop` fired instead.
+async fn wait_for_work(
+    signal: &mut crate::backend::WorkSignal,
+    wait: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        changed = signal.changed() => {
+            if changed.is_err() {
+                // The wake-up source is gone; fall back to polling.
+                tokio::time::sleep(wait).await;
+            }
+            false
+        }
+        () = tokio::time::sleep(wait) => false,
+        () = stop.cancelled() => true,
+    }
+}
+
+/// The longest a lane whose rate limit is used up sleeps before asking again: permits that
+/// other workers' claims did not use come back to the window.
+const RATE_LIMITED_RECHECK: Duration = Duration::from_secs(1);
 
 /// The shortest wait after a claim that found nothing. A job reported due now may be
 /// locked by a competing claim for a moment; re-claiming at once would spin.

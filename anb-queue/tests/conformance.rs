@@ -60,10 +60,11 @@ fixture!(Sqlite, sqlite, Capabilities::full());
 fixture!(Redis, redis, Capabilities::full());
 fixture!(RedisCluster, redis_cluster, Capabilities::full());
 // A standard SQS queue cannot deduplicate, cancel a message (only the consumer holding it
-// may delete it), look a message up by id, page or prune its
-// dead-letter queue, or tell the oldest message's age (a CloudWatch metric); a long poll
-// still open when its worker died may count a receive; it delivers at least once, and
-// competing consumers occasionally both get a message (seen: 1 of 500 on a loaded machine).
+// may delete it), keep a counter its workers share (a global rate limit), look a message up
+// by id, page or prune its dead-letter queue, or tell the oldest message's age (a CloudWatch
+// metric); a long poll still open when its worker died may count a receive; it delivers at
+// least once, and competing consumers occasionally both get a message (seen: 1 of 500 on a
+// loaded machine).
 fixture!(
     Sqs,
     sqs,
@@ -72,6 +73,7 @@ fixture!(
         .cancellation(false)
         .named_queues(false)
         .priorities(false)
+        .global_rate_limit(false)
         .operator_calls(false)
         .oldest_ready_age(false)
         .lost_receives_count(true)
@@ -205,7 +207,7 @@ async fn postgres_schema_3_upgrades_a_version_2_queue_and_version_2_statements_s
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 7, "upgraded to the current version");
+    assert_eq!(version, 8, "upgraded to the current version");
     let during = serde_json::to_string(&Echo {
         n: 2,
         text: "written by version 2 after the upgrade".into(),
@@ -270,7 +272,7 @@ async fn postgres_schema_4_keeps_version_3_claims_working() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 7, "upgraded to the current version");
+    assert_eq!(version, 8, "upgraded to the current version");
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE tablename = 'anb_queue_jobs' ORDER BY 1",
     )
@@ -951,5 +953,99 @@ mod middleware {
         assert_eq!(dead[0].attempts, 2);
         assert_eq!(dead[0].last_error.as_deref(), Some("no retry can fix this"));
         db.cleanup().await;
+    }
+}
+
+/// Rolling deploy across the rate-limit schema step (PostgreSQL version 8, SQLite version 7),
+/// which only adds `anb_queue_rate_limits`: a queue of the version before, with a job in it,
+/// is upgraded by a new worker's `setup`, the job is still claimed, and the new table counts
+/// permits.
+mod rate_limit_schema {
+    use std::time::Duration;
+
+    use anb_queue::RateLimit;
+    use anb_queue_testkit::support::claim_one;
+
+    use crate::{Echo, TestDb, support::Engine};
+
+    async fn upgrades(db: TestDb, older: i64, current: i64) {
+        drop(db.queue().await);
+        let downgrade = [
+            "DROP TABLE anb_queue_rate_limits".to_owned(),
+            format!("UPDATE anb_queue_schema SET version = {older}"),
+        ];
+        let version = match db.engine {
+            Engine::Postgres => {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                for statement in &downgrade {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                let queue = db.queue().await;
+                queue
+                    .enqueue(&Echo {
+                        n: 1,
+                        text: "before".into(),
+                    })
+                    .await
+                    .unwrap();
+                drop(queue);
+                let upgraded = db.queue().await;
+                let version: i32 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (upgraded, i64::from(version))
+            }
+            _ => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+                for statement in &downgrade {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                let queue = db.queue().await;
+                queue
+                    .enqueue(&Echo {
+                        n: 1,
+                        text: "before".into(),
+                    })
+                    .await
+                    .unwrap();
+                drop(queue);
+                let upgraded = db.queue().await;
+                let version: i64 = sqlx::query_scalar("SELECT max(version) FROM anb_queue_schema")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (upgraded, version)
+            }
+        };
+        let (queue, version) = version;
+        assert_eq!(version, current, "upgraded to the current version");
+        let claimed = claim_one(&queue, "new", Duration::from_secs(30)).await;
+        assert!(claimed.payload.contains("before"), "{}", claimed.payload);
+        let taken = queue
+            .backend()
+            .take_permits("default", 4, RateLimit::per(3, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        assert_eq!(taken.granted, 3);
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        upgrades(TestDb::postgres().await, 7, 8).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        upgrades(TestDb::sqlite().await, 6, 7).await;
     }
 }

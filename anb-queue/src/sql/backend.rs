@@ -18,6 +18,7 @@ use crate::{
     },
     error::QueueError,
     priority::Priority,
+    rate_limit::{Permits, RateLimit},
     stats::QueueStats,
     unique::Enqueued,
 };
@@ -323,6 +324,52 @@ where
             lost: lost_leases(leases, &extended),
             cancelled,
         })
+    }
+
+    fn supports_global_rate_limit(&self) -> bool {
+        true
+    }
+
+    async fn take_permits(
+        &self,
+        queue: &str,
+        want: u32,
+        limit: RateLimit,
+    ) -> Result<Permits, QueueError> {
+        let query = sqlx::query(D::SQL.take_permits)
+            .bind(queue)
+            .bind(i64::from(want))
+            .bind(i64::from(limit.permits()))
+            .bind(limit.period_ms());
+        let row = D::bind_time(query, At::Now)
+            .fetch_one(&self.leases)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        let column = |index: usize| row.try_get::<i64, _>(index).map_err(QueueError::from_sqlx);
+        Ok(Permits {
+            granted: u32::try_from(column(0)?.max(0)).unwrap_or(0),
+            window: column(1)?,
+            window_ends_in: Duration::from_millis(u64::try_from(column(2)?).unwrap_or(0)),
+        })
+    }
+
+    async fn return_permits(
+        &self,
+        queue: &str,
+        permits: Permits,
+        unused: u32,
+    ) -> Result<(), QueueError> {
+        if unused == 0 {
+            return Ok(());
+        }
+        sqlx::query(D::SQL.return_permits)
+            .bind(queue)
+            .bind(permits.window)
+            .bind(i64::from(unused))
+            .execute(&self.leases)
+            .await
+            .map_err(QueueError::from_sqlx)?;
+        Ok(())
     }
 
     fn supports_cancel(&self) -> bool {

@@ -88,6 +88,13 @@ pub(crate) struct Statements {
     pub(crate) prune_unique_keys: &'static str,
     /// Deletes dead jobs that died before a time: `At::Ago`.
     pub(crate) prune_dead: &'static str,
+    /// Takes permits from the current window of a named queue's rate limit: queue, want,
+    /// the window's permits, the period in milliseconds (all `i64`), `At::Now`. Returns
+    /// `granted, window_start, wait_ms` (milliseconds until the window ends).
+    pub(crate) take_permits: &'static str,
+    /// Gives unused permits back to their window if it is still the current one: queue,
+    /// window start, count (all but the queue `i64`).
+    pub(crate) return_permits: &'static str,
 }
 
 /// One SQL engine under the shared core ([`SqlBackend`](super::SqlBackend)).
