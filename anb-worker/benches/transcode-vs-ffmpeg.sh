@@ -21,7 +21,11 @@
 #            that the comparison still holds (identity, SSIM), not to quote speed
 # Environment: PRESET (veryfast), CRF (23), WORK_DIR (a fresh temporary
 # directory; an input already there is reused), ANB_WORKER_BIN (a release
-# build to use instead of building one), CARGO_TARGET_DIR (as usual).
+# build to use instead of building one), CARGO_TARGET_DIR (as usual),
+# CLI_COLOUR (colorspace: the command line converts the input's BT.601 matrix
+# as the worker does, with `colorspace` after the scale, and the outputs are
+# identical; scaler: in the scale itself, the route the worker took before,
+# to compare the two routes' speed and quality).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -69,11 +73,26 @@ fi
 # The same artwork the worker draws, as PNG files for the command line.
 "$WORKER" export-art "$WORK/art" >/dev/null
 
-# The worker's graph (anb-worker/src/pipeline.rs, build_graph), the bumpers
-# converted as media::TO_SHOWCASE converts them.
+# The worker's graph (anb-worker/src/pipeline.rs, build_graph; the input is untagged,
+# so BT.601, converted as anb-worker/src/colour.rs says), the bumpers converted as
+# media::TO_SHOWCASE converts them.
+case "${CLI_COLOUR:-colorspace}" in
+colorspace)
+    COLOUR="scale=1280:720:flags=bicubic:out_range=tv,format=yuv420p,\
+colorspace=ispace=bt470bg:irange=tv:iprimaries=bt709:itrc=bt709:\
+space=bt709:range=tv:primaries=bt709:trc=bt709:format=yuv420p"
+    ;;
+scaler)
+    COLOUR="scale=1280:720:flags=bicubic:out_color_matrix=bt709:out_range=tv,format=yuv420p"
+    ;;
+*)
+    echo "CLI_COLOUR is colorspace or scaler" >&2
+    exit 1
+    ;;
+esac
 TO_SHOWCASE="scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"
 FILTER="[0:v]setpts=PTS-STARTPTS,fps=30,trim=end_frame=$((KEPT * 30)),\
-scale=1280:720:flags=bicubic:out_color_matrix=bt709:out_range=tv,format=yuv420p,setsar=1,\
+$COLOUR,setsar=1,\
 pad=1280:720:0:0:color=black[main];\
 [2:v]scale=out_color_matrix=bt709:out_range=tv,format=yuva420p[mark];\
 [main][mark]overlay=x=W-w-24:y=24:format=yuv420:eof_action=repeat[marked];\
@@ -167,6 +186,7 @@ cli_ssim=$(against_source "$WORK/cli.mp4")
 mutual_ssim=$(ssim -i "$WORK/worker.mp4" -i "$WORK/cli.mp4" -lavfi "[0:v][1:v]ssim")
 
 echo
+echo "command line colour conversion: ${CLI_COLOUR:-colorspace}"
 echo "input: ${SECONDS_IN} s 1920x1080 30 fps ($(stat -c %s "$INPUT") bytes); x264 preset $PRESET, crf $CRF; $PAIRS alternating pair(s) on $(nproc) CPUs"
 echo "load average (1, 5, 15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER"
 printf '%-22s %12s %12s %14s %14s %8s %16s\n' "" "wall median" "CPU median" "peak RSS" "output bytes" "frames" "SSIM vs source"

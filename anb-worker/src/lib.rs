@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod art;
+mod colour;
 mod error;
 pub mod job;
 mod media;

@@ -17,6 +17,7 @@ use ffmpeg_next::{
 };
 
 use crate::art::{self, WATERMARK_HEIGHT};
+use crate::colour::ColourRoute;
 use crate::error::{Rejection, TranscodeError};
 use crate::media::{self, input_error, is_again, media_error, output_error};
 use crate::options::TranscodeOptions;
@@ -571,17 +572,17 @@ fn build_graph(
     let display_width = f64::from(display_width) * f64::from(sar_num) / f64::from(sar_den);
     let (scaled_width, scaled_height) = fit(display_width, f64::from(display_height));
     let kept_frames = (options.max_kept_duration.as_secs_f64() * f64::from(fps)).round() as u64;
-    // Output is BT.709, limited range, 8-bit 4:2:0 whatever the source: the scaler converts
-    // from the matrix and range each frame declares (BT.601 when it declares none), or the
-    // tone mapper takes over for HDR. The watermark is converted with the same matrix, so
+    // Output is BT.709, limited range, 8-bit 4:2:0 whatever the source: the tone mapper
+    // takes over for HDR, otherwise the colour route (crate::colour) says what the scaler
+    // and the filters after it convert. The watermark is converted with the same matrix, so
     // its colours survive.
     let colour = match tone_map {
-        Some(tone_map) => format!(",{tone_map}"),
-        None => ":out_color_matrix=bt709:out_range=tv,format=yuv420p,".to_owned(),
+        Some(tone_map) => format!("scale={scaled_width}:{scaled_height}:flags=bicubic,{tone_map}"),
+        None => ColourRoute::for_source(&source.decoder).filters(scaled_width, scaled_height),
     };
     let spec = format!(
         "[in]setpts=PTS-STARTPTS,fps={fps},trim=end_frame={kept_frames},{upright}\
-         scale={scaled_width}:{scaled_height}:flags=bicubic{colour}setsar=1,\
+         {colour}setsar=1,\
          pad={OUTPUT_WIDTH}:{OUTPUT_HEIGHT}:{pad_x}:{pad_y}:color=black[main];\
          [logo]scale=out_color_matrix=bt709:out_range=tv,format=yuva420p[mark];\
          [main][mark]overlay=x=W-w-{WATERMARK_MARGIN}:y={WATERMARK_MARGIN}:format=yuv420:eof_action=repeat[out]",

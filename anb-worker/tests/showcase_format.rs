@@ -241,3 +241,115 @@ fn a_rotated_phone_video_is_turned_upright_and_pillarboxed() {
         "the picture is in the middle (mean luma {centre})"
     );
 }
+
+/// Four flat quadrants, their colours as RGB.
+const CARD: [[u8; 3]; 4] = [[200, 60, 40], [40, 170, 70], [50, 70, 200], [220, 200, 60]];
+
+/// A 21 s, 5 fps 1920×1080 card of [`CARD`]'s quadrants, converted to YUV by `to_yuv` and
+/// encoded with `tags`.
+fn colour_card(
+    dir: &std::path::Path,
+    name: &str,
+    to_yuv: &str,
+    tags: &[&str],
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let quadrant = |[r, g, b]: [u8; 3]| {
+        format!("color=c=0x{r:02X}{g:02X}{b:02X}:size=960x540:rate=5:duration=21,format=rgb24")
+    };
+    let lavfi = format!(
+        "{};{};{};{};[a][b]hstack[top];[c][d]hstack[bottom];[top][bottom]vstack,{to_yuv}",
+        quadrant(CARD[0]) + "[a]",
+        quadrant(CARD[1]) + "[b]",
+        quadrant(CARD[2]) + "[c]",
+        quadrant(CARD[3]) + "[d]",
+    );
+    let mut args = vec![
+        "-filter_complex",
+        &lavfi,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-qp",
+        "0",
+    ];
+    args.extend_from_slice(tags);
+    args.push(path.to_str().unwrap());
+    ffmpeg(&args);
+    path
+}
+
+#[test]
+fn bt601_sources_come_out_tagged_bt709_with_their_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = [
+        (
+            "smpte170m.mp4",
+            "scale=out_color_matrix=bt601:out_range=tv,format=yuv420p",
+            &[
+                "-colorspace",
+                "smpte170m",
+                "-color_primaries",
+                "smpte170m",
+                "-color_trc",
+                "smpte170m",
+                "-color_range",
+                "tv",
+            ][..],
+        ),
+        (
+            "bt470bg-full-range.mp4",
+            "scale=out_color_matrix=bt601:out_range=pc,format=yuvj420p",
+            &[
+                "-colorspace",
+                "bt470bg",
+                "-color_primaries",
+                "bt470bg",
+                "-color_trc",
+                "gamma28",
+                "-color_range",
+                "pc",
+            ][..],
+        ),
+        // Untagged: BT.601 is what decoders assume.
+        (
+            "untagged.mp4",
+            "scale=out_color_matrix=bt601:out_range=tv,format=yuv420p",
+            &[][..],
+        ),
+    ];
+    for (name, to_yuv, tags) in sources {
+        let input = colour_card(dir.path(), name, to_yuv, tags);
+        let output = dir.path().join(format!("out-{name}"));
+        let (result, _) = transcode(&input, &output, None);
+        result.unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_showcase_video(&output, 21.0 + BUMPERS);
+        let probe = probe(&output);
+        let stream = video_stream(&probe);
+        for (field, expected) in [
+            ("color_space", "bt709"),
+            ("color_primaries", "bt709"),
+            ("color_transfer", "bt709"),
+            ("color_range", "tv"),
+        ] {
+            assert_eq!(stream[field], expected, "{name}: {field}");
+        }
+        // Decoded as its BT.709 tags say, each quadrant's middle shows the source's colour.
+        let rgb = frame_at(&output, 10.0, "rgb24");
+        for (quadrant, expected) in CARD.iter().enumerate() {
+            let (x, y) = (320 + 640 * (quadrant % 2), 180 + 360 * (quadrant / 2));
+            let got = &rgb[(y * 1280 + x) * 3..][..3];
+            let off = got
+                .iter()
+                .zip(expected)
+                .map(|(a, e)| (i32::from(*a) - i32::from(*e)).abs())
+                .max()
+                .unwrap();
+            assert!(
+                off <= 6,
+                "{name}: quadrant {quadrant} is {got:?}, the source {expected:?}"
+            );
+        }
+    }
+}
