@@ -2,7 +2,7 @@
 //! range, 8-bit 4:2:0 (HDR sources are tone-mapped instead, see `pipeline::tone_mapping`).
 //!
 //! The scale to 720p is the costly filter, and FFmpeg's scaler is much slower when it also
-//! changes the matrix: it then goes through RGB at the source size. So the scaler only
+//! changes the matrix: it then takes a slow path through RGB. So the scaler only
 //! resizes (and converts the range where that costs nothing), and a BT.601 matrix is
 //! converted afterwards, on the 720p picture, by the `colorspace` filter.
 
