@@ -546,11 +546,15 @@ async fn an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(
     db.cleanup().await;
 }
 
+/// Each outage is about twice the time the runtime's tries of the write take on an idle
+/// machine (three tries, each waiting out its client's timeout: 3 s for a PostgreSQL pool,
+/// 10 s for Redis): with less, a loaded machine still had a try in flight when the gate
+/// reopened, the write landed, and the job died by its handler's error instead.
 mod unrecordable_failure {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
         let db = crate::support::TestDb::postgres().await;
-        let outage = std::time::Duration::from_secs(12);
+        let outage = std::time::Duration::from_secs(20);
         crate::an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(db, outage)
             .await;
     }
@@ -558,7 +562,7 @@ mod unrecordable_failure {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis() {
         let db = crate::support::TestDb::redis().await;
-        let outage = std::time::Duration::from_secs(36);
+        let outage = std::time::Duration::from_secs(60);
         crate::an_unrecordable_failure_lets_the_lease_lapse_and_counts_the_attempt(db, outage)
             .await;
     }
