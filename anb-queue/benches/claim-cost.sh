@@ -23,7 +23,13 @@ jobs=$((quick ? 10000 : 100000))
 claims=$((quick ? 100 : 500))
 url="${ANB_TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"; for v in before after; do psql -q -X "$url" -c "DROP DATABASE IF EXISTS anb_claim_cost_$v" >/dev/null 2>&1 || true; done' EXIT
+cleanup() {
+    rm -rf "$work"
+    for version in before after; do
+        psql -q -X "$url" -c "DROP DATABASE IF EXISTS anb_claim_cost_$version" >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
 
 db_url() { # the server's URL with another database
     python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$url" "$1"
@@ -68,7 +74,7 @@ for version in before after; do
     psql -q -X "$(db_url "anb_claim_cost_$version")" \
         -c "$schema ${index[$version]}; ANALYZE anb_queue_jobs;" >/dev/null
     {
-        echo '\timing on'
+        printf '%s\n' '\timing on'
         for _ in $(seq 1 "$claims"); do
             echo "WITH claimed AS (${claim[$version]}) DELETE FROM anb_queue_jobs WHERE id IN (SELECT id FROM claimed);"
         done
