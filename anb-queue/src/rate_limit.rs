@@ -36,6 +36,7 @@ impl RateLimit {
     }
 
     /// The period in milliseconds, as the backends count it.
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis", test))]
     pub(crate) fn period_ms(&self) -> i64 {
         i64::try_from(self.period.as_millis()).unwrap_or(i64::MAX)
     }

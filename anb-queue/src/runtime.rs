@@ -127,6 +127,10 @@ struct Held {
     cancel: Cancellation,
     /// Fired at the end of the shutdown grace: the handler is dropped.
     abort: CancellationToken,
+    /// Its outcome is being written (or waits in the completer's batch): the lease is still
+    /// renewed until the write lands, but a renewal that finds it gone is that write having
+    /// landed first (a completion deletes the job), not a lost lease.
+    settling: bool,
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +221,7 @@ impl LeaseRuntime {
                 Held {
                     cancel: Cancellation::default(),
                     abort: CancellationToken::new(),
+                    settling: false,
                 },
             );
         }
@@ -251,6 +256,13 @@ impl LeaseRuntime {
     /// Forgets a job held under `lease` (settled in the backend, or given up locally).
     fn settle(&self, lease: &Lease) {
         self.held().jobs.remove(lease);
+    }
+
+    /// Marks a held job whose outcome is about to be written (see [`Held::settling`]).
+    fn settling(&self, lease: &Lease) {
+        if let Some(job) = self.held().jobs.get_mut(lease) {
+            job.settling = true;
+        }
     }
 
     fn held_leases(&self) -> Vec<Lease> {
@@ -398,6 +410,7 @@ impl LeaseRuntime {
     /// Hands a finished job to the completer, which deletes it in a batch; returns `label`,
     /// or `lost` when the completer is gone (the job's lease then lapses).
     fn remove(&self, job: &RunningJob, label: &'static str) -> &'static str {
+        self.settling(&job.lease);
         if self
             .completions
             .send(Completion::Done(job.lease.clone()))
@@ -482,6 +495,7 @@ impl LeaseRuntime {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<(), QueueError>>,
     {
+        self.settling(&job.lease);
         for attempt in 1..=RECORD_ATTEMPTS {
             match write().await {
                 Ok(()) => break,
@@ -500,6 +514,7 @@ impl LeaseRuntime {
 
     /// Gives a job back at once without counting the attempt.
     async fn release_now(&self, job: &RunningJob) -> &'static str {
+        self.settling(&job.lease);
         match self
             .backend
             .release(&self.owner, std::slice::from_ref(&job.lease))
@@ -606,14 +621,20 @@ impl LeaseRuntime {
         }
         match self.backend.renew(&self.owner, &held, self.lease).await {
             Ok(renewal) => {
-                if !renewal.lost.is_empty() {
-                    let ids: Vec<&JobId> = renewal.lost.iter().map(|lease| &lease.id).collect();
-                    tracing::warn!(jobs = ?ids, "leases lost: another claim may run these jobs");
-                }
                 let held = self.held();
-                let fired = renewal
+                // A job settled meanwhile, or whose outcome is being written, was found gone
+                // because that write landed first: its handler is done, nothing is lost.
+                let lost: Vec<&Lease> = renewal
                     .lost
                     .iter()
+                    .filter(|lease| held.jobs.get(lease).is_some_and(|job| !job.settling))
+                    .collect();
+                if !lost.is_empty() {
+                    let ids: Vec<&JobId> = lost.iter().map(|lease| &lease.id).collect();
+                    tracing::warn!(jobs = ?ids, "leases lost: another claim may run these jobs");
+                }
+                let fired = lost
+                    .into_iter()
                     .map(|lease| (lease, CancelReason::LeaseLost))
                     .chain(
                         renewal

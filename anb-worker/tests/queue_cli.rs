@@ -239,6 +239,7 @@ async fn operator_commands(url: &str, backend: &str) {
         (shown["attempts"].as_u64(), shown["max_attempts"].as_u64()),
         (Some(1), Some(u64::from(Report::MAX_ATTEMPTS)))
     );
+    assert_eq!(shown["priority"], 0, "{shown}");
     assert_eq!(
         ok_json(url, &["show", delayed.as_str()])["state"],
         "delayed"
