@@ -183,10 +183,10 @@ impl Queue {
 
     /// Enqueues a job to run once `delay` has passed (millisecond precision).
     pub async fn enqueue_in<J: Job>(&self, job: &J, delay: Duration) -> Result<JobId, QueueError> {
-        let new_job = new_job(job, delay)?;
-        self.check_priority(&new_job)?;
-        let mut ids = self.backend.enqueue(std::slice::from_ref(&new_job)).await?;
-        Ok(ids.remove(0))
+        let enqueued = self
+            .enqueue_with(job, EnqueueOptions::new().delay(delay))
+            .await?;
+        Ok(enqueued.id)
     }
 
     /// Enqueues a job unless a job of its name holds the same unique key: returns the new
@@ -221,9 +221,8 @@ impl Queue {
         unique: Unique,
         delay: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let new_job = unique_job(job, &unique, delay)?;
-        self.check_priority(&new_job)?;
-        self.backend.enqueue_unique(&new_job).await
+        self.enqueue_with(job, EnqueueOptions::new().delay(delay).unique(unique))
+            .await
     }
 
     /// Enqueues a job with options ([`EnqueueOptions`]): a delay, a priority other than its
@@ -373,7 +372,9 @@ impl Queue {
         J: Job,
     {
         self.check_connection::<C>()?;
-        let new_job = unique_job(job, &unique, Duration::ZERO)?;
+        let new_job = EnqueueOptions::new()
+            .unique(unique)
+            .apply(new_job(job, Duration::ZERO)?);
         conn.insert_unique_job(&new_job).await
     }
 
@@ -530,12 +531,6 @@ fn new_job<J: Job>(job: &J, delay: Duration) -> Result<NewJob, QueueError> {
         priority: J::PRIORITY,
         unique: None,
     })
-}
-
-fn unique_job<J: Job>(job: &J, unique: &Unique, delay: Duration) -> Result<NewJob, QueueError> {
-    let mut new_job = new_job(job, delay)?;
-    new_job.unique = Some(unique.resolve(&new_job.payload));
-    Ok(new_job)
 }
 
 /// Removes a password from a URL before it appears in an error.
